@@ -1,0 +1,248 @@
+// Python bindings of DynamicBatcher: submit/wait (GIL released while waiting), the eventfd
+// completion queue for asyncio, cancel, stats, the test hold hook and shutdown.
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "batcher/dynamic_batcher.h"
+#include "bindings/common.h"
+#include "bindings/python_backend.h"
+
+namespace mlserve::bindings {
+
+py::dict HistogramsToDict(const FeaturePlan& plan, bool reset);
+
+namespace {
+
+// Owns the C++ batcher; makes sure the GIL is released while workers are joined (a worker may
+// be waiting for the GIL to call a Python backend).
+class PyBatcher {
+ public:
+  PyBatcher(std::shared_ptr<FeaturePlan> plan, std::unique_ptr<Backend> backend, BatcherConfig cfg)
+      : plan_(plan), batcher_(std::make_unique<DynamicBatcher>(std::move(plan), std::move(backend), std::move(cfg))) {}
+  ~PyBatcher() { Shutdown(false); }
+
+  DynamicBatcher& get() {
+    if (!batcher_) throw Error(ErrorCode::kUnavailable, "engine is closed; create a new one");
+    return *batcher_;
+  }
+  void Shutdown(bool drain) {
+    if (!batcher_) return;
+    py::gil_scoped_release release;
+    batcher_->Shutdown(drain);
+  }
+  const std::shared_ptr<FeaturePlan> plan_;
+  std::unique_ptr<DynamicBatcher> batcher_;
+};
+
+FloatArray RequestRows(const py::object& x, const FeaturePlan& plan) {
+  FloatArray a = FloatArray::ensure(x);
+  if (!a) {
+    PyErr_Clear();
+    ThrowInvalid("input is not a numeric array; pass float32 [rows, " + std::to_string(plan.f_in()) + "]");
+  }
+  if (a.ndim() != 2 || a.shape(1) != plan.f_in()) {
+    std::string shape = "(";
+    for (py::ssize_t k = 0; k < a.ndim(); ++k) shape += (k ? ", " : "") + std::to_string(a.shape(k));
+    shape += a.ndim() == 1 ? ",)" : ")";
+    ThrowInvalid("input has shape " + shape + "; the model expects [rows, " + std::to_string(plan.f_in()) +
+                 "] float32, one column per raw feature in plan order");
+  }
+  return a;
+}
+
+// The finished request's result as a new array, or raises its error. GIL held.
+py::object Result(const Request& r) {
+  switch (r.state) {
+    case RequestState::kDone: {
+      const BatchOutput& o = *r.output;
+      py::array_t<float> a = o.ndim == 1 ? py::array_t<float>(static_cast<py::ssize_t>(r.rows))
+                                         : py::array_t<float>({static_cast<py::ssize_t>(r.rows),
+                                                               static_cast<py::ssize_t>(o.width)});
+      std::memcpy(a.mutable_data(), o.data.data() + r.row_offset * o.width,
+                  sizeof(float) * static_cast<size_t>(r.rows * o.width));
+      return std::move(a);
+    }
+    case RequestState::kFailed:
+    case RequestState::kCancelled:
+      throw Error(r.error_code, r.error_message);
+    default:
+      throw Error(ErrorCode::kInternal, "request is not finished");
+  }
+}
+
+// Waits with the GIL released, waking every 50 ms to let Python handle signals (Ctrl-C).
+void WaitInterruptibly(DynamicBatcher& b, const std::shared_ptr<Request>& r) {
+  for (;;) {
+    bool done;
+    {
+      py::gil_scoped_release release;
+      done = DynamicBatcher::Wait(*r, std::chrono::milliseconds(50));
+    }
+    if (done) return;
+    if (PyErr_CheckSignals() != 0) {
+      b.Cancel(r->id);
+      throw py::error_already_set();
+    }
+  }
+}
+
+std::shared_ptr<Request> SubmitRows(PyBatcher& self, const py::object& x, int32_t priority,
+                                    int64_t timeout_us, bool notify_queue) {
+  DynamicBatcher& b = self.get();
+  FloatArray a = RequestRows(x, b.plan());
+  const float* data = a.data();
+  const int64_t rows = a.shape(0);
+  py::gil_scoped_release release;  // Submit copies the rows and may wait briefly on the queue lock
+  return b.Submit(data, rows, priority, timeout_us, notify_queue);
+}
+
+}  // namespace
+
+void BindBatcher(py::module_& m) {
+  py::class_<Request, std::shared_ptr<Request>>(m, "Request", "Handle of a submitted request.")
+      .def_property_readonly("id", [](const Request& r) { return r.id; })
+      .def_property_readonly("rows", [](const Request& r) { return r.rows; })
+      .def_property_readonly("queue_ns", [](const Request& r) { return r.queue_ns; });
+
+  py::class_<PyBatcher>(m, "DynamicBatcher", "Dynamic batcher + backend for one model version.")
+      .def(py::init([](std::shared_ptr<FeaturePlan> plan, const std::string& backend, py::object fn,
+                       int64_t max_batch_size, std::vector<int64_t> preferred_batch_sizes,
+                       int64_t max_queue_delay_us, int64_t max_queue_size, int64_t default_timeout_us,
+                       int32_t priority_levels, int32_t default_priority_level, bool preserve_ordering,
+                       int32_t instance_count, int32_t normalize_threads, bool histograms) {
+             if (!plan) ThrowInvalid("batcher needs a FeaturePlan");
+             BatcherConfig cfg;
+             cfg.max_batch_size = max_batch_size;
+             cfg.preferred_batch_sizes = std::move(preferred_batch_sizes);
+             cfg.max_queue_delay_us = max_queue_delay_us;
+             cfg.max_queue_size = max_queue_size;
+             cfg.default_timeout_us = default_timeout_us;
+             cfg.priority_levels = priority_levels;
+             cfg.default_priority_level = default_priority_level;
+             cfg.preserve_ordering = preserve_ordering;
+             cfg.instance_count = instance_count;
+             cfg.normalize_threads = normalize_threads;
+             cfg.histograms = histograms;
+             std::unique_ptr<Backend> be;
+             if (backend == "python") {
+               if (fn.is_none() || !PyCallable_Check(fn.ptr())) {
+                 ThrowInvalid("backend 'python' needs a callable fn(batch) -> array");
+               }
+               be = std::make_unique<PythonBackend>(fn, "python");
+             } else {
+               be = MakeBuiltinBackend(backend);
+               if (!be) ThrowInvalid("unknown core backend '" + backend + "' (python, noop, rowsum)");
+             }
+             return std::make_unique<PyBatcher>(std::move(plan), std::move(be), std::move(cfg));
+           }),
+           py::arg("plan"), py::arg("backend"), py::arg("fn") = py::none(), py::arg("max_batch_size") = 64,
+           py::arg("preferred_batch_sizes") = std::vector<int64_t>{}, py::arg("max_queue_delay_us") = 100,
+           py::arg("max_queue_size") = 0, py::arg("default_timeout_us") = 0, py::arg("priority_levels") = 1,
+           py::arg("default_priority_level") = 0, py::arg("preserve_ordering") = false,
+           py::arg("instance_count") = 1, py::arg("normalize_threads") = 1, py::arg("histograms") = true)
+      .def(
+          "predict",
+          [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {
+            std::shared_ptr<Request> r = SubmitRows(self, x, priority, timeout_us, false);
+            WaitInterruptibly(*self.batcher_, r);
+            return Result(*r);
+          },
+          py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
+          "Submit and wait (GIL released while waiting); returns the rows' outputs.")
+      .def(
+          "submit",
+          [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {
+            return SubmitRows(self, x, priority, timeout_us, false);
+          },
+          py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
+          "Submit for a later wait(request).")
+      .def(
+          "wait",
+          [](PyBatcher& self, const std::shared_ptr<Request>& r) {
+            WaitInterruptibly(self.get(), r);
+            return Result(*r);
+          },
+          py::arg("request"))
+      .def(
+          "submit_async",
+          [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {
+            return SubmitRows(self, x, priority, timeout_us, true)->id;
+          },
+          py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
+          "Submit; the result arrives through completion_fd()/drain_completions(). Returns the id.")
+      .def("completion_fd", [](PyBatcher& self) { return self.get().completion_fd(); })
+      .def(
+          "drain_completions",
+          [](PyBatcher& self) {
+            std::vector<std::shared_ptr<Request>> done = self.get().DrainCompleted();
+            py::list out(done.size());
+            size_t i = 0;
+            for (const auto& r : done) {
+              if (r->state == RequestState::kDone) {
+                out[i++] = py::make_tuple(r->id, Result(*r), py::none(), py::none());
+              } else {
+                out[i++] = py::make_tuple(r->id, py::none(), py::handle(ErrorClass(r->error_code)),
+                                          r->error_message);
+              }
+            }
+            return out;
+          },
+          "[(id, result | None, error_class | None, message | None)] of finished async requests.")
+      .def(
+          "cancel",
+          [](PyBatcher& self, uint64_t id) {
+            DynamicBatcher& b = self.get();
+            py::gil_scoped_release release;
+            return b.Cancel(id);
+          },
+          py::arg("id"), "Remove a still-queued request; False when it already left the queue.")
+      .def(
+          "hold_until_queued",
+          [](PyBatcher& self, int64_t n) { self.get().HoldUntilQueued(n); }, py::arg("n"),
+          "Test hook: form no batch until n requests are queued (one-shot; 0 releases).")
+      .def(
+          "stats",
+          [](PyBatcher& self) {
+            BatcherStats s = self.get().Stats();
+            py::dict d;
+            d["requests"] = s.requests;
+            d["rows"] = s.rows;
+            d["batches"] = s.batches;
+            d["completed"] = s.completed;
+            d["rejected"] = s.rejected;
+            d["timed_out"] = s.timed_out;
+            d["failed"] = s.failed;
+            d["cancelled"] = s.cancelled;
+            d["queued"] = s.queued;
+            py::dict sizes;
+            for (size_t k = 0; k < s.batch_sizes.size(); ++k) {
+              if (s.batch_sizes[k] > 0) sizes[py::int_(k)] = s.batch_sizes[k];
+            }
+            d["batch_sizes"] = sizes;
+            d["queue_us_total"] = static_cast<double>(s.queue_ns_total) / 1e3;
+            d["normalize_us_total"] = static_cast<double>(s.normalize_ns_total) / 1e3;
+            d["compute_us_total"] = static_cast<double>(s.compute_ns_total) / 1e3;
+            return d;
+          })
+      .def("histograms", [](PyBatcher& self, bool reset) { return HistogramsToDict(self.get().plan(), reset); },
+           py::arg("reset") = false)
+      .def_property_readonly("backend_name", [](PyBatcher& self) { return self.get().backend().Name(); })
+      .def_property_readonly("closed", [](PyBatcher& self) { return self.batcher_ == nullptr; })
+      .def("shutdown", [](PyBatcher& self, bool drain) { self.Shutdown(drain); }, py::arg("drain") = true,
+           "Stop accepting; drain=True runs queued requests first, else fails them with Unavailable. "
+           "Joins the workers; completions stay readable. Idempotent.")
+      .def(
+          "release",
+          [](PyBatcher& self) {
+            self.Shutdown(false);
+            std::unique_ptr<DynamicBatcher> gone;
+            gone.swap(self.batcher_);
+            py::gil_scoped_release release;  // destroying the backend takes the GIL itself
+            gone.reset();
+          },
+          "Shut down (failing queued requests) and free the batcher, its backend and eventfd.");
+}
+
+}  // namespace mlserve::bindings

@@ -1,0 +1,202 @@
+// Python bindings of FeaturePlan: dict spec -> PlanSpec, transform (GIL released), histograms.
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include "bindings/common.h"
+#include "cuda/cuda_normalizer.h"
+#include "plan/feature_plan.h"
+
+namespace mlserve::bindings {
+namespace {
+
+[[noreturn]] void BadSpec(const std::string& where, const std::string& problem) {
+  ThrowInvalid("feature plan: " + where + ": " + problem);
+}
+
+std::string Str(const py::handle& h, const std::string& where, const char* key) {
+  if (!py::isinstance<py::str>(h)) BadSpec(where, std::string("'") + key + "' must be a string");
+  return h.cast<std::string>();
+}
+
+double Number(const py::handle& h, const std::string& where, const std::string& key) {
+  if (py::isinstance<py::bool_>(h) || !(py::isinstance<py::int_>(h) || py::isinstance<py::float_>(h))) {
+    BadSpec(where, "parameter '" + key + "' must be a number, got " +
+                       py::str(py::repr(h)).cast<std::string>());
+  }
+  return h.cast<double>();
+}
+
+OpSpec ParseOp(const py::handle& h, const std::string& where) {
+  if (!py::isinstance<py::dict>(h)) BadSpec(where, "each op must be an object like {\"op\": \"log1p\"}");
+  const auto d = h.cast<py::dict>();
+  if (!d.contains("op")) BadSpec(where, "an op is missing its 'op' name");
+  OpSpec op;
+  op.op = Str(d["op"], where, "op");
+  for (const auto& kv : d) {
+    const std::string key = py::str(kv.first).cast<std::string>();
+    if (key == "op") continue;
+    if (key == "vocabulary") {
+      if (!py::isinstance<py::list>(kv.second) && !py::isinstance<py::tuple>(kv.second)) {
+        BadSpec(where, "onehot 'vocabulary' must be a list of category names");
+      }
+      op.vocabulary_size = static_cast<int64_t>(py::len(kv.second));
+      continue;
+    }
+    op.params.emplace_back(key, Number(kv.second, where + " op '" + op.op + "'", key));
+  }
+  return op;
+}
+
+PlanSpec ParseSpec(const py::dict& spec) {
+  PlanSpec out;
+  if (!spec.contains("features")) ThrowInvalid("feature plan: missing 'features' (a list of features)");
+  const py::object features = spec["features"];
+  if (!py::isinstance<py::list>(features) && !py::isinstance<py::tuple>(features)) {
+    ThrowInvalid("feature plan: 'features' must be a list");
+  }
+  size_t i = 0;
+  for (const auto& fh : features) {
+    std::string where = "feature #" + std::to_string(i++);
+    if (!py::isinstance<py::dict>(fh)) BadSpec(where, "must be an object with name, kind and ops");
+    const auto fd = fh.cast<py::dict>();
+    FeatureSpec f;
+    if (!fd.contains("name")) BadSpec(where, "has no 'name'");
+    f.name = Str(fd["name"], where, "name");
+    where = "feature '" + f.name + "'";
+    if (!fd.contains("kind")) BadSpec(where, "has no 'kind' (numeric or categorical)");
+    f.kind = Str(fd["kind"], where, "kind");
+    if (fd.contains("ops")) {
+      const py::object ops = fd["ops"];
+      if (!py::isinstance<py::list>(ops) && !py::isinstance<py::tuple>(ops)) {
+        BadSpec(where, "'ops' must be a list");
+      }
+      for (const auto& oh : ops) f.ops.push_back(ParseOp(oh, where));
+    }
+    if (fd.contains("histogram")) {
+      const py::object h = fd["histogram"];
+      if (py::isinstance<py::bool_>(h)) {
+        f.histogram = h.cast<bool>();
+      } else if (py::isinstance<py::dict>(h)) {
+        f.histogram = true;
+        const auto hd = h.cast<py::dict>();
+        if (hd.contains("edges")) {
+          for (const auto& e : hd["edges"]) f.histogram_edges.push_back(Number(e, where, "histogram edge"));
+        }
+      } else if (!h.is_none()) {
+        BadSpec(where, "'histogram' must be true/false or {\"edges\": [...]}");
+      }
+    }
+    out.features.push_back(std::move(f));
+  }
+  if (spec.contains("output_order") && !spec["output_order"].is_none()) {
+    out.has_output_order = true;
+    for (const auto& n : spec["output_order"]) out.output_order.push_back(Str(n, "output_order", "name"));
+  }
+  return out;
+}
+
+FloatArray Rows(const py::object& x, const FeaturePlan& plan) {
+  FloatArray a = FloatArray::ensure(x);
+  if (!a) {
+    PyErr_Clear();
+    ThrowInvalid("input is not a numeric array; pass float32 [rows, " + std::to_string(plan.f_in()) + "]");
+  }
+  if (a.ndim() != 2 || a.shape(1) != plan.f_in()) {
+    std::string shape = "(";
+    for (py::ssize_t k = 0; k < a.ndim(); ++k) shape += (k ? ", " : "") + std::to_string(a.shape(k));
+    shape += a.ndim() == 1 ? ",)" : ")";
+    ThrowInvalid("input has shape " + shape + "; the feature plan expects [rows, " +
+                 std::to_string(plan.f_in()) + "] (one column per raw feature, in plan order)");
+  }
+  return a;
+}
+
+py::dict SnapshotToDict(const HistogramSnapshot& s) {
+  py::dict features;
+  for (const auto& h : s.features) {
+    py::dict d;
+    py::array_t<int64_t> counts(static_cast<py::ssize_t>(h.counts.size()));
+    std::copy(h.counts.begin(), h.counts.end(), counts.mutable_data());
+    d["counts"] = counts;
+    if (h.encoding == MLS_ENC_NUMERIC) {
+      py::array_t<float> edges(static_cast<py::ssize_t>(h.edges.size()));
+      std::copy(h.edges.begin(), h.edges.end(), edges.mutable_data());
+      d["kind"] = "numeric";
+      d["edges"] = edges;
+      d["underflow"] = h.underflow;
+      d["overflow"] = h.overflow;
+      d["nan"] = h.missing;
+    } else {
+      d["kind"] = "categorical";
+      d["encoding"] = h.encoding == MLS_ENC_ONEHOT ? "onehot" : "hash_bucket";
+      d["missing"] = h.missing;
+    }
+    features[py::str(h.name)] = d;
+  }
+  py::dict out;
+  out["rows"] = s.rows;
+  out["features"] = features;
+  return out;
+}
+
+}  // namespace
+
+py::dict HistogramsToDict(const FeaturePlan& plan, bool reset) {
+  HistogramSnapshot s;
+  {
+    py::gil_scoped_release release;
+    s = plan.Snapshot(reset);
+  }
+  return SnapshotToDict(s);
+}
+
+void BindPlan(py::module_& m) {
+  py::class_<FeaturePlan, std::shared_ptr<FeaturePlan>>(m, "FeaturePlan", R"doc(
+Compiled feature plan (docs/feature_plan.md). Construct from the parsed JSON dict; mlserve.FeaturePlan
+wraps this with file/string loading.)doc")
+      .def(py::init([](const py::dict& spec) { return std::make_shared<FeaturePlan>(ParseSpec(spec)); }),
+           py::arg("spec"))
+      .def_property_readonly("f_in", &FeaturePlan::f_in)
+      .def_property_readonly("f_out", &FeaturePlan::f_out)
+      .def_property_readonly("input_names", &FeaturePlan::input_names)
+      .def_property_readonly("output_names", &FeaturePlan::output_names)
+      .def_property_readonly("has_histograms", &FeaturePlan::has_histograms)
+      .def(
+          "transform",
+          [](const FeaturePlan& plan, const py::object& x, bool histograms, int num_threads) {
+            FloatArray a = Rows(x, plan);
+            const int64_t n = a.shape(0);
+            py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(plan.f_out())});
+            const float* in = a.data();
+            float* o = out.mutable_data();
+            {
+              py::gil_scoped_release release;  // pure C++ over buffers the arrays keep alive
+              plan.Transform(in, n, plan.f_in(), o, histograms, num_threads);
+            }
+            return out;
+          },
+          py::arg("x"), py::arg("histograms") = false, py::arg("num_threads") = 1,
+          "Normalize float32 [n, f_in] -> float32 [n, f_out]; optionally count histograms.")
+      .def(
+          "transform_cuda",
+          [](const FeaturePlan& plan, const py::object& x, int device, bool histograms) {
+            FloatArray a = Rows(x, plan);
+            const int64_t n = a.shape(0);
+            py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(plan.f_out())});
+            const float* in = a.data();
+            float* o = out.mutable_data();
+            {
+              py::gil_scoped_release release;  // device work and copies; no Python inside
+              CudaNormalizer normalizer(plan, device);
+              normalizer.Transform(in, n, o, histograms);
+            }
+            return out;
+          },
+          py::arg("x"), py::arg("device") = 0, py::arg("histograms") = false,
+          "transform() on a GPU; raises mlserve.errors.Unavailable without a CUDA build or GPU.")
+      .def("histograms", &HistogramsToDict, py::arg("reset") = false,
+           "Counters since the last reset; reset=True reads and zeroes them atomically.");
+}
+
+}  // namespace mlserve::bindings

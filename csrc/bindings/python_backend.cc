@@ -1,0 +1,50 @@
+// PythonBackend implementation (see python_backend.h).
+#include "bindings/python_backend.h"
+
+#include <cstring>
+
+namespace mlserve::bindings {
+
+PythonBackend::PythonBackend(py::object fn, std::string name)
+    : fn_(std::move(fn)), name_(std::move(name)) {}
+
+PythonBackend::~PythonBackend() {
+  // The batcher may be destroyed from a thread that does not hold the GIL.
+  if (Py_IsInitialized()) {
+    py::gil_scoped_acquire gil;
+    fn_ = py::object();
+  } else {
+    fn_.release();  // interpreter gone: leak rather than touch it
+  }
+}
+
+void PythonBackend::Execute(const float* x, int64_t n, int64_t d, BatchOutput* out) {
+  py::gil_scoped_acquire gil;
+  try {
+    // A view, no copy: the capsule owns nothing, the buffer outlives the call.
+    py::capsule base(x, [](void*) {});
+    py::array_t<float> batch({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)},
+                             const_cast<float*>(x), base);
+    py::object result = fn_(batch);
+    FloatArray a = FloatArray::ensure(result);
+    if (!a) {
+      PyErr_Clear();
+      throw Error(ErrorCode::kInternal, "backend '" + name_ + "' returned " +
+                                            py::str(py::type::of(result).attr("__name__")).cast<std::string>() +
+                                            ", not a numeric array");
+    }
+    if (a.ndim() != 1 && a.ndim() != 2) {
+      throw Error(ErrorCode::kInternal, "backend '" + name_ + "' returned a " +
+                                            std::to_string(a.ndim()) + "-d array; return [n] or [n, k]");
+    }
+    out->rows = a.shape(0);
+    out->width = a.ndim() == 2 ? a.shape(1) : 1;
+    out->ndim = static_cast<int32_t>(a.ndim());
+    out->data.resize(static_cast<size_t>(a.size()));
+    if (a.size() > 0) std::memcpy(out->data.data(), a.data(), sizeof(float) * static_cast<size_t>(a.size()));
+  } catch (py::error_already_set& e) {
+    throw ToCoreError(e, "backend '" + name_ + "' failed");
+  }
+}
+
+}  // namespace mlserve::bindings

@@ -1,0 +1,301 @@
+"""Engine: one model version ready to serve — a FeaturePlan, a dynamic batcher, a backend.
+
+The one interface the HTTP server, the Python API and batch jobs share. Three ways in:
+
+- ``predict(x)``: synchronous; waits in C++ with the GIL released.
+- ``submit(x)``: returns a ``concurrent.futures.Future``.
+- ``await apredict(x)``: asyncio; completions reach the loop through the core's eventfd, one
+  wake-up completing every request that finished (no thread hop per request).
+
+Thread-safety: every method may be called from any thread. ``close()`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import os
+import select
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mlserve import _core
+from mlserve.backends import onnxruntime_fn, torch_fn
+from mlserve.config import BatcherConfig
+from mlserve.errors import InvalidInput, Unavailable
+from mlserve.plan import FeaturePlan, PlanSource
+
+logger = logging.getLogger(__name__)
+
+_CORE_BACKENDS = ("noop", "rowsum")
+BACKENDS = ("python", "onnxruntime", "torch", *_CORE_BACKENDS)
+
+_open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+AnyFuture = asyncio.Future[np.ndarray] | concurrent.futures.Future[np.ndarray]
+
+
+class Engine:
+    """Serve one model version: ``Engine(plan, model, backend=..., config=...)``.
+
+    Args:
+        plan: a :class:`FeaturePlan` or anything it accepts (dict, JSON string, path).
+        model: for ``backend="python"`` a callable ``fn(batch) -> array``; for
+            ``"onnxruntime"`` a path to (or the bytes of) an ONNX model; for ``"torch"`` a path
+            to a TorchScript file; nothing for the core's ``"noop"`` and ``"rowsum"``.
+        backend: one of ``python``, ``onnxruntime``, ``torch``, ``noop``, ``rowsum``; a
+            callable given as ``model`` implies ``python``.
+        config: batching options (:class:`BatcherConfig`).
+        histograms: count drift histograms while normalizing (features that declare one).
+        name, version: labels for stats and errors.
+    """
+
+    def __init__(
+        self,
+        plan: FeaturePlan | PlanSource,
+        model: Any = None,
+        *,
+        backend: str | None = None,
+        config: BatcherConfig | None = None,
+        histograms: bool = True,
+        name: str = "model",
+        version: str = "1",
+    ) -> None:
+        self.plan = plan if isinstance(plan, FeaturePlan) else FeaturePlan(plan)
+        self.config = config or BatcherConfig()
+        self.name = name
+        self.version = version
+        if backend is None:
+            backend = "python" if callable(model) else "onnxruntime"
+        if backend not in BACKENDS:
+            raise InvalidInput(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        fn = self._make_fn(backend, model)
+        self._batcher = _core.DynamicBatcher(
+            self.plan,
+            "python" if backend not in _CORE_BACKENDS else backend,
+            fn,
+            histograms=histograms,
+            **self.config.core_kwargs(),
+        )
+        self._fd: int = self._batcher.completion_fd()
+        self._lock = threading.Lock()
+        self._pending: dict[int, AnyFuture] = {}
+        self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._closed = False
+        _open_engines.add(self)
+
+    def _make_fn(self, backend: str, model: Any) -> Callable[[np.ndarray], Any] | None:
+        if backend == "python":
+            if not callable(model):
+                raise InvalidInput("backend 'python' needs a callable model: fn(batch) -> array")
+            return model  # type: ignore[no-any-return]
+        if backend == "onnxruntime":
+            if model is None:
+                raise InvalidInput("backend 'onnxruntime' needs the path of an .onnx model")
+            return onnxruntime_fn(model, self.plan.f_out)
+        if backend == "torch":
+            if model is None:
+                raise InvalidInput("backend 'torch' needs the path of a TorchScript .pt model")
+            return torch_fn(model)
+        if model is not None:
+            raise InvalidInput(f"backend {backend!r} is built into the core and takes no model")
+        return None
+
+    # ---- inference -------------------------------------------------------------------------
+
+    def predict(
+        self, x: Any, *, priority: int = 0, timeout_us: int | None = None
+    ) -> np.ndarray:
+        """Runs ``x`` (float32 ``[rows, f_in]``) through the model; blocks until done."""
+        return self._batcher.predict(x, priority, -1 if timeout_us is None else timeout_us)  # type: ignore[no-any-return]
+
+    def submit(
+        self, x: Any, *, priority: int = 0, timeout_us: int | None = None
+    ) -> concurrent.futures.Future[np.ndarray]:
+        """Queues ``x`` and returns a future; cancelling the future removes a queued request."""
+        fut: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        self._ensure_thread()
+        rid = self._submit_async(x, priority, timeout_us, fut)
+        fut.add_done_callback(lambda f: self._cancel(rid) if f.cancelled() else None)
+        return fut
+
+    async def apredict(
+        self, x: Any, *, priority: int = 0, timeout_us: int | None = None
+    ) -> np.ndarray:
+        """``predict`` for asyncio: awaits the result without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._loops:
+            self._attach(loop)
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
+        rid = self._submit_async(x, priority, timeout_us, fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._cancel(rid)
+            raise
+
+    def _submit_async(self, x: Any, priority: int, timeout_us: int | None, fut: AnyFuture) -> int:
+        # The lock spans submit and registration so a completion never arrives unregistered.
+        with self._lock:
+            if self._closed:
+                raise Unavailable(f"engine {self.name!r} is closed")
+            rid: int = self._batcher.submit_async(x, priority, -1 if timeout_us is None else timeout_us)
+            self._pending[rid] = fut
+        return rid
+
+    def _cancel(self, rid: int) -> None:
+        with self._lock:
+            self._pending.pop(rid, None)
+            if not self._batcher.closed:
+                self._batcher.cancel(rid)
+
+    # ---- completion dispatch -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Completes every finished async request (runs in a loop reader or the thread)."""
+        with self._lock:
+            if self._batcher.closed:
+                return
+            done = self._batcher.drain_completions()
+            if not done:
+                return
+            entries = [(self._pending.pop(rid, None), res, cls, msg) for rid, res, cls, msg in done]
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for fut, res, cls, msg in entries:
+            if fut is None:
+                continue  # cancelled meanwhile
+            if isinstance(fut, asyncio.Future):
+                loop = fut.get_loop()
+                if loop is running:
+                    _complete(fut, res, cls, msg)
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(_complete, fut, res, cls, msg)
+            else:
+                _complete(fut, res, cls, msg)
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            if self._closed:
+                raise Unavailable(f"engine {self.name!r} is closed")
+            if loop not in self._loops:
+                loop.add_reader(self._fd, self._dispatch)
+                self._loops.add(loop)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return
+            self._wake_r, self._wake_w = os.pipe()
+            self._thread = threading.Thread(
+                target=self._thread_main, name=f"mlserve-completions-{self.name}", daemon=True
+            )
+            self._thread.start()
+
+    def _thread_main(self) -> None:
+        while True:
+            ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
+            self._dispatch()
+
+    # ---- introspection and lifecycle -------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since creation: requests, rows, batches, rejected, timed_out, failed, ..."""
+        s: dict[str, Any] = self._batcher.stats()
+        s.update(name=self.name, version=self.version, backend=self.backend)
+        return s
+
+    def histograms(self, reset: bool = False) -> dict[str, Any]:
+        """Drift histograms counted while normalizing (see FeaturePlan.histograms)."""
+        return self._batcher.histograms(reset)  # type: ignore[no-any-return]
+
+    def hold_batching(self, min_queued: int) -> None:
+        """Test hook: form no batch until ``min_queued`` requests are queued (0 releases)."""
+        self._batcher.hold_until_queued(min_queued)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, drain: bool = True) -> None:
+        """Stops the engine. drain=True finishes queued requests; False fails them (Unavailable).
+
+        Every pending future is completed before this returns; the model is released.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._batcher.shutdown(drain)  # joins the workers; completions are still readable
+        self._dispatch()
+        if self._thread is not None:
+            os.write(self._wake_w, b"x")
+            self._thread.join()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        for loop in list(self._loops):
+            _remove_reader(loop, self._fd)
+        with self._lock:
+            leftover = list(self._pending.values())
+            self._pending.clear()
+            self._batcher.release()
+        for fut in leftover:
+            _complete(fut, None, Unavailable, f"engine {self.name!r} closed before the request ran")
+        _open_engines.discard(self)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"Engine({self.name}/{self.version}, backend={self.backend}, {state})"
+
+
+def _complete(fut: AnyFuture, res: Any, cls: Any, msg: Any) -> None:
+    if fut.done():
+        return
+    try:
+        if cls is None:
+            fut.set_result(res)
+        else:
+            fut.set_exception(cls(msg))
+    except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+        pass  # cancelled between the check and the set
+
+
+def _remove_reader(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    if loop.is_closed():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        loop.remove_reader(fd)
+    else:
+        loop.call_soon_threadsafe(loop.remove_reader, fd)
+
+
+@atexit.register
+def _close_all() -> None:
+    # Worker threads must not call into an interpreter that is finalizing.
+    for engine in list(_open_engines):
+        engine.close(drain=False)
