@@ -15,6 +15,14 @@ int64_t Ns(Clock::duration d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
 }
 
+// t + us, saturated at time_point::max(). A timeout or queue delay too long for the clock (e.g.
+// INT64_MAX meaning "forever") would otherwise overflow the int64 nanosecond arithmetic (UB,
+// in practice a deadline in the past); one beyond time_point::max() can never pass anyway.
+Clock::time_point AddMicrosSaturated(Clock::time_point t, int64_t us) {
+  const int64_t room_us = Ns(Clock::time_point::max() - t) / 1000;
+  return us < room_us ? t + std::chrono::microseconds(us) : Clock::time_point::max();
+}
+
 void SetFinished(Request& r, RequestState state, ErrorCode code = ErrorCode::kInternal,
                  const std::string& msg = "") {
   std::lock_guard<std::mutex> lock(r.mu);
@@ -89,7 +97,7 @@ std::shared_ptr<Request> DynamicBatcher::Submit(const float* x, int64_t rows, in
   r->notify_queue = notify_queue;
   const int64_t t_us = timeout_us < 0 ? config_.default_timeout_us : timeout_us;
   r->enqueued = Clock::now();
-  if (t_us > 0) r->deadline = r->enqueued + std::chrono::microseconds(t_us);
+  if (t_us > 0) r->deadline = AddMicrosSaturated(r->enqueued, t_us);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) {
@@ -269,7 +277,7 @@ bool DynamicBatcher::ShouldCutLocked(Clock::time_point now, int64_t* rows, Clock
   }
   if (total == max_rows) full = true;
   const bool all_included = included == queued_requests_;
-  const Clock::time_point delay_end = oldest + std::chrono::microseconds(config_.max_queue_delay_us);
+  const Clock::time_point delay_end = AddMicrosSaturated(oldest, config_.max_queue_delay_us);
   if (full || stopping_ || config_.max_queue_delay_us == 0 || now >= delay_end) {
     *rows = (!full && best_preferred > 0) ? best_preferred : total;
     return true;

@@ -41,6 +41,7 @@ OpSpec ParseOp(const py::handle& h, const std::string& where) {
         BadSpec(where, "onehot 'vocabulary' must be a list of category names");
       }
       op.vocabulary_size = static_cast<int64_t>(py::len(kv.second));
+      for (const auto& v : kv.second) op.vocabulary.push_back(py::str(v).cast<std::string>());
       continue;
     }
     op.params.emplace_back(key, Number(kv.second, where + " op '" + op.op + "'", key));
@@ -164,10 +165,24 @@ wraps this with file/string loading.)doc")
       .def_property_readonly("has_histograms", &FeaturePlan::has_histograms)
       .def(
           "transform",
-          [](const FeaturePlan& plan, const py::object& x, bool histograms, int num_threads) {
+          [](const FeaturePlan& plan, const py::object& x, bool histograms, int num_threads,
+             const py::object& out_arg) {
             FloatArray a = Rows(x, plan);
             const int64_t n = a.shape(0);
-            py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(plan.f_out())});
+            py::array_t<float> out;
+            if (out_arg.is_none()) {
+              out = py::array_t<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(plan.f_out())});
+            } else {
+              // A caller-owned buffer (reused across calls: no page faults on fresh memory).
+              if (!py::isinstance<py::array_t<float>>(out_arg)) ThrowInvalid("out must be a float32 numpy array");
+              out = py::reinterpret_borrow<py::array_t<float>>(out_arg);
+              const bool c_contig = (out.flags() & py::array::c_style) != 0;
+              if (out.ndim() != 2 || out.shape(0) != n || out.shape(1) != plan.f_out() || !c_contig ||
+                  !out.writeable()) {
+                ThrowInvalid("out must be a writeable, C-contiguous float32 array of shape (" +
+                             std::to_string(n) + ", " + std::to_string(plan.f_out()) + ")");
+              }
+            }
             const float* in = a.data();
             float* o = out.mutable_data();
             {
@@ -177,7 +192,9 @@ wraps this with file/string loading.)doc")
             return out;
           },
           py::arg("x"), py::arg("histograms") = false, py::arg("num_threads") = 1,
-          "Normalize float32 [n, f_in] -> float32 [n, f_out]; optionally count histograms.")
+          py::arg("out") = py::none(),
+          "Normalize float32 [n, f_in] -> float32 [n, f_out] (into `out` when given); optionally "
+          "count histograms.")
       .def(
           "transform_cuda",
           [](const FeaturePlan& plan, const py::object& x, int device, bool histograms) {

@@ -16,12 +16,20 @@
 #include <sstream>
 #include <thread>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "common/error.h"
 
 namespace mlserve {
 namespace {
 
 constexpr int kTileRows = 64;
+// Numeric histograms with at most this many edges count by linear scan, else binary search.
+constexpr int32_t kLinearEdges = 32;
+// Outputs larger than this are written with streaming stores (no read-for-ownership).
+constexpr int64_t kStreamBytes = int64_t{4} << 20;
 // Below this many rows per thread, extra threads cost more than they save.
 constexpr int64_t kMinRowsPerThread = 16384;
 
@@ -65,6 +73,61 @@ inline int32_t HashSlot(float x, int32_t n) {
     return static_cast<int32_t>(mls_splitmix64(code) % static_cast<uint64_t>(n));
   }
   return -1;
+}
+
+// log1p(x) for float32, branch-free so the op loop vectorises (std::log1p is a scalar libm call,
+// ~25 ns a value here). fdlibm's reduction: u = 1 + x = 2^k * m with m in [sqrt(1/2), sqrt(2)),
+// log(m) from an odd polynomial in s = f / (2 + f) (f = m - 1), plus c / u, which restores
+// the bits 1 + x rounded away. Within 1 ulp of the true value; IEEE specials are selected last.
+inline float Log1p(float x) {
+  constexpr float kLn2Hi = 6.9313812256e-01f, kLn2Lo = 9.0580006145e-06f;
+  constexpr float kLg1 = 0.66666662693f, kLg2 = 0.40000972152f, kLg3 = 0.28498786688f,
+                  kLg4 = 0.24279078841f;
+  const float u = 1.0f + x;
+  uint32_t iu;
+  std::memcpy(&iu, &u, sizeof(iu));
+  iu += 0x3f800000u - 0x3f3504f3u;
+  const int32_t k = static_cast<int32_t>(iu >> 23) - 0x7f;
+  const float c_hi = 1.0f - (u - x), c_lo = x - (u - 1.0f);
+  float c = (k >= 2 ? c_hi : c_lo) / u;  // unconditional divide: keeps the loop branch-free
+  c = k < 25 ? c : 0.0f;
+  const uint32_t im = (iu & 0x007fffffu) + 0x3f3504f3u;
+  float m;
+  std::memcpy(&m, &im, sizeof(m));
+  const float f = m - 1.0f;
+  const float s = f / (2.0f + f);
+  const float z = s * s, w = z * z;
+  const float r = z * (kLg1 + w * kLg3) + w * (kLg2 + w * kLg4);
+  const float hfsq = 0.5f * f * f;
+  const float dk = static_cast<float>(k);
+  float y = s * (hfsq + r) + (dk * kLn2Lo + c) - hfsq + f + dk * kLn2Hi;
+  // Bitwise | (not ||): no short-circuit branches, so the selects become blends.
+  y = ((x == std::numeric_limits<float>::infinity()) | (x == 0.0f)) ? x : y;  // keeps -0.0
+  y = x == -1.0f ? -std::numeric_limits<float>::infinity() : y;
+  y = ((x < -1.0f) | (x != x)) ? std::numeric_limits<float>::quiet_NaN() : y;
+  return y;
+}
+
+// Copies n floats with non-temporal stores where available: the destination is not read into
+// the cache first (a plain store would read each output line from memory before writing it).
+inline void StreamCopy(float* dst, const float* src, int64_t n) {
+#if defined(__SSE2__)
+  int64_t i = 0;
+  while (i < n && (reinterpret_cast<uintptr_t>(dst + i) & 15u) != 0) {
+    dst[i] = src[i];
+    ++i;
+  }
+  for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+#else
+  std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
+#endif
+}
+
+inline void StreamFence() {
+#if defined(__SSE2__)
+  _mm_sfence();  // order the streaming stores before the caller reads or publishes the output
+#endif
 }
 
 }  // namespace
@@ -117,7 +180,7 @@ FeaturePlan::FeaturePlan(const PlanSpec& spec) {
       cf.width = 1;
       if (f.histogram) {
         const auto& e = f.histogram_edges;
-        if (e.empty()) Bad(f.name, "numeric histogram needs 'edges' (at least one)");
+        if (e.size() < 2) Bad(f.name, "numeric histogram needs 'edges' with at least two values (one bin)");
         for (size_t j = 0; j < e.size(); ++j) {
           if (std::isnan(e[j])) Bad(f.name, "histogram edge " + std::to_string(j) + " is NaN");
           if (std::isinf(e[j]) && !((j == 0 && e[j] < 0) || (j + 1 == e.size() && e[j] > 0))) {
@@ -209,7 +272,10 @@ FeaturePlan::FeaturePlan(const PlanSpec& spec) {
     if (cf.encoding == MLS_ENC_NUMERIC) {
       output_names_.push_back(name);
     } else if (cf.encoding == MLS_ENC_ONEHOT) {
-      for (int32_t k = 0; k < cf.size; ++k) output_names_.push_back(name + "=" + std::to_string(k));
+      const std::vector<std::string>& vocab = spec.features[i].ops.back().vocabulary;
+      for (int32_t k = 0; k < cf.size; ++k) {
+        output_names_.push_back(name + "=" + (vocab.empty() ? std::to_string(k) : vocab[static_cast<size_t>(k)]));
+      }
       output_names_.push_back(name + "=<oov>");
     } else {
       for (int32_t k = 0; k < cf.size; ++k) output_names_.push_back(name + "#" + std::to_string(k));
@@ -229,16 +295,27 @@ FeaturePlan::FeaturePlan(const PlanSpec& spec) {
   view_.f_out = col;
   view_.n_counters = n_counters;
   counters_.assign(static_cast<size_t>(n_counters), 0);
+  for (const MlsFeature& cf : features_) {
+    has_encoded_ = has_encoded_ || (cf.dst_col >= 0 && cf.encoding != MLS_ENC_NUMERIC);
+  }
 }
 
 void FeaturePlan::TransformRange(const float* in, int64_t begin, int64_t end, int64_t in_stride,
                                  float* out, int64_t* counters) const {
   alignas(64) float col[kTileRows];
   const int64_t f_out = view_.f_out;
+  // Large outputs: build each tile in an L1-resident scratch buffer, then stream it out.
+  const bool stream = (end - begin) * f_out * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  thread_local std::vector<float> scratch;
+  if (stream && scratch.size() < static_cast<size_t>(kTileRows * f_out)) {
+    scratch.resize(static_cast<size_t>(kTileRows * f_out));
+  }
   for (int64_t row0 = begin; row0 < end; row0 += kTileRows) {
     const int m = static_cast<int>(std::min<int64_t>(kTileRows, end - row0));
     const float* tin = in + row0 * in_stride;
-    float* tout = out + row0 * f_out;
+    float* tout = stream ? scratch.data() : out + row0 * f_out;
+    // One contiguous memset of the tile's output rows: encoded blocks then only set their 1.0.
+    if (has_encoded_) std::memset(tout, 0, sizeof(float) * static_cast<size_t>(m * f_out));
     for (const MlsFeature& f : features_) {
       const bool count = counters != nullptr && f.hist_begin >= 0;
       if (f.dst_col < 0 && !count) continue;
@@ -249,15 +326,19 @@ void FeaturePlan::TransformRange(const float* in, int64_t begin, int64_t end, in
         if (f.encoding == MLS_ENC_NUMERIC) {
           const float* e = edges_.data() + f.edge_begin;
           const int32_t k = f.n_edges;
-          for (int r = 0; r < m; ++r) {
-            const float x = col[r];
-            if (std::isnan(x)) {
-              ++c[k + 1];
-            } else {
-              // upper_bound - 1 in [-1, k-1]: -1 underflow, k-1 overflow; counter = that + 1.
-              ++c[std::upper_bound(e, e + k, x) - e];
+          // Counter index = number of edges <= x (0: underflow .. k: overflow), k + 1 for NaN.
+          alignas(64) int32_t idx[kTileRows];
+          if (k <= kLinearEdges) {
+            // Branch-free count over the edges, vectorised across the tile's rows.
+            for (int r = 0; r < m; ++r) idx[r] = 0;
+            for (int32_t j = 0; j < k; ++j) {
+              const float ej = e[j];
+              for (int r = 0; r < m; ++r) idx[r] += col[r] >= ej ? 1 : 0;
             }
+          } else {
+            for (int r = 0; r < m; ++r) idx[r] = static_cast<int32_t>(std::upper_bound(e, e + k, col[r]) - e);
           }
+          for (int r = 0; r < m; ++r) ++c[col[r] != col[r] ? k + 1 : idx[r]];
         } else if (f.encoding == MLS_ENC_ONEHOT) {
           for (int r = 0; r < m; ++r) {
             const float x = col[r];
@@ -287,7 +368,7 @@ void FeaturePlan::TransformRange(const float* in, int64_t begin, int64_t end, in
             }
             break;
           case MLS_OP_LOG1P:
-            for (int r = 0; r < m; ++r) col[r] = std::log1p(col[r]);
+            for (int r = 0; r < m; ++r) col[r] = Log1p(col[r]);
             break;
           case MLS_OP_AFFINE:
             for (int r = 0; r < m; ++r) col[r] = (col[r] - op.a) * op.b;
@@ -301,16 +382,19 @@ void FeaturePlan::TransformRange(const float* in, int64_t begin, int64_t end, in
       if (f.encoding == MLS_ENC_NUMERIC) {
         for (int r = 0; r < m; ++r) dst[r * f_out] = col[r];
       } else {
-        const bool onehot = f.encoding == MLS_ENC_ONEHOT;
-        for (int r = 0; r < m; ++r) {
-          float* o = dst + r * f_out;
-          std::memset(o, 0, sizeof(float) * static_cast<size_t>(f.width));
-          const int32_t s = onehot ? OneHotSlot(col[r], f.size) : HashSlot(col[r], f.size);
-          if (s >= 0) o[s] = 1.0f;
+        if (f.encoding == MLS_ENC_ONEHOT) {
+          for (int r = 0; r < m; ++r) dst[r * f_out + OneHotSlot(col[r], f.size)] = 1.0f;
+        } else {
+          for (int r = 0; r < m; ++r) {
+            const int32_t s = HashSlot(col[r], f.size);
+            if (s >= 0) dst[r * f_out + s] = 1.0f;
+          }
         }
       }
     }
+    if (stream) StreamCopy(out + row0 * f_out, tout, static_cast<int64_t>(m) * f_out);
   }
+  if (stream) StreamFence();
 }
 
 void FeaturePlan::Transform(const float* in, int64_t n, int64_t in_stride, float* out,

@@ -22,6 +22,7 @@ struct OpSpec {
   std::string op;                           // impute | clip | log1p | standardize | minmax | onehot | hash_bucket
   std::vector<std::pair<std::string, double>> params;  // e.g. {"mean", 3.2}
   int64_t vocabulary_size = -1;             // onehot: len(vocabulary) when one was given
+  std::vector<std::string> vocabulary;      // onehot: category names (output column names)
 };
 
 struct FeatureSpec {
@@ -91,6 +92,7 @@ class FeaturePlan {
   std::vector<std::string> input_names_;
   std::vector<std::string> output_names_;
   MlsPlanView view_{};
+  bool has_encoded_ = false;  // some output block is one-hot/hashed: zero output tiles first
 
   mutable std::mutex counters_mu_;
   mutable std::vector<int64_t> counters_;  // guarded by counters_mu_

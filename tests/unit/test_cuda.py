@@ -1,0 +1,223 @@
+"""CUDA path: device queries, the no-GPU error, and transform_cuda against the CPU transform.
+
+Without a GPU (or in a CPU-only build) only the first group runs: cuda_devices() is a list,
+cuda_built() a bool, and transform_cuda raises mlserve.errors.Unavailable saying why. With a GPU
+the tests marked ``gpu`` compare plan.transform_cuda with plan.transform on random plans
+(tests/strategies.py) and nasty inputs (NaN, +-inf, out-of-vocabulary and fractional codes,
+values on histogram edges) at odd batch sizes: onehot/hash columns and numeric columns without
+log1p must be bit-identical, numeric columns after log1p may differ by CUDA's log1pf error (a few
+ulps, checked against the reference's bounds), and histogram counters must be equal.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlserve
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from mlserve import FeaturePlan
+from mlserve.errors import InvalidInput, Unavailable
+
+# tests/ holds the shared reference and strategies; it is not a package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference import (
+    encoding_op,
+    feature_width,
+    output_order,
+    reference_histograms,
+    reference_transform_bounds,
+)
+from strategies import plan_specs, random_input
+
+HAVE_GPU = bool(mlserve.cuda_devices())
+needs_gpu = pytest.mark.skipif(not HAVE_GPU, reason="no CUDA device visible (or a CPU-only build)")
+
+#: Batch sizes: empty, one row, under a warp, a few blocks, many grid-stride rounds (odd).
+SIZES = (0, 1, 31, 1000, 100_001)
+#: How far (in float32 ulps) CUDA's log1pf may be from the correctly rounded value.
+LOG1P_ULPS = 4
+RTOL = 1e-5
+ATOL = 1e-5
+
+SMALL_SPEC: dict[str, Any] = {
+    "features": [
+        {"name": "amount", "kind": "numeric",
+         "ops": [{"op": "impute", "value": 0.0}, {"op": "clip", "lo": 0.0, "hi": 5000.0},
+                 {"op": "standardize", "mean": 3.2, "std": 1.1}],
+         "histogram": {"edges": [-np.inf, 1.0, 10.0, 100.0, np.inf]}},
+        {"name": "channel", "kind": "categorical",
+         "ops": [{"op": "onehot", "vocabulary": ["web", "pos", "app"]}], "histogram": True},
+    ],
+}
+
+#: More counters than fit in one block's shared memory: the kernel's global-atomics path.
+BIG_SPEC: dict[str, Any] = {
+    "features": [
+        {"name": "item", "kind": "categorical",
+         "ops": [{"op": "impute", "value": 7}, {"op": "onehot", "size": 5000}],
+         "histogram": True},
+        {"name": "merchant", "kind": "categorical", "ops": [{"op": "hash_bucket", "n": 1024}],
+         "histogram": True},
+        {"name": "amount", "kind": "numeric", "ops": [{"op": "log1p"}],
+         "histogram": {"edges": [0.0, 1.0, 2.0]}},
+    ],
+    "output_order": ["amount", "item"],
+}
+
+
+# ---- every build, GPU or not ------------------------------------------------------------------
+
+
+def test_cuda_built_is_bool() -> None:
+    assert isinstance(mlserve.cuda_built(), bool)
+
+
+def test_cuda_devices_is_a_list_of_device_dicts() -> None:
+    devices = mlserve.cuda_devices()
+    assert isinstance(devices, list)
+    if not mlserve.cuda_built():
+        assert devices == []
+    for index, device in enumerate(devices):
+        assert device["index"] == index
+        assert isinstance(device["name"], str) and device["name"]
+        major, minor = device["compute_capability"]
+        assert isinstance(major, int) and isinstance(minor, int) and major >= 1
+        assert device["total_memory_bytes"] > 0
+        assert device["multiprocessors"] > 0
+    assert mlserve.cuda_devices() == devices  # asking again (after errors, too) is stable
+
+
+def test_transform_cuda_without_gpu_raises_unavailable() -> None:
+    if HAVE_GPU:
+        pytest.skip("a GPU is visible: transform_cuda works here")
+    plan = FeaturePlan(SMALL_SPEC)
+    x = np.zeros((3, plan.f_in), dtype=np.float32)
+    with pytest.raises(Unavailable) as info:
+        plan.transform_cuda(x)
+    message = str(info.value)
+    if mlserve.cuda_built():
+        assert "no usable GPU" in message
+    else:
+        assert "built without CUDA" in message
+    # The failed attempt leaves the plan (and its counters) usable on the CPU.
+    plan.transform(x, histograms=True)
+    assert plan.histograms()["rows"] == 3
+
+
+# ---- GPU: transform_cuda == transform ---------------------------------------------------------
+
+
+def _log1p_columns(spec: dict[str, Any]) -> np.ndarray:
+    """Per output column: True for numeric columns whose op chain contains log1p."""
+    by_name = {f["name"]: f for f in spec["features"]}
+    mask: list[bool] = []
+    for name in output_order(spec):
+        feature = by_name[name]
+        uses_log1p = encoding_op(feature) is None and any(
+            op["op"] == "log1p" for op in feature["ops"])
+        mask.extend([uses_log1p] * feature_width(feature))
+    return np.array(mask, dtype=bool)
+
+
+def _assert_same_output(spec: dict[str, Any], x: np.ndarray, gpu_out: Any,
+                        cpu_out: np.ndarray) -> None:
+    assert isinstance(gpu_out, np.ndarray)
+    assert gpu_out.dtype == np.float32
+    assert gpu_out.shape == cpu_out.shape
+    log1p = _log1p_columns(spec)
+    # Bit-identical (NaN where NaN): same float32 ops in the same order, no FMA contraction.
+    np.testing.assert_array_equal(gpu_out[:, ~log1p], cpu_out[:, ~log1p],
+                                  err_msg=f"columns without log1p must match exactly; spec {spec}")
+    if not log1p.any() or len(x) == 0:
+        return
+    g, c = gpu_out[:, log1p], cpu_out[:, log1p]
+    lo, hi = (b[:, log1p] for b in reference_transform_bounds(spec, x, LOG1P_ULPS))
+    with np.errstate(invalid="ignore"):
+        lo_eff = np.where(np.isnan(lo), -np.inf, lo)
+        lo_eff = lo_eff - (ATOL + RTOL * np.abs(lo_eff))
+        hi_eff = hi + (ATOL + RTOL * np.abs(hi))
+        in_bounds = ~np.isnan(g) & ~np.isnan(hi) & (g >= lo_eff) & (g <= hi_eff)
+    ok = np.isclose(g, c, rtol=RTOL, atol=ATOL, equal_nan=True) | in_bounds
+    ok |= np.isnan(g) & np.isnan(c)
+    if not ok.all():
+        rows, _ = np.nonzero(~ok)
+        row = int(rows[0])
+        np.testing.assert_allclose(
+            g[~ok], c[~ok], rtol=RTOL, atol=ATOL, equal_nan=True,
+            err_msg=f"log1p columns: first mismatch at row {row}; input {x[row].tolist()}; "
+                    f"spec {spec}")
+
+
+def _assert_same_histograms(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert int(got["rows"]) == int(want["rows"])
+    assert sorted(got["features"]) == sorted(want["features"])
+    for name, w in want["features"].items():
+        g = got["features"][name]
+        assert g["kind"] == w["kind"], name
+        np.testing.assert_array_equal(np.asarray(g["counts"]), np.asarray(w["counts"]),
+                                      err_msg=f"{name}: counts")
+        for key in ("underflow", "overflow", "nan", "missing"):
+            if key in w:
+                assert int(g[key]) == int(w[key]), f"{name}: {key}"
+
+
+def _check_plan(spec: dict[str, Any], sizes: tuple[int, ...], seed: int) -> None:
+    cpu_plan, gpu_plan = FeaturePlan(spec), FeaturePlan(spec)
+    for n in sizes:
+        x = random_input(spec, n, seed=seed + n)
+        cpu_out = cpu_plan.transform(x, histograms=True)
+        gpu_out = gpu_plan.transform_cuda(x, histograms=True)
+        _assert_same_output(spec, x, gpu_out, cpu_out)
+        _assert_same_histograms(gpu_plan.histograms(reset=True), cpu_plan.histograms(reset=True))
+
+
+@pytest.mark.gpu
+@needs_gpu
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(plan_specs())
+def test_transform_cuda_matches_cpu_on_random_plans(spec: dict[str, Any]) -> None:
+    _check_plan(spec, SIZES, seed=11)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("spec", [SMALL_SPEC, BIG_SPEC], ids=["shared-counters", "global-counters"])
+def test_transform_cuda_matches_cpu_fixed_plans(spec: dict[str, Any]) -> None:
+    _check_plan(spec, SIZES, seed=5)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_transform_cuda_histograms_match_reference_and_accumulate() -> None:
+    plan = FeaturePlan(BIG_SPEC)
+    x1 = random_input(BIG_SPEC, 4099, seed=1)
+    x2 = random_input(BIG_SPEC, 77, seed=2)
+    plan.transform_cuda(x1, histograms=True)
+    plan.transform(x2, histograms=True)  # CPU and GPU counts land in the same counters
+    plan.transform_cuda(x2, histograms=True)
+    plan.transform_cuda(x1, histograms=False)  # not counted
+    want = reference_histograms(BIG_SPEC, np.concatenate([x1, x2, x2]))
+    _assert_same_histograms(plan.histograms(reset=True), want)
+    assert plan.histograms()["rows"] == 0
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_transform_cuda_input_conversion_and_errors() -> None:
+    plan = FeaturePlan(SMALL_SPEC)
+    x = random_input(SMALL_SPEC, 100, seed=3)
+    want = plan.transform(x)
+    np.testing.assert_array_equal(plan.transform_cuda(x.astype(np.float64)), want)
+    np.testing.assert_array_equal(plan.transform_cuda(np.asfortranarray(x)), want)
+    np.testing.assert_array_equal(plan.transform_cuda(x, device=0), want)
+    with pytest.raises(InvalidInput):
+        plan.transform_cuda(np.zeros((4, plan.f_in + 1), dtype=np.float32))
+    with pytest.raises(Unavailable, match="device"):
+        plan.transform_cuda(x, device=len(mlserve.cuda_devices()))
+    np.testing.assert_array_equal(plan.transform_cuda(x), want)  # still usable after errors
