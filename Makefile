@@ -26,7 +26,7 @@ build: setup
 demo: build
 	$(VENV)/bin/mlserve demo
 
-test: build test-python test-cpp-asan cpu-build-check
+test: build lint test-python test-cpp-asan cpu-build-check
 
 test-python:
 	$(PY) -m pytest -q

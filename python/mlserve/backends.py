@@ -47,7 +47,9 @@ def onnxruntime_fn(model: str | os.PathLike[str] | bytes, f_out: int) -> BatchFn
         )
     inp = inputs[0]
     if inp.type != "tensor(float)":
-        raise InvalidInput(f"backend 'onnxruntime': model input {inp.name!r} is {inp.type}, not float32")
+        raise InvalidInput(
+            f"backend 'onnxruntime': model input {inp.name!r} is {inp.type}, not float32"
+        )
     width = inp.shape[-1] if inp.shape else None
     if isinstance(width, int) and width != f_out:
         raise InvalidInput(
@@ -69,10 +71,13 @@ def torch_fn(model: str | os.PathLike[str]) -> BatchFn:
         import torch
     except ImportError as e:
         raise Unavailable(
-            "backend 'torch' needs torch: pip install torch==2.13.0 (CPU wheel), or use 'onnxruntime'"
+            "backend 'torch' needs torch: pip install torch==2.13.0 (CPU wheel), "
+            "or use 'onnxruntime'"
         ) from e
     try:
-        module = torch.jit.load(str(_existing(model)), map_location="cpu").eval()
+        module = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(_existing(model)), map_location="cpu"
+        ).eval()
     except Exception as e:  # torch raises RuntimeError subclasses for bad files
         raise InvalidInput(f"backend 'torch': cannot load TorchScript model: {e}") from e
 

@@ -53,7 +53,8 @@ def make_transactions(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
         + 1.0 * (country >= 17)
     )
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    x = np.stack([amount, age, velocity, hour, mcc, country, channel, merchant], 1).astype(np.float32)
+    columns = [amount, age, velocity, hour, mcc, country, channel, merchant]
+    x = np.stack(columns, 1).astype(np.float32)
     x[rng.random(n) < 0.05, 0] = np.nan
     x[rng.random(n) < 0.02, 1] = np.nan
     x[rng.random(n) < 0.01, 5] = np.nan
@@ -74,7 +75,8 @@ def fit_plan(x: np.ndarray) -> dict[str, Any]:
         if name in ("amount", "tx_velocity_1h"):
             ops.append({"op": "log1p"})
             clipped = np.log1p(clipped)
-        ops.append({"op": "standardize", "mean": float(clipped.mean()), "std": float(clipped.std())})
+        mean, std = float(clipped.mean()), float(clipped.std())
+        ops.append({"op": "standardize", "mean": mean, "std": std})
         edges = np.unique(np.quantile(col, np.linspace(0.1, 0.9, 9)))
         features.append({"name": name, "kind": "numeric", "ops": ops,
                          "histogram": {"edges": [-np.inf, *edges.tolist(), np.inf]}})

@@ -116,16 +116,15 @@ class Engine:
         self, x: Any, *, priority: int = 0, timeout_us: int | None = None
     ) -> np.ndarray:
         """Runs ``x`` (float32 ``[rows, f_in]``) through the model; blocks until done."""
-        return self._batcher.predict(x, priority, -1 if timeout_us is None else timeout_us)  # type: ignore[no-any-return]
+        return self._batcher.predict(x, priority, -1 if timeout_us is None else timeout_us)
 
     def submit(
         self, x: Any, *, priority: int = 0, timeout_us: int | None = None
     ) -> concurrent.futures.Future[np.ndarray]:
         """Queues ``x`` and returns a future; cancelling the future removes a queued request."""
-        fut: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+        fut = _RequestFuture(self)
         self._ensure_thread()
-        rid = self._submit_async(x, priority, timeout_us, fut)
-        fut.add_done_callback(lambda f: self._cancel(rid) if f.cancelled() else None)
+        fut.request_id = self._submit_async(x, priority, timeout_us, fut)
         return fut
 
     async def apredict(
@@ -148,7 +147,8 @@ class Engine:
         with self._lock:
             if self._closed:
                 raise Unavailable(f"engine {self.name!r} is closed")
-            rid: int = self._batcher.submit_async(x, priority, -1 if timeout_us is None else timeout_us)
+            timeout = -1 if timeout_us is None else timeout_us
+            rid: int = self._batcher.submit_async(x, priority, timeout)
             self._pending[rid] = fut
         return rid
 
@@ -222,7 +222,7 @@ class Engine:
 
     def histograms(self, reset: bool = False) -> dict[str, Any]:
         """Drift histograms counted while normalizing (see FeaturePlan.histograms)."""
-        return self._batcher.histograms(reset)  # type: ignore[no-any-return]
+        return self._batcher.histograms(reset)
 
     def hold_batching(self, min_queued: int) -> None:
         """Test hook: form no batch until ``min_queued`` requests are queued (0 releases)."""
@@ -267,6 +267,21 @@ class Engine:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"Engine({self.name}/{self.version}, backend={self.backend}, {state})"
+
+
+class _RequestFuture(concurrent.futures.Future[np.ndarray]):
+    """A future whose ``cancel()`` also removes the request from the engine's queue."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self._engine = engine
+        self.request_id = -1
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled and self.request_id >= 0:
+            self._engine._cancel(self.request_id)
+        return cancelled
 
 
 def _complete(fut: AnyFuture, res: Any, cls: Any, msg: Any) -> None:

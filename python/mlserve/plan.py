@@ -44,7 +44,7 @@ def load_spec(source: PlanSource) -> dict[str, Any]:
     return spec
 
 
-class FeaturePlan(_core.FeaturePlan):  # type: ignore[misc]
+class FeaturePlan(_core.FeaturePlan):
     """A compiled feature plan.
 
     ``FeaturePlan(spec)`` accepts a dict, a JSON string or a path; a bad plan raises
