@@ -15,25 +15,37 @@ py::dict HistogramsToDict(const FeaturePlan& plan, bool reset);
 
 namespace {
 
-// Owns the C++ batcher; makes sure the GIL is released while workers are joined (a worker may
-// be waiting for the GIL to call a Python backend).
+// Owns the C++ batcher. Every binding that releases the GIL first copies the shared_ptr, so a
+// concurrent release() (Engine.close on another thread) cannot free the batcher under it: the
+// last copy frees it. release() always shuts down (joins the workers) first, so that final
+// destruction never waits for a worker that wants the GIL.
 class PyBatcher {
  public:
   PyBatcher(std::shared_ptr<FeaturePlan> plan, std::unique_ptr<Backend> backend, BatcherConfig cfg)
-      : plan_(plan), batcher_(std::make_unique<DynamicBatcher>(std::move(plan), std::move(backend), std::move(cfg))) {}
-  ~PyBatcher() { Shutdown(false); }
+      : batcher_(std::make_shared<DynamicBatcher>(std::move(plan), std::move(backend), std::move(cfg))) {}
+  ~PyBatcher() { Release(); }
 
-  DynamicBatcher& get() {
+  std::shared_ptr<DynamicBatcher> get() const {
     if (!batcher_) throw Error(ErrorCode::kUnavailable, "engine is closed; create a new one");
-    return *batcher_;
+    return batcher_;
   }
+  bool closed() const { return batcher_ == nullptr; }
   void Shutdown(bool drain) {
     if (!batcher_) return;
-    py::gil_scoped_release release;
-    batcher_->Shutdown(drain);
+    std::shared_ptr<DynamicBatcher> b = batcher_;
+    py::gil_scoped_release release;  // workers may be waiting for the GIL to finish a batch
+    b->Shutdown(drain);
   }
-  const std::shared_ptr<FeaturePlan> plan_;
-  std::unique_ptr<DynamicBatcher> batcher_;
+  void Release() {
+    Shutdown(false);
+    std::shared_ptr<DynamicBatcher> gone;
+    gone.swap(batcher_);
+    py::gil_scoped_release release;  // destroying the backend takes the GIL itself
+    gone.reset();
+  }
+
+ private:
+  std::shared_ptr<DynamicBatcher> batcher_;
 };
 
 FloatArray RequestRows(const py::object& x, const FeaturePlan& plan) {
@@ -88,14 +100,13 @@ void WaitInterruptibly(DynamicBatcher& b, const std::shared_ptr<Request>& r) {
   }
 }
 
-std::shared_ptr<Request> SubmitRows(PyBatcher& self, const py::object& x, int32_t priority,
-                                    int64_t timeout_us, bool notify_queue) {
-  DynamicBatcher& b = self.get();
-  FloatArray a = RequestRows(x, b.plan());
+std::shared_ptr<Request> SubmitRows(const std::shared_ptr<DynamicBatcher>& b, const py::object& x,
+                                    int32_t priority, int64_t timeout_us, bool notify_queue) {
+  FloatArray a = RequestRows(x, b->plan());
   const float* data = a.data();
   const int64_t rows = a.shape(0);
   py::gil_scoped_release release;  // Submit copies the rows and may wait briefly on the queue lock
-  return b.Submit(data, rows, priority, timeout_us, notify_queue);
+  return b->Submit(data, rows, priority, timeout_us, notify_queue);
 }
 
 }  // namespace
@@ -145,8 +156,9 @@ void BindBatcher(py::module_& m) {
       .def(
           "predict",
           [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {
-            std::shared_ptr<Request> r = SubmitRows(self, x, priority, timeout_us, false);
-            WaitInterruptibly(*self.batcher_, r);
+            std::shared_ptr<DynamicBatcher> b = self.get();
+            std::shared_ptr<Request> r = SubmitRows(b, x, priority, timeout_us, false);
+            WaitInterruptibly(*b, r);
             return Result(*r);
           },
           py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
@@ -154,29 +166,29 @@ void BindBatcher(py::module_& m) {
       .def(
           "submit",
           [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {
-            return SubmitRows(self, x, priority, timeout_us, false);
+            return SubmitRows(self.get(), x, priority, timeout_us, false);
           },
           py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
           "Submit for a later wait(request).")
       .def(
           "wait",
           [](PyBatcher& self, const std::shared_ptr<Request>& r) {
-            WaitInterruptibly(self.get(), r);
+            WaitInterruptibly(*self.get(), r);
             return Result(*r);
           },
           py::arg("request"))
       .def(
           "submit_async",
           [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {
-            return SubmitRows(self, x, priority, timeout_us, true)->id;
+            return SubmitRows(self.get(), x, priority, timeout_us, true)->id;
           },
           py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
           "Submit; the result arrives through completion_fd()/drain_completions(). Returns the id.")
-      .def("completion_fd", [](PyBatcher& self) { return self.get().completion_fd(); })
+      .def("completion_fd", [](PyBatcher& self) { return self.get()->completion_fd(); })
       .def(
           "drain_completions",
           [](PyBatcher& self) {
-            std::vector<std::shared_ptr<Request>> done = self.get().DrainCompleted();
+            std::vector<std::shared_ptr<Request>> done = self.get()->DrainCompleted();
             py::list out(done.size());
             size_t i = 0;
             for (const auto& r : done) {
@@ -193,19 +205,19 @@ void BindBatcher(py::module_& m) {
       .def(
           "cancel",
           [](PyBatcher& self, uint64_t id) {
-            DynamicBatcher& b = self.get();
+            std::shared_ptr<DynamicBatcher> b = self.get();
             py::gil_scoped_release release;
-            return b.Cancel(id);
+            return b->Cancel(id);
           },
           py::arg("id"), "Remove a still-queued request; False when it already left the queue.")
       .def(
           "hold_until_queued",
-          [](PyBatcher& self, int64_t n) { self.get().HoldUntilQueued(n); }, py::arg("n"),
+          [](PyBatcher& self, int64_t n) { self.get()->HoldUntilQueued(n); }, py::arg("n"),
           "Test hook: form no batch until n requests are queued (one-shot; 0 releases).")
       .def(
           "stats",
           [](PyBatcher& self) {
-            BatcherStats s = self.get().Stats();
+            BatcherStats s = self.get()->Stats();
             py::dict d;
             d["requests"] = s.requests;
             d["rows"] = s.rows;
@@ -226,23 +238,16 @@ void BindBatcher(py::module_& m) {
             d["compute_us_total"] = static_cast<double>(s.compute_ns_total) / 1e3;
             return d;
           })
-      .def("histograms", [](PyBatcher& self, bool reset) { return HistogramsToDict(self.get().plan(), reset); },
+      .def("histograms", [](PyBatcher& self, bool reset) { return HistogramsToDict(self.get()->plan(), reset); },
            py::arg("reset") = false)
-      .def_property_readonly("backend_name", [](PyBatcher& self) { return self.get().backend().Name(); })
-      .def_property_readonly("closed", [](PyBatcher& self) { return self.batcher_ == nullptr; })
+      .def_property_readonly("backend_name", [](PyBatcher& self) { return self.get()->backend().Name(); })
+      .def_property_readonly("closed", [](PyBatcher& self) { return self.closed(); })
       .def("shutdown", [](PyBatcher& self, bool drain) { self.Shutdown(drain); }, py::arg("drain") = true,
            "Stop accepting; drain=True runs queued requests first, else fails them with Unavailable. "
            "Joins the workers; completions stay readable. Idempotent.")
-      .def(
-          "release",
-          [](PyBatcher& self) {
-            self.Shutdown(false);
-            std::unique_ptr<DynamicBatcher> gone;
-            gone.swap(self.batcher_);
-            py::gil_scoped_release release;  // destroying the backend takes the GIL itself
-            gone.reset();
-          },
-          "Shut down (failing queued requests) and free the batcher, its backend and eventfd.");
+      .def("release", &PyBatcher::Release,
+           "Shut down (failing queued requests) and free the batcher, its backend and eventfd once "
+           "no call is using it.");
 }
 
 }  // namespace mlserve::bindings

@@ -230,6 +230,12 @@ FeaturePlan::FeaturePlan(const PlanSpec& spec) {
         if (size < 1) Bad(f.name, "onehot vocabulary is empty; it needs at least one category");
         if (size != std::floor(size) || size > (1 << 24)) Bad(f.name, "onehot size must be an integer <= 2^24");
         cf.size = static_cast<int32_t>(size);
+        // The output names index `vocabulary` by slot: a C++ caller may fill it without (or
+        // with a different) vocabulary_size, which would read past its end.
+        if (!enc.vocabulary.empty() && enc.vocabulary.size() != static_cast<size_t>(cf.size)) {
+          Bad(f.name, "onehot vocabulary lists " + std::to_string(enc.vocabulary.size()) +
+                          " names for " + std::to_string(cf.size) + " slots; give one name per slot");
+        }
         cf.width = cf.size + 1;
         if (f.histogram) { cf.hist_begin = n_counters; n_counters += cf.size + 2; }
       } else {

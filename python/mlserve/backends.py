@@ -8,6 +8,7 @@ own backends ("noop", "rowsum") and plain callables ("python") need nothing from
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,13 @@ def torch_fn(model: str | os.PathLike[str]) -> BatchFn:
             "or use 'onnxruntime'"
         ) from e
     try:
-        module = torch.jit.load(  # type: ignore[no-untyped-call]
-            str(_existing(model)), map_location="cpu"
-        ).eval()
+        with warnings.catch_warnings():
+            # torch 2.13 marks TorchScript deprecated in favour of torch.export; bundles still
+            # ship TorchScript (ARCHITECTURE §3), and loading it works as before.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*jit.*")
+            module = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(_existing(model)), map_location="cpu"
+            ).eval()
     except Exception as e:  # torch raises RuntimeError subclasses for bad files
         raise InvalidInput(f"backend 'torch': cannot load TorchScript model: {e}") from e
 

@@ -91,6 +91,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._closed = False
+        self._close_on_thread = False
         _open_engines.add(self)
 
     def _make_fn(self, backend: str, model: Any) -> Callable[[np.ndarray], Any] | None:
@@ -211,6 +212,11 @@ class Engine:
             if self._wake_r in ready:
                 return
             self._dispatch()
+            if self._closed and self._close_on_thread:
+                # close() ran inside a done-callback on this thread: nobody joins us; tidy up.
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                return
 
     # ---- introspection and lifecycle -------------------------------------------------------
 
@@ -243,7 +249,9 @@ class Engine:
             self._closed = True
         self._batcher.shutdown(drain)  # joins the workers; completions are still readable
         self._dispatch()
-        if self._thread is not None:
+        if self._thread is threading.current_thread():
+            self._close_on_thread = True  # a done-callback closed us; the thread exits itself
+        elif self._thread is not None:
             os.write(self._wake_w, b"x")
             self._thread.join()
             os.close(self._wake_r)
