@@ -55,6 +55,18 @@ double Param(const FeatureSpec& f, const OpSpec& op, const char* key) {
   Bad(f.name, "op '" + op.op + "' needs parameter '" + key + "'");
 }
 
+// 1 / width as float32; a width so small that the scale overflows float32 is a bad plan.
+float Scale(const FeatureSpec& f, const char* what, double width) {
+  const double scale = 1.0 / width;
+  if (!(scale <= std::numeric_limits<float>::max())) {
+    std::ostringstream w;
+    w << width;
+    Bad(f.name, std::string(what) + " = " + w.str() +
+                    " is too small: 1/width overflows float32");
+  }
+  return static_cast<float>(scale);
+}
+
 bool IsEncoding(const std::string& op) { return op == "onehot" || op == "hash_bucket"; }
 
 // Slot of a categorical code, or -1 for none (hash: not a usable integer).
@@ -165,11 +177,11 @@ FeaturePlan::FeaturePlan(const PlanSpec& spec) {
         } else if (op.op == "standardize") {
           const double mean = Param(f, op, "mean"), std = Param(f, op, "std");
           if (!(std > 0)) Bad(f.name, "standardize needs std > 0, got " + std::to_string(std));
-          ops_.push_back({MLS_OP_AFFINE, static_cast<float>(mean), static_cast<float>(1.0 / std)});
+          ops_.push_back({MLS_OP_AFFINE, static_cast<float>(mean), Scale(f, "standardize std", std)});
         } else if (op.op == "minmax") {
           const double lo = Param(f, op, "lo"), hi = Param(f, op, "hi");
           if (!(lo < hi)) Bad(f.name, "minmax needs lo < hi, got lo=" + std::to_string(lo) + " hi=" + std::to_string(hi));
-          ops_.push_back({MLS_OP_AFFINE, static_cast<float>(lo), static_cast<float>(1.0 / (hi - lo))});
+          ops_.push_back({MLS_OP_AFFINE, static_cast<float>(lo), Scale(f, "minmax hi - lo", hi - lo)});
         } else if (IsEncoding(op.op)) {
           Bad(f.name, "op '" + op.op + "' encodes categorical features; declare kind 'categorical'");
         } else {
@@ -185,6 +197,9 @@ FeaturePlan::FeaturePlan(const PlanSpec& spec) {
           if (std::isnan(e[j])) Bad(f.name, "histogram edge " + std::to_string(j) + " is NaN");
           if (std::isinf(e[j]) && !((j == 0 && e[j] < 0) || (j + 1 == e.size() && e[j] > 0))) {
             Bad(f.name, "histogram edges may be -inf only first and +inf only last");
+          }
+          if (std::isfinite(e[j]) && std::fabs(e[j]) > std::numeric_limits<float>::max()) {
+            Bad(f.name, "histogram edge " + std::to_string(j) + " does not fit in float32");
           }
           edges_.push_back(static_cast<float>(e[j]));
           if (j > 0 && !(edges_[edges_.size() - 1] > edges_[edges_.size() - 2])) {

@@ -1,0 +1,939 @@
+// Unit tests of the native core without Python: FeaturePlan (compile errors, the fused
+// normalizer, histograms, threading) and DynamicBatcher (batching, scatter, errors, completion
+// queue, concurrency) with the built-in "rowsum" backend and a failing custom Backend.
+//
+// Run: build/<dir>/core_tests [name-substring]. Prints `N passed, M failed` last and exits non-zero
+// on any failure. Batching tests use HoldUntilQueued so batch sizes never depend on timing; waits
+// use generous timeouts so that slow (sanitized, loaded) machines only make them slower.
+#include <poll.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backends/backend.h"
+#include "batcher/dynamic_batcher.h"
+#include "common/error.h"
+#include "plan/feature_plan.h"
+#include "test_harness.h"
+
+using mlserve::BatchOutput;
+using mlserve::BatcherConfig;
+using mlserve::DynamicBatcher;
+using mlserve::ErrorCode;
+using mlserve::FeaturePlan;
+using mlserve::FeatureSpec;
+using mlserve::HistogramSnapshot;
+using mlserve::OpSpec;
+using mlserve::PlanSpec;
+using mlserve::Request;
+using mlserve::RequestState;
+
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr std::chrono::seconds kWaitLimit{30};
+
+// ---- plan builders -----------------------------------------------------------------------------
+
+OpSpec Op(const std::string& name, std::vector<std::pair<std::string, double>> params = {}) {
+  OpSpec op;
+  op.op = name;
+  op.params = std::move(params);
+  return op;
+}
+
+FeatureSpec Numeric(const std::string& name, std::vector<OpSpec> ops,
+                    std::vector<double> histogram_edges = {}) {
+  FeatureSpec f;
+  f.name = name;
+  f.kind = "numeric";
+  f.ops = std::move(ops);
+  f.histogram = !histogram_edges.empty();
+  f.histogram_edges = std::move(histogram_edges);
+  return f;
+}
+
+FeatureSpec Categorical(const std::string& name, std::vector<OpSpec> ops, bool histogram = false) {
+  FeatureSpec f;
+  f.name = name;
+  f.kind = "categorical";
+  f.ops = std::move(ops);
+  f.histogram = histogram;
+  return f;
+}
+
+PlanSpec Plan(std::vector<FeatureSpec> features) {
+  PlanSpec spec;
+  spec.features = std::move(features);
+  return spec;
+}
+
+// Written from docs/feature_plan.md, independently of mls_splitmix64.
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+int HashSlotOf(int64_t code, int n) {
+  return static_cast<int>(SplitMix64(static_cast<uint64_t>(code)) % static_cast<uint64_t>(n));
+}
+
+// Checks out[0..width) is a one-hot block with a 1 at `slot` (slot < 0: all zeros).
+void CheckOneHot(const float* out, int width, int slot, int row) {
+  for (int k = 0; k < width; ++k) {
+    const float want = k == slot ? 1.0f : 0.0f;
+    if (out[k] != want) {
+      test_harness::ReportFailure(__FILE__, __LINE__,
+                                  "row " + std::to_string(row) + " slot " + std::to_string(k) +
+                                      ": got " + std::to_string(out[k]) + ", want " +
+                                      std::to_string(want));
+    }
+  }
+}
+
+// The plan of the Transform tests: every op, both encodings, three histograms.
+PlanSpec SmallPlan() {
+  return Plan({
+      Numeric("amount",
+              {Op("impute", {{"value", 0.0}}), Op("clip", {{"lo", 0.0}, {"hi", 100.0}}), Op("log1p"),
+               Op("standardize", {{"mean", 1.0}, {"std", 2.0}})},
+              {0.0, 1.0, 10.0}),
+      Numeric("age", {Op("minmax", {{"lo", 0.0}, {"hi", 10.0}})}),
+      Categorical("channel", {Op("impute", {{"value", 1.0}}), Op("onehot", {{"size", 3.0}})}, true),
+      Categorical("merchant", {Op("hash_bucket", {{"n", 8.0}})}, true),
+  });
+}
+
+void ExpectInvalidPlan(const PlanSpec& spec, std::vector<std::string> needles, int line) {
+  const int before = test_harness::FailedChecks().load();
+  CHECK_THROWS_CODE(FeaturePlan(spec), ErrorCode::kInvalidInput, (needles));
+  if (test_harness::FailedChecks().load() != before) {
+    std::fprintf(stderr, "  (bad plan declared at line %d)\n", line);
+  }
+}
+#define EXPECT_INVALID_PLAN(spec, ...) ExpectInvalidPlan((spec), __VA_ARGS__, __LINE__)
+
+// Distance in float32 steps between a and b (both finite or equal specials).
+int64_t UlpDistance(float a, float b) {
+  auto key = [](float v) {
+    int32_t i;
+    std::memcpy(&i, &v, sizeof(i));
+    return i < 0 ? int64_t{INT32_MIN} - i : int64_t{i};  // monotonic in v, -0 == +0
+  };
+  return std::llabs(key(a) - key(b));
+}
+
+bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+bool SameSnapshot(const HistogramSnapshot& a, const HistogramSnapshot& b) {
+  if (a.rows != b.rows || a.features.size() != b.features.size()) return false;
+  for (size_t i = 0; i < a.features.size(); ++i) {
+    const auto& x = a.features[i];
+    const auto& y = b.features[i];
+    if (x.name != y.name || x.counts != y.counts || x.underflow != y.underflow ||
+        x.overflow != y.overflow || x.missing != y.missing || x.edges != y.edges) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// ---- batcher helpers ---------------------------------------------------------------------------
+
+// f_in = 3, f_out = 6. Row sums differ per request when the inputs do.
+std::shared_ptr<const FeaturePlan> BatcherPlan() {
+  return std::make_shared<const FeaturePlan>(Plan({
+      Numeric("a", {Op("standardize", {{"mean", 1.0}, {"std", 2.0}})}, {0.0, 10.0}),
+      Numeric("b", {Op("minmax", {{"lo", 0.0}, {"hi", 4.0}})}),
+      Categorical("c", {Op("onehot", {{"size", 3.0}})}, true),
+  }));
+}
+
+// `rows` raw rows tagged by `tag`, so that a request's rows never match another's.
+std::vector<float> RequestRows(int64_t rows, float tag) {
+  std::vector<float> x;
+  for (int64_t i = 0; i < rows; ++i) {
+    x.push_back(tag + static_cast<float>(i));
+    x.push_back(0.5f * tag - static_cast<float>(i));
+    x.push_back(static_cast<float>(i % 5) - 1.0f);  // -1 and 3 are out of vocabulary
+  }
+  return x;
+}
+
+// What "rowsum" must return for these raw rows: the sum of each normalized row.
+std::vector<float> ExpectedRowSums(const FeaturePlan& plan, const std::vector<float>& x) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / plan.f_in();
+  std::vector<float> norm(static_cast<size_t>(rows * plan.f_out()));
+  plan.Transform(x.data(), rows, plan.f_in(), norm.data(), /*histograms=*/false);
+  std::vector<float> sums;
+  for (int64_t i = 0; i < rows; ++i) {
+    double s = 0.0;
+    for (int64_t j = 0; j < plan.f_out(); ++j) s += norm[static_cast<size_t>(i * plan.f_out() + j)];
+    sums.push_back(static_cast<float>(s));
+  }
+  return sums;
+}
+
+// Number of rows of `r` whose published result differs from `want` (all when not kDone).
+int64_t WrongRows(const Request& r, const std::vector<float>& want) {
+  if (r.state != RequestState::kDone || !r.output || r.output->width != 1) return r.rows;
+  if (r.row_offset < 0 || r.row_offset + r.rows > r.output->rows) return r.rows;
+  int64_t wrong = 0;
+  for (int64_t i = 0; i < r.rows; ++i) {
+    if (r.output->data[static_cast<size_t>(r.row_offset + i)] != want[static_cast<size_t>(i)]) ++wrong;
+  }
+  return wrong;
+}
+
+struct Submitted {
+  std::shared_ptr<Request> request;
+  std::vector<float> want;
+};
+
+Submitted SubmitTagged(DynamicBatcher& b, int64_t rows, float tag, bool notify_queue = false,
+                       int32_t priority = 0, int64_t timeout_us = 0) {
+  std::vector<float> x = RequestRows(rows, tag);
+  Submitted s;
+  s.want = ExpectedRowSums(b.plan(), x);
+  s.request = b.Submit(x.data(), rows, priority, timeout_us, notify_queue);
+  return s;
+}
+
+void CheckDone(const Submitted& s) {
+  CHECK(DynamicBatcher::Wait(*s.request, kWaitLimit));
+  CHECK(s.request->state == RequestState::kDone);
+  CHECK_EQ(WrongRows(*s.request, s.want), 0);
+}
+
+void CheckFailed(Request& r, ErrorCode code, const std::string& needle) {
+  CHECK(DynamicBatcher::Wait(r, kWaitLimit));
+  CHECK(r.state == RequestState::kFailed);
+  CHECK(r.error_code == code);
+  if (r.error_message.find(needle) == std::string::npos) {
+    test_harness::ReportFailure(__FILE__, __LINE__,
+                                "error message lacks '" + needle + "': " + r.error_message);
+  }
+}
+
+std::unique_ptr<DynamicBatcher> MakeBatcher(BatcherConfig config,
+                                            std::unique_ptr<mlserve::Backend> backend = nullptr) {
+  if (!backend) backend = mlserve::MakeBuiltinBackend("rowsum");
+  return std::make_unique<DynamicBatcher>(BatcherPlan(), std::move(backend), std::move(config));
+}
+
+// Batch sizes that occurred, as {rows: batches}, ignoring zero entries.
+std::map<int64_t, int64_t> BatchSizes(const DynamicBatcher& b) {
+  std::map<int64_t, int64_t> out;
+  const auto sizes = b.Stats().batch_sizes;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    if (sizes[k] != 0) out[static_cast<int64_t>(k)] = sizes[k];
+  }
+  return out;
+}
+
+}  // namespace
+
+// ================================ FeaturePlan ===================================================
+
+TEST(PlanCompileErrorsNameTheFeature) {
+  EXPECT_INVALID_PLAN(Plan({Numeric("amount", {Op("sqrt")})}), {"'amount'", "unknown op 'sqrt'"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("amount", {Op("standardize", {{"mean", 0.0}, {"std", 0.0}})})}),
+                      {"'amount'", "std > 0"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("x", {}), Numeric("age", {Op("clip", {{"lo", 5.0}, {"hi", 5.0}})})}),
+                      {"'age'", "lo < hi"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("age", {Op("minmax", {{"lo", 1.0}})})}),
+                      {"'age'", "needs parameter 'hi'"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("age", {Op("impute", {{"value", std::nan("")}})})}),
+                      {"'age'", "finite"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("age", {Op("impute", {{"value", 1e300}})})}),
+                      {"'age'", "float32"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("channel", {Op("onehot", {{"size", 3.0}})})}),
+                      {"'channel'", "categorical"});
+  EXPECT_INVALID_PLAN(Plan({Categorical("channel", {Op("impute", {{"value", 0.0}})})}),
+                      {"'channel'", "encoding op"});
+  EXPECT_INVALID_PLAN(
+      Plan({Categorical("channel", {Op("log1p"), Op("onehot", {{"size", 3.0}})})}),
+      {"'channel'", "only impute"});
+  EXPECT_INVALID_PLAN(
+      Plan({Categorical("channel", {Op("hash_bucket", {{"n", 4.0}}), Op("onehot", {{"size", 3.0}})})}),
+      {"'channel'", "more than one encoding"});
+  OpSpec empty_vocab = Op("onehot");
+  empty_vocab.vocabulary_size = 0;
+  EXPECT_INVALID_PLAN(Plan({Categorical("channel", {empty_vocab})}), {"'channel'", "empty"});
+  OpSpec disagree = Op("onehot", {{"size", 4.0}});
+  disagree.vocabulary_size = 3;
+  EXPECT_INVALID_PLAN(Plan({Categorical("channel", {disagree})}), {"'channel'", "disagrees"});
+  EXPECT_INVALID_PLAN(Plan({Categorical("merchant", {Op("hash_bucket", {{"n", 0.0}})})}),
+                      {"'merchant'", "n >= 1"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("amount", {}, {1.0, 1.0})}), {"'amount'", "strictly increasing"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("amount", {}, {1.0})}), {"'amount'", "at least two"});
+  OpSpec short_vocab = Op("onehot", {{"size", 3.0}});
+  short_vocab.vocabulary = {"web", "pos"};  // names 2 of 3 slots (vocabulary_size left unset)
+  EXPECT_INVALID_PLAN(Plan({Categorical("channel", {short_vocab})}), {"'channel'", "vocabulary"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("amount", {}, {0.0, -kInf})}), {"'amount'", "-inf only first"});
+  EXPECT_INVALID_PLAN(Plan({Numeric("amount", {}), Numeric("amount", {})}), {"'amount'", "twice"});
+  FeatureSpec odd = Numeric("weird", {});
+  odd.kind = "text";
+  EXPECT_INVALID_PLAN(Plan({odd}), {"'weird'", "unknown kind 'text'"});
+  PlanSpec order = Plan({Numeric("amount", {})});
+  order.has_output_order = true;
+  order.output_order = {"amount", "missing_one"};
+  EXPECT_INVALID_PLAN(order, {"'missing_one'"});
+  EXPECT_INVALID_PLAN(PlanSpec{}, {"empty"});
+}
+
+TEST(TransformSmallPlanByHand) {
+  const FeaturePlan plan(SmallPlan());
+  CHECK_EQ(plan.f_in(), 4);
+  CHECK_EQ(plan.f_out(), 1 + 1 + 4 + 8);
+  CHECK(plan.has_histograms());
+  const auto& names = plan.output_names();
+  CHECK_EQ(names.size(), 14u);
+  CHECK_EQ(names[0], std::string("amount"));
+  CHECK_EQ(names[2], std::string("channel=0"));
+  CHECK_EQ(names[5], std::string("channel=<oov>"));
+  CHECK_EQ(names[13], std::string("merchant#7"));
+
+  const float e_minus_1 = 1.71828182845904523f;
+  // amount, age, channel, merchant
+  const std::vector<float> x = {
+      kNaN,      5.0f,  2.0f,  3.0f,    // amount imputed; channel in vocabulary
+      e_minus_1, -10.f, kNaN,  kNaN,    // log1p -> 1; minmax does not clip; channel imputed to 1
+      1000.0f,   10.0f, 5.0f,  -7.0f,   // clipped to hi; channel too large; negative hash code
+      -5.0f,     2.5f,  1.5f,  2.5f,    // clipped to lo; fractional codes
+      0.5f,      0.0f,  -1.0f, kInf,    // negative code -> OOV; inf code -> no bucket
+      kInf,      kNaN,  0.0f,  0.0f,    // +inf clipped; NaN passes through minmax
+      10.0f,     1.0f,  3.0f,  1.0f,    // code == size -> OOV
+      1.0f,      7.5f,  kNaN,  -kInf,
+  };
+  const int64_t n = 8;
+  std::vector<float> out(static_cast<size_t>(n * plan.f_out()), -99.0f);
+  plan.Transform(x.data(), n, plan.f_in(), out.data(), /*histograms=*/true);
+
+  const double log101 = std::log1p(100.0);
+  const double amount[n] = {-0.5, 0.0, (log101 - 1) * 0.5, -0.5, (std::log1p(0.5) - 1) * 0.5,
+                            (log101 - 1) * 0.5, (std::log1p(10.0) - 1) * 0.5, (std::log(2.0) - 1) * 0.5};
+  const double age[n] = {0.5, -1.0, 1.0, 0.25, 0.0, std::nan(""), 0.1, 0.75};
+  const int channel[n] = {2, 1, 3, 3, 3, 0, 3, 1};
+  const int merchant[n] = {HashSlotOf(3, 8), -1, HashSlotOf(-7, 8), -1, -1, HashSlotOf(0, 8),
+                           HashSlotOf(1, 8), -1};
+  for (int i = 0; i < n; ++i) {
+    const float* row = out.data() + i * plan.f_out();
+    CHECK_NEAR(row[0], amount[i], 1e-5);
+    CHECK_NEAR(row[1], age[i], 1e-6);
+    CheckOneHot(row + 2, 4, channel[i], i);
+    CheckOneHot(row + 6, 8, merchant[i], i);
+  }
+
+  const HistogramSnapshot snap = plan.Snapshot(/*reset=*/true);
+  CHECK_EQ(snap.rows, n);
+  CHECK_EQ(snap.features.size(), 3u);
+  if (snap.features.size() == 3) {
+    // Raw amount: NaN, 1.718, 1000, -5, 0.5, inf, 10, 1 against edges [0, 1, 10].
+    const auto& a = snap.features[0];
+    CHECK_EQ(a.name, std::string("amount"));
+    CHECK(a.edges == (std::vector<float>{0.0f, 1.0f, 10.0f}));
+    CHECK_EQ(a.underflow, 1);
+    CHECK(a.counts == (std::vector<int64_t>{1, 2}));  // [0,1): 0.5; [1,10): 1.718, 1
+    CHECK_EQ(a.overflow, 3);                         // 1000, inf, 10 (x >= last edge)
+    CHECK_EQ(a.missing, 1);
+    // Raw channel codes (before impute): 2, NaN, 5, 1.5, -1, 0, 3, NaN.
+    const auto& c = snap.features[1];
+    CHECK_EQ(c.name, std::string("channel"));
+    CHECK(c.counts == (std::vector<int64_t>{1, 0, 1, 4}));  // OOV: 5, 1.5, -1, 3
+    CHECK_EQ(c.missing, 2);
+    // Raw merchant codes: 3, NaN, -7, 2.5, inf, 0, 1, -inf.
+    const auto& m = snap.features[2];
+    std::vector<int64_t> want(8, 0);
+    for (int64_t code : {3, -7, 0, 1}) ++want[static_cast<size_t>(HashSlotOf(code, 8))];
+    CHECK(m.counts == want);
+    CHECK_EQ(m.missing, 4);
+  }
+  const HistogramSnapshot zero = plan.Snapshot(/*reset=*/false);
+  CHECK_EQ(zero.rows, 0);
+  for (const auto& f : zero.features) {
+    CHECK_EQ(f.underflow + f.overflow + f.missing, 0);
+    for (int64_t c : f.counts) CHECK_EQ(c, 0);
+  }
+  // histograms=false counts nothing.
+  plan.Transform(x.data(), n, plan.f_in(), out.data(), /*histograms=*/false);
+  CHECK_EQ(plan.Snapshot(false).rows, 0);
+}
+
+TEST(SplitMixReferenceMatchesPublishedValue) {
+  // First output of the splitmix64 generator seeded with 0.
+  CHECK_EQ(SplitMix64(0), 0xE220A8397B1DCDAFull);
+  CHECK_EQ(mls_splitmix64(12345), SplitMix64(12345));
+}
+
+TEST(OneHotVocabularyNamesColumns) {
+  OpSpec vocab = Op("onehot");
+  vocab.vocabulary = {"web", "pos", "app"};
+  vocab.vocabulary_size = 3;
+  const FeaturePlan plan(Plan({Categorical("channel", {vocab})}));
+  CHECK((plan.output_names() ==
+         std::vector<std::string>{"channel=web", "channel=pos", "channel=app", "channel=<oov>"}));
+  // A plan without histograms counts no rows even when asked to.
+  const float x[2] = {1.0f, 7.0f};
+  float out[8];
+  plan.Transform(x, 2, 1, out, /*histograms=*/true);
+  CheckOneHot(out, 4, 1, 0);
+  CheckOneHot(out + 4, 4, 3, 1);
+  const HistogramSnapshot snap = plan.Snapshot(true);
+  CHECK_EQ(snap.rows, 0);
+  CHECK(snap.features.empty());
+}
+
+TEST(Log1pWithinOneUlpOfLibm) {
+  // Every 2053rd float32 bit pattern (both signs, all exponents) plus the specials, through the
+  // plan's vectorised log1p. 2M+ rows (8 MB out) also take the streaming-store output path.
+  std::vector<float> x;
+  for (uint64_t bits = 0; bits <= 0xFFFFFFFFull; bits += 2053) {
+    const uint32_t b32 = static_cast<uint32_t>(bits);
+    float v;
+    std::memcpy(&v, &b32, sizeof(v));
+    x.push_back(v);
+  }
+  for (float v : {0.0f, -0.0f, -1.0f, -0.9999999f, -1.0000001f, 1e-30f, -1e-30f, 1e-45f,
+                  0.41421354f, 0.41421357f, -0.29289323f, 1.0f, 3.4e38f, kInf, -kInf, kNaN}) {
+    x.push_back(v);
+  }
+  const FeaturePlan plan(Plan({Numeric("x", {Op("log1p")})}));
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> out(x.size());
+  plan.Transform(x.data(), n, 1, out.data(), false);
+  int64_t worst = 0, bad_specials = 0;
+  float worst_x = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float want = static_cast<float>(std::log1p(static_cast<double>(x[i])));
+    const float got = out[static_cast<size_t>(i)];
+    if (std::isnan(want) || std::isinf(want) || x[i] == 0.0f) {
+      // NaN for x < -1 and NaN, -inf at -1, +inf at +inf, and +-0 keeps its sign.
+      const bool same = std::isnan(want) ? std::isnan(got)
+                                         : (got == want && std::signbit(got) == std::signbit(want));
+      bad_specials += same ? 0 : 1;
+      continue;
+    }
+    const int64_t d = std::isfinite(got) ? UlpDistance(got, want) : INT64_MAX;
+    if (d > worst) {
+      worst = d;
+      worst_x = x[static_cast<size_t>(i)];
+    }
+  }
+  CHECK_EQ(bad_specials, 0);
+  if (worst > 1) {
+    test_harness::ReportFailure(__FILE__, __LINE__, "log1p is " + std::to_string(worst) +
+                                                        " ulp off at x = " + std::to_string(worst_x));
+  }
+}
+
+TEST(NumericHistogramLinearAndBinarySearchAgree) {
+  // 32 edges take the linear scan, 33 the binary search: both must follow
+  // searchsorted(edges, x, side="right") - 1, with -inf first and +inf last allowed.
+  std::vector<double> linear = {-kInf}, binary;
+  for (int j = 0; j < 30; ++j) linear.push_back(j * 0.5);
+  linear.push_back(kInf);
+  for (int j = 0; j < 33; ++j) binary.push_back(j * 0.5 - 1.0);
+  CHECK_EQ(linear.size(), 32u);
+  const FeaturePlan plan(Plan({Numeric("lin", {}, linear), Numeric("bin", {}, binary)}));
+  std::vector<float> x;
+  for (int j = -8; j < 80; ++j) {
+    const float v = j * 0.25f;
+    x.insert(x.end(), {v, v});
+  }
+  for (float v : {kInf, -kInf, kNaN, 1e-40f, -0.0f, 14.5f, 15.0f, 15.25f}) x.insert(x.end(), {v, v});
+  const int64_t n = static_cast<int64_t>(x.size() / 2);
+  std::vector<float> out(x.size());
+  plan.Transform(x.data(), n, 2, out.data(), true);
+  const HistogramSnapshot snap = plan.Snapshot(true);
+  CHECK_EQ(snap.features.size(), 2u);
+  for (size_t f = 0; f < snap.features.size() && f < 2; ++f) {
+    const std::vector<double>& e = f == 0 ? linear : binary;
+    // counters as the doc lays them out: [underflow, bins..., overflow, nan]
+    std::vector<int64_t> want(e.size() + 2, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = x[static_cast<size_t>(2 * i + f)];
+      if (std::isnan(v)) {
+        ++want[e.size() + 1];
+        continue;
+      }
+      size_t le = 0;  // edges <= v
+      while (le < e.size() && static_cast<float>(e[le]) <= v) ++le;
+      ++want[le];
+    }
+    const auto& h = snap.features[f];
+    std::vector<int64_t> got = {h.underflow};
+    got.insert(got.end(), h.counts.begin(), h.counts.end());
+    got.push_back(h.overflow);
+    got.push_back(h.missing);
+    if (got != want) {
+      test_harness::ReportFailure(__FILE__, __LINE__, "histogram of '" + h.name + "' differs");
+    }
+  }
+}
+
+TEST(TransformOutputOrderAndStride) {
+  PlanSpec spec = SmallPlan();
+  spec.has_output_order = true;
+  spec.output_order = {"merchant", "amount"};  // age and channel are read but not output
+  const FeaturePlan plan(spec);
+  CHECK_EQ(plan.f_out(), 8 + 1);
+  const int64_t stride = 7;  // three padding columns per row must be ignored
+  const std::vector<float> x = {kNaN, 1.f, 2.f, 3.f, 111.f, 222.f, 333.f,
+                                0.5f, 2.f, 9.f, 0.f, -1.f,  kNaN,  kInf};
+  std::vector<float> out(2 * 9, -99.0f);
+  plan.Transform(x.data(), 2, stride, out.data(), true);
+  CheckOneHot(out.data(), 8, HashSlotOf(3, 8), 0);
+  CHECK_NEAR(out[8], -0.5, 1e-6);
+  CheckOneHot(out.data() + 9, 8, HashSlotOf(0, 8), 1);
+  CHECK_NEAR(out[17], (std::log1p(0.5) - 1) * 0.5, 1e-6);
+  // Features left out of the output are still histogrammed.
+  const HistogramSnapshot snap = plan.Snapshot(true);
+  CHECK_EQ(snap.rows, 2);
+  CHECK(snap.features.size() == 3 && snap.features[1].counts == (std::vector<int64_t>{0, 0, 1, 1}));
+  plan.Transform(x.data(), 0, stride, out.data(), true);  // n = 0 is a no-op
+  CHECK_EQ(plan.Snapshot(false).rows, 0);
+}
+
+TEST(TransformTwoThreadsEqualsOneThread) {
+  const int64_t n = 100000;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> value(-20.0f, 200.0f);
+  std::uniform_int_distribution<int> code(-2, 12);
+  std::uniform_int_distribution<int> special(0, 19);
+  std::vector<float> x(static_cast<size_t>(n * 4));
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = x.data() + i * 4;
+    row[0] = value(rng);
+    row[1] = value(rng);
+    row[2] = static_cast<float>(code(rng));
+    row[3] = static_cast<float>(code(rng)) * 1000.0f;
+    switch (special(rng)) {
+      case 0: row[0] = kNaN; row[2] = kNaN; break;
+      case 1: row[1] = -kInf; row[3] = kNaN; break;
+      case 2: row[2] += 0.5f; row[3] = 0.25f; break;
+      default: break;
+    }
+  }
+  const FeaturePlan one(SmallPlan());
+  const FeaturePlan two(SmallPlan());
+  std::vector<float> out1(static_cast<size_t>(n * one.f_out())), out2(out1.size(), -1.0f);
+  one.Transform(x.data(), n, 4, out1.data(), true, 1);
+  two.Transform(x.data(), n, 4, out2.data(), true, 2);
+  CHECK(SameBits(out1, out2));
+  // One call writes 5.6 MB (streaming stores); 1000-row calls stay below the threshold.
+  std::vector<float> small(out1.size(), -1.0f);
+  const FeaturePlan chunked(SmallPlan());
+  for (int64_t r0 = 0; r0 < n; r0 += 1000) {
+    chunked.Transform(x.data() + r0 * 4, std::min<int64_t>(1000, n - r0), 4,
+                      small.data() + r0 * chunked.f_out(), true, 1);
+  }
+  CHECK(SameBits(out1, small));
+  CHECK(SameSnapshot(one.Snapshot(false), chunked.Snapshot(false)));
+  const HistogramSnapshot s1 = one.Snapshot(false), s2 = two.Snapshot(false);
+  CHECK_EQ(s1.rows, n);
+  CHECK(SameSnapshot(s1, s2));
+  // Two threads on the same plan at once: counters of both calls add up exactly.
+  std::thread t([&] { two.Transform(x.data(), n, 4, out2.data(), true, 2); });
+  std::vector<float> out3(out1.size());
+  two.Transform(x.data(), n, 4, out3.data(), true, 1);
+  t.join();
+  CHECK(SameBits(out1, out3));
+  const HistogramSnapshot s3 = two.Snapshot(true);
+  CHECK_EQ(s3.rows, 3 * n);
+  CHECK(s3.features.size() == 3 && s1.features.size() == 3 &&
+        s3.features[0].missing == 3 * s1.features[0].missing &&
+        s3.features[2].counts[0] == 3 * s1.features[2].counts[0]);
+}
+
+// ================================ DynamicBatcher ================================================
+
+TEST(BatcherConfigAndSubmitErrors) {
+  BatcherConfig bad;
+  bad.preferred_batch_sizes = {65};
+  CHECK_THROWS_CODE(MakeBatcher(bad), ErrorCode::kInvalidInput, {"preferred_batch_sizes", "65"});
+  bad = BatcherConfig();
+  bad.default_priority_level = 3;
+  CHECK_THROWS_CODE(MakeBatcher(bad), ErrorCode::kInvalidInput, {"default_priority_level"});
+  CHECK_THROWS_CODE(DynamicBatcher(BatcherPlan(), nullptr, BatcherConfig()), ErrorCode::kInvalidInput,
+                    {"backend"});
+  CHECK(mlserve::MakeBuiltinBackend("no-such-backend") == nullptr);
+
+  BatcherConfig config;
+  config.max_batch_size = 4;
+  auto b = MakeBatcher(config);
+  const std::vector<float> x = RequestRows(5, 1.0f);
+  CHECK_THROWS_CODE(b->Submit(x.data(), 5, 0, 0, false), ErrorCode::kInvalidInput, {"5 rows", "1..4"});
+  CHECK_THROWS_CODE(b->Submit(x.data(), 0, 0, 0, false), ErrorCode::kInvalidInput, {"0 rows"});
+  CHECK_THROWS_CODE(b->Submit(x.data(), 1, 2, 0, false), ErrorCode::kInvalidInput, {"priority 2"});
+}
+
+TEST(BatcherScattersEachRequestsOwnRows) {
+  BatcherConfig config;
+  config.max_batch_size = 16;
+  config.max_queue_delay_us = 0;
+  auto b = MakeBatcher(config);
+  b->HoldUntilQueued(3);
+  const Submitted r1 = SubmitTagged(*b, 2, 10.0f);
+  const Submitted r2 = SubmitTagged(*b, 3, 20.0f);
+  const Submitted r3 = SubmitTagged(*b, 4, 30.0f);
+  CheckDone(r1);
+  CheckDone(r2);
+  CheckDone(r3);
+  b->Shutdown(true);  // stats are updated after publishing: join the workers before reading them
+  // All three went out as one batch and share its output.
+  CHECK(r1.request->output == r3.request->output);
+  CHECK_EQ(r2.request->row_offset, 2);
+  CHECK((BatchSizes(*b) == std::map<int64_t, int64_t>{{9, 1}}));
+  const auto stats = b->Stats();
+  CHECK_EQ(stats.requests, 3);
+  CHECK_EQ(stats.rows, 9);
+  CHECK_EQ(stats.completed, 3);
+  CHECK_EQ(b->plan().Snapshot(false).rows, 9);  // the batcher counted histograms
+}
+
+TEST(BatcherHoldMakesBatchSizesDeterministic) {
+  BatcherConfig config;
+  config.max_batch_size = 8;
+  config.max_queue_delay_us = 0;
+  config.instance_count = 2;
+  auto b = MakeBatcher(config);
+  b->HoldUntilQueued(5);
+  std::vector<Submitted> reqs;
+  for (int i = 0; i < 5; ++i) reqs.push_back(SubmitTagged(*b, 3, 100.0f * (i + 1)));
+  for (const auto& r : reqs) CheckDone(r);
+  b->Shutdown(true);
+  // Never split, so 8 rows hold two 3-row requests: 6 + 6 + 3.
+  CHECK((BatchSizes(*b) == std::map<int64_t, int64_t>{{3, 1}, {6, 2}}));
+  CHECK_EQ(b->Stats().batches, 3);
+
+  // A preferred size cuts at once when the whole queue makes it: the delay (1 h) is far longer
+  // than any wait here.
+  BatcherConfig pref;
+  pref.max_batch_size = 16;
+  pref.preferred_batch_sizes = {4};
+  pref.max_queue_delay_us = int64_t{3600} * 1000 * 1000;
+  auto p = MakeBatcher(pref);
+  p->HoldUntilQueued(2);
+  const Submitted a = SubmitTagged(*p, 1, 1.0f);
+  const Submitted c = SubmitTagged(*p, 3, 2.0f);
+  CheckDone(a);
+  CheckDone(c);
+  p->Shutdown(true);
+  CHECK((BatchSizes(*p) == std::map<int64_t, int64_t>{{4, 1}}));
+}
+
+TEST(BatcherPriorityLevelsRunHighestFirst) {
+  BatcherConfig config;
+  config.max_batch_size = 4;
+  config.max_queue_delay_us = 0;
+  config.priority_levels = 2;
+  auto b = MakeBatcher(config);
+  b->HoldUntilQueued(2);
+  const Submitted low = SubmitTagged(*b, 4, 1.0f, /*notify_queue=*/true, /*priority=*/2);
+  const Submitted high = SubmitTagged(*b, 4, 2.0f, /*notify_queue=*/true, /*priority=*/1);
+  b->Shutdown(true);
+  const auto done = b->DrainCompleted();
+  CHECK_EQ(done.size(), 2u);
+  if (done.size() == 2) {
+    CHECK(done[0] == high.request);
+    CHECK(done[1] == low.request);
+  }
+  CheckDone(low);
+  CheckDone(high);
+}
+
+TEST(BatcherQueueFull) {
+  BatcherConfig config;
+  config.max_queue_size = 2;
+  auto b = MakeBatcher(config);
+  b->HoldUntilQueued(100);
+  const Submitted r1 = SubmitTagged(*b, 1, 1.0f);
+  const Submitted r2 = SubmitTagged(*b, 1, 2.0f);
+  const std::vector<float> x = RequestRows(1, 3.0f);
+  CHECK_THROWS_CODE(b->Submit(x.data(), 1, 0, 0, false), ErrorCode::kQueueFull, {"queue is full"});
+  CHECK_EQ(b->Stats().rejected, 1);
+  CHECK_EQ(b->Stats().queued, 2);
+  b->Shutdown(true);  // drains despite the hold
+  CheckDone(r1);
+  CheckDone(r2);
+}
+
+TEST(BatcherDeadlineExceededWhileQueued) {
+  BatcherConfig config;
+  config.default_timeout_us = 2000;
+  auto b = MakeBatcher(config);
+  b->HoldUntilQueued(100);
+  const Submitted explicit_timeout = SubmitTagged(*b, 1, 1.0f, /*notify_queue=*/true, 0, 1000);
+  const Submitted default_timeout = SubmitTagged(*b, 2, 2.0f, false, 0, /*timeout_us=*/-1);
+  const Submitted no_timeout = SubmitTagged(*b, 1, 3.0f, false, 0, /*timeout_us=*/0);
+  CheckFailed(*explicit_timeout.request, ErrorCode::kDeadlineExceeded, "timed out");
+  CheckFailed(*default_timeout.request, ErrorCode::kDeadlineExceeded, "not executed");
+  const auto drained = b->DrainCompleted();
+  CHECK(drained.size() == 1 && drained[0] == explicit_timeout.request);
+  const auto stats = b->Stats();
+  CHECK_EQ(stats.timed_out, 2);
+  CHECK_EQ(stats.queued, 1);
+  CHECK_EQ(stats.batches, 0);
+  CHECK(no_timeout.request->state == RequestState::kQueued);
+  b->HoldUntilQueued(0);
+  CheckDone(no_timeout);
+}
+
+TEST(BatcherHugeTimeoutAndDelayMeanNever) {
+  // INT64_MAX microseconds overflow the clock's nanoseconds: they must saturate, not wrap.
+  constexpr int64_t kForever = std::numeric_limits<int64_t>::max();
+  BatcherConfig config;
+  config.max_batch_size = 2;
+  config.max_queue_delay_us = kForever;
+  config.default_timeout_us = kForever;
+  auto b = MakeBatcher(config);
+  CheckDone(SubmitTagged(*b, 2, 1.0f, false, 0, kForever));  // full batch: cut at once
+  CheckDone(SubmitTagged(*b, 2, 2.0f, false, 0, /*timeout_us=*/-1));
+  const Submitted waiting = SubmitTagged(*b, 1, 3.0f);  // waits for the (endless) delay
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(waiting.request->state == RequestState::kQueued);
+  b->Shutdown(true);
+  CheckDone(waiting);
+  CHECK_EQ(b->Stats().timed_out, 0);
+}
+
+TEST(BatcherCancel) {
+  BatcherConfig config;
+  config.max_queue_delay_us = 0;
+  auto b = MakeBatcher(config);
+  b->HoldUntilQueued(100);
+  const Submitted gone = SubmitTagged(*b, 2, 1.0f, true, 0, /*timeout_us=*/100 * 1000);
+  const Submitted kept = SubmitTagged(*b, 2, 2.0f);
+  CHECK(b->Cancel(gone.request->id));
+  CHECK(gone.request->state == RequestState::kCancelled);
+  CHECK(!b->Cancel(gone.request->id));
+  CHECK(!b->Cancel(987654321));
+  // Its deadline passes while the batcher runs: it must have left the deadline index too.
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  CHECK(gone.request->state == RequestState::kCancelled);
+  CHECK_EQ(b->Stats().timed_out, 0);
+  CHECK_EQ(b->Stats().cancelled, 1);
+  CHECK_EQ(b->Stats().queued, 1);
+  b->HoldUntilQueued(0);
+  CheckDone(kept);
+  CHECK(!b->Cancel(kept.request->id));  // already ran
+  b->Shutdown(true);
+  CHECK(b->DrainCompleted().empty());  // nothing is published for a cancelled request
+  CHECK((BatchSizes(*b) == std::map<int64_t, int64_t>{{2, 1}}));
+}
+
+TEST(BatcherShutdownDrainRunsQueuedRequests) {
+  BatcherConfig config;
+  config.max_queue_delay_us = 1000 * 1000;
+  auto b = MakeBatcher(config);
+  b->HoldUntilQueued(100);
+  std::vector<Submitted> reqs;
+  for (int i = 0; i < 3; ++i) reqs.push_back(SubmitTagged(*b, 2 + i, 10.0f * i));
+  b->Shutdown(true);
+  for (const auto& r : reqs) CheckDone(r);
+  const std::vector<float> x = RequestRows(1, 1.0f);
+  CHECK_THROWS_CODE(b->Submit(x.data(), 1, 0, 0, false), ErrorCode::kUnavailable, {"shutting down"});
+  b->Shutdown(false);  // idempotent
+  CHECK_EQ(b->Stats().completed, 3);
+  CHECK_EQ(b->Stats().rejected, 1);
+}
+
+TEST(BatcherShutdownWithoutDrainFailsQueuedRequests) {
+  auto b = MakeBatcher(BatcherConfig());
+  b->HoldUntilQueued(100);
+  const Submitted r1 = SubmitTagged(*b, 1, 1.0f, /*notify_queue=*/true);
+  const Submitted r2 = SubmitTagged(*b, 3, 2.0f);
+  b->Shutdown(false);
+  CheckFailed(*r1.request, ErrorCode::kUnavailable, "unloaded");
+  CheckFailed(*r2.request, ErrorCode::kUnavailable, "unloaded");
+  const auto drained = b->DrainCompleted();
+  CHECK(drained.size() == 1 && drained[0] == r1.request);
+  CHECK_EQ(b->Stats().batches, 0);
+}
+
+TEST(BatcherCompletionQueueAndEventFd) {
+  BatcherConfig config;
+  config.max_batch_size = 8;
+  config.max_queue_delay_us = 0;
+  config.instance_count = 2;
+  auto b = MakeBatcher(config);
+  // One batch of three notify_queue requests signals the eventfd, and one drain returns all three.
+  b->HoldUntilQueued(3);
+  std::vector<Submitted> first;
+  for (int i = 0; i < 3; ++i) first.push_back(SubmitTagged(*b, 2, 1000.0f + i, true));
+  for (const auto& s : first) CheckDone(s);
+  {
+    pollfd pfd{b->completion_fd(), POLLIN, 0};
+    CHECK_EQ(poll(&pfd, 1, 30 * 1000), 1);
+    const auto drained = b->DrainCompleted();
+    CHECK_EQ(drained.size(), 3u);
+    for (size_t i = 0; i < drained.size() && i < 3; ++i) CHECK(drained[i] == first[i].request);
+  }
+  std::map<uint64_t, Submitted> pending;  // notify_queue requests not yet drained
+  std::vector<Submitted> waited;
+  for (int i = 0; i < 40; ++i) {
+    Submitted s = SubmitTagged(*b, 1 + i % 8, static_cast<float>(i), /*notify_queue=*/i % 4 != 0);
+    if (s.request->notify_queue) {
+      pending.emplace(s.request->id, std::move(s));
+    } else {
+      waited.push_back(std::move(s));
+    }
+  }
+  std::set<uint64_t> seen;
+  int64_t duplicates = 0, unexpected = 0;
+  const auto give_up = std::chrono::steady_clock::now() + kWaitLimit;
+  while (!pending.empty() && std::chrono::steady_clock::now() < give_up) {
+    pollfd pfd{b->completion_fd(), POLLIN, 0};
+    const int ready = poll(&pfd, 1, 1000);
+    if (ready <= 0) continue;
+    CHECK(pfd.revents & POLLIN);
+    for (const auto& r : b->DrainCompleted()) {
+      if (!seen.insert(r->id).second) ++duplicates;
+      auto it = pending.find(r->id);
+      if (it == pending.end()) {
+        ++unexpected;
+        continue;
+      }
+      CHECK(r->Finished());
+      CHECK_EQ(WrongRows(*r, it->second.want), 0);
+      pending.erase(it);
+    }
+  }
+  CHECK(pending.empty());
+  CHECK_EQ(duplicates, 0);
+  CHECK_EQ(unexpected, 0);
+  for (const auto& s : waited) CheckDone(s);
+  b->Shutdown(true);
+  // Every publish happened before the join: one more drain empties the queue and the eventfd.
+  for (const auto& r : b->DrainCompleted()) {
+    if (!seen.insert(r->id).second) ++duplicates;
+  }
+  CHECK_EQ(duplicates, 0);
+  CHECK_EQ(seen.size(), 30u);
+  pollfd pfd{b->completion_fd(), POLLIN, 0};
+  CHECK_EQ(poll(&pfd, 1, 0), 0);
+}
+
+namespace {
+
+// Throws for the batches listed in `fail_calls` (0-based call index), else sums rows.
+class FlakyBackend final : public mlserve::Backend {
+ public:
+  explicit FlakyBackend(std::set<int> fail_calls) : fail_calls_(std::move(fail_calls)) {}
+  void Execute(const float* x, int64_t n, int64_t d, BatchOutput* out) override {
+    const int call = calls_++;
+    if (fail_calls_.count(call)) {
+      if (call % 3 == 0) throw std::runtime_error("boom in call " + std::to_string(call));
+      if (call % 3 == 1) throw mlserve::Error(ErrorCode::kInvalidInput, "bad tensor in call " + std::to_string(call));
+      out->rows = n + 1;  // a wrong answer, not an exception
+      out->data.assign(static_cast<size_t>(n + 1), 0.0f);
+      return;
+    }
+    rowsum_->Execute(x, n, d, out);
+  }
+  std::string Name() const override { return "flaky"; }
+
+ private:
+  std::set<int> fail_calls_;
+  std::atomic<int> calls_{0};
+  std::unique_ptr<mlserve::Backend> rowsum_ = mlserve::MakeBuiltinBackend("rowsum");
+};
+
+}  // namespace
+
+TEST(BatcherBackendFailureFailsOnlyThatBatch) {
+  BatcherConfig config;
+  config.max_queue_delay_us = 0;
+  auto b = MakeBatcher(config, std::make_unique<FlakyBackend>(std::set<int>{0, 2, 4, 5}));
+  // Call 0 throws std::runtime_error: both requests of that batch fail with kInternal.
+  b->HoldUntilQueued(2);
+  const Submitted f1 = SubmitTagged(*b, 2, 1.0f);
+  const Submitted f2 = SubmitTagged(*b, 3, 2.0f);
+  CheckFailed(*f1.request, ErrorCode::kInternal, "boom in call 0");
+  CheckFailed(*f2.request, ErrorCode::kInternal, "flaky");
+  CheckDone(SubmitTagged(*b, 2, 3.0f));  // call 1 succeeds
+  // Call 2 returns the wrong row count; call 3 succeeds.
+  CheckFailed(*SubmitTagged(*b, 1, 4.0f).request, ErrorCode::kInternal, "one row per input row");
+  CheckDone(SubmitTagged(*b, 1, 5.0f));
+  // Call 4 throws mlserve::Error: its code is kept. Call 5 fails too, call 6 succeeds.
+  CheckFailed(*SubmitTagged(*b, 1, 6.0f).request, ErrorCode::kInvalidInput, "bad tensor in call 4");
+  CheckFailed(*SubmitTagged(*b, 1, 7.0f).request, ErrorCode::kInternal, "one row per input row");
+  CheckDone(SubmitTagged(*b, 4, 8.0f));
+  b->Shutdown(true);
+  const auto stats = b->Stats();
+  CHECK_EQ(stats.failed, 5);
+  CHECK_EQ(stats.completed, 3);
+  CHECK_EQ(stats.batches, 7);
+}
+
+TEST(BatcherConcurrentClientsGetTheirOwnResults) {
+  BatcherConfig config;
+  config.max_batch_size = 32;
+  config.max_queue_delay_us = 50;
+  config.instance_count = 2;
+  auto b = MakeBatcher(config);
+  constexpr int kThreads = 4, kPerThread = 2000, kWindow = 16;
+  std::atomic<int64_t> wrong{0}, unfinished{0}, rows_total{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < kThreads; ++t) {
+    clients.emplace_back([&, t] {
+      std::mt19937 rng(static_cast<uint32_t>(1000 + t));
+      std::uniform_int_distribution<int64_t> size(1, 32);
+      for (int done = 0; done < kPerThread;) {
+        std::vector<Submitted> window;
+        for (int k = 0; k < kWindow && done < kPerThread; ++k, ++done) {
+          const int64_t rows = size(rng);
+          rows_total += rows;
+          window.push_back(SubmitTagged(*b, rows, static_cast<float>(t * 100000 + done) * 0.01f,
+                                        /*notify_queue=*/false));
+        }
+        for (const auto& s : window) {
+          if (!DynamicBatcher::Wait(*s.request, kWaitLimit)) {
+            ++unfinished;
+            continue;
+          }
+          wrong += WrongRows(*s.request, s.want);
+        }
+      }
+    });
+  }
+  for (auto& c : clients) c.join();
+  b->Shutdown(true);
+  CHECK_EQ(unfinished.load(), 0);
+  CHECK_EQ(wrong.load(), 0);
+  const auto stats = b->Stats();
+  CHECK_EQ(stats.requests, kThreads * kPerThread);
+  CHECK_EQ(stats.completed, kThreads * kPerThread);
+  CHECK_EQ(stats.failed + stats.timed_out + stats.cancelled + stats.rejected, 0);
+  CHECK_EQ(stats.queued, 0);
+  int64_t batched_rows = 0, batches = 0;
+  for (size_t k = 0; k < stats.batch_sizes.size(); ++k) {
+    batched_rows += static_cast<int64_t>(k) * stats.batch_sizes[k];
+    batches += stats.batch_sizes[k];
+  }
+  CHECK_EQ(batched_rows, rows_total.load());
+  CHECK_EQ(batches, stats.batches);
+  CHECK_EQ(b->plan().Snapshot(false).rows, rows_total.load());
+}
+
+int main(int argc, char** argv) { return test_harness::RunAllTests(argc > 1 ? argv[1] : nullptr); }
