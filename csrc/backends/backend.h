@@ -29,6 +29,8 @@ class Backend {
   // @param out  to fill: out->rows must equal n
   virtual void Execute(const float* x, int64_t n, int64_t d, BatchOutput* out) = 0;
   virtual std::string Name() const = 0;
+  // Called by each worker thread once, after its last Execute (per-thread cleanup).
+  virtual void ThreadExit() {}
 };
 
 // Built-in backends: "noop" (zeros, [n, 1]: measures the core's own overhead) and "rowsum"

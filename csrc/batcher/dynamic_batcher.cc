@@ -319,7 +319,11 @@ void DynamicBatcher::WorkerLoop() {
     for (;;) {
       const Clock::time_point now = Clock::now();
       const Clock::time_point next_deadline = ExpireLocked(now);
-      if (stopping_ && (!drain_ || queued_requests_ == 0)) return;
+      if (stopping_ && (!drain_ || queued_requests_ == 0)) {
+        lock.unlock();
+        backend_->ThreadExit();
+        return;
+      }
       Clock::time_point wake;
       if (ShouldCutLocked(now, &rows, &wake)) break;
       wake = std::min(wake, next_deadline);

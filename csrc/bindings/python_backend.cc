@@ -18,8 +18,18 @@ PythonBackend::~PythonBackend() {
   }
 }
 
+namespace {
+// Whether this worker thread keeps a Python thread state between batches. Without it, every
+// gil_scoped_acquire on a non-Python thread creates and destroys one (~10 us a batch, measured).
+thread_local bool tstate_pinned = false;
+}  // namespace
+
 void PythonBackend::Execute(const float* x, int64_t n, int64_t d, BatchOutput* out) {
   py::gil_scoped_acquire gil;
+  if (!tstate_pinned) {
+    gil.inc_ref();  // released in ThreadExit
+    tstate_pinned = true;
+  }
   try {
     // A view, no copy: the capsule owns nothing, the buffer outlives the call.
     py::capsule base(x, [](void*) {});
@@ -45,6 +55,14 @@ void PythonBackend::Execute(const float* x, int64_t n, int64_t d, BatchOutput* o
   } catch (py::error_already_set& e) {
     throw ToCoreError(e, "backend '" + name_ + "' failed");
   }
+}
+
+void PythonBackend::ThreadExit() {
+  if (!tstate_pinned) return;
+  tstate_pinned = false;
+  if (!Py_IsInitialized()) return;  // interpreter gone: the thread state goes with it
+  py::gil_scoped_acquire gil;
+  gil.dec_ref();  // the destructor's own dec_ref then deletes the thread state
 }
 
 }  // namespace mlserve::bindings

@@ -18,6 +18,7 @@ class PythonBackend final : public Backend {
   ~PythonBackend() override;  // releases fn with the GIL held
   void Execute(const float* x, int64_t n, int64_t d, BatchOutput* out) override;
   std::string Name() const override { return name_; }
+  void ThreadExit() override;  // frees this worker's Python thread state
 
  private:
   py::object fn_;
