@@ -20,9 +20,10 @@ from bench import machine
 
 #: Keys of a scenario's result dict. ``ratios`` maps a name to a positive float (mlserve over
 #: the baseline measured in the same run; what "over" means is in the name); ``headline`` is
-#: {"name", "value", "target" (optional), "meaning"}; ``tables`` are {"title", "columns",
-#: "rows"}; ``plots`` are {"title", "xlabel", "ylabel", "x", "series": {label: ys}, "logx",
-#: "logy"}; ``measurements`` are flat dicts with units in the keys.
+#: {"name", "value", "target" (optional), "lower_is_better" (optional), "meaning"};
+#: ``tables`` are {"title", "columns", "rows"}; ``plots`` are {"title", "xlabel", "ylabel",
+#: "x", "series": {label: ys}, "logx", "logy"}; ``measurements`` are flat dicts with units in
+#: the keys.
 RESULT_KEYS = (
     "parameters",
     "baseline",
@@ -156,7 +157,11 @@ def render_markdown(record: dict[str, Any]) -> str:
         f"- parameters: `{json.dumps(record['parameters'], default=_jsonable)}`",
         "",
         f"**Headline: {head['name']} = {_fmt(head['value'])}**"
-        + (f" (target ≥ {target})" if target is not None else "")
+        + (
+            f" (target {'≤' if head.get('lower_is_better') else '≥'} {target})"
+            if target is not None
+            else ""
+        )
         + f" — {head['meaning']}",
         "",
     ]
