@@ -164,6 +164,47 @@ void BindBatcher(py::module_& m) {
           py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
           "Submit and wait (GIL released while waiting); returns the rows' outputs.")
       .def(
+          "predict_many",
+          [](PyBatcher& self, const py::list& xs, int32_t priority, int64_t timeout_us) {
+            std::shared_ptr<DynamicBatcher> b = self.get();
+            std::vector<FloatArray> arrays;
+            arrays.reserve(xs.size());
+            for (const auto& x : xs) arrays.push_back(RequestRows(py::reinterpret_borrow<py::object>(x), b->plan()));
+            std::vector<std::shared_ptr<Request>> requests;
+            requests.reserve(arrays.size());
+            bool submit_failed = false;
+            ErrorCode submit_code = ErrorCode::kInternal;
+            std::string submit_message;
+            {
+              // One GIL release for the whole list: submit everything, then wait for all of it
+              // (every submitted request is awaited, even after a refused submit).
+              py::gil_scoped_release release;
+              for (const auto& a : arrays) {
+                try {
+                  requests.push_back(b->Submit(a.data(), a.shape(0), priority, timeout_us, false));
+                } catch (const Error& e) {
+                  submit_failed = true;
+                  submit_code = e.code();
+                  submit_message = e.what();
+                  break;
+                }
+              }
+              // Last first: usually it finishes last, so the worker publishes the others with
+              // nobody blocked on them (no futex wake on its path) and we sleep once.
+              for (auto it = requests.rbegin(); it != requests.rend(); ++it) {
+                while (!DynamicBatcher::Wait(**it, std::chrono::milliseconds(50))) {
+                }
+              }
+            }
+            if (submit_failed) throw Error(submit_code, submit_message);
+            py::list out(requests.size());
+            for (size_t i = 0; i < requests.size(); ++i) out[i] = Result(*requests[i]);
+            return out;
+          },
+          py::arg("xs"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
+          "Submit every array of xs, wait for all (GIL released throughout), return the outputs "
+          "in order; raises the first error after all submitted requests finished.")
+      .def(
           "submit",
           [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {
             return SubmitRows(self.get(), x, priority, timeout_us, false);

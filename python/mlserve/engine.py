@@ -20,7 +20,7 @@ import os
 import select
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,19 @@ class Engine:
     ) -> np.ndarray:
         """Runs ``x`` (float32 ``[rows, f_in]``) through the model; blocks until done."""
         return self._batcher.predict(x, priority, -1 if timeout_us is None else timeout_us)
+
+    def predict_many(
+        self, xs: Sequence[Any], *, priority: int = 0, timeout_us: int | None = None
+    ) -> list[np.ndarray]:
+        """Runs every array of ``xs`` (each ``[rows, f_in]``) and returns their outputs in order.
+
+        All are queued at once and waited for with the GIL released: the cheapest way to keep
+        the model busy from one thread (batch jobs, bulk scoring). The first error (e.g.
+        QueueFull, DeadlineExceeded) is raised after every queued request finished; use
+        ``submit`` to handle errors per request.
+        """
+        timeout = -1 if timeout_us is None else timeout_us
+        return self._batcher.predict_many(list(xs), priority, timeout)
 
     def submit(
         self, x: Any, *, priority: int = 0, timeout_us: int | None = None

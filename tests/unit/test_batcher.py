@@ -932,3 +932,31 @@ def test_histograms_off_counts_nothing(
     assert snap["rows"] == 0
     for feature in snap["features"].values():
         assert int(np.sum(feature["counts"])) == 0
+
+
+def test_predict_many_returns_each_arrays_own_result_in_order(
+    make_engine: MakeEngine, small_plan: FeaturePlan, rng: np.random.Generator
+) -> None:
+    engine = make_engine(small_plan, None, backend="rowsum", max_batch_size=8)
+    xs = [
+        rng.normal(size=(int(k), small_plan.f_in)).astype(np.float32)
+        for k in rng.integers(1, 9, 40)
+    ]
+    got = engine.predict_many(xs)
+    assert len(got) == len(xs)
+    for x, y in zip(xs, got, strict=True):
+        np.testing.assert_allclose(y[:, 0], small_plan.transform(x).sum(1), rtol=1e-5, atol=1e-5)
+    assert engine.predict_many([]) == []
+
+
+def test_predict_many_raises_the_first_error_after_every_request_finished(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    engine = make_engine(tagged_plan, recorder, max_queue_size=3, max_queue_delay_us=0)
+    engine.hold_batching(3)  # the first three wait for each other, the fourth is refused
+    with pytest.raises(QueueFull):
+        engine.predict_many([rows(t) for t in (1, 2, 3, 4)])
+    assert sorted(t for batch in recorder.tags for t in batch) == [1, 2, 3]
+    with pytest.raises(InvalidInput):
+        engine.predict_many([rows(5), np.zeros((1, tagged_plan.f_in + 1), np.float32)])
+    assert settled(engine, 1)["rejected"] == 1  # the bad array is refused before any submit
