@@ -34,39 +34,15 @@ _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
+from specs import doc_spec  # noqa: E402  (tests/ is importable from here on)
+
 #: A delay no test waits for: with it, only the rule under test (or shutdown) cuts a batch.
 HUGE_DELAY_US = 600_000_000
 
 #: Seconds any single wait in a test may take before the test counts the engine as hung.
 WAIT_S = 30.0
 
-SMALL_SPEC: dict[str, Any] = {
-    "features": [
-        {
-            "name": "amount",
-            "kind": "numeric",
-            "ops": [
-                {"op": "impute", "value": 0.0},
-                {"op": "clip", "lo": 0.0, "hi": 5000.0},
-                {"op": "log1p"},
-                {"op": "standardize", "mean": 3.2, "std": 1.1},
-            ],
-            "histogram": {"edges": [float("-inf"), 1.0, 10.0, 100.0, float("inf")]},
-        },
-        {"name": "age_days", "kind": "numeric", "ops": [{"op": "minmax", "lo": 0, "hi": 3650}]},
-        {
-            "name": "channel",
-            "kind": "categorical",
-            "ops": [
-                {"op": "impute", "value": 0},
-                {"op": "onehot", "vocabulary": ["web", "pos", "app"]},
-            ],
-            "histogram": True,
-        },
-        {"name": "merchant_id", "kind": "categorical", "ops": [{"op": "hash_bucket", "n": 16}]},
-    ],
-    "output_order": ["amount", "age_days", "channel", "merchant_id"],
-}
+SMALL_SPEC: dict[str, Any] = doc_spec()
 
 TAGGED_SPEC: dict[str, Any] = {
     "features": [

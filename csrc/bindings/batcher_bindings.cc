@@ -48,22 +48,6 @@ class PyBatcher {
   std::shared_ptr<DynamicBatcher> batcher_;
 };
 
-FloatArray RequestRows(const py::object& x, const FeaturePlan& plan) {
-  FloatArray a = FloatArray::ensure(x);
-  if (!a) {
-    PyErr_Clear();
-    ThrowInvalid("input is not a numeric array; pass float32 [rows, " + std::to_string(plan.f_in()) + "]");
-  }
-  if (a.ndim() != 2 || a.shape(1) != plan.f_in()) {
-    std::string shape = "(";
-    for (py::ssize_t k = 0; k < a.ndim(); ++k) shape += (k ? ", " : "") + std::to_string(a.shape(k));
-    shape += a.ndim() == 1 ? ",)" : ")";
-    ThrowInvalid("input has shape " + shape + "; the model expects [rows, " + std::to_string(plan.f_in()) +
-                 "] float32, one column per raw feature in plan order");
-  }
-  return a;
-}
-
 // The finished request's result as a new array, or raises its error. GIL held.
 py::object Result(const Request& r) {
   switch (r.state) {
@@ -102,7 +86,7 @@ void WaitInterruptibly(DynamicBatcher& b, const std::shared_ptr<Request>& r) {
 
 std::shared_ptr<Request> SubmitRows(const std::shared_ptr<DynamicBatcher>& b, const py::object& x,
                                     int32_t priority, int64_t timeout_us, bool notify_queue) {
-  FloatArray a = RequestRows(x, b->plan());
+  FloatArray a = InputRows(x, b->plan());
   const float* data = a.data();
   const int64_t rows = a.shape(0);
   py::gil_scoped_release release;  // Submit copies the rows and may wait briefly on the queue lock
@@ -169,7 +153,7 @@ void BindBatcher(py::module_& m) {
             std::shared_ptr<DynamicBatcher> b = self.get();
             std::vector<FloatArray> arrays;
             arrays.reserve(xs.size());
-            for (const auto& x : xs) arrays.push_back(RequestRows(py::reinterpret_borrow<py::object>(x), b->plan()));
+            for (const auto& x : xs) arrays.push_back(InputRows(py::reinterpret_borrow<py::object>(x), b->plan()));
             std::vector<std::shared_ptr<Request>> requests;
             requests.reserve(arrays.size());
             bool submit_failed = false;

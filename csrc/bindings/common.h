@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "common/error.h"
+#include "plan/feature_plan.h"
 
 namespace mlserve::bindings {
 
@@ -20,6 +21,10 @@ PyObject* ErrorClass(ErrorCode code);
 // Maps the Python exception being handled (e.g. raised by a Python backend) to a core Error.
 // Call with the GIL held, inside `catch (py::error_already_set& e)`.
 Error ToCoreError(py::error_already_set& e, const std::string& context);
+
+// x as float32 C-contiguous [rows, plan.f_in()] (numpy converts other dtypes/layouts), or
+// InvalidInput saying what shape was expected.
+FloatArray InputRows(const py::object& x, const FeaturePlan& plan);
 
 void BindPlan(py::module_& m);
 void BindBatcher(py::module_& m);

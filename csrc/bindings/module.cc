@@ -29,6 +29,22 @@ Error ToCoreError(py::error_already_set& e, const std::string& context) {
                context + ": " + type + ": " + py::str(value).cast<std::string>());
 }
 
+FloatArray InputRows(const py::object& x, const FeaturePlan& plan) {
+  FloatArray a = FloatArray::ensure(x);
+  if (!a) {
+    PyErr_Clear();
+    ThrowInvalid("input is not a numeric array; pass float32 [rows, " + std::to_string(plan.f_in()) + "]");
+  }
+  if (a.ndim() != 2 || a.shape(1) != plan.f_in()) {
+    std::string shape = "(";
+    for (py::ssize_t k = 0; k < a.ndim(); ++k) shape += (k ? ", " : "") + std::to_string(a.shape(k));
+    shape += a.ndim() == 1 ? ",)" : ")";
+    ThrowInvalid("input has shape " + shape + "; expected [rows, " + std::to_string(plan.f_in()) +
+                 "] float32, one column per raw feature in plan order");
+  }
+  return a;
+}
+
 }  // namespace mlserve::bindings
 
 namespace py = pybind11;

@@ -97,22 +97,6 @@ PlanSpec ParseSpec(const py::dict& spec) {
   return out;
 }
 
-FloatArray Rows(const py::object& x, const FeaturePlan& plan) {
-  FloatArray a = FloatArray::ensure(x);
-  if (!a) {
-    PyErr_Clear();
-    ThrowInvalid("input is not a numeric array; pass float32 [rows, " + std::to_string(plan.f_in()) + "]");
-  }
-  if (a.ndim() != 2 || a.shape(1) != plan.f_in()) {
-    std::string shape = "(";
-    for (py::ssize_t k = 0; k < a.ndim(); ++k) shape += (k ? ", " : "") + std::to_string(a.shape(k));
-    shape += a.ndim() == 1 ? ",)" : ")";
-    ThrowInvalid("input has shape " + shape + "; the feature plan expects [rows, " +
-                 std::to_string(plan.f_in()) + "] (one column per raw feature, in plan order)");
-  }
-  return a;
-}
-
 py::dict SnapshotToDict(const HistogramSnapshot& s) {
   py::dict features;
   for (const auto& h : s.features) {
@@ -167,7 +151,7 @@ wraps this with file/string loading.)doc")
           "transform",
           [](const FeaturePlan& plan, const py::object& x, bool histograms, int num_threads,
              const py::object& out_arg) {
-            FloatArray a = Rows(x, plan);
+            FloatArray a = InputRows(x, plan);
             const int64_t n = a.shape(0);
             py::array_t<float> out;
             if (out_arg.is_none()) {
@@ -198,7 +182,7 @@ wraps this with file/string loading.)doc")
       .def(
           "transform_cuda",
           [](const FeaturePlan& plan, const py::object& x, int device, bool histograms) {
-            FloatArray a = Rows(x, plan);
+            FloatArray a = InputRows(x, plan);
             const int64_t n = a.shape(0);
             py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(plan.f_out())});
             const float* in = a.data();

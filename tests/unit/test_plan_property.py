@@ -36,6 +36,7 @@ from reference import (
     reference_transform,
     reference_transform_bounds,
 )
+from specs import doc_spec
 from strategies import plan_inputs, plan_specs, plans_with_inputs, random_input
 
 RTOL = 1e-5
@@ -50,38 +51,7 @@ PROPERTY = settings(
 )
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-DOC_SPEC: dict[str, Any] = {
-    "features": [
-        {
-            "name": "amount",
-            "kind": "numeric",
-            "ops": [
-                {"op": "impute", "value": 0.0},
-                {"op": "clip", "lo": 0.0, "hi": 5000.0},
-                {"op": "log1p"},
-                {"op": "standardize", "mean": 3.2, "std": 1.1},
-            ],
-            "histogram": {"edges": [-np.inf, 1.0, 10.0, 100.0, np.inf]},
-        },
-        {"name": "age_days", "kind": "numeric", "ops": [{"op": "minmax", "lo": 0, "hi": 3650}]},
-        {
-            "name": "channel",
-            "kind": "categorical",
-            "ops": [
-                {"op": "impute", "value": 0},
-                {"op": "onehot", "vocabulary": ["web", "pos", "app"]},
-            ],
-            "histogram": True,
-        },
-        {
-            "name": "merchant_id",
-            "kind": "categorical",
-            "ops": [{"op": "hash_bucket", "n": 16}],
-            "histogram": True,
-        },
-    ],
-    "output_order": ["amount", "age_days", "channel", "merchant_id"],
-}
+DOC_SPEC: dict[str, Any] = doc_spec(histograms=True)
 
 #: Every op and encoding, a feature left out of the output, a finite-edged histogram.
 WIDE_SPEC: dict[str, Any] = {

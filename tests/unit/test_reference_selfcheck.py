@@ -30,6 +30,7 @@ from reference import (
     reference_transform_bounds,
     splitmix64,
 )
+from specs import doc_spec
 from strategies import plans_with_inputs
 
 NAN = np.nan
@@ -117,30 +118,7 @@ def test_log1p_special_values() -> None:
 
 
 def test_doc_example_row() -> None:
-    spec = {
-        "features": [
-            {
-                "name": "amount",
-                "kind": "numeric",
-                "ops": [
-                    {"op": "impute", "value": 0.0},
-                    {"op": "clip", "lo": 0.0, "hi": 5000.0},
-                    {"op": "log1p"},
-                    {"op": "standardize", "mean": 3.2, "std": 1.1},
-                ],
-            },
-            {"name": "age_days", "kind": "numeric", "ops": [{"op": "minmax", "lo": 0, "hi": 3650}]},
-            {
-                "name": "channel",
-                "kind": "categorical",
-                "ops": [
-                    {"op": "impute", "value": 0},
-                    {"op": "onehot", "vocabulary": ["web", "pos", "app"]},
-                ],
-            },
-            {"name": "merchant_id", "kind": "categorical", "ops": [{"op": "hash_bucket", "n": 16}]},
-        ],
-    }
+    spec = doc_spec(histograms=False)
     x = np.array([[NAN, 365.0, 1.0, 0.0], [1e9, 3650.0, NAN, -1.0]], dtype=np.float32)
     out = reference_transform(spec, x)
     assert out.shape == (2, 1 + 1 + 4 + 16)
