@@ -452,7 +452,13 @@ void DynamicBatcher::Shutdown(bool drain) {
     }
     hold_until_queued_ = 0;
   }
-  if (!failed.empty()) Publish(failed);
+  if (!failed.empty()) {
+    {
+      std::lock_guard<std::mutex> s(stats_mu_);
+      stats_.failed += static_cast<int64_t>(failed.size());
+    }
+    Publish(failed);
+  }
   cv_.notify_all();
   std::lock_guard<std::mutex> j(join_mu_);
   for (auto& t : workers_) {

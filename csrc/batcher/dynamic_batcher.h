@@ -98,7 +98,7 @@ struct BatcherStats {
   int64_t completed = 0;  // requests that got a result
   int64_t rejected = 0;   // refused at submit (queue full, shutting down)
   int64_t timed_out = 0;
-  int64_t failed = 0;     // failed in execution
+  int64_t failed = 0;     // failed in execution, or dropped by Shutdown(drain=false)
   int64_t cancelled = 0;
   int64_t queued = 0;     // now
   std::vector<int64_t> batch_sizes;  // batch_sizes[k] = batches of k rows
