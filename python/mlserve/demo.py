@@ -230,6 +230,11 @@ def _serve(console: Console, engine: Engine, x: np.ndarray, y: np.ndarray, split
         asyncio.run(many())
         results.add_row("apredict(), 256 in flight", _rate(requests, time.perf_counter() - t0))
         progress.advance(task)
+    chunks = [x_test[i : i + 64] for i in range(0, len(x_test) - 63, 64)]
+    t0 = time.perf_counter()
+    engine.predict_many(chunks)
+    results.add_row("predict_many(), 64-row chunks (rows/s)",
+                    _rate(64 * len(chunks), time.perf_counter() - t0))
     results.add_row("plan.transform() alone (rows/s)", _rate(split, t_norm))
     console.print(results)
 

@@ -46,25 +46,46 @@ ATOL = 1e-5
 
 SMALL_SPEC: dict[str, Any] = {
     "features": [
-        {"name": "amount", "kind": "numeric",
-         "ops": [{"op": "impute", "value": 0.0}, {"op": "clip", "lo": 0.0, "hi": 5000.0},
-                 {"op": "standardize", "mean": 3.2, "std": 1.1}],
-         "histogram": {"edges": [-np.inf, 1.0, 10.0, 100.0, np.inf]}},
-        {"name": "channel", "kind": "categorical",
-         "ops": [{"op": "onehot", "vocabulary": ["web", "pos", "app"]}], "histogram": True},
+        {
+            "name": "amount",
+            "kind": "numeric",
+            "ops": [
+                {"op": "impute", "value": 0.0},
+                {"op": "clip", "lo": 0.0, "hi": 5000.0},
+                {"op": "standardize", "mean": 3.2, "std": 1.1},
+            ],
+            "histogram": {"edges": [-np.inf, 1.0, 10.0, 100.0, np.inf]},
+        },
+        {
+            "name": "channel",
+            "kind": "categorical",
+            "ops": [{"op": "onehot", "vocabulary": ["web", "pos", "app"]}],
+            "histogram": True,
+        },
     ],
 }
 
 #: More counters than fit in one block's shared memory: the kernel's global-atomics path.
 BIG_SPEC: dict[str, Any] = {
     "features": [
-        {"name": "item", "kind": "categorical",
-         "ops": [{"op": "impute", "value": 7}, {"op": "onehot", "size": 5000}],
-         "histogram": True},
-        {"name": "merchant", "kind": "categorical", "ops": [{"op": "hash_bucket", "n": 1024}],
-         "histogram": True},
-        {"name": "amount", "kind": "numeric", "ops": [{"op": "log1p"}],
-         "histogram": {"edges": [0.0, 1.0, 2.0]}},
+        {
+            "name": "item",
+            "kind": "categorical",
+            "ops": [{"op": "impute", "value": 7}, {"op": "onehot", "size": 5000}],
+            "histogram": True,
+        },
+        {
+            "name": "merchant",
+            "kind": "categorical",
+            "ops": [{"op": "hash_bucket", "n": 1024}],
+            "histogram": True,
+        },
+        {
+            "name": "amount",
+            "kind": "numeric",
+            "ops": [{"op": "log1p"}],
+            "histogram": {"edges": [0.0, 1.0, 2.0]},
+        },
     ],
     "output_order": ["amount", "item"],
 }
@@ -119,20 +140,25 @@ def _log1p_columns(spec: dict[str, Any]) -> np.ndarray:
     for name in output_order(spec):
         feature = by_name[name]
         uses_log1p = encoding_op(feature) is None and any(
-            op["op"] == "log1p" for op in feature["ops"])
+            op["op"] == "log1p" for op in feature["ops"]
+        )
         mask.extend([uses_log1p] * feature_width(feature))
     return np.array(mask, dtype=bool)
 
 
-def _assert_same_output(spec: dict[str, Any], x: np.ndarray, gpu_out: Any,
-                        cpu_out: np.ndarray) -> None:
+def _assert_same_output(
+    spec: dict[str, Any], x: np.ndarray, gpu_out: Any, cpu_out: np.ndarray
+) -> None:
     assert isinstance(gpu_out, np.ndarray)
     assert gpu_out.dtype == np.float32
     assert gpu_out.shape == cpu_out.shape
     log1p = _log1p_columns(spec)
     # Bit-identical (NaN where NaN): same float32 ops in the same order, no FMA contraction.
-    np.testing.assert_array_equal(gpu_out[:, ~log1p], cpu_out[:, ~log1p],
-                                  err_msg=f"columns without log1p must match exactly; spec {spec}")
+    np.testing.assert_array_equal(
+        gpu_out[:, ~log1p],
+        cpu_out[:, ~log1p],
+        err_msg=f"columns without log1p must match exactly; spec {spec}",
+    )
     if not log1p.any() or len(x) == 0:
         return
     g, c = gpu_out[:, log1p], cpu_out[:, log1p]
@@ -148,9 +174,14 @@ def _assert_same_output(spec: dict[str, Any], x: np.ndarray, gpu_out: Any,
         rows, _ = np.nonzero(~ok)
         row = int(rows[0])
         np.testing.assert_allclose(
-            g[~ok], c[~ok], rtol=RTOL, atol=ATOL, equal_nan=True,
+            g[~ok],
+            c[~ok],
+            rtol=RTOL,
+            atol=ATOL,
+            equal_nan=True,
             err_msg=f"log1p columns: first mismatch at row {row}; input {x[row].tolist()}; "
-                    f"spec {spec}")
+            f"spec {spec}",
+        )
 
 
 def _assert_same_histograms(got: dict[str, Any], want: dict[str, Any]) -> None:
@@ -159,8 +190,9 @@ def _assert_same_histograms(got: dict[str, Any], want: dict[str, Any]) -> None:
     for name, w in want["features"].items():
         g = got["features"][name]
         assert g["kind"] == w["kind"], name
-        np.testing.assert_array_equal(np.asarray(g["counts"]), np.asarray(w["counts"]),
-                                      err_msg=f"{name}: counts")
+        np.testing.assert_array_equal(
+            np.asarray(g["counts"]), np.asarray(w["counts"]), err_msg=f"{name}: counts"
+        )
         for key in ("underflow", "overflow", "nan", "missing"):
             if key in w:
                 assert int(g[key]) == int(w[key]), f"{name}: {key}"
@@ -178,8 +210,12 @@ def _check_plan(spec: dict[str, Any], sizes: tuple[int, ...], seed: int) -> None
 
 @pytest.mark.gpu
 @needs_gpu
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(plan_specs())
 def test_transform_cuda_matches_cpu_on_random_plans(spec: dict[str, Any]) -> None:
     _check_plan(spec, SIZES, seed=11)
