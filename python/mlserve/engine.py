@@ -92,7 +92,57 @@ class Engine:
         self._wake_r, self._wake_w = -1, -1
         self._closed = False
         self._close_on_thread = False
+        #: The bundle this engine serves, when built by from_bundle/from_registry.
+        self.bundle: Any = None
         _open_engines.add(self)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        backend: str = "onnxruntime",
+        config: BatcherConfig | None = None,
+        histograms: bool = True,
+    ) -> Engine:
+        """Serves a bundle directory (docs/bundle.md) after verifying its checksums.
+
+        backend: "onnxruntime" runs model.onnx, "torch" runs model.pt (TorchScript).
+        """
+        from mlserve.bundle import ModelBundle
+
+        bundle = ModelBundle.load(path)
+        engine = cls(
+            bundle.plan(),
+            bundle.model_for(backend),
+            backend=backend,
+            config=config,
+            histograms=histograms,
+            name=bundle.name,
+            version=str(bundle.version if bundle.version is not None else 0),
+        )
+        engine.bundle = bundle
+        return engine
+
+    @classmethod
+    def from_registry(
+        cls,
+        ref: str,
+        *,
+        registry: Any = None,
+        backend: str = "onnxruntime",
+        config: BatcherConfig | None = None,
+        histograms: bool = True,
+    ) -> Engine:
+        """Serves a registered model: ``NAME`` (latest ready), ``NAME/3`` or ``NAME@alias``.
+
+        registry: a ``mlserve.registry.Registry``, its root path, or None for the default root.
+        """
+        from mlserve.registry import Registry
+
+        reg = registry if isinstance(registry, Registry) else Registry(registry)
+        version = reg.resolve(ref)
+        return cls.from_bundle(version.path, backend=backend, config=config, histograms=histograms)
 
     def _make_fn(self, backend: str, model: Any) -> Callable[[np.ndarray], Any] | None:
         if backend == "python":

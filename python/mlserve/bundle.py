@@ -1,0 +1,130 @@
+"""ModelBundle: a trained model as the trainer writes it and every runtime loads it.
+
+A directory with ``mlserve.json`` (docs/bundle.md) and its artifacts. Loading verifies every
+artifact's sha256 before anything uses it: a corrupted or tampered file is an error, never a
+silent load. No pickle anywhere: JSON, TorchScript and ONNX only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlserve.errors import InvalidInput
+from mlserve.plan import FeaturePlan
+
+MANIFEST = "mlserve.json"
+FORMAT_VERSION = 1
+#: The model artifact each execution backend runs.
+BACKEND_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt"}
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A loaded (and verified) bundle directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> ModelBundle:
+        root = Path(path)
+        file = root / MANIFEST
+        if not file.is_file():
+            raise InvalidInput(f"{str(root)!r} is not a model bundle: it has no {MANIFEST}")
+        try:
+            manifest = json.loads(file.read_text())
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"{file} is not valid JSON: {e}") from None
+        if not isinstance(manifest, dict) or "preprocessing" not in manifest:
+            raise InvalidInput(f"{file} has no 'preprocessing' plan; is it an mlserve bundle?")
+        fmt = manifest.get("format_version", FORMAT_VERSION)
+        if fmt != FORMAT_VERSION:
+            raise InvalidInput(
+                f"{file} has format_version {fmt}; this mlserve reads {FORMAT_VERSION}: "
+                "upgrade mlserve or re-export the bundle"
+            )
+        bundle = cls(root, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Checks every listed artifact exists and matches its sha256 (InvalidInput if not)."""
+        for name, info in self.artifacts.items():
+            file = self.path / name
+            if not file.is_file():
+                raise InvalidInput(f"bundle {self.ref}: artifact {name!r} is missing")
+            digest = sha256_file(file)
+            if digest != info.get("sha256"):
+                raise InvalidInput(
+                    f"bundle {self.ref}: artifact {name!r} does not match its sha256 "
+                    f"(expected {info.get('sha256')}, found {digest}); the files were changed "
+                    "after export: re-export or re-register the model"
+                )
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name") or self.path.name)
+
+    @property
+    def version(self) -> int | None:
+        v = self.manifest.get("version")
+        return int(v) if v is not None else None
+
+    @property
+    def ref(self) -> str:
+        return self.name if self.version is None else f"{self.name}/{self.version}"
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest.get("task", "binary"))
+
+    @property
+    def artifacts(self) -> dict[str, dict[str, Any]]:
+        return dict(self.manifest.get("artifacts", {}))
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        return dict(self.manifest.get("signature", {}))
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.manifest.get("metrics", {}))
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        return dict(self.manifest.get("reference", {}))
+
+    def plan(self) -> FeaturePlan:
+        """The compiled feature plan of this bundle."""
+        return FeaturePlan(self.manifest["preprocessing"])
+
+    def artifact(self, name: str) -> Path:
+        """Path of an artifact listed in the manifest."""
+        if name not in self.artifacts:
+            have = ", ".join(sorted(self.artifacts)) or "none"
+            raise InvalidInput(f"bundle {self.ref} has no artifact {name!r} (it has: {have})")
+        return self.path / name
+
+    def model_for(self, backend: str) -> Path:
+        """The model file the given execution backend runs."""
+        if backend not in BACKEND_ARTIFACTS:
+            raise InvalidInput(
+                f"backend {backend!r} cannot run a bundle; choose one of "
+                f"{', '.join(BACKEND_ARTIFACTS)}"
+            )
+        return self.artifact(BACKEND_ARTIFACTS[backend])
