@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                              description="Lists CUDA devices usable by the native core.")
     devices.set_defaults()
 
+    from mlserve.registry import cli as registry_cli
+
+    registry_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "registry":
+        return registry_cli.run(args)
     if args.command == "demo":
         from mlserve.demo import run
 

@@ -17,7 +17,9 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("args", [["--help"], ["demo", "--help"], ["devices", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["demo", "--help"], ["devices", "--help"], ["registry", "--help"]]
+)
 def test_every_command_has_help(args: list[str]) -> None:
     done = run(*args)
     assert done.returncode == 0, done.stderr

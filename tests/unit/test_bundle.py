@@ -97,3 +97,20 @@ def test_missing_manifest_artifact_and_backend_are_clear_errors(tmp_path: Path) 
     (path / "model.onnx").unlink()
     with pytest.raises(InvalidInput, match="missing"):
         ModelBundle.load(path)
+
+
+def test_from_registry_serves_a_registered_version_by_alias(tmp_path: Path) -> None:
+    from mlserve.registry import Registry
+
+    registry = Registry(tmp_path / "registry")
+    first = registry.register(write_bundle(tmp_path / "b1", np.ones(4, np.float32)))
+    second = registry.register(write_bundle(tmp_path / "b2", np.full(4, 2.0, np.float32)))
+    assert (first.version, second.version) == (1, 2)
+    registry.set_alias("linear", "champion", 1, reason="test")
+    x = np.array([[2.0, 1]], np.float32)
+    z = FeaturePlan(PLAN).transform(x)
+    with Engine.from_registry("linear@champion", registry=registry) as engine:
+        np.testing.assert_allclose(engine.predict(x)[:, 0], z.sum(1), rtol=1e-6)
+        assert engine.version == "1"
+    with Engine.from_registry("linear", registry=registry.root) as engine:  # latest: version 2
+        np.testing.assert_allclose(engine.predict(x)[:, 0], 2 * z.sum(1), rtol=1e-6)

@@ -1,0 +1,135 @@
+"""File helpers of the registry: hashing, atomic content-addressed blobs, process-tagged temp
+names and removal of read-only trees.
+
+Temp entries live in ``<root>/tmp`` and are named ``<pid>-<random>.<kind>``, so cleanup can tell
+a crashed writer's leftovers (dead pid) from a live writer's work in progress. Thread-safe:
+functions share no state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import uuid
+from pathlib import Path
+
+_CHUNK_BYTES = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def temp_path(tmp_dir: Path, kind: str) -> Path:
+    """A fresh, unused path in ``tmp_dir`` tagged with this process's pid."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    return tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.{kind}"
+
+
+def temp_owner_alive(entry: Path) -> bool:
+    """Whether the process that created the temp entry may still be running."""
+    pid_text = entry.name.split("-", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def blob_path(blobs_dir: Path, sha256: str) -> Path:
+    return blobs_dir / sha256[:2] / sha256
+
+
+def store_blob(src: Path, blobs_dir: Path, tmp_dir: Path) -> tuple[str, int]:
+    """Copies ``src`` into the content-addressed store (atomically: temp file, fsync, rename).
+
+    Returns ``(sha256, bytes)`` of what was stored; the caller compares it with what it expected
+    (hashing while copying means the stored bytes are exactly the hashed ones).
+    """
+    tmp = temp_path(tmp_dir, "blob")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(_CHUNK_BYTES):
+                digest.update(chunk)
+                fout.write(chunk)
+                size += len(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        sha = digest.hexdigest()
+        final = blob_path(blobs_dir, sha)
+        if final.exists():
+            tmp.unlink()
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+        return sha, size
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hardlinks ``src`` to ``dst`` (same content, no copy), copying where links are impossible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o444)
+
+
+def make_tree_readonly(root: Path) -> None:
+    """Files 0444, directories 0555 (the directory itself last)."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o444)
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o555)
+    os.chmod(root, 0o555)
+
+
+def remove_tree(path: Path) -> None:
+    """Removes a file or a (possibly read-only) directory tree; missing is fine."""
+
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+        return
+    if not path.exists():
+        return
+    os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            os.chmod(full, os.stat(full).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+    shutil.rmtree(path)
+
+
+class Layout:
+    """Where things live under a registry root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.db = root / "registry.db"
+        self.blobs = root / "blobs"
+        self.models = root / "models"
+        self.tmp = root / "tmp"
+
+    def version_dir(self, name: str, version: int) -> Path:
+        return self.models / name / str(version)

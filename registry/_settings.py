@@ -1,0 +1,28 @@
+"""Environment settings of the registry: its default root and the crash-test hook.
+
+This is the only module of ``mlserve.registry`` that reads environment variables. Stateless and
+thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+#: Test hook: seconds to sleep between the steps of ``Registry.register`` so that crash-safety
+#: tests can SIGKILL a registering process mid-way. Never set it in production.
+TEST_STEP_DELAY_ENV = "MLSERVE_REGISTRY_TEST_STEP_DELAY_S"
+
+
+def default_root() -> Path:
+    """``$MLSERVE_HOME/registry``; ``MLSERVE_HOME`` defaults to ``~/.mlserve``."""
+    home = os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")
+    return Path(home).expanduser() / "registry"
+
+
+def test_step_pause() -> None:
+    """Sleeps for ``$MLSERVE_REGISTRY_TEST_STEP_DELAY_S`` seconds if set (tests only)."""
+    delay_s = os.environ.get(TEST_STEP_DELAY_ENV)
+    if delay_s:
+        time.sleep(float(delay_s))
