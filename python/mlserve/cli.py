@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "registry":
-        return registry_cli.run(args)
+        return int(registry_cli.run(args))
     if args.command == "demo":
         from mlserve.demo import run
 
