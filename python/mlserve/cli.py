@@ -18,29 +18,38 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser(
         "demo",
-        help="normalize + batch + serve a fraud scorer on embedded synthetic data",
-        description="Fits a feature plan and a scorer on synthetic card transactions, serves it "
-        "through the Engine (dynamic batching, onnxruntime) and prints predictions, "
-        "ROC-AUC, throughput per access pattern, batch sizes and drift histograms.",
+        help="train, register and serve a fraud model on embedded synthetic data",
+        description="Trains a fraud model on synthetic card transactions (fitted feature plan, "
+        "torch MLP, TorchScript + ONNX export), registers it as fraud@champion, serves it "
+        "through the Engine (native normalization, dynamic batching, onnxruntime) and prints "
+        "the evaluation, predictions on fresh rows, throughput per access pattern, batch "
+        "sizes and drift histograms.",
     )
-    demo.add_argument("--rows", type=int, default=200_000, help="transactions to generate")
+    demo.add_argument("--rows", type=int, default=40_000, help="transactions to train on")
     demo.add_argument("--requests", type=int, default=20_000, help="one-row requests per pattern")
+    demo.add_argument("--epochs", type=int, default=12, help="training epochs (early stopping)")
+    demo.add_argument("--registry", metavar="PATH", default=None,
+                      help="registry root (default: $MLSERVE_HOME/registry)")
 
     devices = sub.add_parser("devices", help="show the GPUs this build can use",
                              description="Lists CUDA devices usable by the native core.")
     devices.set_defaults()
 
     from mlserve.registry import cli as registry_cli
+    from mlserve.trainer import cli as trainer_cli
 
+    trainer_cli.add_parser(sub)
     registry_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "registry":
         return int(registry_cli.run(args))
+    if args.command in ("train", "tune"):
+        return int(trainer_cli.run(args))
     if args.command == "demo":
         from mlserve.demo import run
 
-        run(rows=args.rows, requests=args.requests)
+        run(rows=args.rows, requests=args.requests, epochs=args.epochs, registry=args.registry)
     elif args.command == "devices":
         from mlserve import cuda_built, cuda_devices
 
