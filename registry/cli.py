@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from mlserve.errors import MlserveError
@@ -58,6 +59,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = add("export", "write a version as a bundle tar (mlserve.json + artifacts)")
     p.add_argument("ref")
     p.add_argument("file", metavar="FILE.tar")
+    p = add("add", "register a model trained elsewhere (ONNX or TorchScript)")
+    p.add_argument("name", help="model name to register under")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--onnx", metavar="FILE", help="an ONNX model: float32 [n, f] in")
+    model.add_argument("--torchscript", metavar="FILE", help="a TorchScript model file")
+    p.add_argument("--preprocessing", metavar="PLAN.json",
+                   help="the feature plan the model was trained with (default: identity)")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--inputs", metavar="NAME:DTYPE,...", help="raw input columns")
+    shape.add_argument("--input-width", type=int, metavar="N", help="N unnamed float inputs")
+    p.add_argument("--task", default="regression",
+                   choices=["binary", "multiclass", "regression"])
+    p.add_argument("--description", default="")
     p = add("import", "register the bundle in a tar as a new version")
     p.add_argument("file", metavar="FILE.tar")
     p.add_argument("--name", default=None, help="register under this model name")
@@ -130,6 +144,20 @@ def _run(args: argparse.Namespace) -> int:
     elif cmd == "archive":
         mv = reg.archive(args.ref, reason=args.reason)
         out.print(f"{mv.ref} archived")
+    elif cmd == "add":
+        import tempfile
+
+        from .byo import bundle_from_model, parse_inputs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = bundle_from_model(
+                Path(tmp) / "bundle", name=args.name, onnx=args.onnx,
+                torchscript=args.torchscript, preprocessing=args.preprocessing,
+                inputs=parse_inputs(args.inputs) if args.inputs else None,
+                input_width=args.input_width, task=args.task)
+            mv = reg.register(bundle, description=args.description)
+        out.print(f"registered {mv.ref} (imported from "
+                  f"{args.onnx or args.torchscript})", markup=False)
     elif cmd == "verify":
         problems = reg.verify(repair=args.repair)
         for p in problems:
