@@ -36,12 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     devices.set_defaults()
 
     from mlserve.registry import cli as registry_cli
+    from mlserve.server import cli as server_cli
     from mlserve.trainer import cli as trainer_cli
 
     trainer_cli.add_parser(sub)
     registry_cli.add_parser(sub)
+    server_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return int(server_cli.run(args))
     if args.command == "registry":
         return int(registry_cli.run(args))
     if args.command in ("train", "tune"):

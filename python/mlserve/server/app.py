@@ -1,0 +1,409 @@
+"""The ASGI application: KServe v2 / Open Inference Protocol over a :class:`ModelManager`.
+
+``POST /v2/models/{m}[/versions/{v}]/infer`` is served by a plain ASGI fast path (no Request or
+Response objects: read the body, decode, await the engine, encode, send); every other route is a
+Starlette route. Handlers do transport only; errors are mapped in one place,
+:func:`error_response`, from the ``mlserve.errors`` class (its ``http_status``), anything else
+is logged and answered 500 with a generic message, so no request can take the worker down.
+
+Lifespan: startup loads the configured models in the background (``/v2/health/live`` answers at
+once, ``/v2/health/ready`` turns 200 when all are warm); shutdown marks the server not ready,
+lets in-flight requests finish and closes the engines within ``shutdown_timeout_s``.
+Single event loop per process; nothing here is shared across threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from mlserve import __version__, metrics
+from mlserve.errors import InvalidInput, MlserveError, QueueFull, Unavailable
+from mlserve.server import codecs
+from mlserve.server.models import ModelManager
+from mlserve.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "msgpack", "schedule_policy"]
+_JSON = b"application/json"
+_MSGPACK = b"application/msgpack"
+_MSGPACK_TYPES = (b"application/msgpack", b"application/x-msgpack", b"application/vnd.msgpack")
+
+#: Every live app of this process, so a signal hook can mark them draining.
+_APPS: weakref.WeakSet[MlserveApp] = weakref.WeakSet()
+
+
+class PayloadTooLarge(InvalidInput):
+    """The request body is larger than ``max_body_bytes``."""
+
+    http_status = 413
+
+
+class Unauthorized(MlserveError):
+    """An admin route was called without the configured bearer token."""
+
+    http_status = 401
+    code = "unauthorized"
+
+
+def error_response(exc: BaseException) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The one mapping of exceptions to HTTP: status, JSON body, extra headers."""
+    if isinstance(exc, MlserveError):
+        status, message = exc.http_status, str(exc) or type(exc).__name__
+    else:
+        logger.error("unexpected error while serving a request", exc_info=exc)
+        status, message = 500, "internal server error; see the server log"
+    headers: list[tuple[bytes, bytes]] = []
+    if isinstance(exc, (QueueFull, Unavailable)):
+        headers.append((b"retry-after", b"1"))
+    if isinstance(exc, Unauthorized):
+        headers.append((b"www-authenticate", b"Bearer"))
+    return status, orjson.dumps({"error": message}), headers
+
+
+def mark_draining() -> None:
+    """Marks every app of this process not ready (called when a shutdown signal arrives)."""
+    for app in list(_APPS):
+        app.manager.draining = True
+
+
+class MlserveApp:
+    """ASGI callable: the infer fast path in front of a Starlette app for everything else."""
+
+    def __init__(self, manager: ModelManager, settings: ServerSettings) -> None:
+        self.manager = manager
+        self.settings = settings
+        self._token = settings.admin_token.encode() if settings.admin_token else None
+        self._startup: asyncio.Task[None] | None = None
+        routes = [
+            Route("/v2", self._server_metadata, methods=["GET"]),
+            Route("/v2/health/live", self._live, methods=["GET"]),
+            Route("/v2/health/ready", self._ready, methods=["GET"]),
+            Route("/v2/models/{model}", self._model_metadata, methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}", self._model_metadata, methods=["GET"]),
+            Route("/v2/models/{model}/ready", self._model_ready, methods=["GET"]),
+            Route(
+                "/v2/models/{model}/versions/{version}/ready", self._model_ready, methods=["GET"]
+            ),
+            Route("/v2/repository/index", self._repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", self._load, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self._unload, methods=["POST"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+        ]
+        self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
+        _APPS.add(self)
+
+    # ---- ASGI entry ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if scope["method"] == "POST" and path.endswith("/infer"):
+                target = _infer_target(path)
+                if target is not None:
+                    await self._infer(scope, receive, send, *target)
+                    return
+            request_id = _request_id(scope)
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), (b"x-request-id",
+                                                                         request_id)]
+                await send(message)
+
+            await self.starlette(scope, receive, send_with_id)
+            return
+        await self.starlette(scope, receive, send)
+
+    # ---- the hot path ----------------------------------------------------------------------
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
+    ) -> None:
+        request_id = _request_id(scope)
+        started = time.perf_counter()
+        version_label = "?"
+        try:
+            headers = dict(scope["headers"])
+            body = await _read_body(scope, receive, headers, self.settings.max_body_bytes)
+            content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if content_type in _MSGPACK_TYPES:
+                request = codecs.decode_msgpack_request(body)
+                response = await self.manager.infer(model, version, request)
+                out = codecs.encode_msgpack_response(response)
+                extra = [(b"content-type", _MSGPACK)]
+            else:
+                raw_length = headers.get(b"inference-header-content-length")
+                header_length = _parse_length(raw_length) if raw_length is not None else None
+                raw_input = None
+                if header_length == 0:  # raw binary form: the body is the one [n, f_in] input
+                    raw_input = self.manager.get(model, version).raw_input
+                request = codecs.decode_json_request(body, header_length, raw_input=raw_input)
+                response = await self.manager.infer(model, version, request)
+                out, more = codecs.encode_json_response(
+                    response, binary=codecs.binary_outputs_of(request)
+                )
+                extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in
+                         more.items()]
+                if not any(k == b"content-type" for k, _ in extra):
+                    extra.append((b"content-type", _JSON))
+            status = 200
+            version_label = response.model_version
+            outcome = "ok"
+        except Exception as exc:
+            status, out, extra = error_response(exc)
+            extra.append((b"content-type", _JSON))
+            outcome = type(exc).__name__ if isinstance(exc, MlserveError) else "InternalError"
+        extra.append((b"content-length", str(len(out)).encode()))
+        extra.append((b"x-request-id", request_id))
+        await send({"type": "http.response.start", "status": status, "headers": extra})
+        await send({"type": "http.response.body", "body": out})
+        # Labels only for loaded models: arbitrary names in URLs must not grow the label set.
+        label = model if model in self.manager.models else "_unknown"
+        metrics.REQUESTS.labels(label, version_label, outcome).inc()
+        metrics.REQUEST_LATENCY.labels(label, version_label).observe(time.perf_counter() - started)
+
+    # ---- lifespan ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.manager.expected.update(_model_name(ref) for ref in self.settings.models)
+        self._startup = asyncio.create_task(self._load_configured())
+        _watch_exit_signals()
+        try:
+            yield
+        finally:
+            self.manager.draining = True
+            if not self._startup.done():
+                self._startup.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._startup
+            await self.manager.close(self.settings.shutdown_timeout_s)
+            logger.info("shut down: engines closed")
+
+    async def _load_configured(self) -> None:
+        for ref in self.settings.models:
+            try:
+                await self.manager.load(ref)
+            except Exception:
+                logger.exception("could not load model %s; the server stays not ready", ref)
+
+    # ---- non-hot routes ---------------------------------------------------------------------
+
+    async def _metrics(self, request: Request) -> Response:
+        body, content_type = metrics.render(self._engine_stats)
+        return Response(body, media_type=content_type)
+
+    def _engine_stats(self) -> list[tuple[str, str, dict[str, Any]]]:
+        out = []
+        for name, model in list(self.manager.models.items()):
+            for version, served in list(model.versions.items()):
+                if not served.engine.closed:
+                    out.append((name, version, served.engine.stats()))
+        return out
+
+    async def _server_metadata(self, request: Request) -> Response:
+        return _json({"name": "mlserve", "version": __version__, "extensions": EXTENSIONS})
+
+    async def _live(self, request: Request) -> Response:
+        return _json({"live": True})
+
+    async def _ready(self, request: Request) -> Response:
+        ready = self.manager.ready
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def _model_metadata(self, request: Request) -> Response:
+        return await _guard(self._model_metadata_body, request)
+
+    async def _model_metadata_body(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        served = self.manager.get(name, request.path_params.get("version"))
+        versions = list(self.manager.model(name).versions)
+        return _json(served.metadata(versions))
+
+    async def _model_ready(self, request: Request) -> Response:
+        return await _guard(self._model_ready_body, request)
+
+    async def _model_ready_body(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        served = self.manager.get(name, request.path_params.get("version"))
+        ready = served.ready and not self.manager.draining
+        body = {"name": name, "version": served.version, "ready": ready}
+        return _json(body, 200 if ready else 503)
+
+    async def _repository_index(self, request: Request) -> Response:
+        return await _guard(self._repository_index_body, request)
+
+    async def _repository_index_body(self, request: Request) -> Response:
+        self._authorize(request)
+        return _json(self.manager.index())
+
+    async def _load(self, request: Request) -> Response:
+        return await _guard(self._load_body, request)
+
+    async def _load_body(self, request: Request) -> Response:
+        self._authorize(request)
+        name = request.path_params["model"]
+        params = await _json_parameters(request)
+        ref = params.get("ref")
+        version = params.get("version")
+        if ref is None:
+            if version is not None:
+                ref = f"{name}/{version}"
+            else:
+                model = self.manager.models.get(name)
+                configured = [r for r in self.settings.models if _model_name(r) == name]
+                ref = model.ref if model else (configured[0] if configured else name)
+        if not isinstance(ref, str) or _model_name(ref) != name:
+            raise InvalidInput(f"parameter 'ref' must be a ref of model {name!r}, got {ref!r}")
+        served = await self.manager.load(ref)
+        return _json({"name": served.name, "version": served.version, "ref": ref})
+
+    async def _unload(self, request: Request) -> Response:
+        return await _guard(self._unload_body, request)
+
+    async def _unload_body(self, request: Request) -> Response:
+        self._authorize(request)
+        versions = await self.manager.unload(request.path_params["model"])
+        return _json({"name": request.path_params["model"], "unloaded": versions})
+
+    def _authorize(self, request: Request) -> None:
+        if self._token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                  self._token):
+            raise Unauthorized("admin routes need 'Authorization: Bearer <token>'")
+
+
+def create_app(manager: ModelManager, settings: ServerSettings) -> MlserveApp:
+    """The ASGI app serving ``manager``'s models with ``settings``."""
+    return MlserveApp(manager, settings)
+
+
+def app_from_env() -> MlserveApp:
+    """Factory for uvicorn's ``--factory`` import string: settings from ``MLSERVE_SERVER_*``."""
+    settings = ServerSettings.from_env()
+    manager = ModelManager(settings.registry, config=settings.batcher_config())
+    return create_app(manager, settings)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+async def _guard(handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
+    try:
+        return await handler(request)
+    except Exception as exc:
+        status, body, headers = error_response(exc)
+        return Response(
+            body, status, headers={k.decode(): v.decode() for k, v in headers},
+            media_type="application/json",
+        )
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+async def _json_parameters(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    params = body.get("parameters", {}) if isinstance(body, dict) else None
+    if not isinstance(params, dict):
+        raise InvalidInput("request body must be a JSON object with an object 'parameters'")
+    return params
+
+
+def _infer_target(path: str) -> tuple[str, str | None] | None:
+    parts = path.split("/")
+    # ["", "v2", "models", m, "infer"] or ["", "v2", "models", m, "versions", v, "infer"]
+    if len(parts) == 5 and parts[1] == "v2" and parts[2] == "models" and parts[3]:
+        return parts[3], None
+    if (len(parts) == 7 and parts[1] == "v2" and parts[2] == "models" and parts[3]
+            and parts[4] == "versions" and parts[5]):
+        return parts[3], parts[5]
+    return None
+
+
+def _request_id(scope: Scope) -> bytes:
+    for key, value in scope["headers"]:
+        if key == b"x-request-id" and value:
+            return bytes(value[:128])
+    return uuid.uuid4().hex.encode()
+
+
+def _parse_length(raw: bytes) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
+    if value < 0:
+        raise InvalidInput("Inference-Header-Content-Length must not be negative")
+    return value
+
+
+async def _read_body(scope: Scope, receive: Receive, headers: dict[bytes, bytes],
+                     limit: int) -> bytes:
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _watch_exit_signals() -> None:
+    """Chains a hook before uvicorn's SIGTERM/SIGINT handlers: /ready turns 503 at once, while
+    uvicorn stops accepting and drains. uvicorn restores its saved handlers when it exits."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            mark_draining()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
+def _model_name(ref: str) -> str:
+    return ref.split("@", 1)[0].split("/", 1)[0]

@@ -1,0 +1,147 @@
+"""``mlserve serve``: the HTTP server on uvicorn (uvloop, httptools, lifespan on).
+
+``add_parser(subparsers)`` adds the command; ``run(args)`` checks the refs against the registry
+(an unknown model fails here, before any socket is bound) and starts uvicorn. With ``--workers
+N`` the settings travel to the worker processes as ``MLSERVE_SERVER_*`` environment variables
+(see :mod:`mlserve.server.settings`) and each worker builds its app with the import-string
+factory ``mlserve.server.app:app_from_env``. On SIGTERM/SIGINT each process marks itself not
+ready at once, stops accepting, lets accepted requests finish and closes its engines.
+
+``python -m mlserve.server.cli --registry PATH --model fraud@champion`` runs it standalone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from mlserve.errors import MlserveError
+from mlserve.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+FACTORY = "mlserve.server.app:app_from_env"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds ``serve`` to an ``add_subparsers()`` object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve registered models over HTTP (KServe v2 protocol, JSON/binary/msgpack)",
+        description="Serves registry models over the Open Inference Protocol (KServe v2): "
+        "health, metadata, infer (JSON, binary tensor extension, msgpack) and the model "
+        "repository API (load/unload, hot swap after an alias moves).",
+    )
+    _add_arguments(parser)
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServerSettings()
+    parser.add_argument("--registry", metavar="PATH", default=None,
+                        help="registry root (default: $MLSERVE_HOME/registry)")
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="REF",
+                        help="model to serve: NAME, NAME/VERSION or NAME@ALIAS (repeatable)")
+    parser.add_argument("--host", default=d.host, help=f"bind address (default {d.host})")
+    parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
+    parser.add_argument("--workers", type=int, default=d.workers,
+                        help="server processes sharing the port (each loads every model)")
+    parser.add_argument("--admin-token-file", metavar="FILE", default=None,
+                        help="file holding the bearer token the repository routes require")
+    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                        help=f"largest request body (default {d.max_body_bytes}); larger: 413")
+    parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                        help=f"rows per batch (default {d.max_batch_size})")
+    parser.add_argument("--max-queue-delay-us", type=int, default=d.max_queue_delay_us,
+                        help=f"batching delay in µs (default {d.max_queue_delay_us})")
+    parser.add_argument("--instances", type=int, default=d.instance_count,
+                        help="batch-executing threads per model version")
+    parser.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
+                        help="seconds allowed for draining on shutdown")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """The :class:`ServerSettings` the parsed flags describe (token file read)."""
+    return ServerSettings(
+        registry=args.registry,
+        models=tuple(args.models),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        admin_token_file=args.admin_token_file,
+        max_body_bytes=args.max_body_bytes,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+        instance_count=args.instances,
+        shutdown_timeout_s=args.shutdown_timeout,
+    ).resolved()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the server until SIGTERM/SIGINT; 0 after a clean shutdown, 2 on bad settings."""
+    try:
+        settings = settings_from_args(args)
+        _check_refs(settings)
+    except MlserveError as exc:
+        print(f"mlserve serve: {exc}", file=sys.stderr)
+        return 2
+    if not settings.models:
+        print("mlserve serve: no --model given; load models with the repository API "
+              "(POST /v2/repository/models/NAME/load)", file=sys.stderr)
+    return serve(settings, log_level=getattr(args, "log_level", "info"))
+
+
+def _check_refs(settings: ServerSettings) -> None:
+    from mlserve.registry import Registry
+
+    registry = Registry(settings.registry)
+    for ref in settings.models:
+        registry.resolve(ref)
+
+
+def serve(settings: ServerSettings, *, log_level: str = "info") -> int:
+    """Starts uvicorn with ``settings`` and blocks until it has shut down."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from mlserve.server import app as app_module
+    from mlserve.server.models import ModelManager
+
+    common: dict[str, Any] = dict(
+        host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        lifespan="on", log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
+    )
+    if settings.workers == 1:
+        manager = ModelManager(settings.registry, config=settings.batcher_config())
+        server = uvicorn.Server(uvicorn.Config(app_module.create_app(manager, settings), **common))
+        # uvicorn re-raises the captured SIGTERM after its graceful shutdown; with the default
+        # disposition that would kill the process (status -15) although it drained cleanly.
+        signal.signal(signal.SIGTERM, _ignore_signal)
+        server.run()
+        return 0 if server.started else 1
+    os.environ.update(settings.to_env())
+    config = uvicorn.Config(FACTORY, factory=True, workers=settings.workers, **common)
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    return 0
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    logger.debug("signal %d after shutdown", signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlserve serve", description=__doc__)
+    _add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

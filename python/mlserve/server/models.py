@@ -1,0 +1,508 @@
+"""ModelManager: the model versions one server process serves, loaded from the registry.
+
+``load(ref)`` resolves a registry ref (``fraud@champion``, ``fraud/2``, ``fraud``), builds an
+:class:`~mlserve.Engine` off the event loop, warms it up with one row and only then publishes
+it, so a request never meets a cold engine. The version the ref resolved to becomes the model's
+default (what ``/v2/models/{m}`` serves). Loading the same ref again after its alias moved is a
+hot swap: the new version is published in one dict assignment, requests already running finish
+on the old engine, and the old engine closes (drain=True) once its in-flight count reaches zero.
+
+:class:`ServedVersion` also turns decoded request tensors into the plan's raw float32 rows
+(:meth:`ServedVersion.rows`) and the engine's output into response tensors.
+
+Concurrency: every mutation runs on the event loop (no awaits between a check and its update),
+so lookups are plain dict reads; blocking work (registry reads, checksum verification, model
+sessions, engine shutdown) runs in the loop's default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlserve.config import BatcherConfig
+from mlserve.engine import Engine
+from mlserve.errors import InvalidInput, ModelNotFound, Unavailable
+from mlserve.server.codecs import InferRequest, InferResponse, Tensor, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+#: v2 datatype of each signature input dtype.
+_SIGNATURE_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "string": "BYTES"}
+_NUMERIC_DATATYPES = frozenset(
+    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+     "FP32", "FP64"}
+)
+_FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+
+
+@dataclass
+class _Column:
+    """One raw input of the signature, prepared for fast row building."""
+
+    name: str
+    index: int
+    kind: str
+    nullable: bool
+    vocabulary: dict[str, float] | None
+
+
+class ServedVersion:
+    """One loaded model version: its engine, signature and in-flight request count."""
+
+    def __init__(self, engine: Engine, name: str, version: str, ref: str) -> None:
+        self.engine = engine
+        self.name = name
+        self.version = version
+        self.ref = ref
+        signature = engine.bundle.signature if engine.bundle is not None else {}
+        self.inputs: list[dict[str, Any]] = list(signature.get("inputs") or [])
+        self.outputs: list[dict[str, Any]] = list(signature.get("outputs") or []) or [
+            {"name": "output", "dtype": "float32", "shape": [-1, -1]}
+        ]
+        self.f_in = engine.plan.f_in
+        if len(self.inputs) != self.f_in:
+            raise InvalidInput(
+                f"model {name}/{version}: signature has {len(self.inputs)} inputs but the plan "
+                f"takes {self.f_in}; re-export the bundle"
+            )
+        self.columns = [
+            _Column(
+                name=str(spec["name"]),
+                index=j,
+                kind=str(spec.get("kind", "numeric")),
+                nullable=bool(spec.get("nullable", True)),
+                vocabulary=(
+                    {str(v): float(i) for i, v in enumerate(spec["vocabulary"])}
+                    if spec.get("vocabulary") is not None
+                    else None
+                ),
+            )
+            for j, spec in enumerate(self.inputs)
+        ]
+        self.by_name = {c.name: c for c in self.columns}
+        self._non_nullable = np.array([not c.nullable for c in self.columns], dtype=bool)
+        #: The input of Triton's raw binary form (``Inference-Header-Content-Length: 0``).
+        self.raw_input = TensorSpec("rows", "FP32", (-1, self.f_in))
+        self.in_flight = 0
+        self.ready = False
+        self.retired = False
+
+    # ---- request -> rows ---------------------------------------------------------------------
+
+    def rows(self, tensors: Sequence[Tensor]) -> np.ndarray:
+        """Request tensors -> float32 ``[n, f_in]`` raw rows in plan input order.
+
+        Either one ``[n, f_in]`` FP32/FP64 tensor (any name; categoricals as codes), or one
+        tensor per signature input of shape ``[n]`` or ``[n, 1]``. Categorical BYTES map
+        through the vocabulary (unseen -> -1, the out-of-vocabulary slot; an empty string not
+        in the vocabulary -> missing).
+        """
+        if len(tensors) == 1 and self._is_matrix(tensors[0]):
+            t = tensors[0]
+            x = np.ascontiguousarray(t.data, dtype=np.float32).reshape(t.shape[0], self.f_in)
+            self._check_nulls(x)
+            return x
+        given = {t.name: t for t in tensors}
+        if len(given) != len(tensors):
+            raise InvalidInput("each input may appear once; got duplicate input names")
+        missing = [c.name for c in self.columns if c.name not in given]
+        extra = [name for name in given if name not in self.by_name]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing inputs: {', '.join(missing)}")
+            if extra:
+                parts.append(f"unknown inputs: {', '.join(extra)}")
+            raise InvalidInput(
+                f"model {self.name}: {'; '.join(parts)} (expects "
+                f"{', '.join(c.name for c in self.columns)}, or one [n, {self.f_in}] FP32 tensor)"
+            )
+        n = -1
+        x = np.empty((0, self.f_in), dtype=np.float32)
+        for column in self.columns:
+            t = given[column.name]
+            shape = list(t.shape)
+            if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+                raise InvalidInput(
+                    f"input '{column.name}': shape {shape}; expected [n] or [n, 1]"
+                )
+            if n < 0:
+                n = shape[0]
+                x = np.empty((n, self.f_in), dtype=np.float32)
+            elif shape[0] != n:
+                raise InvalidInput(
+                    f"input '{column.name}' has {shape[0]} rows but the other inputs have {n}"
+                )
+            x[:, column.index] = self._column_values(column, t)
+        self._check_nulls(x)
+        return x
+
+    def _is_matrix(self, t: Tensor) -> bool:
+        if len(t.shape) != 2 or t.shape[1] != self.f_in or t.datatype not in ("FP32", "FP64"):
+            return False
+        # A lone [n, 1] tensor named after the only input is that input, not a matrix.
+        return not (self.f_in == 1 and t.name in self.by_name and self.columns[0].kind != "numeric")
+
+    def _column_values(self, column: _Column, t: Tensor) -> np.ndarray:
+        data = np.asarray(t.data).reshape(-1)
+        if column.vocabulary is not None:
+            if t.datatype == "BYTES":
+                return _lookup(column, data, bytes_values=True)
+            if t.datatype in _NUMERIC_DATATYPES and t.datatype not in _FLOAT_DATATYPES:
+                return _lookup(column, data, bytes_values=False)
+            raise InvalidInput(
+                f"input '{column.name}' is categorical: send BYTES (strings of its vocabulary) "
+                f"or integers, got {t.datatype}"
+            )
+        if t.datatype not in _NUMERIC_DATATYPES:
+            raise InvalidInput(
+                f"input '{column.name}': expected a number tensor (FP32), got {t.datatype}"
+            )
+        if column.kind == "categorical" and t.datatype in _FLOAT_DATATYPES:
+            finite = data[~np.isnan(data)]
+            if finite.size and not np.array_equal(finite, np.round(finite)):
+                raise InvalidInput(
+                    f"input '{column.name}' holds category codes: got non-integer values"
+                )
+        return data
+
+    def _check_nulls(self, x: np.ndarray) -> None:
+        if not self._non_nullable.any():
+            return
+        bad = np.isnan(x[:, self._non_nullable]).any(axis=0)
+        if bad.any():
+            names = [c.name for c in self.columns if not c.nullable]
+            missing = [name for name, b in zip(names, bad, strict=True) if b]
+            raise InvalidInput(f"inputs {', '.join(missing)} are not nullable but hold NaN")
+
+    # ---- outputs -----------------------------------------------------------------------------
+
+    def response(self, y: np.ndarray, request: InferRequest) -> InferResponse:
+        """The engine's output as the signature's output tensor(s)."""
+        n = y.shape[0]
+        y2 = y.reshape(n, -1)
+        outputs: list[Tensor] = []
+        offset = 0
+        for spec in self.outputs:
+            shape = spec.get("shape") or [-1, -1]
+            width = int(shape[1]) if len(shape) > 1 and int(shape[1]) > 0 else y2.shape[1]
+            if len(self.outputs) == 1:
+                width = y2.shape[1]
+            part = np.ascontiguousarray(y2[:, offset : offset + width], dtype=np.float32)
+            offset += width
+            outputs.append(Tensor(str(spec["name"]), "FP32", [n, width], part))
+        if request.outputs:
+            by_name = {t.name: t for t in outputs}
+            unknown = [o.name for o in request.outputs if o.name not in by_name]
+            if unknown:
+                raise InvalidInput(
+                    f"unknown outputs requested: {', '.join(unknown)} (model {self.name} "
+                    f"returns {', '.join(by_name)})"
+                )
+            outputs = [by_name[o.name] for o in request.outputs]
+        return InferResponse(
+            model_name=self.name,
+            model_version=self.version,
+            id=request.id,
+            outputs=outputs,
+            parameters={},
+        )
+
+    # ---- metadata ----------------------------------------------------------------------------
+
+    def metadata(self, versions: list[str]) -> dict[str, Any]:
+        """v2 model metadata (``GET /v2/models/{m}``)."""
+        inputs = [
+            {
+                "name": c.name,
+                "datatype": _SIGNATURE_DATATYPES.get(str(spec.get("dtype")), "FP32"),
+                "shape": [-1],
+                "parameters": {"kind": c.kind, "nullable": c.nullable},
+            }
+            for c, spec in zip(self.columns, self.inputs, strict=True)
+        ]
+        outputs = [
+            {
+                "name": str(spec["name"]),
+                "datatype": _SIGNATURE_DATATYPES.get(str(spec.get("dtype")), "FP32"),
+                "shape": [-1, *[int(d) for d in (spec.get("shape") or [-1, -1])[1:]]],
+            }
+            for spec in self.outputs
+        ]
+        return {
+            "name": self.name,
+            "versions": versions,
+            "platform": "mlserve",
+            "inputs": inputs,
+            "outputs": outputs,
+        }
+
+
+def _lookup(column: _Column, data: np.ndarray, *, bytes_values: bool) -> np.ndarray:
+    """Category values -> vocabulary codes; one dict lookup per distinct value."""
+    assert column.vocabulary is not None
+    if data.size == 0:
+        return np.empty(0, dtype=np.float32)
+    uniques, inverse = np.unique(data, return_inverse=True)
+    vocabulary = column.vocabulary
+    codes = np.empty(len(uniques), dtype=np.float32)
+    for i, value in enumerate(uniques.tolist()):
+        if bytes_values:
+            if isinstance(value, str):
+                key = value
+            else:
+                try:
+                    key = bytes(value).decode("utf-8")
+                except (UnicodeDecodeError, TypeError):
+                    raise InvalidInput(
+                        f"input '{column.name}': values must be UTF-8 strings"
+                    ) from None
+            if key == "" and key not in vocabulary:
+                codes[i] = np.nan
+                continue
+        else:
+            key = str(int(value))
+        codes[i] = vocabulary.get(key, -1.0)
+    return codes[inverse.reshape(-1)]
+
+
+@dataclass
+class ServedModel:
+    """Every loaded version of one model name, and which one is the default."""
+
+    name: str
+    ref: str
+    default: str
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
+
+
+class ModelManager:
+    """Loads registry refs into engines and routes requests to them (see module docstring)."""
+
+    def __init__(
+        self,
+        registry_root: str | None = None,
+        *,
+        config: BatcherConfig | None = None,
+        backend: str = "onnxruntime",
+    ) -> None:
+        self.registry_root = registry_root
+        self.config = config or BatcherConfig(max_batch_size=256, max_queue_delay_us=200)
+        self.backend = backend
+        self.models: dict[str, ServedModel] = {}
+        #: Model names that should be loaded for the server to be ready.
+        self.expected: set[str] = set()
+        self.draining = False
+        self._loading: dict[str, asyncio.Future[ServedVersion]] = {}
+        self._closers: set[asyncio.Future[None]] = set()
+        self._registry: Any = None
+
+    # ---- lookups (plain dict reads) ----------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True when every expected model is loaded, warmed up and the server is not draining."""
+        if self.draining or not self.expected:
+            return False
+        return all(name in self.models for name in self.expected)
+
+    def get(self, name: str, version: str | None = None) -> ServedVersion:
+        """The version serving ``name`` (its default when ``version`` is None)."""
+        model = self.models.get(name)
+        if model is None:
+            loaded = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"model {name!r} is not loaded (loaded models: {loaded})")
+        served = model.versions.get(model.default if version is None else version)
+        if served is None:
+            have = ", ".join(sorted(model.versions, key=_version_key))
+            raise ModelNotFound(
+                f"model {name!r} has no loaded version {version!r} (loaded: {have})"
+            )
+        return served
+
+    def model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        return model
+
+    def index(self) -> list[dict[str, Any]]:
+        """The repository index: one entry per loaded version and per model being loaded."""
+        out: list[dict[str, Any]] = []
+        for name in sorted(set(self.models) | self.expected | set(self._loading)):
+            model = self.models.get(name)
+            if model is None:
+                state = "LOADING" if name in self._loading else "UNAVAILABLE"
+                out.append({"name": name, "version": "", "state": state, "reason": ""})
+                continue
+            for version in sorted(model.versions, key=_version_key):
+                served = model.versions[version]
+                out.append({
+                    "name": name,
+                    "version": version,
+                    "state": "READY" if served.ready else "UNAVAILABLE",
+                    "reason": "default" if version == model.default else "",
+                })
+        return out
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    async def infer(
+        self, name: str, version: str | None, request: InferRequest
+    ) -> InferResponse:
+        """Runs one decoded request on the model version it names."""
+        served = self.get(name, version)
+        x = served.rows(request.inputs)
+        params = request.parameters or {}
+        priority = _int_param(params, "priority", 0)
+        timeout = params.get("timeout")
+        timeout_us = None if timeout is None else _int_param(params, "timeout", 0)
+        served.in_flight += 1
+        try:
+            y = await served.engine.apredict(x, priority=priority, timeout_us=timeout_us)
+        finally:
+            served.in_flight -= 1
+            if served.retired and served.in_flight == 0:
+                self._close_later(served)
+        return served.response(y, request)
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    def _registry_instance(self) -> Any:
+        if self._registry is None:
+            from mlserve.registry import Registry
+
+            self._registry = Registry(self.registry_root)
+        return self._registry
+
+    async def load(self, ref: str) -> ServedVersion:
+        """Loads ``ref`` and makes it its model's default version (hot swap if one serves)."""
+        if self.draining:
+            raise Unavailable("the server is shutting down; no model can be loaded")
+        loop = asyncio.get_running_loop()
+        resolved = await loop.run_in_executor(None, self._resolve, ref)
+        name, version = resolved.name, str(resolved.version)
+        key = f"{name}/{version}"
+        self.expected.add(name)
+        model = self.models.get(name)
+        if model is not None and version in model.versions and not model.versions[version].retired:
+            served = model.versions[version]
+        elif key in self._loading:
+            served = await asyncio.shield(self._loading[key])
+        else:
+            fut: asyncio.Future[ServedVersion] = loop.create_future()
+            self._loading[key] = fut
+            try:
+                served = await self._build(resolved.path, name, version, ref)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: waiters (if any) re-raise it
+                else:
+                    fut.cancel()
+                raise
+            finally:
+                self._loading.pop(key, None)
+            fut.set_result(served)
+        self._publish(served, ref)
+        return served
+
+    def _resolve(self, ref: str) -> Any:
+        return self._registry_instance().resolve(ref)
+
+    async def _build(self, path: Any, name: str, version: str, ref: str) -> ServedVersion:
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(
+            None,
+            lambda: Engine.from_bundle(path, backend=self.backend, config=self.config),
+        )
+        try:
+            served = ServedVersion(engine, name, version, ref)
+            await engine.apredict(np.zeros((1, served.f_in), dtype=np.float32))
+        except BaseException:
+            await loop.run_in_executor(None, engine.close, False)
+            raise
+        served.ready = True
+        logger.info("loaded model %s/%s (ref %s)", name, version, ref)
+        return served
+
+    def _publish(self, served: ServedVersion, ref: str) -> None:
+        # Runs on the loop without awaiting: the swap is atomic for every request handler.
+        model = self.models.get(served.name)
+        if model is None:
+            self.models[served.name] = ServedModel(
+                served.name, ref, served.version, {served.version: served}
+            )
+            return
+        previous = model.versions.get(model.default)
+        model.versions[served.version] = served
+        model.default = served.version
+        old_ref = model.ref
+        model.ref = ref
+        if previous is not None and previous is not served and old_ref == ref:
+            # The same ref now names another version (its alias moved): retire the old one.
+            del model.versions[previous.version]
+            self._retire(previous)
+            logger.info(
+                "hot swap %s: version %s -> %s", served.name, previous.version, served.version
+            )
+
+    async def unload(self, name: str) -> list[str]:
+        """Stops serving every version of ``name``; running requests still finish."""
+        model = self.models.pop(name, None)
+        self.expected.discard(name)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not loaded")
+        for served in model.versions.values():
+            self._retire(served)
+        logger.info("unloaded model %s", name)
+        return sorted(model.versions, key=_version_key)
+
+    def _retire(self, served: ServedVersion) -> None:
+        served.retired = True
+        served.ready = False
+        if served.in_flight == 0:
+            self._close_later(served)
+
+    def _close_later(self, served: ServedVersion) -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, served.engine.close, True)
+        self._closers.add(fut)
+        fut.add_done_callback(self._closers.discard)
+
+    # ---- shutdown ----------------------------------------------------------------------------
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Drains: refuses new loads, waits for in-flight requests, closes every engine."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        served = [s for m in self.models.values() for s in m.versions.values()]
+        while any(s.in_flight for s in served) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        drain = not any(s.in_flight for s in served)
+        self.models.clear()
+        futures = [loop.run_in_executor(None, s.engine.close, drain) for s in served]
+        futures.extend(self._closers)
+        if futures:
+            left = max(0.1, deadline - loop.time())
+            _, pending = await asyncio.wait(futures, timeout=left)
+            if pending:
+                logger.warning("%d engines did not close within the shutdown bound", len(pending))
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)
+
+
+def _int_param(params: dict[str, Any], key: str, default: int) -> int:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise InvalidInput(f"parameter '{key}' must be an integer, got {value!r}")
+    return int(value)

@@ -1,0 +1,144 @@
+"""Settings of the HTTP server, and the one place that reads its environment variables.
+
+``mlserve serve`` parses its flags into :class:`ServerSettings`; with ``--workers N`` it writes
+them to ``MLSERVE_SERVER_*`` variables (:meth:`ServerSettings.to_env`) so that every uvicorn
+worker process rebuilds the same settings with :meth:`ServerSettings.from_env`. The admin token
+itself never travels in the environment: only the path of the file holding it does.
+Immutable, hence thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mlserve.config import BatcherConfig
+from mlserve.errors import InvalidInput
+
+ENV_PREFIX = "MLSERVE_SERVER_"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What one server process serves and how."""
+
+    registry: str | None = None
+    """Registry root; None: ``$MLSERVE_HOME/registry``."""
+    models: tuple[str, ...] = ()
+    """Registry refs loaded at startup (``fraud@champion``, ``fraud/2``, ``fraud``)."""
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = 8000
+    """TCP port to bind."""
+    workers: int = 1
+    """Server processes sharing the socket (each loads every model)."""
+    admin_token_file: str | None = None
+    """File whose stripped content is the bearer token of the admin routes; None: no token."""
+    max_body_bytes: int = 64 << 20
+    """Largest request body accepted; larger ones get 413."""
+    max_batch_size: int = 256
+    """Rows per batch of each loaded model (and the most rows one request may carry)."""
+    max_queue_delay_us: int = 200
+    """Longest the oldest queued request waits for its batch to fill."""
+    max_queue_size: int = 4096
+    """Queued requests per model version before QueueFull (429); 0: unbounded."""
+    instance_count: int = 1
+    """Batch-executing threads per model version."""
+    shutdown_timeout_s: float = 10.0
+    """Bound on the graceful shutdown: draining requests and closing engines."""
+    admin_token: str | None = field(default=None, repr=False)
+    """The token itself (read from ``admin_token_file`` by :meth:`resolved`)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise InvalidInput(f"port {self.port} is out of range 1..65535")
+        if self.workers < 1:
+            raise InvalidInput(f"workers must be at least 1, got {self.workers}")
+        if self.max_body_bytes < 1:
+            raise InvalidInput(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+        if self.shutdown_timeout_s <= 0:
+            raise InvalidInput("shutdown_timeout_s must be positive")
+
+    def batcher_config(self) -> BatcherConfig:
+        """The dynamic-batching options every loaded model version gets."""
+        return BatcherConfig(
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_us=self.max_queue_delay_us,
+            max_queue_size=self.max_queue_size,
+            instance_count=self.instance_count,
+            priority_levels=2,
+        )
+
+    def resolved(self) -> ServerSettings:
+        """These settings with ``admin_token`` read from ``admin_token_file``."""
+        if self.admin_token_file is None or self.admin_token is not None:
+            return self
+        try:
+            token = Path(self.admin_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot read the admin token file {self.admin_token_file!r}: {exc}"
+            ) from None
+        if not token:
+            raise InvalidInput(f"the admin token file {self.admin_token_file!r} is empty")
+        return replace(self, admin_token=token)
+
+    def to_env(self) -> dict[str, str]:
+        """``MLSERVE_SERVER_*`` variables from which :meth:`from_env` rebuilds these settings."""
+        env = {
+            "MODELS": ",".join(self.models),
+            "HOST": self.host,
+            "PORT": str(self.port),
+            "WORKERS": str(self.workers),
+            "MAX_BODY_BYTES": str(self.max_body_bytes),
+            "MAX_BATCH_SIZE": str(self.max_batch_size),
+            "MAX_QUEUE_DELAY_US": str(self.max_queue_delay_us),
+            "MAX_QUEUE_SIZE": str(self.max_queue_size),
+            "INSTANCE_COUNT": str(self.instance_count),
+            "SHUTDOWN_TIMEOUT_S": str(self.shutdown_timeout_s),
+        }
+        if self.registry is not None:
+            env["REGISTRY"] = self.registry
+        if self.admin_token_file is not None:
+            env["ADMIN_TOKEN_FILE"] = self.admin_token_file
+        return {ENV_PREFIX + k: v for k, v in env.items()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        """Settings from ``MLSERVE_SERVER_*`` variables (defaults for the absent ones)."""
+        env = os.environ if environ is None else environ
+
+        def get(key: str) -> str | None:
+            value = env.get(ENV_PREFIX + key)
+            return value if value else None
+
+        def number(key: str, default: float, kind: type[int] | type[float] = int) -> float:
+            raw = get(key)
+            if raw is None:
+                return default
+            try:
+                return kind(raw)
+            except ValueError:
+                raise InvalidInput(f"{ENV_PREFIX}{key}={raw!r} is not a number") from None
+
+        d = cls()
+        models = tuple(m for m in (get("MODELS") or "").split(",") if m)
+        return cls(
+            registry=get("REGISTRY"),
+            models=models,
+            host=get("HOST") or d.host,
+            port=int(number("PORT", d.port)),
+            workers=int(number("WORKERS", d.workers)),
+            admin_token_file=get("ADMIN_TOKEN_FILE"),
+            max_body_bytes=int(number("MAX_BODY_BYTES", d.max_body_bytes)),
+            max_batch_size=int(number("MAX_BATCH_SIZE", d.max_batch_size)),
+            max_queue_delay_us=int(number("MAX_QUEUE_DELAY_US", d.max_queue_delay_us)),
+            max_queue_size=int(number("MAX_QUEUE_SIZE", d.max_queue_size)),
+            instance_count=int(number("INSTANCE_COUNT", d.instance_count)),
+            shutdown_timeout_s=float(
+                number("SHUTDOWN_TIMEOUT_S", d.shutdown_timeout_s, float)
+            ),
+        ).resolved()
+
