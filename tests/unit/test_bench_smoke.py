@@ -1,13 +1,16 @@
 """Smoke test of the benchmark harness (bench/): every scenario at the tiny "smoke" level.
 
 Checks the shape of what a run writes (ratios present and positive, machine description,
-files), never the figures: benchmarks are not assertions.
+files), never the figures: benchmarks are not assertions. The ``http`` scenario needs wrk on
+PATH and the HTTP server (``mlserve.server.cli``); without either it is skipped, saying which.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +23,7 @@ if str(ROOT) not in sys.path:  # bench/ is a top-level folder, not part of the p
 from bench import harness, registry  # noqa: E402
 from bench.__main__ import main  # noqa: E402
 
-SCENARIOS = ("normalize", "batcher", "engine")
+SCENARIOS = ("normalize", "batcher", "engine", "http")
 
 
 def test_registry_lists_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,6 +39,13 @@ def test_scenario_smoke(name: str, tmp_path: Path) -> None:
     pytest.importorskip("mlserve", exc_type=ModuleNotFoundError)
     if name == "engine":
         pytest.importorskip("onnx", exc_type=ModuleNotFoundError)
+    if name == "http":
+        if shutil.which("wrk") is None:
+            pytest.skip("wrk is not installed (not on PATH): the http smoke run needs wrk 4.x")
+        if importlib.util.find_spec("mlserve.server.cli") is None:
+            pytest.skip("mlserve.server.cli is missing: no HTTP server to benchmark")
+        for module in ("msgpack", "uvicorn", "uvloop", "httptools"):
+            pytest.importorskip(module, exc_type=ModuleNotFoundError)
     record, paths = harness.run_scenario(name, "smoke", tmp_path)
 
     assert set(paths) == {"json", "markdown", "png"}
