@@ -177,9 +177,9 @@ def decode_json_request(
     try:
         obj = orjson.loads(memoryview(body)[:json_end])
     except orjson.JSONDecodeError as exc:
-        hint = (
-            f" (binary data after the JSON needs {HEADER_LENGTH})" if header_length is None else ""
-        )
+        hint = ""
+        if header_length is None and "after document" in str(exc):
+            hint = f" (binary data after the JSON needs the {HEADER_LENGTH} header)"
         raise InvalidInput(f"the request is not valid JSON: {exc}{hint}") from None
     cursor = _Cursor(body, json_end, header_length is not None)
     request = _decode_request_object(obj, cursor.decode_input, json_format=True)
