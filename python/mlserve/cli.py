@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=12, help="training epochs (early stopping)")
     demo.add_argument("--registry", metavar="PATH", default=None,
                       help="registry root (default: $MLSERVE_HOME/registry)")
+    demo.add_argument("--no-http", action="store_true",
+                      help="skip the part that starts `mlserve serve` and uses the client")
 
     devices = sub.add_parser("devices", help="show the GPUs this build can use",
                              description="Lists CUDA devices usable by the native core.")
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from mlserve.demo import run
 
-        run(rows=args.rows, requests=args.requests, epochs=args.epochs, registry=args.registry)
+        run(rows=args.rows, requests=args.requests, epochs=args.epochs, registry=args.registry,
+            http=not args.no_http)
     elif args.command == "devices":
         from mlserve import cuda_built, cuda_devices
 

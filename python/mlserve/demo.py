@@ -5,7 +5,8 @@ feature plan, torch MLP, TorchScript + ONNX export, drift reference), registers 
 ``fraud@champion`` at it, then serves it through an :class:`Engine` built from the registry
 (native normalization, dynamic batching, onnxruntime) and prints the held-out evaluation,
 predictions on fresh transactions, throughput per access pattern, batch sizes and the drift
-histogram counted while serving.
+histogram counted while serving; then starts ``mlserve serve`` on a free local port and sends
+real requests with :mod:`mlserve.client` (predictions, latency, where /metrics is).
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ def _rate(count: int, seconds: float) -> str:
 
 
 def run(
-    rows: int = 40_000, requests: int = 20_000, epochs: int = 12, registry: str | None = None
+    rows: int = 40_000,
+    requests: int = 20_000,
+    epochs: int = 12,
+    registry: str | None = None,
+    http: bool = True,
 ) -> None:
     import mlserve.trainer
     from mlserve.registry import Registry
@@ -79,6 +84,77 @@ def run(
     with Engine.from_registry("fraud@champion", registry=reg, config=config_b) as engine:
         x = encode_rows(fresh, engine.bundle.signature["inputs"])
         _serve(console, engine, fresh, x, requests)
+        inputs = engine.bundle.signature["inputs"]
+    if http:
+        _serve_http(console, reg.root, fresh, inputs)
+
+
+def _serve_http(console: Console, registry_root: Path, fresh: Any,
+                inputs: list[dict[str, Any]]) -> None:
+    """Starts `mlserve serve` for fraud@champion and talks to it with mlserve.client."""
+    import socket
+    import subprocess
+    import sys
+
+    from mlserve.client import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mlserve.cli", "serve", "--registry", str(registry_root),
+           "--model", "fraud@champion", "--port", str(port), "--log-level", "warning"]
+    console.rule(f"[bold]HTTP: mlserve serve on {url} (KServe v2 + msgpack)")
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with Client(url, codec="msgpack") as client:
+            deadline = time.monotonic() + 60
+            while not client.ready():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    err = server.stderr.read().decode() if server.stderr else ""
+                    raise RuntimeError(f"the server did not become ready: {err[-2000:]}")
+                time.sleep(0.1)
+            rows = fresh.head(5)
+            tensors: dict[str, Any] = {}
+            for spec in inputs:
+                col = rows[spec["name"]]
+                if spec["kind"] == "categorical" and "vocabulary" in spec:
+                    tensors[spec["name"]] = ["" if v is None else str(v) for v in col.tolist()]
+                else:
+                    tensors[spec["name"]] = col.to_numpy(dtype=np.float32)
+            result = client.infer("fraud", tensors)
+            table = Table(title=f"POST {url}/v2/models/fraud/infer (per-feature tensors, "
+                          f"strings for categoricals) -> version {result.model_version}")
+            for col in ("amount", "merchant_category", "country", "channel", "P(fraud)"):
+                table.add_column(col, justify="right")
+            for i, p in enumerate(result.output[:, 0]):
+                r = rows.iloc[i]
+                table.add_row(f"{r['amount']:,.2f}", str(r["merchant_category"]),
+                              str(r["country"]), str(r["channel"]), f"{p:.3f}")
+            console.print(table)
+            one = {k: v[:1] for k, v in tensors.items()}
+            lat = []
+            for _ in range(300):
+                t0 = time.perf_counter()
+                client.infer("fraud", one)
+                lat.append(time.perf_counter() - t0)
+            ms = np.percentile(np.array(lat) * 1e3, [50, 99])
+            console.print(f"one-row msgpack requests over HTTP, sequential: p50 {ms[0]:.2f} ms, "
+                          f"p99 {ms[1]:.2f} ms (client + network + server)")
+        import httpx
+
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        shown = [ln for ln in metrics.splitlines()
+                 if ln.startswith(("mlserve_requests_total", "mlserve_engine_batches_total"))]
+        console.print(f"Prometheus metrics at {url}/metrics, e.g.:")
+        for line in shown[:4]:
+            console.print(f"  {line}", markup=False)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def _serve(console: Console, engine: Engine, fresh: Any, x: np.ndarray, requests: int) -> None:
