@@ -98,6 +98,7 @@ std::shared_ptr<Request> DynamicBatcher::Submit(const float* x, int64_t rows, in
   const int64_t t_us = timeout_us < 0 ? config_.default_timeout_us : timeout_us;
   r->enqueued = Clock::now();
   if (t_us > 0) r->deadline = AddMicrosSaturated(r->enqueued, t_us);
+  bool wake;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) {
@@ -118,13 +119,24 @@ std::shared_ptr<Request> DynamicBatcher::Submit(const float* x, int64_t rows, in
       r->in_deadlines = true;
     }
     ++queued_requests_;
+    queued_rows_ += rows;
     {
       std::lock_guard<std::mutex> s(stats_mu_);
       ++stats_.requests;
       stats_.rows += rows;
     }
+    // Wake a worker only when this request can change its decision: one is idle (empty queue),
+    // the queue may now form a full or preferred batch, batches are cut at once, the hold hook
+    // may be satisfied, or this request's deadline may come before the worker's next wake-up.
+    // A worker waiting out max_queue_delay_us wakes at that time anyway; waking it for every
+    // request cost a futex syscall and a lock round-trip per request under load.
+    const auto& preferred = config_.preferred_batch_sizes;
+    wake = idle_workers_ > 0 || config_.max_queue_delay_us == 0 ||
+           queued_rows_ >= config_.max_batch_size || t_us > 0 ||
+           std::find(preferred.begin(), preferred.end(), queued_rows_) != preferred.end() ||
+           (hold_until_queued_ > 0 && queued_requests_ >= hold_until_queued_);
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
   return r;
 }
 
@@ -134,6 +146,7 @@ void DynamicBatcher::UnindexLocked(Request& r) {
     r.in_deadlines = false;
   }
   --queued_requests_;
+  queued_rows_ -= r.rows;
 }
 
 void DynamicBatcher::FailQueuedLocked(const std::shared_ptr<Request>& r, ErrorCode code,
@@ -333,7 +346,9 @@ void DynamicBatcher::WorkerLoop() {
       if (ShouldCutLocked(now, &rows, &wake)) break;
       wake = std::min(wake, next_deadline);
       if (wake == Clock::time_point::max()) {
+        ++idle_workers_;
         cv_.wait(lock);
+        --idle_workers_;
       } else {
         cv_.wait_until(lock, wake);
       }

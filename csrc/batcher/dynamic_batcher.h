@@ -172,6 +172,8 @@ class DynamicBatcher {
                                                                 // (cancelled/expired) entries
   DeadlineIndex deadlines_;  // queued requests with a deadline
   int64_t queued_requests_ = 0;
+  int64_t queued_rows_ = 0;   // rows of the queued requests
+  int32_t idle_workers_ = 0;  // workers blocked with nothing to wait for but a new request
   int64_t hold_until_queued_ = 0;
   bool stopping_ = false;
   bool drain_ = true;

@@ -293,7 +293,7 @@ class ModelManager:
         backend: str = "onnxruntime",
     ) -> None:
         self.registry_root = registry_root
-        self.config = config or BatcherConfig(max_batch_size=256, max_queue_delay_us=200)
+        self.config = config or BatcherConfig(max_batch_size=256, max_queue_delay_us=0)
         self.backend = backend
         self.models: dict[str, ServedModel] = {}
         #: Model names that should be loaded for the server to be ready.

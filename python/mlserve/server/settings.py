@@ -40,8 +40,11 @@ class ServerSettings:
     """Largest request body accepted; larger ones get 413."""
     max_batch_size: int = 256
     """Rows per batch of each loaded model (and the most rows one request may carry)."""
-    max_queue_delay_us: int = 200
-    """Longest the oldest queued request waits for its batch to fill."""
+    max_queue_delay_us: int = 0
+    """Longest the oldest queued request waits for its batch to fill. 0 (Triton's default):
+    batches form from the requests that queue while the model is busy. Measured with wrk on 2
+    cores, one-row msgpack: 200 us gave 10.3K req/s at 64 connections and p50 518 us at 1;
+    0 gave 12.1K req/s and p50 285 us."""
     max_queue_size: int = 4096
     """Queued requests per model version before QueueFull (429); 0: unbounded."""
     instance_count: int = 1
