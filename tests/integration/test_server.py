@@ -614,3 +614,31 @@ def test_cli_flags_round_trip_through_worker_environment(tmp_path: Path) -> None
     env = settings.to_env()
     assert "t0k" not in "".join(env.values())  # only the token file's path travels
     assert ServerSettings.from_env(env) == settings
+
+
+def test_access_log_lines_and_in_flight_and_load_metrics(trained: Trained, tmp_path: Path) -> None:
+    """One JSON access-log line per request; load events and in-flight in /metrics."""
+    import json as _json
+
+    srv = ServerProcess(
+        trained.registry_root, ["fraud"], tmp_path / "server.log", "--access-log-sample", "1"
+    )
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            _, x, _ = complete_rows(trained)
+            r = http.post(INFER, json=matrix_request(x[:2]), headers={"X-Request-Id": "abc-1"})
+            assert r.status_code == 200
+            body = http.get("/metrics").text
+    finally:
+        assert srv.stop() == 0
+    import re
+
+    assert re.search(
+        r'mlserve_model_loads_total\{event="load",model="fraud",version="\d+"\} 1\.0', body
+    )
+    assert "mlserve_requests_in_flight" in body
+    lines = [_json.loads(ln) for ln in srv.log().splitlines() if ln.startswith("{")]
+    mine = [ln for ln in lines if ln.get("request_id") == "abc-1"]
+    assert len(mine) == 1
+    assert mine[0]["model"] == "fraud" and mine[0]["status"] == 200 and mine[0]["latency_ms"] > 0

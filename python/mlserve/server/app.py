@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import itertools
 import logging
+import random
 import signal
 import threading
 import time
@@ -41,6 +42,8 @@ from mlserve.server.models import ModelManager
 from mlserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
+#: One JSON line per (sampled) inference request; the serve CLI sends it to stderr.
+access_log = logging.getLogger("mlserve.access")
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "msgpack", "schedule_policy"]
 _JSON = b"application/json"
@@ -141,6 +144,9 @@ class MlserveApp:
         request_id = _request_id(scope)
         started = time.perf_counter()
         version_label = "?"
+        label = model if model in self.manager.models else "_unknown"
+        in_flight = metrics.IN_FLIGHT.labels(label)
+        in_flight.inc()
         try:
             headers = dict(scope["headers"])
             body = await _read_body(scope, receive, headers, self.settings.max_body_bytes)
@@ -177,9 +183,18 @@ class MlserveApp:
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": out})
         # Labels only for loaded models: arbitrary names in URLs must not grow the label set.
-        label = model if model in self.manager.models else "_unknown"
+        in_flight.dec()
+        elapsed = time.perf_counter() - started
         metrics.REQUESTS.labels(label, version_label, outcome).inc()
-        metrics.REQUEST_LATENCY.labels(label, version_label).observe(time.perf_counter() - started)
+        metrics.REQUEST_LATENCY.labels(label, version_label).observe(elapsed)
+        sample = self.settings.access_log_sample
+        if sample > 0.0 and (sample >= 1.0 or random.random() < sample):
+            access_log.info(orjson.dumps({
+                "request_id": request_id.decode("latin-1"), "model": model,
+                "version": version_label, "status": status, "outcome": outcome,
+                "latency_ms": round(elapsed * 1e3, 3),
+                "client": (scope.get("client") or ("", 0))[0],
+            }).decode())
 
     # ---- lifespan ---------------------------------------------------------------------------
 
@@ -295,8 +310,20 @@ class MlserveApp:
             raise Unauthorized("admin routes need 'Authorization: Bearer <token>'")
 
 
+def _configure_access_log(settings: ServerSettings) -> None:
+    """Sends ``mlserve.access`` lines to stderr, once per process, when sampling is on."""
+    if settings.access_log_sample <= 0.0 or access_log.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+
+
 def create_app(manager: ModelManager, settings: ServerSettings) -> MlserveApp:
     """The ASGI app serving ``manager``'s models with ``settings``."""
+    _configure_access_log(settings)
     return MlserveApp(manager, settings)
 
 

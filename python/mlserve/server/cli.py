@@ -62,6 +62,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch-executing threads per model version")
     parser.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
                         help="seconds allowed for draining on shutdown")
+    parser.add_argument("--access-log-sample", type=float, default=d.access_log_sample,
+                        help="share of inference requests written as JSON access-log lines "
+                        f"(0..1, default {d.access_log_sample}; 0 turns it off)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
 
@@ -80,6 +83,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_queue_delay_us=args.max_queue_delay_us,
         instance_count=args.instances,
         shutdown_timeout_s=args.shutdown_timeout,
+        access_log_sample=args.access_log_sample,
     ).resolved()
 
 

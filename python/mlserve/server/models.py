@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mlserve import metrics
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
 from mlserve.errors import InvalidInput, ModelNotFound, Unavailable
@@ -429,6 +430,7 @@ class ModelManager:
             await loop.run_in_executor(None, engine.close, False)
             raise
         served.ready = True
+        metrics.MODEL_LOADS.labels(name, version, "load").inc()
         logger.info("loaded model %s/%s (ref %s)", name, version, ref)
         return served
 
@@ -465,6 +467,7 @@ class ModelManager:
         return sorted(model.versions, key=_version_key)
 
     def _retire(self, served: ServedVersion) -> None:
+        metrics.MODEL_LOADS.labels(served.name, served.version, "unload").inc()
         served.retired = True
         served.ready = False
         if served.in_flight == 0:

@@ -51,10 +51,17 @@ class ServerSettings:
     """Batch-executing threads per model version."""
     shutdown_timeout_s: float = 10.0
     """Bound on the graceful shutdown: draining requests and closing engines."""
+    access_log_sample: float = 1.0
+    """Share of inference requests logged as one JSON line on logger ``mlserve.access``
+    (request id, model, version, status, latency); 0 turns the access log off."""
     admin_token: str | None = field(default=None, repr=False)
     """The token itself (read from ``admin_token_file`` by :meth:`resolved`)."""
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.access_log_sample <= 1.0:
+            raise InvalidInput(
+                f"access_log_sample must be in 0..1, got {self.access_log_sample}"
+            )
         if not 0 < self.port < 65536:
             raise InvalidInput(f"port {self.port} is out of range 1..65535")
         if self.workers < 1:
@@ -101,6 +108,7 @@ class ServerSettings:
             "MAX_QUEUE_SIZE": str(self.max_queue_size),
             "INSTANCE_COUNT": str(self.instance_count),
             "SHUTDOWN_TIMEOUT_S": str(self.shutdown_timeout_s),
+            "ACCESS_LOG_SAMPLE": str(self.access_log_sample),
         }
         if self.registry is not None:
             env["REGISTRY"] = self.registry
@@ -143,5 +151,6 @@ class ServerSettings:
             shutdown_timeout_s=float(
                 number("SHUTDOWN_TIMEOUT_S", d.shutdown_timeout_s, float)
             ),
+            access_log_sample=float(number("ACCESS_LOG_SAMPLE", d.access_log_sample, float)),
         ).resolved()
 
