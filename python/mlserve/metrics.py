@@ -8,7 +8,9 @@ Two kinds:
   prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before import).
 - Engine metrics read from the native core at scrape time (``EngineCollector``): requests,
   rows, batches, rejections, timeouts, failures, queue depth, the exact batch-size histogram and
-  summed queue/normalize/compute time. Nothing is added to the hot path for them.
+  summed queue/normalize/compute time. Nothing is added to the hot path for them. With several
+  workers, each publishes its engine counters once a second into multiprocess gauges
+  (``publish_engine_stats``) instead; the batch-size histogram and timings are then omitted.
 
 Thread-safety: prometheus_client metrics are thread-safe; the collector reads engine stats under
 the core's own locks.
@@ -58,6 +60,33 @@ MODEL_LOADS = Counter(
 )
 
 EngineSource = Callable[[], Iterable[tuple[str, str, dict[str, Any]]]]
+
+#: With several worker processes each one's engines are invisible to the process that answers
+#: /metrics, so every worker publishes its engine counters into these multiprocess gauges
+#: (summed over live workers; same names as the single-process counters, type gauge).
+_ENGINE_KEYS = ("requests", "rows", "batches", "rejected", "timed_out", "failed", "cancelled")
+ENGINE_GAUGES: dict[str, Gauge] = (
+    {
+        key: Gauge(f"mlserve_engine_{key}_total", f"Engine {key} (summed over workers).",
+                   ["model", "version"], multiprocess_mode="livesum")
+        for key in _ENGINE_KEYS
+    }
+    | {
+        "queued": Gauge("mlserve_engine_queue_depth", "Requests queued now (all workers).",
+                        ["model", "version"], multiprocess_mode="livesum"),
+    }
+    if MULTIPROCESS
+    else {}
+)
+
+
+def publish_engine_stats(source: EngineSource) -> None:
+    """Multiprocess mode: copies this worker's engine stats into ENGINE_GAUGES (no-op else)."""
+    if not MULTIPROCESS:
+        return
+    for model, version, stats in source():
+        for key, gauge in ENGINE_GAUGES.items():
+            gauge.labels(model, version).set(float(stats.get(key, 0)))
 
 
 class EngineCollector(Collector):
@@ -128,5 +157,8 @@ def render(engines: EngineSource | None = None) -> tuple[bytes, str]:
 
         registry.register(PROCESS_COLLECTOR)
     if engines is not None:
-        registry.register(EngineCollector(engines))
+        if MULTIPROCESS:
+            publish_engine_stats(engines)  # this worker's part is fresh; others publish each 1 s
+        else:
+            registry.register(EngineCollector(engines))
     return generate_latest(registry), CONTENT_TYPE_LATEST

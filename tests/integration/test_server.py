@@ -642,3 +642,33 @@ def test_access_log_lines_and_in_flight_and_load_metrics(trained: Trained, tmp_p
     mine = [ln for ln in lines if ln.get("request_id") == "abc-1"]
     assert len(mine) == 1
     assert mine[0]["model"] == "fraud" and mine[0]["status"] == 200 and mine[0]["latency_ms"] > 0
+
+
+def test_metrics_aggregate_over_worker_processes(trained: Trained, tmp_path: Path) -> None:
+    """--workers 2: request counters and engine stats sum over both processes in every scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    srv = ServerProcess(trained.registry_root, ["fraud"], tmp_path / "server.log", "--workers", "2")
+    try:
+        srv.wait_ready()
+        _, x, _ = complete_rows(trained)
+        with httpx.Client(base_url=srv.url, timeout=30) as http:
+            for _ in range(20):  # new connections: the kernel spreads them over the workers
+                with httpx.Client(base_url=srv.url, timeout=30) as one:
+                    assert one.post(INFER, json=matrix_request(x[:1])).status_code == 200
+            time.sleep(1.5)  # each worker publishes its engine stats once a second
+            for _ in range(3):
+                totals = {"ok": 0.0, "engine": 0.0}
+                for family in text_string_to_metric_families(http.get("/metrics").text):
+                    for sample in family.samples:
+                        if (
+                            sample.name == "mlserve_requests_total"
+                            and sample.labels.get("outcome") == "ok"
+                        ):
+                            totals["ok"] += sample.value
+                        if sample.name == "mlserve_engine_requests_total":
+                            totals["engine"] += sample.value
+                assert totals["ok"] == 20
+                assert totals["engine"] >= 20  # plus one warm-up request per worker
+    finally:
+        assert srv.stop() == 0

@@ -202,11 +202,15 @@ class MlserveApp:
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.manager.expected.update(_model_name(ref) for ref in self.settings.models)
         self._startup = asyncio.create_task(self._load_configured())
+        publisher = (asyncio.create_task(self._publish_engine_stats())
+                     if metrics.MULTIPROCESS else None)
         _watch_exit_signals()
         try:
             yield
         finally:
             self.manager.draining = True
+            if publisher is not None:
+                publisher.cancel()
             if not self._startup.done():
                 self._startup.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -222,6 +226,12 @@ class MlserveApp:
                 logger.exception("could not load model %s; the server stays not ready", ref)
 
     # ---- non-hot routes ---------------------------------------------------------------------
+
+    async def _publish_engine_stats(self) -> None:
+        """Multiprocess mode: this worker's engine stats, into shared gauges, every second."""
+        while True:
+            metrics.publish_engine_stats(self._engine_stats)
+            await asyncio.sleep(1.0)
 
     async def _metrics(self, request: Request) -> Response:
         body, content_type = metrics.render(self._engine_stats)

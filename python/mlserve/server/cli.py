@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from typing import Any
 
 from mlserve.errors import MlserveError
@@ -131,8 +133,18 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> int:
         server.run()
         return 0 if server.started else 1
     os.environ.update(settings.to_env())
-    config = uvicorn.Config(FACTORY, factory=True, workers=settings.workers, **common)
-    Multiprocess(config, sockets=[config.bind_socket()]).run()
+    # Request metrics of all workers aggregate through files (prometheus_client multiprocess
+    # mode); the workers are started after this and read the variable at import.
+    own_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_dir = tempfile.mkdtemp(prefix="mlserve-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_dir
+    try:
+        config = uvicorn.Config(FACTORY, factory=True, workers=settings.workers, **common)
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
     return 0
 
 
