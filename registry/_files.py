@@ -18,15 +18,6 @@ from pathlib import Path
 _CHUNK_BYTES = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def temp_path(tmp_dir: Path, kind: str) -> Path:
     """A fresh, unused path in ``tmp_dir`` tagged with this process's pid."""
     tmp_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ._files import Layout, blob_path, remove_tree, sha256_file, temp_owner_alive
+from mlserve.bundle import MANIFEST, sha256_file
+
+from ._files import Layout, blob_path, remove_tree, temp_owner_alive
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -39,7 +41,7 @@ def _check_versions(conn: sqlite3.Connection, layout: Layout) -> list[str]:
             problems.append(f"{ref}: version directory {vdir} is missing")
             continue
         try:
-            on_disk = json.loads((vdir / "mlserve.json").read_text(encoding="utf-8"))
+            on_disk = json.loads((vdir / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             problems.append(f"{ref}: mlserve.json is unreadable ({exc})")
         else:

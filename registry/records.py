@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlserve.bundle import MANIFEST, sha256_file
 from mlserve.errors import InvalidInput
-
-from ._files import sha256_file
 
 VERIFY_HINT = "the registry may be corrupted: run `mlserve registry verify`"
 
@@ -52,7 +51,7 @@ class ModelVersion:
 
         Raises InvalidInput naming the file on a missing or mismatching file.
         """
-        manifest_path = self.path / "mlserve.json"
+        manifest_path = self.path / MANIFEST
         try:
             on_disk = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:

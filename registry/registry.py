@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mlserve.bundle import MANIFEST
 from mlserve.errors import InvalidInput, ModelNotFound
 
 from . import _db, _maintenance, _tar
@@ -36,7 +37,6 @@ from .refs import Ref, check_alias, check_name, parse_ref
 logger = logging.getLogger(__name__)
 
 STATUSES = ("ready", "pending", "archived")
-MANIFEST = "mlserve.json"
 
 
 def utc_now() -> str:

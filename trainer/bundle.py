@@ -6,7 +6,6 @@ Writes only inside the given directory. Not safe to call twice on one directory 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -16,17 +15,7 @@ from typing import Any
 
 import mlserve
 import numpy as np
-
-FORMAT_VERSION = 1
-MANIFEST = "mlserve.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from mlserve.bundle import MANIFEST, sha256_file
 
 
 def framework_versions() -> dict[str, str]:

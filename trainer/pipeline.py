@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from mlserve.bundle import FORMAT_VERSION
 from mlserve.errors import InvalidInput
 from mlserve.trainer import bundle as bundle_io
 from mlserve.trainer.config import ConfigSource, TrainConfig, load_config, with_values
@@ -163,7 +164,7 @@ def _fit(table: LoadedTable, splits: Splits, config: TrainConfig, *, name: str,
     params = {**config.to_dict(), "best_epoch": trained.best_epoch,
               "epochs_run": len(trained.history)}
     manifest = {
-        "format_version": bundle_io.FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "name": name,
         "version": None,
         "created_at": bundle_io.utc_now(),

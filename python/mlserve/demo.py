@@ -27,23 +27,6 @@ from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
 
 
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUC with average ranks for ties."""
-    order = np.argsort(score, kind="mergesort")
-    s = score[order]
-    ranks = np.empty(len(s))
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j + 2) / 2
-        i = j + 1
-    pos = y == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:,.0f}"
 
@@ -158,6 +141,8 @@ def _serve_http(console: Console, registry_root: Path, fresh: Any,
 
 
 def _serve(console: Console, engine: Engine, fresh: Any, x: np.ndarray, requests: int) -> None:
+    from mlserve.trainer.evaluate import roc_auc
+
     y = fresh["is_fraud"].to_numpy()
     p = np.concatenate(engine.predict_many([x[i : i + 64] for i in range(0, len(x), 64)]))
     table = Table(title=f"fresh transactions scored by {engine.name}/{engine.version}")
