@@ -672,3 +672,34 @@ def test_metrics_aggregate_over_worker_processes(trained: Trained, tmp_path: Pat
                 assert totals["engine"] >= 20  # plus one warm-up request per worker
     finally:
         assert srv.stop() == 0
+
+
+def test_msgpack_fast_lane_equals_the_general_path(trained: Trained) -> None:
+    """ServedVersion.fast_rows + msgpack_response (the server's fast lane) give the rows and
+    the response bytes that rows() + response() + encode_msgpack_response give."""
+    from mlserve.server import codecs
+    from mlserve.server.models import ServedVersion
+
+    with Engine.from_registry("fraud/1", registry=trained.registry, config=BIG) as engine:
+        served = ServedVersion(engine, "fraud", "1", "fraud/1")
+        assert served.fast_matrix
+        for n, request_id in [(1, None), (3, "r-1"), (17, "ü" * 40), (200, "x" * 300)]:
+            x = np.ascontiguousarray(trained.x[:n], dtype=np.float32)
+            body = msgpack.packb({
+                **({"id": request_id} if request_id is not None else {}),
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [n, x.shape[1]],
+                            "data": x.tobytes()}],
+            })
+            obj = codecs.unpack_msgpack(body)
+            fast = served.fast_rows(obj)
+            assert fast is not None
+            request = codecs.msgpack_request_from_object(obj)
+            np.testing.assert_array_equal(fast[0], served.rows(request.inputs))
+            y = engine.predict(fast[0])
+            np.testing.assert_allclose(y, trained.want[:n], rtol=1e-6)
+            general = codecs.encode_msgpack_response(served.response(y, request))
+            assert served.msgpack_response(y, fast[1]) == general
+        big = np.random.default_rng(1).random((20_000, 1), dtype=np.float32)  # bin32 header
+        request = codecs.InferRequest(id="big", inputs=[])
+        general = codecs.encode_msgpack_response(served.response(big, request))
+        assert served.msgpack_response(big, "big") == general

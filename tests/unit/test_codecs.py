@@ -672,3 +672,89 @@ def test_corrupted_valid_bodies_raise_only_invalid_input(data: st.DataObject) ->
         length = data.draw(st.sampled_from([_VALID_LENGTH, None, len(body), cut]))
         _decode_or_invalid(decode_json_request, bytes(body), length)
         _decode_or_invalid(decode_msgpack_request, bytes(body))
+
+
+# --------------------------------------------------------------------------------------------
+# The msgpack fast lane (fast_msgpack_rows) against the general decoder
+
+
+def _fast_lane_objects(f_in: int) -> st.SearchStrategy[Any]:
+    """Request objects around the fast lane's shape: valid ones and near misses of every kind
+    (extra or missing keys, other datatypes, shapes, sizes, ids, parameters, outputs)."""
+    n = st.integers(0, 5)
+    width = st.sampled_from([f_in, f_in - 1, f_in + 1])
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Any:
+        rows, cols = draw(n), draw(width)
+        values = draw(hnp.arrays(np.float32, (rows, max(cols, 0)),
+                                 elements=st.floats(width=32, allow_nan=True)))
+        data: Any = values.tobytes()
+        if draw(st.booleans()):  # a near miss; else the valid value
+            data = draw(st.sampled_from([data[:-1] if data else b"x", values.ravel().tolist(),
+                                         data + b"\0\0\0\0"]))
+        shape: Any = [rows, cols]
+        if draw(st.booleans()):
+            shape = draw(st.sampled_from([[rows * cols], [rows, cols, 1], [rows, float(cols)],
+                                          [-rows, cols]]))
+        item: dict[str, Any] = {
+            "name": draw(st.sampled_from(["input", "input", "x", "", 3])),
+            "datatype": draw(st.sampled_from(["FP32", "FP32", "FP64", "INT32", "BYTES"])),
+            "shape": shape, "data": data,
+        }
+        if draw(st.booleans()) and draw(st.booleans()):
+            item["parameters"] = {"binary_data_size": len(values.tobytes())}
+        if draw(st.booleans()) and draw(st.booleans()):
+            del item[draw(st.sampled_from(sorted(item)))]
+        obj: dict[str, Any] = {"inputs": draw(st.sampled_from([[item], [item, item], item]))}
+        if draw(st.booleans()):
+            obj["id"] = draw(st.none() | st.text(max_size=8) | st.integers(-5, 5))
+        if draw(st.booleans()):
+            obj["parameters"] = draw(st.sampled_from([
+                {}, {"priority": 1}, {"timeout": 100, "priority": 2}, {"binary_data_output": True},
+                {"priority": 1, "other": "x"}, [],
+            ]))
+        if draw(st.booleans()) and draw(st.booleans()):
+            obj["outputs"] = [{"name": "probability"}]
+        return draw(st.sampled_from([obj, obj, obj, [obj], None]))
+
+    return build()
+
+
+@FAST
+@given(data=st.data(), f_in=st.integers(1, 6))
+def test_fast_lane_never_accepts_what_the_general_path_refuses(
+    data: st.DataObject, f_in: int
+) -> None:
+    """fast_msgpack_rows(obj) is None or exactly what the general decoder makes of obj, for
+    the same object after a msgpack round trip (what the server decodes)."""
+    from mlserve.server.codecs import fast_msgpack_rows, msgpack_request_from_object
+
+    obj = msgpack.unpackb(msgpack.packb(data.draw(_fast_lane_objects(f_in))), raw=False)
+    fast = fast_msgpack_rows(obj, f_in)
+    try:
+        request = msgpack_request_from_object(obj)
+    except InvalidInput:
+        assert fast is None
+        return
+    if fast is None:
+        return
+    rows, request_id, parameters = fast
+    assert request.outputs is None and len(request.inputs) == 1
+    tensor = request.inputs[0]
+    assert tensor.datatype == "FP32" and tensor.shape == [rows.shape[0], f_in]
+    np.testing.assert_array_equal(rows, tensor.data)
+    assert rows.dtype == np.float32 and rows.flags.aligned and rows.flags.c_contiguous
+    assert request_id == request.id and parameters == request.parameters
+
+
+def test_fast_lane_takes_the_common_request() -> None:
+    from mlserve.server.codecs import fast_msgpack_rows, unpack_msgpack
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body = msgpack.packb({"id": "r1", "parameters": {"priority": 1}, "inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [2, 3], "data": x.tobytes()}]})
+    fast = fast_msgpack_rows(unpack_msgpack(body), 3)
+    assert fast is not None
+    np.testing.assert_array_equal(fast[0], x)
+    assert fast[1:] == ("r1", {"priority": 1})

@@ -19,7 +19,6 @@ import contextlib
 import hmac
 import itertools
 import logging
-import random
 import signal
 import threading
 import time
@@ -38,12 +37,11 @@ from starlette.types import Message, Receive, Scope, Send
 from mlserve import __version__, metrics
 from mlserve.errors import InvalidInput, MlserveError, QueueFull, Unavailable
 from mlserve.server import codecs
+from mlserve.server.accesslog import AccessLog
 from mlserve.server.models import ModelManager
 from mlserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
-#: One JSON line per (sampled) inference request; the serve CLI sends it to stderr.
-access_log = logging.getLogger("mlserve.access")
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "msgpack", "schedule_policy"]
 _JSON = b"application/json"
@@ -95,6 +93,10 @@ class MlserveApp:
         self.manager = manager
         self.settings = settings
         self._token = settings.admin_token.encode() if settings.admin_token else None
+        self.access_log = (
+            AccessLog(settings.access_log_sample, settings.access_log_file)
+            if settings.access_log_sample > 0.0 else None
+        )
         self._startup: asyncio.Task[None] | None = None
         routes = [
             Route("/v2", self._server_metadata, methods=["GET"]),
@@ -112,6 +114,9 @@ class MlserveApp:
             Route("/metrics", self._metrics, methods=["GET"]),
         ]
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
+        # prometheus_client children per label set, so the hot path skips labels() lookups.
+        self._in_flight: dict[str, Any] = {}
+        self._request_metrics: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         _APPS.add(self)
 
     # ---- ASGI entry ------------------------------------------------------------------------
@@ -141,24 +146,48 @@ class MlserveApp:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
-        request_id = _request_id(scope)
         started = time.perf_counter()
+        content_type = declared = header_length_raw = request_id = None
+        for key, value in scope["headers"]:  # one pass instead of a dict of all headers
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                declared = value
+            elif key == b"x-request-id":
+                request_id = bytes(value[:128]) or None
+            elif key == b"inference-header-content-length":
+                header_length_raw = value
+        if request_id is None:
+            request_id = b"%s-%x" % (_ID_PREFIX, next(_ID_COUNTER))
         version_label = "?"
+        # Labels only for loaded models: arbitrary names in URLs must not grow the label set.
         label = model if model in self.manager.models else "_unknown"
-        in_flight = metrics.IN_FLIGHT.labels(label)
+        in_flight = self._in_flight.get(label)
+        if in_flight is None:
+            in_flight = self._in_flight[label] = metrics.IN_FLIGHT.labels(label)
         in_flight.inc()
         try:
-            headers = dict(scope["headers"])
-            body = await _read_body(scope, receive, headers, self.settings.max_body_bytes)
-            content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            body = await _read_body(receive, declared, self.settings.max_body_bytes)
+            if content_type not in _MSGPACK_TYPES and content_type is not None:
+                content_type = content_type.split(b";")[0].strip().lower()
             if content_type in _MSGPACK_TYPES:
-                request = codecs.decode_msgpack_request(body)
-                response = await self.manager.infer(model, version, request)
-                out = codecs.encode_msgpack_response(response)
+                obj = codecs.unpack_msgpack(body)
+                served = self.manager.get(model, version)
+                fast = served.fast_rows(obj)
+                out = None
+                if fast is not None:  # the common request: no general decoding, cached encoding
+                    y = await self.manager.run(served, fast[0], fast[2])
+                    out = served.msgpack_response(y, fast[1])
+                    version_label = served.version
+                if out is None:
+                    request = codecs.msgpack_request_from_object(obj)
+                    response = await self.manager.infer(model, version, request)
+                    out = codecs.encode_msgpack_response(response)
+                    version_label = response.model_version
                 extra = [(b"content-type", _MSGPACK)]
             else:
-                raw_length = headers.get(b"inference-header-content-length")
-                header_length = _parse_length(raw_length) if raw_length is not None else None
+                header_length = (None if header_length_raw is None
+                                 else _parse_length(header_length_raw))
                 raw_input = None
                 if header_length == 0:  # raw binary form: the body is the one [n, f_in] input
                     raw_input = self.manager.get(model, version).raw_input
@@ -171,30 +200,31 @@ class MlserveApp:
                          more.items()]
                 if not any(k == b"content-type" for k, _ in extra):
                     extra.append((b"content-type", _JSON))
+                version_label = response.model_version
             status = 200
-            version_label = response.model_version
             outcome = "ok"
         except Exception as exc:
             status, out, extra = error_response(exc)
             extra.append((b"content-type", _JSON))
             outcome = type(exc).__name__ if isinstance(exc, MlserveError) else "InternalError"
-        extra.append((b"content-length", str(len(out)).encode()))
+        extra.append((b"content-length", b"%d" % len(out)))
         extra.append((b"x-request-id", request_id))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": out})
-        # Labels only for loaded models: arbitrary names in URLs must not grow the label set.
         in_flight.dec()
         elapsed = time.perf_counter() - started
-        metrics.REQUESTS.labels(label, version_label, outcome).inc()
-        metrics.REQUEST_LATENCY.labels(label, version_label).observe(elapsed)
-        sample = self.settings.access_log_sample
-        if sample > 0.0 and (sample >= 1.0 or random.random() < sample):
-            access_log.info(orjson.dumps({
-                "request_id": request_id.decode("latin-1"), "model": model,
-                "version": version_label, "status": status, "outcome": outcome,
-                "latency_ms": round(elapsed * 1e3, 3),
-                "client": (scope.get("client") or ("", 0))[0],
-            }).decode())
+        key = (label, version_label, outcome)
+        children = self._request_metrics.get(key)
+        if children is None:
+            children = self._request_metrics[key] = (
+                metrics.REQUESTS.labels(*key),
+                metrics.REQUEST_LATENCY.labels(label, version_label),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
+        if self.access_log is not None:
+            self.access_log.record(request_id, model, version_label, status, outcome, elapsed,
+                                   scope.get("client"))
 
     # ---- lifespan ---------------------------------------------------------------------------
 
@@ -216,6 +246,8 @@ class MlserveApp:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._startup
             await self.manager.close(self.settings.shutdown_timeout_s)
+            if self.access_log is not None:  # the buffered lines of the last requests
+                self.access_log.close()
             logger.info("shut down: engines closed")
 
     async def _load_configured(self) -> None:
@@ -320,20 +352,8 @@ class MlserveApp:
             raise Unauthorized("admin routes need 'Authorization: Bearer <token>'")
 
 
-def _configure_access_log(settings: ServerSettings) -> None:
-    """Sends ``mlserve.access`` lines to stderr, once per process, when sampling is on."""
-    if settings.access_log_sample <= 0.0 or access_log.handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access_log.addHandler(handler)
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False
-
-
 def create_app(manager: ModelManager, settings: ServerSettings) -> MlserveApp:
     """The ASGI app serving ``manager``'s models with ``settings``."""
-    _configure_access_log(settings)
     return MlserveApp(manager, settings)
 
 
@@ -408,15 +428,22 @@ def _parse_length(raw: bytes) -> int:
     return value
 
 
-async def _read_body(scope: Scope, receive: Receive, headers: dict[bytes, bytes],
-                     limit: int) -> bytes:
-    declared = headers.get(b"content-length")
+async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """The whole request body; ``declared`` is its Content-Length header, if any."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds {limit} bytes")
+    first = await receive()  # commonly the whole body in one message
+    if first["type"] == "http.request" and not first.get("more_body", False):
+        body: bytes = first.get("body", b"")
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        return body
+    message: Message | None = first
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        if message is None:
+            message = await receive()
         if message["type"] == "http.disconnect":
             raise InvalidInput("client disconnected before sending the whole body")
         chunk = message.get("body", b"")
@@ -427,6 +454,7 @@ async def _read_body(scope: Scope, receive: Receive, headers: dict[bytes, bytes]
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
+        message = None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

@@ -67,6 +67,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log-sample", type=float, default=d.access_log_sample,
                         help="share of inference requests written as JSON access-log lines "
                         f"(0..1, default {d.access_log_sample}; 0 turns it off)")
+    parser.add_argument("--access-log-file", metavar="FILE", default=None,
+                        help="append the access log to FILE (default: stderr)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
 
@@ -86,6 +88,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         instance_count=args.instances,
         shutdown_timeout_s=args.shutdown_timeout,
         access_log_sample=args.access_log_sample,
+        access_log_file=args.access_log_file,
     ).resolved()
 
 

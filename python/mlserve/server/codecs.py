@@ -193,13 +193,70 @@ def decode_json_request(
 
 def decode_msgpack_request(body: bytes) -> InferRequest:
     """Decode a msgpack request (layout in docs/server_contract.md)."""
+    return msgpack_request_from_object(unpack_msgpack(body))
+
+
+def unpack_msgpack(body: bytes) -> Any:
+    """The msgpack object of a request body, unvalidated; InvalidInput if it is not msgpack."""
     try:
-        obj = msgpack.unpackb(body, raw=False)
+        return msgpack.unpackb(body, raw=False)
     except msgpack.ExtraData:
         raise InvalidInput("trailing bytes after the msgpack request object") from None
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise InvalidInput(f"the request is not valid msgpack: {exc}") from None
+
+
+def msgpack_request_from_object(obj: Any) -> InferRequest:
+    """Validates an unpacked msgpack request (see :func:`unpack_msgpack`)."""
     return _decode_request_object(obj, _msgpack_input, json_format=False)
+
+
+_FAST_REQUEST_KEYS = frozenset({"inputs", "id", "parameters"})
+_FAST_PARAMETER_KEYS = frozenset({"priority", "timeout"})
+_FAST_INPUT_KEYS = frozenset({"name", "datatype", "shape", "data"})
+_F4 = np.dtype("<f4")
+
+
+def fast_msgpack_rows(
+    obj: Any, f_in: int
+) -> tuple[Array, str | None, dict[str, Any]] | None:
+    """The serving fast lane: ``(rows, id, parameters)`` when ``obj`` (an unpacked msgpack
+    request) is the common shape -- one FP32 ``[n, f_in]`` tensor as raw bytes, optional string
+    ``id``, optional ``priority``/``timeout`` parameters, no ``outputs`` -- else None.
+
+    None means "take the general path" (:func:`msgpack_request_from_object`), which accepts
+    every valid request and raises the precise error for every invalid one: this function
+    never raises and never accepts what the general path would refuse. ``rows`` is a read-only
+    view into ``obj``'s bytes (aligned). Parameter values are checked by the caller.
+    """
+    if type(obj) is not dict or not obj.keys() <= _FAST_REQUEST_KEYS:
+        return None
+    inputs = obj.get("inputs")
+    if type(inputs) is not list or len(inputs) != 1:
+        return None
+    item = inputs[0]
+    if type(item) is not dict or item.keys() != _FAST_INPUT_KEYS or item["datatype"] != "FP32":
+        return None
+    name, shape, data = item["name"], item["shape"], item["data"]
+    if type(name) is not str or not name or type(shape) is not list or len(shape) != 2:
+        return None
+    n, width = shape
+    if type(n) is not int or type(width) is not int or width != f_in or n <= 0:
+        return None
+    if type(data) is not bytes or len(data) != 4 * n * f_in:
+        return None
+    request_id = obj.get("id")
+    if request_id is not None and type(request_id) is not str:
+        return None
+    parameters = obj.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif type(parameters) is not dict or not parameters.keys() <= _FAST_PARAMETER_KEYS:
+        return None
+    rows = np.frombuffer(data, dtype=_F4).reshape(n, f_in)
+    if not rows.flags.aligned:
+        rows = rows.copy()
+    return rows, request_id, parameters
 
 
 InputDecoder = Callable[[str, str, list[int], dict[str, Any]], Tensor]

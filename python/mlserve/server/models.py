@@ -23,13 +23,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from mlserve import metrics
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
 from mlserve.errors import InvalidInput, ModelNotFound, Unavailable
-from mlserve.server.codecs import InferRequest, InferResponse, Tensor, TensorSpec
+from mlserve.server.codecs import (
+    InferRequest,
+    InferResponse,
+    Tensor,
+    TensorSpec,
+    fast_msgpack_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ _NUMERIC_DATATYPES = frozenset(
      "FP32", "FP64"}
 )
 _FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+_MSGPACK_ID_KEY = msgpack.packb("id")
+_MSGPACK_DATA_KEY = msgpack.packb("data")
 
 
 @dataclass
@@ -88,8 +97,22 @@ class ServedVersion:
         ]
         self.by_name = {c.name: c for c in self.columns}
         self._non_nullable = np.array([not c.nullable for c in self.columns], dtype=bool)
+        self._any_non_nullable = bool(self._non_nullable.any())
         #: The input of Triton's raw binary form (``Inference-Header-Content-Length: 0``).
         self.raw_input = TensorSpec("rows", "FP32", (-1, self.f_in))
+        #: Whether a lone FP32 [n, f_in] tensor is always the row matrix (the msgpack fast lane;
+        #: see _is_matrix for the one exception).
+        self.fast_matrix = not (self.f_in == 1 and self.columns[0].kind != "numeric")
+        self._msgpack_names = b"".join(
+            msgpack.packb(v) for v in ("model_name", name, "model_version", version)
+        )
+        self._msgpack_output = None
+        if len(self.outputs) == 1:
+            self._msgpack_output = b"".join(
+                [msgpack.packb("outputs"), b"\x91\x84"]
+                + [msgpack.packb(v) for v in ("name", str(self.outputs[0]["name"]),
+                                              "datatype", "FP32", "shape")]
+            )
         self.in_flight = 0
         self.ready = False
         self.retired = False
@@ -144,6 +167,16 @@ class ServedVersion:
         self._check_nulls(x)
         return x
 
+    def fast_rows(self, obj: Any) -> tuple[np.ndarray, str | None, dict[str, Any]] | None:
+        """The msgpack fast lane (``codecs.fast_msgpack_rows``) plus the null check that
+        :meth:`rows` does; None: use the general path."""
+        if not self.fast_matrix:
+            return None
+        fast = fast_msgpack_rows(obj, self.f_in)
+        if fast is not None:
+            self._check_nulls(fast[0])
+        return fast
+
     def _is_matrix(self, t: Tensor) -> bool:
         if len(t.shape) != 2 or t.shape[1] != self.f_in or t.datatype not in ("FP32", "FP64"):
             return False
@@ -174,7 +207,7 @@ class ServedVersion:
         return data
 
     def _check_nulls(self, x: np.ndarray) -> None:
-        if not self._non_nullable.any():
+        if not self._any_non_nullable:
             return
         bad = np.isnan(x[:, self._non_nullable]).any(axis=0)
         if bad.any():
@@ -214,6 +247,29 @@ class ServedVersion:
             outputs=outputs,
             parameters={},
         )
+
+    def msgpack_response(self, y: np.ndarray, request_id: str | None) -> bytes | None:
+        """The msgpack body :meth:`response` + ``codecs.encode_msgpack_response`` would give
+        for a request with no ``outputs`` and no response parameters, built from cached
+        pieces (byte-identical; tested); None for models with several outputs."""
+        if self._msgpack_output is None:
+            return None
+        n = y.shape[0]
+        y2 = np.ascontiguousarray(y.reshape(n, -1), dtype=np.float32)
+        data = y2.view(np.uint8).data
+        size = data.nbytes
+        if size < 0x100:
+            bin_header = b"\xc4" + size.to_bytes(1, "big")
+        elif size < 0x10000:
+            bin_header = b"\xc5" + size.to_bytes(2, "big")
+        else:
+            bin_header = b"\xc6" + size.to_bytes(4, "big")
+        if request_id is None:
+            head = b"\x83" + self._msgpack_names
+        else:
+            head = b"\x84" + self._msgpack_names + _MSGPACK_ID_KEY + msgpack.packb(request_id)
+        return b"".join((head, self._msgpack_output, msgpack.packb(list(y2.shape)),
+                         _MSGPACK_DATA_KEY, bin_header, data))
 
     # ---- metadata ----------------------------------------------------------------------------
 
@@ -359,19 +415,27 @@ class ModelManager:
     ) -> InferResponse:
         """Runs one decoded request on the model version it names."""
         served = self.get(name, version)
-        x = served.rows(request.inputs)
-        params = request.parameters or {}
-        priority = _int_param(params, "priority", 0)
-        timeout = params.get("timeout")
-        timeout_us = None if timeout is None else _int_param(params, "timeout", 0)
+        y = await self.run(served, served.rows(request.inputs), request.parameters)
+        return served.response(y, request)
+
+    async def run(
+        self, served: ServedVersion, x: np.ndarray, params: dict[str, Any] | None
+    ) -> np.ndarray:
+        """Runs raw rows ``x`` on ``served`` with the request's ``priority``/``timeout``
+        parameters; keeps the in-flight count that lets a retired version close when idle."""
+        if params:
+            priority = _int_param(params, "priority", 0)
+            timeout = params.get("timeout")
+            timeout_us = None if timeout is None else _int_param(params, "timeout", 0)
+        else:
+            priority, timeout_us = 0, None
         served.in_flight += 1
         try:
-            y = await served.engine.apredict(x, priority=priority, timeout_us=timeout_us)
+            return await served.engine.apredict(x, priority=priority, timeout_us=timeout_us)
         finally:
             served.in_flight -= 1
             if served.retired and served.in_flight == 0:
                 self._close_later(served)
-        return served.response(y, request)
 
     # ---- loading -----------------------------------------------------------------------------
 

@@ -52,8 +52,10 @@ class ServerSettings:
     shutdown_timeout_s: float = 10.0
     """Bound on the graceful shutdown: draining requests and closing engines."""
     access_log_sample: float = 1.0
-    """Share of inference requests logged as one JSON line on logger ``mlserve.access``
-    (request id, model, version, status, latency); 0 turns the access log off."""
+    """Share of inference requests logged as one JSON line (request id, model, version,
+    status, outcome, latency, client; see ``mlserve.server.accesslog``); 0 turns it off."""
+    access_log_file: str | None = None
+    """File the access log is appended to; None or "-": stderr."""
     admin_token: str | None = field(default=None, repr=False)
     """The token itself (read from ``admin_token_file`` by :meth:`resolved`)."""
 
@@ -114,6 +116,8 @@ class ServerSettings:
             env["REGISTRY"] = self.registry
         if self.admin_token_file is not None:
             env["ADMIN_TOKEN_FILE"] = self.admin_token_file
+        if self.access_log_file is not None:
+            env["ACCESS_LOG_FILE"] = self.access_log_file
         return {ENV_PREFIX + k: v for k, v in env.items()}
 
     @classmethod
@@ -152,5 +156,6 @@ class ServerSettings:
                 number("SHUTDOWN_TIMEOUT_S", d.shutdown_timeout_s, float)
             ),
             access_log_sample=float(number("ACCESS_LOG_SAMPLE", d.access_log_sample, float)),
+            access_log_file=get("ACCESS_LOG_FILE"),
         ).resolved()
 
