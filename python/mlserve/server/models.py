@@ -173,14 +173,18 @@ class ServedVersion:
         return x
 
     def fast_rows(self, obj: Any) -> tuple[np.ndarray, str | None, dict[str, Any]] | None:
-        """The msgpack fast lane (``codecs.fast_msgpack_rows``) plus the null check that
-        :meth:`rows` does; None: use the general path."""
+        """The msgpack fast lane (``codecs.fast_msgpack_rows``) plus what :meth:`rows` does to
+        a row matrix (unknown-category policies, the null check); None: use the general path."""
         if not self.fast_matrix:
             return None
         fast = fast_msgpack_rows(obj, self.f_in)
-        if fast is not None:
-            self._check_nulls(fast[0])
-        return fast
+        if fast is None:
+            return None
+        x = fast[0]
+        if self._policed:
+            x = self._police_codes(x)
+        self._check_nulls(x)
+        return x, fast[1], fast[2]
 
     def _is_matrix(self, t: Tensor) -> bool:
         if len(t.shape) != 2 or t.shape[1] != self.f_in or t.datatype not in ("FP32", "FP64"):
