@@ -691,21 +691,29 @@ def test_metrics_aggregate_over_worker_processes(
     try:
         srv.wait_ready()
         _, x, _ = complete_rows(trained)
+        lv = {"model": "fraud"}  # whichever version the module's tests left latest
         with httpx.Client(base_url=srv.url, timeout=30) as http:
+
+            def settled(requests: int) -> None:
+                """Waits until every worker's snapshot (written each second) shows `requests`
+                engine requests run; batch counters follow a result by a moment (the core
+                counts after publishing)."""
+                deadline = time.monotonic() + 30
+                while True:
+                    fams = metric_families(http.get("/metrics").text)
+                    if all(total(fams, name, **lv) == requests for name in (
+                            "mlserve_engine_requests_total", "mlserve_engine_queue_seconds_count")):
+                        return
+                    assert time.monotonic() < deadline, f"engine requests != {requests}"
+                    time.sleep(0.2)
+
+            # Ready answers once one worker is ready; each one warms its engine up with one
+            # request before it serves, so this waits for both.
+            settled(workers)
             for _ in range(sent):  # new connections: the kernel spreads them over the workers
                 with httpx.Client(base_url=srv.url, timeout=30) as one:
                     assert one.post(INFER, json=matrix_request(x[:1])).status_code == 200
-            lv = {"model": "fraud", "version": "1"}
-            # Each worker writes its snapshot once a second (the answering one at the scrape).
-            # Batch counters and histograms follow a result by a moment (core: after publishing).
-            def settled() -> bool:
-                fams = metric_families(http.get("/metrics").text)
-                return all(total(fams, name, **lv) == sent + workers for name in (
-                    "mlserve_engine_requests_total", "mlserve_engine_queue_seconds_count"))
-
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not settled():
-                time.sleep(0.2)
+            settled(sent + workers)
             pids = set()
             for _ in range(4):
                 with httpx.Client(base_url=srv.url, timeout=30) as one:  # either worker answers
