@@ -56,7 +56,10 @@ void BatcherConfig::Validate() const {
 
 DynamicBatcher::DynamicBatcher(std::shared_ptr<const FeaturePlan> plan,
                                std::unique_ptr<Backend> backend, BatcherConfig config)
-    : plan_(std::move(plan)), backend_(std::move(backend)), config_(std::move(config)) {
+    : plan_(std::move(plan)),
+      backend_(std::move(backend)),
+      config_(std::move(config)),
+      sampler_(plan_ ? plan_->f_in() : 0) {
   if (!plan_) ThrowInvalid("batcher: no feature plan");
   if (!backend_) ThrowInvalid("batcher: no backend");
   config_.Validate();
@@ -76,7 +79,8 @@ DynamicBatcher::~DynamicBatcher() {
 }
 
 std::shared_ptr<Request> DynamicBatcher::Submit(const float* x, int64_t rows, int32_t priority,
-                                                int64_t timeout_us, bool notify_queue) {
+                                                int64_t timeout_us, bool notify_queue,
+                                                std::string tag) {
   if (rows < 1 || rows > config_.max_batch_size) {
     ThrowInvalid("request has " + std::to_string(rows) + " rows; this model takes 1.." +
                  std::to_string(config_.max_batch_size) +
@@ -95,6 +99,7 @@ std::shared_ptr<Request> DynamicBatcher::Submit(const float* x, int64_t rows, in
                             : priority;
   r->level = level - 1;
   r->notify_queue = notify_queue;
+  r->tag = std::move(tag);
   const int64_t t_us = timeout_us < 0 ? config_.default_timeout_us : timeout_us;
   r->enqueued = Clock::now();
   if (t_us > 0) r->deadline = AddMicrosSaturated(r->enqueued, t_us);
@@ -405,6 +410,10 @@ void DynamicBatcher::ProcessBatch(std::vector<std::shared_ptr<Request>>& batch, 
     msg = "backend '" + backend_->Name() + "' failed with an unknown exception";
   }
   const Clock::time_point t2 = Clock::now();
+  if (ok) {  // before publishing: a client holding its answer finds its prediction logged
+    sampler_.Record(batch, *out);
+    prediction_log_.Record(batch, *out);
+  }
 
   std::unique_lock<std::mutex> order(order_mu_, std::defer_lock);
   if (config_.preserve_ordering) {

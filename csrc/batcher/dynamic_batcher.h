@@ -40,6 +40,8 @@
 #include "backends/backend.h"
 #include "common/error.h"
 #include "common/latency_histogram.h"
+#include "monitor/prediction_log.h"
+#include "monitor/row_sampler.h"
 #include "plan/feature_plan.h"
 
 namespace mlserve {
@@ -76,6 +78,7 @@ struct Request {
   Clock::time_point enqueued;
   Clock::time_point deadline = Clock::time_point::max();
   bool notify_queue = false;
+  std::string tag;           // the caller's id of the request (the prediction log's key); may be empty
   DeadlineIndex::iterator deadline_it;  // valid while in_deadlines (guarded by batcher mu_)
   bool in_deadlines = false;
 
@@ -124,9 +127,11 @@ class DynamicBatcher {
   // Copies rows * f_in floats from x (row-major) into a new queued request.
   // @param priority    0 = default level, else 1..priority_levels (1 highest)
   // @param timeout_us  < 0: the default timeout; 0: none
+  // @param tag         the caller's request id, logged with the outputs when the prediction
+  //                    log is on (empty: not logged)
   // Throws kInvalidInput (rows out of range, bad priority), kQueueFull, kUnavailable (shut down).
   std::shared_ptr<Request> Submit(const float* x, int64_t rows, int32_t priority,
-                                  int64_t timeout_us, bool notify_queue);
+                                  int64_t timeout_us, bool notify_queue, std::string tag = {});
 
   // Removes a still-queued request (state kCancelled; nothing is published for it).
   // Returns false when it already left the queue.
@@ -150,6 +155,11 @@ class DynamicBatcher {
   const BatcherConfig& config() const { return config_; }
   const FeaturePlan& plan() const { return *plan_; }
   const Backend& backend() const { return *backend_; }
+  // Monitoring, recorded per executed batch before its results are published (both off until
+  // configured): a uniform sample of the rows with the prediction histogram, and the log of
+  // tagged requests' outputs.
+  RowSampler& sampler() { return sampler_; }
+  PredictionLog& prediction_log() { return prediction_log_; }
 
  private:
   void WorkerLoop();
@@ -170,6 +180,8 @@ class DynamicBatcher {
   const std::shared_ptr<const FeaturePlan> plan_;
   const std::unique_ptr<Backend> backend_;
   const BatcherConfig config_;
+  RowSampler sampler_;
+  PredictionLog prediction_log_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -1,9 +1,12 @@
 // Python bindings of DynamicBatcher: submit/wait (GIL released while waiting), the eventfd
-// completion queue for asyncio, cancel, stats (with the latency histograms), the test hold hook
-// and shutdown; and LATENCY_BUCKETS_S, the latency histograms' bucket bounds in seconds.
+// completion queue for asyncio, cancel, stats (with the latency histograms), the monitoring
+// sample and prediction log, the test hold hook and shutdown; and LATENCY_BUCKETS_S, the latency
+// histograms' bucket bounds in seconds.
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "batcher/dynamic_batcher.h"
@@ -86,7 +89,8 @@ void WaitInterruptibly(DynamicBatcher& b, const std::shared_ptr<Request>& r) {
 }
 
 std::shared_ptr<Request> SubmitRows(const std::shared_ptr<DynamicBatcher>& b, const py::object& x,
-                                    int32_t priority, int64_t timeout_us, bool notify_queue) {
+                                    int32_t priority, int64_t timeout_us, bool notify_queue,
+                                    std::string tag = {}) {
   FloatArray a = InputRows(x, b->plan());
   const float* data = a.data();
   const int64_t rows = a.shape(0);
@@ -94,7 +98,27 @@ std::shared_ptr<Request> SubmitRows(const std::shared_ptr<DynamicBatcher>& b, co
   // held for bookkeeping, never while waiting for Python), and releasing it here made the event
   // loop re-compete for the GIL with the worker threads on every request (measured under load:
   // 16% of the server's time in this call).
-  return b->Submit(data, rows, priority, timeout_us, notify_queue);
+  return b->Submit(data, rows, priority, timeout_us, notify_queue, std::move(tag));
+}
+
+// A float32 array of `rows` x `cols` copied from v.
+py::array_t<float> Matrix(const std::vector<float>& v, int64_t rows, int64_t cols) {
+  py::array_t<float> a({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+py::dict SampleToDict(const RowSample& s) {
+  const int64_t kept = s.f_in > 0 ? static_cast<int64_t>(s.inputs.size()) / s.f_in : 0;
+  py::array_t<int64_t> counts(static_cast<py::ssize_t>(s.prediction_counts.size()));
+  std::copy(s.prediction_counts.begin(), s.prediction_counts.end(), counts.mutable_data());
+  py::dict d;
+  d["seen"] = s.seen;
+  d["inputs"] = Matrix(s.inputs, kept, s.f_in);
+  d["outputs"] = Matrix(s.outputs, kept, s.width);
+  d["prediction_counts"] = counts;
+  d["prediction_missing"] = s.prediction_missing;
+  return d;
 }
 
 // {"buckets": cumulative counts per LATENCY_BUCKETS_S bound then +Inf, "sum": seconds}.
@@ -224,11 +248,12 @@ void BindBatcher(py::module_& m) {
           py::arg("request"))
       .def(
           "submit_async",
-          [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {
-            return SubmitRows(self.get(), x, priority, timeout_us, true)->id;
+          [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us, std::string tag) {
+            return SubmitRows(self.get(), x, priority, timeout_us, true, std::move(tag))->id;
           },
-          py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1,
-          "Submit; the result arrives through completion_fd()/drain_completions(). Returns the id.")
+          py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1, py::arg("tag") = std::string(),
+          "Submit; the result arrives through completion_fd()/drain_completions(). Returns the id. "
+          "tag (str or bytes): the caller's request id, the key of the prediction log.")
       .def("completion_fd", [](PyBatcher& self) { return self.get()->completion_fd(); })
       .def(
           "drain_completions",
@@ -287,6 +312,66 @@ void BindBatcher(py::module_& m) {
             d["compute_seconds"] = HistogramToDict(s.compute);
             return d;
           })
+      .def(
+          "configure_monitor",
+          [](PyBatcher& self, int64_t sample_rows, std::vector<float> prediction_edges, bool prediction_argmax,
+             uint64_t seed, int64_t log_entries, double log_max_age_s) {
+            std::shared_ptr<DynamicBatcher> b = self.get();
+            SamplerConfig cfg;
+            cfg.capacity = sample_rows;
+            cfg.prediction_edges = std::move(prediction_edges);
+            cfg.prediction_argmax = prediction_argmax;
+            cfg.seed = seed;
+            if (!(log_max_age_s >= 0.0) || log_max_age_s > 1e9) {
+              ThrowInvalid("log_max_age_s must be in 0..1e9 seconds (0 = no age bound)");
+            }
+            py::gil_scoped_release release;  // workers may hold the monitor locks
+            b->sampler().Configure(cfg);
+            b->prediction_log().Configure(log_entries, static_cast<int64_t>(log_max_age_s * 1e9));
+          },
+          py::arg("sample_rows") = 0, py::arg("prediction_edges") = std::vector<float>{},
+          py::arg("prediction_argmax") = false, py::arg("seed") = 0, py::arg("log_entries") = 0,
+          py::arg("log_max_age_s") = 0.0,
+          "Monitoring (off until configured): a reservoir of sample_rows rows (raw input and output), "
+          "the prediction histogram (output column 0 in prediction_edges, or the argmax column), "
+          "and the log of tagged requests' outputs (log_entries requests, none older than "
+          "log_max_age_s; 0 entries = off). Clears what was recorded.")
+      .def(
+          "sample",
+          [](PyBatcher& self, bool reset) {
+            std::shared_ptr<DynamicBatcher> b = self.get();
+            RowSample s;
+            {
+              py::gil_scoped_release release;
+              s = b->sampler().Snapshot(reset);
+            }
+            return SampleToDict(s);
+          },
+          py::arg("reset") = true,
+          "{seen, inputs [m, f_in], outputs [m, width], prediction_counts, prediction_missing} of the "
+          "rows recorded since the last reset (m <= sample_rows; a uniform sample of the seen rows).")
+      .def(
+          "find_predictions",
+          [](PyBatcher& self, const std::vector<std::string>& tags) {
+            std::shared_ptr<DynamicBatcher> b = self.get();
+            std::vector<std::optional<LoggedPrediction>> found;
+            {
+              py::gil_scoped_release release;
+              found = b->prediction_log().Find(tags);
+            }
+            py::list out(found.size());
+            for (size_t i = 0; i < found.size(); ++i) {
+              if (!found[i]) {
+                out[i] = py::none();
+              } else {
+                const LoggedPrediction& e = *found[i];
+                out[i] = py::make_tuple(static_cast<double>(e.unix_ns) / 1e9, Matrix(e.outputs, e.rows, e.width));
+              }
+            }
+            return out;
+          },
+          py::arg("tags"), "For each tag: (unix_seconds, outputs [rows, width]) from the prediction log, or None.")
+      .def("prediction_log_size", [](PyBatcher& self) { return self.get()->prediction_log().size(); })
       .def("histograms", [](PyBatcher& self, bool reset) { return HistogramsToDict(self.get()->plan(), reset); },
            py::arg("reset") = false)
       .def_property_readonly("backend_name", [](PyBatcher& self) { return self.get()->backend().Name(); })

@@ -193,27 +193,33 @@ class Engine:
         return fut
 
     async def apredict(
-        self, x: Any, *, priority: int = 0, timeout_us: int | None = None
+        self, x: Any, *, priority: int = 0, timeout_us: int | None = None, tag: bytes = b""
     ) -> np.ndarray:
-        """``predict`` for asyncio: awaits the result without blocking the loop."""
+        """``predict`` for asyncio: awaits the result without blocking the loop.
+
+        tag: the caller's id of the request; when the prediction log is on
+        (:meth:`configure_monitoring`) the outputs are logged under it for
+        :meth:`find_predictions`.
+        """
         loop = asyncio.get_running_loop()
         if loop not in self._loops:
             self._attach(loop)
         fut: asyncio.Future[np.ndarray] = loop.create_future()
-        rid = self._submit_async(x, priority, timeout_us, fut)
+        rid = self._submit_async(x, priority, timeout_us, fut, tag)
         try:
             return await fut
         except asyncio.CancelledError:
             self._cancel(rid)
             raise
 
-    def _submit_async(self, x: Any, priority: int, timeout_us: int | None, fut: AnyFuture) -> int:
+    def _submit_async(self, x: Any, priority: int, timeout_us: int | None, fut: AnyFuture,
+                      tag: bytes = b"") -> int:
         # The lock spans submit and registration so a completion never arrives unregistered.
         with self._lock:
             if self._closed:
                 raise Unavailable(f"engine {self.name!r} is closed")
             timeout = -1 if timeout_us is None else timeout_us
-            rid: int = self._batcher.submit_async(x, priority, timeout)
+            rid: int = self._batcher.submit_async(x, priority, timeout, tag)
             self._pending[rid] = fut
         return rid
 
@@ -296,6 +302,42 @@ class Engine:
     def histograms(self, reset: bool = False) -> dict[str, Any]:
         """Drift histograms counted while normalizing (see FeaturePlan.histograms)."""
         return self._batcher.histograms(reset)
+
+    def configure_monitoring(
+        self,
+        *,
+        sample_rows: int = 0,
+        prediction_edges: Sequence[float] = (),
+        prediction_argmax: bool = False,
+        seed: int = 0,
+        log_entries: int = 0,
+        log_max_age_s: float = 0.0,
+    ) -> None:
+        """Turns on (or off, with zeros) what the core records per executed batch for
+        monitoring, and clears what it recorded: a uniform sample of at most ``sample_rows``
+        rows (raw input and output) with the histogram of the prediction (output column 0 in
+        ``prediction_edges``, or the argmax column), and the prediction log (the outputs of the
+        last ``log_entries`` requests submitted with a ``tag``, none older than
+        ``log_max_age_s``; 0 = no age bound)."""
+        self._batcher.configure_monitor(
+            sample_rows, [float(e) for e in prediction_edges], prediction_argmax, seed,
+            log_entries, log_max_age_s,
+        )
+
+    def sample(self, reset: bool = True) -> dict[str, Any]:
+        """The rows recorded since the last reset: ``seen`` (rows executed), ``inputs``
+        float32 [m, f_in] and ``outputs`` [m, width] (a uniform sample, m <= sample_rows),
+        ``prediction_counts`` and ``prediction_missing`` (NaN predictions)."""
+        out: dict[str, Any] = self._batcher.sample(reset)
+        return out
+
+    def find_predictions(
+        self, tags: Sequence[bytes | str]
+    ) -> list[tuple[float, np.ndarray] | None]:
+        """For each tag, (unix seconds, outputs [rows, width]) from the prediction log, or None
+        (never logged, or dropped by retention)."""
+        found: list[tuple[float, np.ndarray] | None] = self._batcher.find_predictions(list(tags))
+        return found
 
     def hold_batching(self, min_queued: int) -> None:
         """Test hook: form no batch until ``min_queued`` requests are queued (0 releases)."""

@@ -1,7 +1,7 @@
 // Unit tests of the native core without Python: FeaturePlan (compile errors, the fused
-// normalizer, histograms, threading), LatencyHistogram, and DynamicBatcher (batching, scatter,
+// normalizer, histograms, threading), LatencyHistogram, DynamicBatcher (batching, scatter,
 // errors, completion queue, concurrency, latency stats) with the built-in "rowsum" backend and a
-// failing custom Backend.
+// failing custom Backend, and the monitoring recorders (RowSampler, PredictionLog).
 //
 // Run: build/<dir>/core_tests [name-substring]. Prints `N passed, M failed` last and exits non-zero
 // on any failure. Batching tests use HoldUntilQueued so batch sizes never depend on timing; waits
@@ -30,6 +30,8 @@
 #include "batcher/dynamic_batcher.h"
 #include "common/error.h"
 #include "common/latency_histogram.h"
+#include "monitor/prediction_log.h"
+#include "monitor/row_sampler.h"
 #include "plan/feature_plan.h"
 #include "test_harness.h"
 
@@ -42,10 +44,13 @@ using mlserve::FeatureSpec;
 using mlserve::HistogramSnapshot;
 using mlserve::kLatencyBoundsNs;
 using mlserve::LatencyHistogram;
+using mlserve::PredictionLog;
 using mlserve::OpSpec;
 using mlserve::PlanSpec;
 using mlserve::Request;
 using mlserve::RequestState;
+using mlserve::RowSampler;
+using mlserve::SamplerConfig;
 
 namespace {
 
@@ -1018,6 +1023,166 @@ TEST(BatcherConcurrentClientsGetTheirOwnResults) {
   CHECK_EQ(batched_rows, rows_total.load());
   CHECK_EQ(batches, stats.batches);
   CHECK_EQ(b->plan().Snapshot(false).rows, rows_total.load());
+}
+
+// ================================ monitoring recorders ==========================================
+
+namespace {
+
+// A finished batch of single-row requests whose one input column holds first..first+n-1, and
+// the output 10x the input; `tag` prefixes each request's tag when not empty.
+struct FakeBatch {
+  std::vector<std::shared_ptr<Request>> requests;
+  BatchOutput out;
+};
+
+FakeBatch MakeFakeBatch(int64_t first, int64_t n, const std::string& tag = "") {
+  FakeBatch b;
+  b.out.rows = n;
+  b.out.width = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    auto r = std::make_shared<Request>();
+    r->rows = 1;
+    r->input = {static_cast<float>(first + i)};
+    if (!tag.empty()) r->tag = tag + std::to_string(first + i);
+    b.requests.push_back(r);
+    b.out.data.push_back(10.0f * static_cast<float>(first + i));
+  }
+  return b;
+}
+
+}  // namespace
+
+TEST(RowSamplerIsUniformAndKeepsRowsWhole) {
+  // 1000 rows in batches of 1..37 rows, reservoir of 100: over 2000 seeds each row must be kept
+  // about 200 times (binomial sd ~13.4; the bounds are 5 sd away).
+  constexpr int64_t kRows = 1000, kCapacity = 100, kTrials = 2000;
+  std::vector<int64_t> kept(kRows, 0);
+  std::mt19937 sizes(5);
+  for (int64_t trial = 0; trial < kTrials; ++trial) {
+    RowSampler sampler(1);
+    SamplerConfig config;
+    config.capacity = kCapacity;
+    config.seed = static_cast<uint64_t>(trial);
+    sampler.Configure(config);
+    for (int64_t first = 0; first < kRows;) {
+      const int64_t n = std::min<int64_t>(kRows - first, 1 + static_cast<int64_t>(sizes() % 37));
+      FakeBatch batch = MakeFakeBatch(first, n);
+      sampler.Record(batch.requests, batch.out);
+      first += n;
+    }
+    const mlserve::RowSample s = sampler.Snapshot(true);
+    CHECK_EQ(s.seen, kRows);
+    CHECK_EQ(static_cast<int64_t>(s.inputs.size()), kCapacity);
+    std::set<float> distinct(s.inputs.begin(), s.inputs.end());
+    CHECK_EQ(static_cast<int64_t>(distinct.size()), kCapacity);
+    for (size_t i = 0; i < s.inputs.size(); ++i) {
+      CHECK_EQ(s.outputs[i], 10.0f * s.inputs[i]);  // the input row's own output
+      ++kept[static_cast<size_t>(s.inputs[i])];
+    }
+    CHECK_EQ(sampler.Snapshot(false).seen, 0);  // the reset started a new sample
+  }
+  const auto [lo, hi] = std::minmax_element(kept.begin(), kept.end());
+  CHECK(*lo >= 130);
+  CHECK(*hi <= 270);
+}
+
+TEST(RowSamplerPredictionHistogram) {
+  RowSampler sampler(1);
+  SamplerConfig config;
+  config.capacity = 1000;  // more than the rows: every row is kept
+  config.prediction_edges = {0.0f, 25.0f, 50.0f};
+  sampler.Configure(config);
+  FakeBatch batch = MakeFakeBatch(0, 8);  // outputs 0, 10, ..., 70
+  batch.out.data[3] = std::numeric_limits<float>::quiet_NaN();
+  sampler.Record(batch.requests, batch.out);
+  const mlserve::RowSample s = sampler.Snapshot(false);
+  CHECK_EQ(s.seen, 8);
+  CHECK_EQ(static_cast<int64_t>(s.inputs.size()), 8);
+  // clamped into [0, 50]: 0, 10, 20 | 30, 40, 50 (right edge into the last bin), 60, 70; 30 NaN
+  CHECK((s.prediction_counts == std::vector<int64_t>{3, 4}));
+  CHECK_EQ(s.prediction_missing, 1);
+
+  SamplerConfig argmax;
+  argmax.prediction_argmax = true;
+  sampler.Configure(argmax);
+  FakeBatch two = MakeFakeBatch(0, 2);
+  two.out.width = 3;
+  two.out.data = {0.1f, 0.7f, 0.2f, 0.5f, 0.2f, 0.3f};
+  sampler.Record(two.requests, two.out);
+  const mlserve::RowSample a = sampler.Snapshot(true);
+  CHECK((a.prediction_counts == std::vector<int64_t>{1, 1, 0}));
+  CHECK(a.inputs.empty());  // capacity 0: histogram only
+
+  SamplerConfig bad;
+  bad.prediction_edges = {1.0f, 1.0f};
+  CHECK_THROWS_CODE(sampler.Configure(bad), ErrorCode::kInvalidInput, {"strictly increasing"});
+  bad.prediction_edges = {0.0f, 1.0f};
+  bad.prediction_argmax = true;
+  CHECK_THROWS_CODE(sampler.Configure(bad), ErrorCode::kInvalidInput, {"not both"});
+}
+
+TEST(PredictionLogFindsTaggedRequestsWithinRetention) {
+  PredictionLog log;
+  FakeBatch batch = MakeFakeBatch(0, 5, "req-");
+  log.Record(batch.requests, batch.out);  // off: nothing logged
+  CHECK_EQ(log.size(), 0);
+  log.Configure(3, 0);
+  log.Record(batch.requests, batch.out);
+  CHECK_EQ(log.size(), 3);  // only the newest 3 of 5
+  auto found = log.Find({"req-0", "req-2", "req-4", "nope"});
+  CHECK(!found[0].has_value());
+  CHECK(found[1].has_value() && found[1]->outputs == std::vector<float>{20.0f});
+  CHECK(found[2].has_value() && found[2]->rows == 1 && found[2]->width == 1);
+  CHECK(!found[3].has_value());
+  FakeBatch again = MakeFakeBatch(4, 1, "req-");  // the same tag again: the newer entry wins
+  again.out.data[0] = -1.0f;
+  log.Record(again.requests, again.out);
+  CHECK(log.Find({"req-4"})[0]->outputs == std::vector<float>{-1.0f});
+  FakeBatch untagged = MakeFakeBatch(9, 2);
+  log.Record(untagged.requests, untagged.out);
+  CHECK_EQ(log.size(), 3);
+
+  log.Configure(10, 1000000);  // 1 ms
+  log.Record(batch.requests, batch.out);
+  CHECK_EQ(log.size(), 5);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK_EQ(log.size(), 0);
+  CHECK(!log.Find({"req-1"})[0].has_value());
+  CHECK_THROWS_CODE(log.Configure(-1, 0), ErrorCode::kInvalidInput, {"max_entries"});
+}
+
+TEST(BatcherLogsPredictionsBeforePublishing) {
+  BatcherConfig config;
+  config.max_batch_size = 16;
+  config.max_queue_delay_us = 0;
+  auto b = MakeBatcher(config);
+  SamplerConfig sample;
+  sample.capacity = 4;
+  b->sampler().Configure(sample);
+  b->prediction_log().Configure(100, 0);
+  b->HoldUntilQueued(3);
+  std::vector<float> x1 = RequestRows(2, 1.0f), x2 = RequestRows(1, 2.0f), x3 = RequestRows(3, 3.0f);
+  auto r1 = b->Submit(x1.data(), 2, 0, 0, false, "one");
+  auto r2 = b->Submit(x2.data(), 1, 0, 0, false);
+  auto r3 = b->Submit(x3.data(), 3, 0, 0, false, "three");
+  CHECK(DynamicBatcher::Wait(*r3, kWaitLimit));
+  // Logged before publishing: whoever sees the result finds the entry.
+  auto found = b->prediction_log().Find({"one", "three"});
+  CHECK(found[0].has_value() && found[0]->rows == 2);
+  CHECK(found[1].has_value() && found[1]->rows == 3);
+  if (found[1].has_value()) {
+    const std::vector<float> want = ExpectedRowSums(b->plan(), x3);
+    CHECK(found[1]->outputs == want);
+  }
+  CHECK(DynamicBatcher::Wait(*r1, kWaitLimit));
+  CHECK(DynamicBatcher::Wait(*r2, kWaitLimit));
+  const mlserve::RowSample s = b->sampler().Snapshot(true);
+  CHECK_EQ(s.seen, 6);
+  CHECK_EQ(s.f_in, 3);
+  CHECK_EQ(static_cast<int64_t>(s.inputs.size()), 4 * 3);
+  CHECK_EQ(b->prediction_log().size(), 2);
+  b->Shutdown(true);
 }
 
 int main(int argc, char** argv) { return test_harness::RunAllTests(argc > 1 ? argv[1] : nullptr); }
