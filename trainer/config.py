@@ -64,6 +64,9 @@ class TrainConfig:
     ``--set unknown_category_features=country:error,channel:missing``."""
     histogram_bins: int = 10
     """Quantile bins of the drift reference profile per numeric feature (deciles: 10)."""
+    reference_sample: int = 2000
+    """Raw training values per numeric feature (and predictions) kept in the drift reference
+    profile for the KS and Wasserstein tests, >= 0 (0: none; those tests are then skipped)."""
     min_rows: int = 50
     """Fewer rows than this (after dropping missing labels) is refused."""
     exclude: tuple[str, ...] = ()
@@ -87,6 +90,8 @@ class TrainConfig:
                      "histogram_bins", "min_rows"):
             if int(getattr(self, name)) < 1:
                 raise bad(name, "must be >= 1")
+        if not 0 <= int(self.reference_sample) <= 1_000_000:
+            raise bad("reference_sample", "must be in 0..1000000")
         for name in ("valid_fraction", "test_fraction"):
             if not 0.0 < getattr(self, name) < 0.5:
                 raise bad(name, "must be in (0, 0.5)")

@@ -6,6 +6,8 @@ Pure functions of their arguments (seeded numpy generators); safe to call from a
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import pandas as pd
 
@@ -16,6 +18,8 @@ _COUNTRIES = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "MX", "BR", "IN", 
 _RISKY_CATEGORIES = {"gaming", "jewelry", "gift_cards", "crypto", "pawn_shop"}
 _RISKY_COUNTRIES = {"NG", "RU", "VN", "KP"}
 _START = pd.Timestamp("2026-01-01T00:00:00Z")
+#: The columns ``card_transactions``' ``drift`` knob can shift.
+DRIFTING_FEATURES = ("amount", "tx_velocity_1h", "distance_km", "country", "channel")
 
 
 def _zipf_choice(rng: np.random.Generator, values: list[str], n: int, a: float) -> np.ndarray:
@@ -24,7 +28,8 @@ def _zipf_choice(rng: np.random.Generator, values: list[str], n: int, a: float) 
     return rng.choice(np.array(values, dtype=object), size=n, p=weights / weights.sum())
 
 
-def card_transactions(n_rows: int = 20000, seed: int = 7, drift: float = 0.0) -> pd.DataFrame:
+def card_transactions(n_rows: int = 20000, seed: int = 7, drift: float = 0.0,
+                      drift_features: Collection[str] | None = None) -> pd.DataFrame:
     """Synthetic card transactions with an ``is_fraud`` label (about 5% positives).
 
     Columns: ``user_id``, ``merchant_id`` (entities, int64), ``event_ts`` (UTC, increasing),
@@ -32,24 +37,37 @@ def card_transactions(n_rows: int = 20000, seed: int = 7, drift: float = 0.0) ->
     ``distance_km`` (with missing values), string categoricals ``merchant_category``,
     ``country``, ``channel`` (with rare values and a few missing), and ``is_fraud`` (0/1).
     A well-fitted model reaches ROC-AUC well above 0.9. ``drift`` (0 = none, 1 = strong) shifts
-    amounts, velocities, distances and the country/channel mix, as production traffic might.
+    amounts, velocities, distances and the country/channel mix, as production traffic might;
+    ``drift_features`` (default: all of ``DRIFTING_FEATURES``) limits it to some of them. The
+    same seed draws the same random numbers whatever the drift, so only the shifted columns
+    (and the labels that depend on them) change.
     """
+    chosen = DRIFTING_FEATURES if drift_features is None else tuple(drift_features)
+    unknown = sorted(set(chosen) - set(DRIFTING_FEATURES))
+    if unknown:
+        raise ValueError(f"drift_features: {', '.join(unknown)} cannot drift; choose from "
+                         f"{', '.join(DRIFTING_FEATURES)}")
+
+    def shift(column: str) -> float:
+        return drift if column in chosen else 0.0
+
     rng = np.random.default_rng(seed)
     n = int(n_rows)
     user_id = rng.integers(1, max(2, n // 20), n)
     merchant_id = rng.integers(1, max(2, n // 10), n)
     seconds = np.sort(rng.uniform(0, 90 * 86400, n))
     event_ts = _START + pd.to_timedelta(seconds, unit="s")
-    amount = rng.lognormal(3.5 + 0.5 * drift, 1.1, n)
+    amount = rng.lognormal(3.5 + 0.5 * shift("amount"), 1.1, n)
     account_age = rng.gamma(2.0, 400.0, n)
-    velocity = rng.poisson(1.2 + 1.5 * drift, n).astype(np.float64)
+    velocity = rng.poisson(1.2 + 1.5 * shift("tx_velocity_1h"), n).astype(np.float64)
     hour = event_ts.hour.to_numpy().astype(np.float64)
-    distance = rng.lognormal(2.0 + 0.7 * drift, 1.3, n)
+    distance = rng.lognormal(2.0 + 0.7 * shift("distance_km"), 1.3, n)
     category = _zipf_choice(rng, _CATEGORIES, n, 1.1)
-    country = _zipf_choice(rng, _COUNTRIES, n, 1.4 - 0.6 * drift)
+    country = _zipf_choice(rng, _COUNTRIES, n, 1.4 - 0.6 * shift("country"))
+    mix = shift("channel")
     channel = rng.choice(np.array(["pos", "web", "app"], dtype=object), n,
-                         p=np.array([0.55, 0.3, 0.15]) * (1 - drift) + np.array([0.2, 0.4, 0.4])
-                         * drift)
+                         p=np.array([0.55, 0.3, 0.15]) * (1 - mix) + np.array([0.2, 0.4, 0.4])
+                         * mix)
 
     night = (hour < 5) | (hour >= 23)
     logit = (

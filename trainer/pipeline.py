@@ -160,7 +160,8 @@ def _fit(table: LoadedTable, splits: Splits, config: TrainConfig, *, name: str,
     bundle_io.write_history(trained.history, bundle_dir / "metrics.jsonl")
     bundle_io.plot_curves(trained.history, bundle_dir / "training_curves.png")
 
-    reference = reference_profile(prep.spec, encoded_train, table.task, predict(model, x_train))
+    reference = reference_profile(prep.spec, encoded_train, table.task, predict(model, x_train),
+                                  sample_size=config.reference_sample, seed=config.seed)
     params = {**config.to_dict(), "best_epoch": trained.best_epoch,
               "epochs_run": len(trained.history)}
     manifest = {

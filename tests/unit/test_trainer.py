@@ -19,7 +19,12 @@ from mlserve.trainer.export import check_parity, export_onnx, export_torchscript
 from mlserve.trainer.load import load_table
 from mlserve.trainer.model import ServingModel, predict, train_model
 from mlserve.trainer.preprocess import encode_rows, fit_preprocessing
-from mlserve.trainer.reference import categorical_profile, numeric_profile, reference_profile
+from mlserve.trainer.reference import (
+    categorical_profile,
+    numeric_profile,
+    prediction_profile,
+    reference_profile,
+)
 from mlserve.trainer.split import split_table
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -76,6 +81,14 @@ def test_card_transactions_deterministic_and_drift() -> None:
     assert a["event_ts"].is_monotonic_increasing
     drifted = card_transactions(2000, seed=1, drift=1.0)
     assert drifted["amount"].median() > 1.3 * a["amount"].median()
+    # drift on chosen features only: the others keep their values exactly
+    two = card_transactions(2000, seed=1, drift=1.0, drift_features=["amount", "channel"])
+    assert two["amount"].median() > 1.3 * a["amount"].median()
+    assert (two["channel"] != a["channel"]).mean() > 0.1
+    for column in ("tx_velocity_1h", "distance_km", "country", "account_age_days", "hour"):
+        pd.testing.assert_series_equal(two[column], a[column])
+    with pytest.raises(ValueError, match="cannot drift"):
+        card_transactions(10, drift=1.0, drift_features=["hour"])
     history = feature_history(n_users=20, n_events=200)
     assert {"user_id", "event_ts", "created_ts"} <= set(history.columns)
     assert (history["created_ts"] >= history["event_ts"]).all()
@@ -311,6 +324,27 @@ def test_reference_profile_matches_numpy_and_plan_histograms(cards: pd.DataFrame
     np.testing.assert_allclose(country["frequencies"], c_counts / c_counts.sum(), atol=1e-12)
     assert country["missing_rate"] == pytest.approx(cards["country"].isna().mean())
     assert sum(ref["prediction"]["frequencies"]) == pytest.approx(1.0)
+
+
+def test_reference_samples_are_float32_values_of_the_column() -> None:
+    rng = np.random.default_rng(1)
+    raw = rng.lognormal(3.0, 1.0, 5000).astype(np.float32)
+    raw[::10] = np.nan
+    prof = numeric_profile(raw, [-np.inf, 20.0, np.inf], sample_size=300, seed=4)
+    sample = np.array(prof["sample"])
+    assert len(sample) == 300 and np.all(np.diff(sample) >= 0)
+    # each written value reads back as exactly one of the column's float32 values
+    assert np.isin(sample.astype(np.float32), raw).all()
+    assert numeric_profile(raw, [-np.inf, np.inf], sample_size=300, seed=4)["sample"] == \
+        prof["sample"]
+    assert "sample" not in numeric_profile(raw, [-np.inf, np.inf])
+    small = numeric_profile(np.array([2.5, np.nan, 1.0], np.float32), [-np.inf, np.inf], 10)
+    assert small["sample"] == [1.0, 2.5]
+    outputs = rng.random((400, 1)).astype(np.float32)
+    pred = prediction_profile("binary", outputs, sample_size=50)
+    assert len(pred["sample"]) == 50 and np.isin(np.float32(pred["sample"]), outputs).all()
+    assert "sample" not in prediction_profile("multiclass", rng.random((20, 3)),
+                                              sample_size=50)
 
 
 def test_profiles_edge_cases() -> None:
