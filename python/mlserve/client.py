@@ -95,6 +95,8 @@ class InferResult:
     id: str | None
     model_name: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
+    """The server's request id (``x-request-id``): the id feedback labels are joined by."""
 
     @property
     def output(self) -> np.ndarray:
@@ -523,6 +525,8 @@ def _infer_call(
             tensors, request_id=request_id, parameters=params, outputs=wanted
         )
         headers["accept"] = JSON_CONTENT_TYPE
+    if request_id is not None:  # the id the server logs the prediction under (feedback)
+        headers["x-request-id"] = request_id
     return _Call("POST", _model_path(model, version) + "/infer", headers, body)
 
 
@@ -541,6 +545,17 @@ def _unload_call(model: str, token: str | None) -> _Call:
 
 def _index_call(token: str | None) -> _Call:
     return _Call("POST", "/v2/repository/index", _admin_headers(token), b"{}")
+
+
+def _feedback_call(model: str, ids: Sequence[str], labels: Sequence[Any]) -> _Call:
+    body = orjson.dumps({"ids": list(ids), "labels": list(labels)},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+    return _Call("POST", _model_path(model, None) + "/feedback",
+                 {"content-type": JSON_CONTENT_TYPE}, body)
+
+
+def _monitoring_call(model: str, version: str | int | None) -> _Call:
+    return _Call("GET", _model_path(model, version) + "/monitoring")
 
 
 def _check(response: httpx.Response) -> httpx.Response:
@@ -577,7 +592,9 @@ def _list_body(response: httpx.Response) -> list[dict[str, Any]]:
 
 def _infer_result(response: httpx.Response) -> InferResult:
     _check(response)
-    return decode_infer_response(response.content, response.headers)
+    result = decode_infer_response(response.content, response.headers)
+    result.request_id = response.headers.get("x-request-id")
+    return result
 
 
 def _limits(max_connections: int) -> httpx.Limits:
@@ -696,6 +713,15 @@ class Client:
         """The models the server knows, each ``{"name", "version", "state", ...}``."""
         return _list_body(self._send(_index_call(token or self.token)))
 
+    def feedback(self, model: str, ids: Sequence[str], labels: Sequence[Any]) -> dict[str, Any]:
+        """Ground truth for earlier requests (``InferResult.request_id``), one label per id
+        (a list for a multi-row request); returns ``{"matched", "unmatched", ...}``."""
+        return _dict_body(self._send(_feedback_call(model, ids, labels)))
+
+    def monitoring(self, model: str, version: str | int | None = None) -> dict[str, Any]:
+        """The model's current drift window, firing alerts and online metrics."""
+        return _dict_body(self._send(_monitoring_call(model, version)))
+
     def close(self) -> None:
         """Closes the connection pool."""
         self._http.close()
@@ -811,6 +837,15 @@ class AsyncClient:
     async def repository_index(self, token: str | None = None) -> list[dict[str, Any]]:
         """The models the server knows, each ``{"name", "version", "state", ...}``."""
         return _list_body(await self._send(_index_call(token or self.token)))
+
+    async def feedback(self, model: str, ids: Sequence[str], labels: Sequence[Any]
+                       ) -> dict[str, Any]:
+        """Ground truth for earlier requests (see ``Client.feedback``)."""
+        return _dict_body(await self._send(_feedback_call(model, ids, labels)))
+
+    async def monitoring(self, model: str, version: str | int | None = None) -> dict[str, Any]:
+        """The model's current drift window, firing alerts and online metrics."""
+        return _dict_body(await self._send(_monitoring_call(model, version)))
 
     async def close(self) -> None:
         """Closes the connection pool."""

@@ -17,6 +17,17 @@ Three kinds:
   exact sums.
 - Process metrics (``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
   ``process_start_time_seconds``, ...; Linux) from prometheus_client's process collector.
+- Monitoring gauges (``monitoring_families``), exported from what the server's monitoring task
+  computed last (docs/monitoring.md; nothing is computed at scrape time): per model, version
+  and feature ``mlserve_feature_drift_{psi,js,ks_statistic,ks_pvalue,wasserstein,chi2_pvalue,
+  detected}`` and ``mlserve_feature_{missing_rate,out_of_range_rate,unseen_category_rate}``;
+  per model and version ``mlserve_prediction_drift_{psi,js,ks_pvalue,wasserstein,chi2_pvalue,
+  detected}``, ``mlserve_dataset_drift_{share,detected}``, ``mlserve_monitoring_window_rows``,
+  the online metrics ``mlserve_online_{accuracy,roc_auc,log_loss,rmse,mae,labels}`` and
+  ``mlserve_feedback_labels_total`` (by outcome); ``mlserve_alerts_firing`` per firing alert;
+  and the counter ``mlserve_alert_notifications_total`` (webhook POSTs by outcome). With
+  several workers monitoring is off (each process sees a share of the traffic): the families
+  are declared without samples.
 
 With several worker processes (``mlserve serve --workers N`` sets ``PROMETHEUS_MULTIPROC_DIR``
 before the workers import this module) the answer is the same set of names and types:
@@ -84,6 +95,10 @@ MODEL_LOADS = Counter(
 )
 
 EngineSource = Callable[[], Iterable[tuple[str, str, dict[str, Any]]]]
+#: Per monitored version (model, version, latest DriftReport or None, online metrics, firing
+#: alerts); and webhook deliveries by outcome.
+MonitoredVersion = tuple[str, str, Any, dict[str, Any], list[Any]]
+MonitoringSource = Callable[[], tuple[Iterable[MonitoredVersion], dict[str, int]]]
 
 _LABELS = ["model", "version"]
 #: Engine.stats() key -> (counter name, help).
@@ -153,6 +168,113 @@ class EngineCollector(Collector):
         yield from engine_families(self._source())
 
 
+# ---- monitoring ---------------------------------------------------------------------------------
+
+#: FeatureDrift attribute -> (feature gauge, help); the prediction's are "prediction_drift_...".
+_DRIFT_GAUGES = {
+    "psi": ("drift_psi", "Population stability index against the reference (window)."),
+    "js": ("drift_js", "Jensen-Shannon distance to the reference (natural log, window)."),
+    "ks_statistic": ("drift_ks_statistic", "Two-sample Kolmogorov-Smirnov statistic."),
+    "ks_pvalue": ("drift_ks_pvalue", "Two-sample Kolmogorov-Smirnov p-value."),
+    "wasserstein": ("drift_wasserstein", "Wasserstein distance / reference std."),
+    "chi2_pvalue": ("drift_chi2_pvalue", "Chi-squared test p-value (categorical)."),
+    "drifted": ("drift_detected", "1 when the deciding test found drift, else 0."),
+}
+_QUALITY_GAUGES = {
+    "missing_rate": ("mlserve_feature_missing_rate", "Share of missing values (window)."),
+    "out_of_range_rate": ("mlserve_feature_out_of_range_rate",
+                          "Share of values outside the reference's [min, max] (window sample)."),
+    "unseen_rate": ("mlserve_feature_unseen_category_rate",
+                    "Share of values in the out-of-vocabulary slot (window)."),
+}
+_ONLINE_GAUGES = {
+    "accuracy": "Accuracy on labelled feedback (window).",
+    "roc_auc": "ROC-AUC on labelled feedback (window).",
+    "log_loss": "Log-loss on labelled feedback (window).",
+    "rmse": "RMSE on labelled feedback (window).",
+    "mae": "MAE on labelled feedback (window).",
+    "labels": "Labelled predictions in the online-metrics window.",
+}
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value)
+
+
+def monitoring_families(versions: Iterable[MonitoredVersion],
+                        notifications: dict[str, int]) -> list[Any]:
+    """Metric families of the monitoring results (see the module docstring); a statistic not
+    computed (no data, not applicable) is left out rather than exported as NaN. Every family is
+    declared even without samples (monitoring off, nothing loaded yet), so /metrics has the same
+    names in every configuration."""
+    lf = [*_LABELS, "feature"]
+    feature = {k: GaugeMetricFamily(f"mlserve_feature_{n}", d, labels=lf)
+               for k, (n, d) in _DRIFT_GAUGES.items()}
+    quality = {k: GaugeMetricFamily(n, d, labels=lf) for k, (n, d) in _QUALITY_GAUGES.items()}
+    prediction = {k: GaugeMetricFamily(f"mlserve_prediction_{n}", d, labels=_LABELS)
+                  for k, (n, d) in _DRIFT_GAUGES.items() if k != "ks_statistic"}
+    share = GaugeMetricFamily("mlserve_dataset_drift_share",
+                              "Share of judged features that drifted (window).", labels=_LABELS)
+    dataset = GaugeMetricFamily("mlserve_dataset_drift_detected",
+                                "1 when the drifted share reached the threshold.",
+                                labels=_LABELS)
+    rows = GaugeMetricFamily("mlserve_monitoring_window_rows",
+                             "Rows in the current monitoring window.", labels=_LABELS)
+    online = {k: GaugeMetricFamily(f"mlserve_online_{k}", d, labels=_LABELS)
+              for k, d in _ONLINE_GAUGES.items()}
+    feedback = CounterMetricFamily("mlserve_feedback_labels", "Feedback labels by outcome "
+                                   "(matched to a logged prediction or not).",
+                                   labels=[*_LABELS, "outcome"])
+    firing = GaugeMetricFamily("mlserve_alerts_firing", "1 per alert firing in the server.",
+                               labels=[*_LABELS, "alertname", "feature", "check"])
+    delivered = CounterMetricFamily("mlserve_alert_notifications",
+                                    "Alert webhook deliveries by outcome.", labels=["outcome"])
+    for outcome, count in sorted(notifications.items()):
+        delivered.add_metric([outcome], float(count))
+    for model, version, report, performance, alerts in versions:
+        lv = [model, version]
+        rows.add_metric(lv, float(performance.get("window_rows", 0)))
+        for key, fam in online.items():
+            if (value := _number(performance.get(key))) is not None:
+                fam.add_metric(lv, value)
+        feedback.add_metric([*lv, "matched"], float(performance.get("matched_total", 0)))
+        feedback.add_metric([*lv, "unmatched"], float(performance.get("unmatched_total", 0)))
+        for alert in alerts:
+            firing.add_metric([*lv, alert.labels["alertname"], alert.feature, alert.check], 1.0)
+        if report is None:
+            continue
+        for name, f in report.features.items():
+            for key, fam in feature.items():
+                if (value := _number(getattr(f, key))) is not None:
+                    fam.add_metric([*lv, name], value)
+            for key, fam in quality.items():
+                if (value := _number(getattr(f, key))) is not None:
+                    fam.add_metric([*lv, name], value)
+        if report.prediction is not None:
+            for key, fam in prediction.items():
+                if (value := _number(getattr(report.prediction, key))) is not None:
+                    fam.add_metric(lv, value)
+        if report.drift_share is not None:
+            share.add_metric(lv, float(report.drift_share))
+            dataset.add_metric(lv, float(bool(report.dataset_drift)))
+    return [*feature.values(), *quality.values(), *prediction.values(), share, dataset, rows,
+            *online.values(), feedback, firing, delivered]
+
+
+class MonitoringCollector(Collector):
+    """Exposes the monitoring results ``source()`` returns (see monitoring_families); no
+    source: the families without samples."""
+
+    def __init__(self, source: MonitoringSource | None) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        versions, notifications = self._source() if self._source is not None else ([], {})
+        yield from monitoring_families(versions, notifications)
+
+
 # ---- multiprocess mode ------------------------------------------------------------------------
 
 _snapshots: WorkerSnapshots | None = None
@@ -214,10 +336,13 @@ class WorkerSnapshotCollector(Collector):
         yield from process.values()
 
 
-def render(engines: EngineSource | None = None) -> tuple[bytes, str]:
+def render(engines: EngineSource | None = None,
+           monitoring: MonitoringSource | None = None) -> tuple[bytes, str]:
     """The /metrics body and content type: request metrics, ``engines``' stats and process
-    metrics; in multiprocess mode those of every worker (``engines`` are this worker's)."""
+    metrics; in multiprocess mode those of every worker (``engines`` are this worker's); and the
+    ``monitoring`` results (this process' own in either mode)."""
     registry = CollectorRegistry()
+    registry.register(MonitoringCollector(monitoring))
     if MULTIPROCESS:
         from prometheus_client import multiprocess
 

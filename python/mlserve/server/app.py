@@ -7,8 +7,11 @@ Starlette route. Handlers do transport only; errors are mapped in one place,
 is logged and answered 500 with a generic message, so no request can take the worker down.
 
 Lifespan: startup loads the configured models in the background (``/v2/health/live`` answers at
-once, ``/v2/health/ready`` turns 200 when all are warm); shutdown marks the server not ready,
-lets in-flight requests finish and closes the engines within ``shutdown_timeout_s``.
+once, ``/v2/health/ready`` turns 200 when all are warm) and starts the monitoring task
+(:mod:`mlserve.server.monitoring`: drift, alerts, ``/monitoring`` and ``/feedback``; requests
+only hand their request id to the engine, whose core logs the outputs under it per batch);
+shutdown marks the server not ready, lets in-flight requests finish and closes the engines
+within ``shutdown_timeout_s``.
 Single event loop per process; nothing here is shared across threads.
 """
 
@@ -40,6 +43,7 @@ from mlserve.errors import InvalidInput, MlserveError, QueueFull, Unavailable
 from mlserve.server import codecs
 from mlserve.server.accesslog import AccessLog
 from mlserve.server.models import ModelManager
+from mlserve.server.monitoring import ServerMonitoring
 from mlserve.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -99,6 +103,9 @@ class MlserveApp:
             if settings.access_log_sample > 0.0 else None
         )
         self._startup: asyncio.Task[None] | None = None
+        self.monitoring = _monitoring(manager, settings)
+        #: The request id travels to the engine only when its prediction log can use it.
+        self._tag_requests = self.monitoring is not None
         routes = [
             Route("/v2", self._server_metadata, methods=["GET"]),
             Route("/v2/health/live", self._live, methods=["GET"]),
@@ -112,6 +119,10 @@ class MlserveApp:
             Route("/v2/repository/index", self._repository_index, methods=["POST"]),
             Route("/v2/repository/models/{model}/load", self._load, methods=["POST"]),
             Route("/v2/repository/models/{model}/unload", self._unload, methods=["POST"]),
+            Route("/v2/models/{model}/monitoring", self._monitoring, methods=["GET"]),
+            Route("/v2/models/{model}/versions/{version}/monitoring", self._monitoring,
+                  methods=["GET"]),
+            Route("/v2/models/{model}/feedback", self._feedback, methods=["POST"]),
             Route("/metrics", self._metrics, methods=["GET"]),
         ]
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
@@ -160,6 +171,7 @@ class MlserveApp:
                 header_length_raw = value
         if request_id is None:
             request_id = b"%s-%x" % (_ID_PREFIX, next(_ID_COUNTER))
+        tag = request_id if self._tag_requests else b""
         version_label = "?"
         # Labels only for loaded models: arbitrary names in URLs must not grow the label set.
         label = model if model in self.manager.models else "_unknown"
@@ -177,12 +189,12 @@ class MlserveApp:
                 fast = served.fast_rows(obj)
                 out = None
                 if fast is not None:  # the common request: no general decoding, cached encoding
-                    y = await self.manager.run(served, fast[0], fast[2])
+                    y = await self.manager.run(served, fast[0], fast[2], tag)
                     out = served.msgpack_response(y, fast[1])
                     version_label = served.version
                 if out is None:
                     request = codecs.msgpack_request_from_object(obj)
-                    response = await self.manager.infer(model, version, request)
+                    response = await self.manager.infer(model, version, request, tag)
                     out = codecs.encode_msgpack_response(response)
                     version_label = response.model_version
                 extra = [(b"content-type", _MSGPACK)]
@@ -193,7 +205,7 @@ class MlserveApp:
                 if header_length == 0:  # raw binary form: the body is the one [n, f_in] input
                     raw_input = self.manager.get(model, version).raw_input
                 request = codecs.decode_json_request(body, header_length, raw_input=raw_input)
-                response = await self.manager.infer(model, version, request)
+                response = await self.manager.infer(model, version, request, tag)
                 out, more = codecs.encode_json_response(
                     response, binary=codecs.binary_outputs_of(request)
                 )
@@ -235,6 +247,8 @@ class MlserveApp:
         self._startup = asyncio.create_task(self._load_configured())
         publisher = (asyncio.create_task(self._publish_worker_snapshots())
                      if metrics.MULTIPROCESS else None)
+        monitor = (asyncio.create_task(self.monitoring.run())
+                   if self.monitoring is not None else None)
         _watch_exit_signals()
         try:
             yield
@@ -242,6 +256,9 @@ class MlserveApp:
             self.manager.draining = True
             if publisher is not None:
                 publisher.cancel()
+            if monitor is not None and self.monitoring is not None:
+                monitor.cancel()
+                await self.monitoring.close(min(2.0, self.settings.shutdown_timeout_s))
             if not self._startup.done():
                 self._startup.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -264,7 +281,9 @@ class MlserveApp:
     async def _load_configured(self) -> None:
         for ref in self.settings.models:
             try:
-                await self.manager.load(ref)
+                served = await self.manager.load(ref)
+                if self.monitoring is not None:  # log predictions from the first request on
+                    self.monitoring.attach(served)
             except Exception:
                 logger.exception("could not load model %s; the server stays not ready", ref)
         _freeze_heap()
@@ -282,8 +301,36 @@ class MlserveApp:
             await asyncio.sleep(metrics.SNAPSHOT_INTERVAL_S)
 
     async def _metrics(self, request: Request) -> Response:
-        body, content_type = metrics.render(self._engine_stats)
+        source = self.monitoring.metric_source if self.monitoring is not None else None
+        body, content_type = metrics.render(self._engine_stats, source)
         return Response(body, media_type=content_type)
+
+    async def _monitoring(self, request: Request) -> Response:
+        return await _guard(self._monitoring_body, request)
+
+    async def _monitoring_body(self, request: Request) -> Response:
+        monitoring = self._require_monitoring()
+        histograms = request.query_params.get("histograms", "") in ("1", "true", "yes")
+        return _json(monitoring.status(request.path_params["model"],
+                                       request.path_params.get("version"), histograms))
+
+    async def _feedback(self, request: Request) -> Response:
+        return await _guard(self._feedback_body, request)
+
+    async def _feedback_body(self, request: Request) -> Response:
+        monitoring = self._require_monitoring()
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidInput("feedback body must be a JSON object with 'ids' and 'labels'")
+        return _json(monitoring.feedback(request.path_params["model"], body.get("ids"),
+                                         body.get("labels")))
+
+    def _require_monitoring(self) -> ServerMonitoring:
+        if self.monitoring is None:
+            raise Unavailable("monitoring is off on this server (started with --no-monitoring, "
+                              "several workers, or without scipy: pip install "
+                              "'mlserve[monitoring]')")
+        return self.monitoring
 
     def _engine_stats(self) -> list[tuple[str, str, dict[str, Any]]]:
         out = []
@@ -348,6 +395,8 @@ class MlserveApp:
         if not isinstance(ref, str) or _model_name(ref) != name:
             raise InvalidInput(f"parameter 'ref' must be a ref of model {name!r}, got {ref!r}")
         served = await self.manager.load(ref)
+        if self.monitoring is not None:
+            self.monitoring.attach(served)
         _freeze_heap()
         return _json({"name": served.name, "version": served.version, "ref": ref})
 
@@ -367,6 +416,23 @@ class MlserveApp:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
                                                                   self._token):
             raise Unauthorized("admin routes need 'Authorization: Bearer <token>'")
+
+
+def _monitoring(manager: ModelManager, settings: ServerSettings) -> ServerMonitoring | None:
+    """The server's monitoring, or None (with one log line saying why) when it is off."""
+    if not settings.monitoring:
+        return None
+    if settings.workers > 1:
+        logger.warning("monitoring is off: with --workers %d each process would see only its "
+                       "share of the traffic and feedback could not find its prediction; "
+                       "serve with --workers 1 to monitor", settings.workers)
+        return None
+    try:
+        import scipy  # noqa: F401  (the KS / chi-squared p-values)
+    except ImportError:
+        logger.warning("monitoring is off: it needs scipy (pip install 'mlserve[monitoring]')")
+        return None
+    return ServerMonitoring(manager, settings.monitoring_config())
 
 
 def create_app(manager: ModelManager, settings: ServerSettings) -> MlserveApp:
@@ -399,14 +465,21 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-async def _json_parameters(request: Request) -> dict[str, Any]:
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body (None when empty); InvalidInput when not JSON."""
     raw = await request.body()
     if not raw.strip():
-        return {}
+        return None
     try:
-        body = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+async def _json_parameters(request: Request) -> dict[str, Any]:
+    body = await _json_body(request)
+    if body is None:
+        return {}
     params = body.get("parameters", {}) if isinstance(body, dict) else None
     if not isinstance(params, dict):
         raise InvalidInput("request body must be a JSON object with an object 'parameters'")

@@ -69,6 +69,21 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(0..1, default {d.access_log_sample}; 0 turns it off)")
     parser.add_argument("--access-log-file", metavar="FILE", default=None,
                         help="append the access log to FILE (default: stderr)")
+    monitoring = parser.add_argument_group("monitoring (docs/monitoring.md)")
+    monitoring.add_argument("--no-monitoring", dest="monitoring", action="store_false",
+                            help="turn drift monitoring, alerts and /feedback off")
+    monitoring.add_argument("--monitoring-config", metavar="FILE", default=None,
+                            help="JSON/TOML monitoring settings: per-feature tests and "
+                            "thresholds, alert rules, sample and log sizes")
+    monitoring.add_argument("--monitoring-interval", type=float, default=None, metavar="S",
+                            help="seconds between monitoring reads (default 5)")
+    monitoring.add_argument("--monitoring-window", default=None, metavar="KIND:SIZE",
+                            help="sliding|tumbling window of SIZE like 300s, 5m, 1h or "
+                            "10000rows (default sliding:300s)")
+    monitoring.add_argument("--alert-webhook", metavar="URL", default=None,
+                            help="POST alert transitions (firing/resolved) as JSON to URL")
+    monitoring.add_argument("--alert-min-rows", type=int, default=None, metavar="N",
+                            help="windows with fewer rows raise no alert (default 500)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
 
@@ -89,6 +104,12 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         shutdown_timeout_s=args.shutdown_timeout,
         access_log_sample=args.access_log_sample,
         access_log_file=args.access_log_file,
+        monitoring=getattr(args, "monitoring", True),
+        monitoring_interval_s=getattr(args, "monitoring_interval", None),
+        monitoring_window=getattr(args, "monitoring_window", None),
+        monitoring_config_file=getattr(args, "monitoring_config", None),
+        alert_webhook_url=getattr(args, "alert_webhook", None),
+        alert_min_rows=getattr(args, "alert_min_rows", None),
     ).resolved()
 
 

@@ -410,18 +410,20 @@ class ModelManager:
     # ---- inference ---------------------------------------------------------------------------
 
     async def infer(
-        self, name: str, version: str | None, request: InferRequest
+        self, name: str, version: str | None, request: InferRequest, tag: bytes = b""
     ) -> InferResponse:
         """Runs one decoded request on the model version it names."""
         served = self.get(name, version)
-        y = await self.run(served, served.rows(request.inputs), request.parameters)
+        y = await self.run(served, served.rows(request.inputs), request.parameters, tag)
         return served.response(y, request)
 
     async def run(
-        self, served: ServedVersion, x: np.ndarray, params: dict[str, Any] | None
+        self, served: ServedVersion, x: np.ndarray, params: dict[str, Any] | None,
+        tag: bytes = b"",
     ) -> np.ndarray:
         """Runs raw rows ``x`` on ``served`` with the request's ``priority``/``timeout``
-        parameters; keeps the in-flight count that lets a retired version close when idle."""
+        parameters; keeps the in-flight count that lets a retired version close when idle.
+        ``tag`` (the request id) keys the outputs in the engine's prediction log."""
         if params:
             priority = _int_param(params, "priority", 0)
             timeout = params.get("timeout")
@@ -430,7 +432,8 @@ class ModelManager:
             priority, timeout_us = 0, None
         served.in_flight += 1
         try:
-            return await served.engine.apredict(x, priority=priority, timeout_us=timeout_us)
+            return await served.engine.apredict(x, priority=priority, timeout_us=timeout_us,
+                                                tag=tag)
         finally:
             served.in_flight -= 1
             if served.retired and served.in_flight == 0:

@@ -9,13 +9,20 @@ Immutable, hence thread-safe.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tomllib
 
 from mlserve.config import BatcherConfig
 from mlserve.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from mlserve.server.monitoring import MonitoringConfig
 
 ENV_PREFIX = "MLSERVE_SERVER_"
 
@@ -56,6 +63,21 @@ class ServerSettings:
     status, outcome, latency, client; see ``mlserve.server.accesslog``); 0 turns it off."""
     access_log_file: str | None = None
     """File the access log is appended to; None or "-": stderr."""
+    monitoring: bool = True
+    """Drift monitoring, alerts and the prediction log for /feedback (docs/monitoring.md); off
+    when scipy is missing (the 'monitoring' extra) or with several workers."""
+    monitoring_interval_s: float | None = None
+    """Seconds between two monitoring reads; None: the config file's, else 5."""
+    monitoring_window: str | None = None
+    """Window of the drift statistics ("sliding:5m", "tumbling:10000rows"...); None: the
+    config file's, else sliding:300s."""
+    monitoring_config_file: str | None = None
+    """JSON or TOML file with the monitoring settings (drift tests and thresholds per feature,
+    alert rules, sample and log sizes; docs/monitoring.md)."""
+    alert_webhook_url: str | None = None
+    """URL alert transitions are POSTed to as JSON; None: the config file's, else log only."""
+    alert_min_rows: int | None = None
+    """Windows with fewer rows raise or resolve no alert; None: the config file's, else 500."""
     admin_token: str | None = field(default=None, repr=False)
     """The token itself (read from ``admin_token_file`` by :meth:`resolved`)."""
 
@@ -72,6 +94,26 @@ class ServerSettings:
             raise InvalidInput(f"max_body_bytes must be positive, got {self.max_body_bytes}")
         if self.shutdown_timeout_s <= 0:
             raise InvalidInput("shutdown_timeout_s must be positive")
+        if self.monitoring:
+            self.monitoring_config()  # a bad monitoring setting fails at startup
+
+    def monitoring_config(self) -> MonitoringConfig:
+        """The monitoring settings: the config file's, overridden by the flags given."""
+        from mlserve.server.monitoring import MonitoringConfig
+
+        data: dict[str, Any] = {}
+        if self.monitoring_config_file is not None:
+            path = Path(self.monitoring_config_file)
+            try:
+                text = path.read_text(encoding="utf-8")
+                data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+            except (OSError, ValueError) as exc:
+                raise InvalidInput(f"monitoring config {str(path)!r}: {exc}") from None
+            if not isinstance(data, dict):
+                raise InvalidInput(f"monitoring config {str(path)!r}: expected a table/object")
+        return MonitoringConfig.from_dict(
+            data, interval_s=self.monitoring_interval_s, window=self.monitoring_window,
+            alert_webhook_url=self.alert_webhook_url, alert_min_rows=self.alert_min_rows)
 
     def batcher_config(self) -> BatcherConfig:
         """The dynamic-batching options every loaded model version gets."""
@@ -111,7 +153,15 @@ class ServerSettings:
             "INSTANCE_COUNT": str(self.instance_count),
             "SHUTDOWN_TIMEOUT_S": str(self.shutdown_timeout_s),
             "ACCESS_LOG_SAMPLE": str(self.access_log_sample),
+            "MONITORING": "1" if self.monitoring else "0",
         }
+        for key, value in (("MONITORING_INTERVAL_S", self.monitoring_interval_s),
+                           ("MONITORING_WINDOW", self.monitoring_window),
+                           ("MONITORING_CONFIG_FILE", self.monitoring_config_file),
+                           ("ALERT_WEBHOOK_URL", self.alert_webhook_url),
+                           ("ALERT_MIN_ROWS", self.alert_min_rows)):
+            if value is not None:
+                env[key] = str(value)
         if self.registry is not None:
             env["REGISTRY"] = self.registry
         if self.admin_token_file is not None:
@@ -157,5 +207,13 @@ class ServerSettings:
             ),
             access_log_sample=float(number("ACCESS_LOG_SAMPLE", d.access_log_sample, float)),
             access_log_file=get("ACCESS_LOG_FILE"),
+            monitoring=get("MONITORING") != "0",
+            monitoring_interval_s=None if get("MONITORING_INTERVAL_S") is None
+            else float(number("MONITORING_INTERVAL_S", 0.0, float)),
+            monitoring_window=get("MONITORING_WINDOW"),
+            monitoring_config_file=get("MONITORING_CONFIG_FILE"),
+            alert_webhook_url=get("ALERT_WEBHOOK_URL"),
+            alert_min_rows=None if get("ALERT_MIN_ROWS") is None
+            else int(number("ALERT_MIN_ROWS", 0)),
         ).resolved()
 

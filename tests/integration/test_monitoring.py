@@ -1,0 +1,252 @@
+"""Monitoring end to end: a real `mlserve serve` process with a short sliding window, traffic
+from the card-transaction generator sent with mlserve.client, and a real local HTTP webhook
+receiver. Without drift no alert is raised; with drift on two features exactly those features
+cross their thresholds within one window, each alert fires once (the webhook receives it) and
+resolves once traffic is normal again. Also: /monitoring, /metrics gauges, /feedback joined to
+logged predictions (online accuracy / ROC-AUC / log-loss), and --no-monitoring."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from mlserve.client import Client
+from mlserve.registry import Registry
+from mlserve.trainer import encode_rows, train
+from mlserve.trainer.datasets import card_transactions
+from server_fixtures import ServerProcess
+
+INTERVAL_S = 0.5
+WINDOW_S = 3.0
+MIN_ROWS = 300
+DRIFTED = {"amount", "channel"}
+
+
+class Webhook:
+    """A local HTTP server that records every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [a for body in list(self.received) for a in body["alerts"]]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Trained:
+    def __init__(self, root: Path) -> None:
+        self.registry_root = root / "registry"
+        registry = Registry(self.registry_root)
+        result = train(card_transactions(6000, seed=21), "is_fraud", name="fraud",
+                       timestamp="event_ts",
+                       config={"exclude": ["user_id", "merchant_id"], "epochs": 2,
+                               "hidden": [16]},
+                       registry=registry, out_dir=root / "bundle", progress=False)
+        self.inputs = result.model_version.manifest["signature"]["inputs"]
+        self.features = [s["name"] for s in self.inputs]
+
+    def rows(self, n: int, seed: int, drift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        frame = card_transactions(n, seed=seed, drift=drift, drift_features=sorted(DRIFTED))
+        return encode_rows(frame, self.inputs), frame["is_fraud"].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    return Trained(tmp_path_factory.mktemp("monitoring"))
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained: Trained, webhook: Webhook, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("monitoring-log") / "server.log"
+    proc = ServerProcess(trained.registry_root, ["fraud"], log,
+                         "--monitoring-interval", str(INTERVAL_S),
+                         "--monitoring-window", f"sliding:{WINDOW_S:g}s",
+                         "--alert-min-rows", str(MIN_ROWS), "--alert-webhook", webhook.url)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+class Traffic:
+    """Sends rows of the current phase in 25-row requests from a thread until stopped."""
+
+    def __init__(self, url: str, trained: Trained) -> None:
+        self.url = url
+        self.phases = {"normal": trained.rows(20_000, seed=31)[0],
+                       "drift": trained.rows(20_000, seed=32, drift=1.0)[0]}
+        self.phase = "normal"
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with Client(self.url) as client:
+            i = 0
+            while not self.stop.is_set():
+                x = self.phases[self.phase]
+                start = (i * 25) % (len(x) - 25)
+                client.infer("fraud", x[start:start + 25])
+                self.sent += 25
+                i += 1
+                time.sleep(0.01)  # ~1000-2000 rows/s: a window holds thousands of rows
+
+
+def _status(url: str) -> dict[str, Any]:
+    body = httpx.get(url + "/v2/models/fraud/monitoring", timeout=10).json()
+    return body["versions"][0]
+
+
+def _wait(predicate: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _feature_alerts(webhook: Webhook, status: str) -> list[str]:
+    return sorted(a["labels"]["feature"] for a in webhook.alerts()
+                  if a["labels"]["rule"] == "feature_drift" and a["status"] == status)
+
+
+def test_drift_alerts_fire_once_and_resolve(server: ServerProcess, trained: Trained,
+                                            webhook: Webhook) -> None:
+    traffic = Traffic(server.url, trained)
+    traffic.thread.start()
+    try:
+        # 1. Normal traffic: full windows are judged, nothing drifts, nothing is sent.
+        first = _wait(lambda: (s := _status(server.url))["drift"] is not None
+                      and s["window_rows"] >= 2 * MIN_ROWS and s, 30, "a full window")
+        assert first["monitored"] and first["window"] == f"sliding:{WINDOW_S:g}s"
+        time.sleep(WINDOW_S + 4 * INTERVAL_S)
+        calm = _status(server.url)
+        assert calm["drift"]["drifted_features"] == [], calm["drift"]
+        assert calm["alerts"] == [] and webhook.received == []
+        assert set(calm["drift"]["features"]) == set(trained.features)
+
+        # 2. Drift on two features: exactly those fire, within one window.
+        traffic.phase = "drift"
+        switched = time.monotonic()
+        _wait(lambda: set(_feature_alerts(webhook, "firing")) >= DRIFTED, 30,
+              "feature drift alerts")
+        assert time.monotonic() - switched <= WINDOW_S + 4 * INTERVAL_S + 3.0
+        drifted = _status(server.url)
+        assert set(drifted["drift"]["drifted_features"]) == DRIFTED, drifted["drift"]
+        assert {a["labels"]["feature"] for a in drifted["alerts"]
+                if a["labels"]["rule"] == "feature_drift"} == DRIFTED
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'mlserve_feature_drift_detected{feature="amount",model="fraud",version="1"} 1.0' \
+            in metrics
+        assert 'mlserve_alerts_firing{alertname="MlserveFeatureDrift"' in metrics
+        time.sleep(WINDOW_S)  # stays drifted: no second notification
+        assert _feature_alerts(webhook, "firing") == sorted(DRIFTED)
+
+        # 3. Back to normal: both resolve, once.
+        traffic.phase = "normal"
+        _wait(lambda: set(_feature_alerts(webhook, "resolved")) >= DRIFTED, 30,
+              "resolved alerts")
+        time.sleep(2 * INTERVAL_S)
+        assert _feature_alerts(webhook, "resolved") == sorted(DRIFTED)
+        assert _feature_alerts(webhook, "firing") == sorted(DRIFTED)
+        final = _status(server.url)
+        assert not any(a["labels"]["rule"] == "feature_drift" for a in final["alerts"])
+    finally:
+        traffic.stop.set()
+        traffic.thread.join(10)
+    body = webhook.received[0]
+    assert body["receiver"] == "mlserve" and body["status"] in ("firing", "resolved")
+    alert = body["alerts"][0]
+    assert alert["labels"]["model"] == "fraud" and alert["labels"]["version"] == "1"
+    assert alert["startsAt"].endswith("Z") and "summary" in alert["annotations"]
+
+
+def test_feedback_joins_labels_to_logged_predictions(server: ServerProcess,
+                                                     trained: Trained) -> None:
+    x, y = trained.rows(400, seed=41)
+    ids, labels, probabilities = [], [], []
+    with Client(server.url) as client:
+        for i in range(0, 400, 4):
+            result = client.infer("fraud", x[i:i + 4], request_id=f"fb-{i}")
+            assert result.request_id == f"fb-{i}"
+            ids.append(result.request_id)
+            labels.append([int(v) for v in y[i:i + 4]])
+            probabilities.append(result.output[:, 0])
+        single = client.infer("fraud", x[:1])  # a server-generated id works as well
+        answer = client.feedback("fraud", [*ids, single.request_id, "never-sent"],
+                                 [*labels, int(y[0]), 1])
+        assert answer["matched"] == len(ids) + 1
+        assert answer["unmatched"] == 1 and answer["unmatched_ids"] == ["never-sent"]
+        performance = client.monitoring("fraud")["versions"][0]["performance"]
+    p = np.concatenate([*probabilities, single.output[:, 0]])
+    truth = np.concatenate([*[np.array(v) for v in labels], [y[0]]])
+    assert performance["labels"] == 401
+    assert performance["accuracy"] == pytest.approx(float(np.mean((p >= 0.5) == truth)))
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    assert performance["roc_auc"] == pytest.approx(roc_auc_score(truth, p), abs=1e-9)
+    assert performance["log_loss"] == pytest.approx(log_loss(truth, p), abs=1e-6)
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'mlserve_online_roc_auc{model="fraud",version="1"}' in metrics
+    assert 'mlserve_feedback_labels_total{model="fraud",outcome="unmatched",version="1"} 1.0' \
+        in metrics
+    bad = httpx.post(server.url + "/v2/models/fraud/feedback",
+                     json={"ids": ["fb-0"], "labels": [[1]]})
+    assert bad.status_code == 400 and "1 labels for a request of 4 rows" in bad.text
+    wrong = httpx.post(server.url + "/v2/models/fraud/feedback",
+                       json={"ids": ["fb-4"], "labels": [[0, 1, 2, 0]]})
+    assert wrong.status_code == 400 and "not a class" in wrong.text
+    assert httpx.post(server.url + "/v2/models/nope/feedback",
+                      json={"ids": [], "labels": []}).status_code == 404
+
+
+def test_monitoring_off(trained: Trained, tmp_path: Path) -> None:
+    proc = ServerProcess(trained.registry_root, ["fraud"], tmp_path / "off.log",
+                         "--no-monitoring")
+    try:
+        proc.wait_ready()
+        r = httpx.get(proc.url + "/v2/models/fraud/monitoring")
+        assert r.status_code == 503 and "monitoring is off" in r.text
+        metrics = httpx.get(proc.url + "/metrics").text
+        assert "# TYPE mlserve_feature_drift_psi gauge" in metrics  # declared, no samples
+        assert "mlserve_feature_drift_psi{" not in metrics
+    finally:
+        assert proc.stop() == 0, proc.log()
