@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                              description="Lists CUDA devices usable by the native core.")
     devices.set_defaults()
 
+    from mlserve.drift import cli as drift_cli
     from mlserve.features import cli as features_cli
     from mlserve.registry import cli as registry_cli
     from mlserve.server import cli as server_cli
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     registry_cli.add_parser(sub)
     server_cli.add_parser(sub)
     features_cli.add_parser(sub)
+    drift_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(registry_cli.run(args))
     if args.command == "features":
         return int(features_cli.run(args))
+    if args.command == "drift":
+        return int(drift_cli.run(args))
     if args.command in ("train", "tune"):
         return int(trainer_cli.run(args))
     if args.command == "demo":

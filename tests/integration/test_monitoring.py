@@ -250,3 +250,45 @@ def test_monitoring_off(trained: Trained, tmp_path: Path) -> None:
         assert "mlserve_feature_drift_psi{" not in metrics
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+def test_drift_report_cli(trained: Trained, tmp_path: Path) -> None:
+    """`mlserve drift report` on CSV and Parquet: exit status, JSON summary, HTML with plots."""
+    import subprocess
+    import sys
+
+    calm = card_transactions(3000, seed=51)
+    drifted = card_transactions(3000, seed=52, drift=1.0, drift_features=sorted(DRIFTED))
+    calm.to_csv(tmp_path / "calm.csv", index=False)
+    drifted.to_parquet(tmp_path / "drifted.parquet")
+
+    def report(data: str, out: str) -> tuple[int, dict[str, Any], str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "mlserve.cli", "drift", "report", "--model", "fraud",
+             "--registry", str(trained.registry_root), "--data", str(tmp_path / data),
+             "--out", str(tmp_path / out), "--quiet"],
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode in (0, 1), done.stderr
+        assert f"wrote {tmp_path / out / 'report.html'}" in done.stdout
+        body = json.loads((tmp_path / out / "report.json").read_text())
+        return done.returncode, body, (tmp_path / out / "report.html").read_text()
+
+    code, body, page = report("calm.csv", "calm")
+    assert code == 0 and body["drift"]["drifted_features"] == []
+    assert body["drift"]["rows"] == 3000 and body["model"] == "fraud"
+    assert set(body["drift"]["features"]) == set(trained.features)
+    # the label column was there: the model scores this table as it scored its test split
+    assert body["current_metrics"]["log_loss"] == pytest.approx(
+        body["reference_metrics"]["log_loss"], abs=0.1)
+    code, body, page = report("drifted.parquet", "drifted")
+    assert set(body["drift"]["drifted_features"]) == DRIFTED
+    assert code == (1 if body["drift"]["dataset_drift"] else 0)
+    amount = body["drift"]["features"]["amount"]
+    assert amount["test"] == "wasserstein" and amount["wasserstein"] >= 0.1
+    assert len(amount["bins"]) == len(amount["current_shares"]) == len(amount["reference_shares"])
+    assert page.count("data:image/png;base64,") == len(trained.features) + 1  # + prediction
+    assert "<th>PSI</th>" in page and "amount" in page
+    bad = subprocess.run([sys.executable, "-m", "mlserve.cli", "drift", "report", "--model",
+                          "fraud", "--registry", str(trained.registry_root), "--data",
+                          str(tmp_path / "missing.csv")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr

@@ -15,9 +15,14 @@ Plain immutable data, validated at construction (InvalidInput naming the field).
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from mlserve.errors import InvalidInput
 
@@ -167,3 +172,17 @@ class WindowSpec:
     def describe(self) -> str:
         unit = "rows" if self.by == "rows" else "s"
         return f"{self.kind}:{self.size:g}{unit}"
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A monitoring/drift settings file as a dict: TOML when it ends in .toml, else JSON;
+    InvalidInput naming the file when it cannot be read or is not a table."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if file.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"config file {str(file)!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"config file {str(file)!r}: expected a table/object")
+    return data

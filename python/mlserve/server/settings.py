@@ -9,14 +9,11 @@ Immutable, hence thread-safe.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import tomllib
+from typing import TYPE_CHECKING
 
 from mlserve.config import BatcherConfig
 from mlserve.errors import InvalidInput
@@ -99,18 +96,11 @@ class ServerSettings:
 
     def monitoring_config(self) -> MonitoringConfig:
         """The monitoring settings: the config file's, overridden by the flags given."""
+        from mlserve.drift.config import read_config_file
         from mlserve.server.monitoring import MonitoringConfig
 
-        data: dict[str, Any] = {}
-        if self.monitoring_config_file is not None:
-            path = Path(self.monitoring_config_file)
-            try:
-                text = path.read_text(encoding="utf-8")
-                data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-            except (OSError, ValueError) as exc:
-                raise InvalidInput(f"monitoring config {str(path)!r}: {exc}") from None
-            if not isinstance(data, dict):
-                raise InvalidInput(f"monitoring config {str(path)!r}: expected a table/object")
+        data = ({} if self.monitoring_config_file is None
+                else read_config_file(self.monitoring_config_file))
         return MonitoringConfig.from_dict(
             data, interval_s=self.monitoring_interval_s, window=self.monitoring_window,
             alert_webhook_url=self.alert_webhook_url, alert_min_rows=self.alert_min_rows)
