@@ -292,3 +292,112 @@ def test_drift_report_cli(trained: Trained, tmp_path: Path) -> None:
                           "fraud", "--registry", str(trained.registry_root), "--data",
                           str(tmp_path / "missing.csv")], capture_output=True, text=True)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+# ---- shipped deploy files ------------------------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+_METRIC = r"\b((?:mlserve|process)_[a-z0-9_]+)\b"
+
+
+def _exported(url: str) -> dict[str, set[str]]:
+    """Every sample name /metrics can carry (counter families as name_total, histogram families
+    as _bucket/_count/_sum), each with the label names seen on its samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        names = {"counter": [family.name + "_total"],
+                 "histogram": [family.name + s for s in ("_bucket", "_count", "_sum")]}.get(
+            family.type, [family.name])
+        for name in names:
+            out.setdefault(name, set())
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(sample.labels)
+    return out
+
+
+def _check_promql(expr: str, exported: dict[str, set[str]], where: str) -> None:
+    import re
+
+    assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), where
+    names = set(re.findall(_METRIC, expr))
+    assert names, f"{where}: no mlserve metric in {expr!r}"
+    unknown = names - set(exported)
+    assert not unknown, f"{where}: {sorted(unknown)} are not exported by /metrics"
+    known_labels = set().union(*(exported[n] for n in names)) | {"le"}
+    for name, matchers in re.findall(_METRIC + r"\{([^}]*)\}", expr):
+        for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers):
+            assert not exported[name] or label in exported[name], \
+                f"{where}: {name} has no label {label!r}"
+    for group in re.findall(r"\bby \(([^)]*)\)", expr):
+        for label in (g.strip() for g in group.split(",")):
+            assert label in known_labels or not any(exported[n] for n in names), \
+                f"{where}: no metric of {expr!r} has the label {label!r}"
+
+
+def test_prometheus_rules_are_valid(server: ServerProcess) -> None:
+    import re
+    import shutil
+    import subprocess
+
+    import yaml
+
+    path = DEPLOY / "prometheus" / "alerts.yml"
+    doc = yaml.safe_load(path.read_text())
+    assert set(doc) == {"groups"} and doc["groups"]
+    exported = _exported(server.url)
+    alerts = set()
+    for group in doc["groups"]:
+        assert set(group) <= {"name", "interval", "rules"} and group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+            assert {"alert", "expr", "labels", "annotations"} <= set(rule), rule
+            assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", rule["alert"])
+            assert rule["alert"] not in alerts
+            alerts.add(rule["alert"])
+            assert re.fullmatch(r"(\d+[smhd])+", str(rule.get("for", "0s")))
+            assert rule["labels"]["severity"] in ("warning", "critical")
+            assert {"summary", "description"} <= set(rule["annotations"])
+            _check_promql(rule["expr"], exported, rule["alert"])
+    # the rules named like the server's own alerts watch the same things
+    assert {"MlserveFeatureDrift", "MlservePredictionDrift", "MlserveDatasetDrift",
+            "MlserveDataQuality"} <= alerts
+    promtool = shutil.which("promtool")
+    if promtool is not None:  # the full parser where it is installed
+        done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_grafana_dashboard_is_valid(server: ServerProcess) -> None:
+    import re
+
+    dash = json.loads((DEPLOY / "grafana" / "mlserve.json").read_text())
+    assert {"title", "uid", "panels", "templating", "schemaVersion", "time"} <= set(dash)
+    variables = {v["name"] for v in dash["templating"]["list"]}
+    assert {"datasource", "model", "version"} <= variables
+    exported = _exported(server.url)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    covered = set()
+    for panel in dash["panels"]:
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["type"] in ("timeseries", "table", "stat", "gauge") and panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert panel["targets"] and len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            used = set(re.findall(r"\$(\w+)", expr)) - {"__rate_interval"}
+            assert used <= variables, f"{panel['title']}: undefined variables {used - variables}"
+            _check_promql(expr.replace("$__rate_interval", "5m"), exported, panel["title"])
+            covered |= set(re.findall(_METRIC, expr))
+    # every drift statistic the server exports per feature has a panel
+    for name in ("mlserve_feature_drift_psi", "mlserve_feature_drift_js",
+                 "mlserve_feature_drift_ks_pvalue", "mlserve_feature_drift_wasserstein",
+                 "mlserve_feature_missing_rate", "mlserve_prediction_drift_psi",
+                 "mlserve_online_accuracy", "mlserve_alerts_firing"):
+        assert name in covered, name
