@@ -10,7 +10,11 @@ alone allows on this machine, with the load generator sharing the same cores.
 Closed loop (wrk 4.1 with ``bench/wrk_report.lua``; ``-t min(2, C) -c C``): one-row requests
 to ``/v2/models/fraud/infer`` as msgpack (one FP32 tensor ``input`` [1, f_in], raw bytes) and as
 v2 JSON, and the msgpack body POSTed to the echo server; req/s, p50/p99/p99.9 latency (µs) and
-errors (status >= 400 or socket errors) at each concurrency, interleaved by round. Without wrk
+errors (status >= 400 or socket errors) at each concurrency, interleaved by round. "msgpack" and
+"json" go to a server started with ``--no-monitoring``; "msgpack+monitoring" sends the same
+msgpack body to a second server with monitoring on (drift sample, prediction log, a monitoring
+tick every second), so ``msgpack+monitoring/msgpack`` is the hot-path cost of monitoring
+(target: at most 5% fewer req/s). Without wrk
 the scenario says so and uses a Python asyncio closed-loop client instead (slower: its figures
 are bounded by the client).
 
@@ -84,7 +88,9 @@ _INFER_PATH = f"/v2/models/{_MODEL}/infer"
 _READY_PATH = "/v2/health/ready"
 _MSGPACK = "application/msgpack"
 _JSON = "application/json"
-_TARGETS = ("msgpack", "json", "echo")
+_TARGETS = ("msgpack", "msgpack+monitoring", "json", "echo")
+#: Monitoring may cost at most 5% of the msgpack req/s.
+_MONITORING_TARGET = 0.95
 #: Headline: msgpack req/s over echo req/s at this concurrency (or the highest measured).
 _HEAD_CONCURRENCY = 64
 _TARGET_RATIO = 0.6
@@ -608,7 +614,7 @@ def run(level: str) -> dict[str, Any]:
     conc: list[int] = list(cfg["concurrency"])
     with tempfile.TemporaryDirectory(prefix="mlserve-bench-http-") as tmp_name:
         tmp = Path(tmp_name)
-        port, echo_port = _free_port(), _free_port()
+        port, echo_port, monitored_port = _free_port(), _free_port(), _free_port()
         echo_cmd = [
             sys.executable,
             "-m",
@@ -631,21 +637,16 @@ def run(level: str) -> dict[str, Any]:
         server_log, echo_log = tmp / "server.log", tmp / "echo.log"
         with _process(echo_cmd, echo_log) as echo_proc:
             row, signature, train_s = _train(tmp)
-            cmd = [
-                *serve_cmd,
-                "--registry",
-                str(tmp / "registry"),
-                "--model",
-                _MODEL,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
-            with _process(cmd, server_log) as server_proc:
+            common = [*serve_cmd, "--registry", str(tmp / "registry"), "--model", _MODEL,
+                      "--host", "127.0.0.1", "--log-level", "warning"]
+            cmd = [*common, "--port", str(port), "--no-monitoring"]
+            monitored_cmd = [*common, "--port", str(monitored_port), "--monitoring-interval", "1"]
+            monitored_log = tmp / "server-monitoring.log"
+            with _process(cmd, server_log) as server_proc, \
+                    _process(monitored_cmd, monitored_log) as monitored_proc:
                 start_s = _wait_ready(server_proc, port, server_log, "mlserve serve")
+                _wait_ready(monitored_proc, monitored_port, monitored_log,
+                            "mlserve serve (monitoring on)")
                 logger.info("trained in %.1f s; server ready %.1f s after start", train_s, start_s)
                 _wait_ready(echo_proc, echo_port, echo_log, "the echo server")
                 packed, as_json, x = _bodies(row, signature)
@@ -655,6 +656,8 @@ def run(level: str) -> dict[str, Any]:
                 bodies["json"].write_bytes(as_json)
                 targets = {
                     "msgpack": (port, _INFER_PATH, bodies["msgpack"], _MSGPACK),
+                    "msgpack+monitoring": (monitored_port, _INFER_PATH, bodies["msgpack"],
+                                           _MSGPACK),
                     "json": (port, _INFER_PATH, bodies["json"], _JSON),
                     "echo": (echo_port, _INFER_PATH, bodies["msgpack"], _MSGPACK),
                 }
@@ -676,7 +679,8 @@ def run(level: str) -> dict[str, Any]:
                             logger.info("closed loop: %s, %d connections", target, c)
                             r = closed(target, c, cfg["duration_s"])
                             runs.setdefault((target, c), []).append(r)
-                            if target != "echo" and server_proc.poll() is not None:
+                            if target != "echo" and (server_proc.poll() is not None
+                                                     or monitored_proc.poll() is not None):
                                 raise RuntimeError(
                                     f"mlserve serve died during the run; log tail:\n"
                                     f"{_tail(server_log)}"
@@ -705,6 +709,7 @@ def run(level: str) -> dict[str, Any]:
                         )
                         open_m.append({"target": target, "fraction": frac, **o})
                 metrics = _metrics_snapshot(port)
+                monitoring = _monitoring_snapshot(monitored_port)
     return _result(
         level,
         cfg,
@@ -721,9 +726,23 @@ def run(level: str) -> dict[str, Any]:
             "msgpack_body_bytes": len(packed),
             "json_body_bytes": len(as_json),
             "serve_command": " ".join(Path(a).name if a == sys.executable else a for a in cmd),
+            "monitored_serve_command": " ".join(
+                Path(a).name if a == sys.executable else a for a in monitored_cmd),
+            "monitoring": monitoring,
             **verified,
         },
     )
+
+
+def _monitoring_snapshot(port: int) -> dict[str, Any]:
+    """What the monitored server's /monitoring says after the run (rows in its window)."""
+    try:
+        status, body = _get(port, f"/v2/models/{_MODEL}/monitoring", timeout=5.0)
+        version = json.loads(body)["versions"][0]
+        return {"status": status, "window_rows": version.get("window_rows"),
+                "window": version.get("window")}
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        return {"status": None, "error": str(exc)}
 
 
 def _result(
@@ -740,8 +759,11 @@ def _result(
     ratios: dict[str, float] = {}
     for c in conc:
         echo = closed_m[("echo", c)]["requests_per_s"]
-        for target in ("msgpack", "json"):
+        for target in ("msgpack", "msgpack+monitoring", "json"):
             ratios[f"{target}/echo req/s c={c}"] = closed_m[(target, c)]["requests_per_s"] / echo
+        ratios[f"msgpack+monitoring/msgpack req/s c={c}"] = (
+            closed_m[("msgpack+monitoring", c)]["requests_per_s"]
+            / closed_m[("msgpack", c)]["requests_per_s"])
     mp_open = [o for o in open_m if o["target"] == "msgpack"]
     half = min(mp_open, key=lambda o: abs(o["fraction"] - _HALF_LOAD))
     for o in mp_open:
@@ -809,7 +831,17 @@ def _result(
                 f"{o['achieved_per_s']:.0f}/s of {o['offered_per_s']:.0f}/s offered (the "
                 "server or the Python generator fell behind)."
             )
+    for c in conc:
+        cost = ratios[f"msgpack+monitoring/msgpack req/s c={c}"]
+        if cost < _MONITORING_TARGET:
+            notes.append(f"monitoring cost {1 - cost:.1%} of the msgpack req/s at c={c} "
+                         f"(target: at most {1 - _MONITORING_TARGET:.0%}).")
     notes += [
+        f"monitoring: `{setup['monitored_serve_command']}` serves 'msgpack+monitoring' (row "
+        "sample, prediction histogram and prediction log per batch in the core, one "
+        "monitoring tick per second); its window held "
+        f"{setup['monitoring'].get('window_rows')} rows after the run. 'msgpack' and 'json' "
+        "go to the server without monitoring.",
         f"server: `{setup['serve_command']}` (server defaults otherwise: 1 worker, dynamic "
         f"batching); ready {setup['server_ready_s']:.1f} s after start; model trained in "
         f"{setup['train_s']:.1f} s on {_TRAIN_ROWS} rows, f_in = {setup['f_in']}.",

@@ -2,6 +2,7 @@
 #include "monitor/prediction_log.h"
 
 #include <chrono>
+#include <functional>
 
 #include "backends/backend.h"
 #include "batcher/dynamic_batcher.h"
@@ -16,27 +17,31 @@ int64_t UnixNowNs() {
       .count();
 }
 
+uint64_t TagHash(const std::string& tag) { return std::hash<std::string>{}(tag); }
+
 }  // namespace
 
 void PredictionLog::Configure(int64_t max_entries, int64_t max_age_ns) {
   if (max_entries < 0) ThrowInvalid("prediction log: max_entries must be >= 0 (0 = off)");
+  if (max_entries > (int64_t{1} << 26)) ThrowInvalid("prediction log: max_entries must be <= 67108864");
   if (max_age_ns < 0) ThrowInvalid("prediction log: max_age must be >= 0 (0 = no age bound)");
   std::lock_guard<std::mutex> lock(mu_);
-  max_entries_ = max_entries;
   max_age_ns_ = max_age_ns;
-  first_seq_ += entries_.size();
-  entries_.clear();
+  ring_.clear();
+  ring_.shrink_to_fit();
+  ring_.resize(static_cast<size_t>(max_entries));
+  first_seq_ = next_seq_ = 0;
   index_.clear();
+  index_.reserve(static_cast<size_t>(max_entries));
   enabled_.store(max_entries > 0, std::memory_order_relaxed);
 }
 
-void PredictionLog::EvictLocked(int64_t now_ns) {
-  while (!entries_.empty() &&
-         (static_cast<int64_t>(entries_.size()) > max_entries_ ||
-          (max_age_ns_ > 0 && now_ns - entries_.front().unix_ns > max_age_ns_))) {
-    auto it = index_.find(entries_.front().tag);
+void PredictionLog::EvictLocked(int64_t now_ns, uint64_t room) {
+  while (first_seq_ < next_seq_ &&
+         (next_seq_ - first_seq_ + room > ring_.size() ||
+          (max_age_ns_ > 0 && now_ns - SlotLocked(first_seq_).unix_ns > max_age_ns_))) {
+    auto it = index_.find(TagHash(SlotLocked(first_seq_).tag));
     if (it != index_.end() && it->second == first_seq_) index_.erase(it);
-    entries_.pop_front();
     ++first_seq_;
   }
 }
@@ -48,32 +53,31 @@ void PredictionLog::Record(const std::vector<std::shared_ptr<Request>>& batch, c
   int64_t row = 0;
   for (const auto& r : batch) {
     if (!r->tag.empty()) {
-      LoggedPrediction e;
-      e.tag = r->tag;
+      EvictLocked(now, 1);  // a full ring drops its oldest entry
+      LoggedPrediction& e = SlotLocked(next_seq_);
+      e.tag.assign(r->tag);  // reuses the slot's capacity
       e.unix_ns = now;
       e.rows = r->rows;
       e.width = out.width;
       const float* first = out.data.data() + row * out.width;
       e.outputs.assign(first, first + r->rows * out.width);
-      index_[e.tag] = first_seq_ + entries_.size();
-      entries_.push_back(std::move(e));
+      index_[TagHash(e.tag)] = next_seq_++;
     }
     row += r->rows;
   }
-  EvictLocked(now);
 }
 
 std::vector<std::optional<LoggedPrediction>> PredictionLog::Find(const std::vector<std::string>& tags) {
   std::lock_guard<std::mutex> lock(mu_);
-  EvictLocked(UnixNowNs());
+  EvictLocked(UnixNowNs(), 0);
   std::vector<std::optional<LoggedPrediction>> out;
   out.reserve(tags.size());
   for (const auto& tag : tags) {
-    auto it = index_.find(tag);
-    if (it == index_.end()) {
+    auto it = index_.find(TagHash(tag));
+    if (it == index_.end() || SlotLocked(it->second).tag != tag) {
       out.emplace_back(std::nullopt);
     } else {
-      out.emplace_back(entries_[static_cast<size_t>(it->second - first_seq_)]);
+      out.emplace_back(SlotLocked(it->second));
     }
   }
   return out;
@@ -81,8 +85,8 @@ std::vector<std::optional<LoggedPrediction>> PredictionLog::Find(const std::vect
 
 int64_t PredictionLog::size() {
   std::lock_guard<std::mutex> lock(mu_);
-  EvictLocked(UnixNowNs());
-  return static_cast<int64_t>(entries_.size());
+  EvictLocked(UnixNowNs(), 0);
+  return static_cast<int64_t>(next_seq_ - first_seq_);
 }
 
 }  // namespace mlserve

@@ -25,7 +25,9 @@ Three kinds:
   detected}``, ``mlserve_dataset_drift_{share,detected}``, ``mlserve_monitoring_window_rows``,
   the online metrics ``mlserve_online_{accuracy,roc_auc,log_loss,rmse,mae,labels}`` and
   ``mlserve_feedback_labels_total`` (by outcome); ``mlserve_alerts_firing`` per firing alert;
-  and the counter ``mlserve_alert_notifications_total`` (webhook POSTs by outcome). With
+  the counters ``mlserve_alert_notifications_total`` (webhook POSTs by outcome),
+  ``mlserve_monitoring_ticks_total`` and ``mlserve_monitoring_cpu_seconds_total`` (what the
+  monitoring thread costs). With
   several workers monitoring is off (each process sees a share of the traffic): the families
   are declared without samples.
 
@@ -96,9 +98,10 @@ MODEL_LOADS = Counter(
 
 EngineSource = Callable[[], Iterable[tuple[str, str, dict[str, Any]]]]
 #: Per monitored version (model, version, latest DriftReport or None, online metrics, firing
-#: alerts); and webhook deliveries by outcome.
+#: alerts); and the server-wide counts: webhook deliveries ("delivered", "failed"), "ticks" and
+#: "tick_cpu_s" (CPU seconds of the monitoring thread).
 MonitoredVersion = tuple[str, str, Any, dict[str, Any], list[Any]]
-MonitoringSource = Callable[[], tuple[Iterable[MonitoredVersion], dict[str, int]]]
+MonitoringSource = Callable[[], tuple[Iterable[MonitoredVersion], dict[str, float]]]
 
 _LABELS = ["model", "version"]
 #: Engine.stats() key -> (counter name, help).
@@ -204,7 +207,7 @@ def _number(value: Any) -> float | None:
 
 
 def monitoring_families(versions: Iterable[MonitoredVersion],
-                        notifications: dict[str, int]) -> list[Any]:
+                        counts: dict[str, float]) -> list[Any]:
     """Metric families of the monitoring results (see the module docstring); a statistic not
     computed (no data, not applicable) is left out rather than exported as NaN. Every family is
     declared even without samples (monitoring off, nothing loaded yet), so /metrics has the same
@@ -231,8 +234,15 @@ def monitoring_families(versions: Iterable[MonitoredVersion],
                                labels=[*_LABELS, "alertname", "feature", "check"])
     delivered = CounterMetricFamily("mlserve_alert_notifications",
                                     "Alert webhook deliveries by outcome.", labels=["outcome"])
-    for outcome, count in sorted(notifications.items()):
-        delivered.add_metric([outcome], float(count))
+    for outcome in ("delivered", "failed"):
+        if outcome in counts:
+            delivered.add_metric([outcome], float(counts[outcome]))
+    ticks = CounterMetricFamily("mlserve_monitoring_ticks", "Monitoring intervals evaluated.")
+    tick_cpu = CounterMetricFamily("mlserve_monitoring_cpu_seconds",
+                                   "CPU time the monitoring thread spent reading and judging.")
+    if "ticks" in counts:
+        ticks.add_metric([], float(counts["ticks"]))
+        tick_cpu.add_metric([], float(counts["tick_cpu_s"]))
     for model, version, report, performance, alerts in versions:
         lv = [model, version]
         rows.add_metric(lv, float(performance.get("window_rows", 0)))
@@ -260,7 +270,7 @@ def monitoring_families(versions: Iterable[MonitoredVersion],
             share.add_metric(lv, float(report.drift_share))
             dataset.add_metric(lv, float(bool(report.dataset_drift)))
     return [*feature.values(), *quality.values(), *prediction.values(), share, dataset, rows,
-            *online.values(), feedback, firing, delivered]
+            *online.values(), feedback, firing, delivered, ticks, tick_cpu]
 
 
 class MonitoringCollector(Collector):

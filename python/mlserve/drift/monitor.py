@@ -15,6 +15,7 @@ other threads see either the previous report or the new one.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,12 +37,25 @@ class MonitorSettings:
     window: WindowSpec = field(default_factory=WindowSpec)
     drift: DriftConfig = field(default_factory=DriftConfig)
     sample_rows: int = 5000
-    """Rows of the uniform sample per interval and per window (KS/Wasserstein, out-of-range)."""
+    """Rows of the window's uniform sample (KS/Wasserstein, out-of-range rates)."""
+    chunk_sample_rows: int | None = None
+    """Rows the core samples per interval (None: ``sample_rows``). A sliding window of many
+    intervals needs only a share of ``sample_rows`` from each: see :func:`chunk_sample_rows`."""
     log_entries: int = 100_000
     """Requests kept in the prediction log for feedback (0: no log)."""
     log_max_age_s: float = 3600.0
     """Oldest logged prediction feedback can still join, in seconds (0: no age bound)."""
     seed: int = 0
+
+
+def chunk_sample_rows(sample_rows: int, window: WindowSpec, interval_s: float) -> int:
+    """Rows to sample per interval so that a window by time still merges into about
+    ``sample_rows`` rows: twice its share of them (traffic varies between intervals), at least
+    100, at most ``sample_rows``; windows by rows take ``sample_rows`` per interval."""
+    if window.by != "time":
+        return sample_rows
+    intervals = max(1.0, window.size / interval_s)
+    return int(min(sample_rows, max(100, math.ceil(2 * sample_rows / intervals))))
 
 
 def histogram_bins(snapshot: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -73,8 +87,9 @@ class EngineMonitor:
         prediction = profile.prediction
         argmax = isinstance(prediction, CategoricalReference)
         edges = [] if prediction is None or argmax else list(prediction.edges)  # type: ignore[union-attr]
+        per_interval = self.settings.chunk_sample_rows or self.settings.sample_rows
         engine.configure_monitoring(
-            sample_rows=self.settings.sample_rows, prediction_edges=edges,
+            sample_rows=per_interval, prediction_edges=edges,
             prediction_argmax=argmax, seed=self.settings.seed,
             log_entries=self.settings.log_entries, log_max_age_s=self.settings.log_max_age_s)
         self._previous = histogram_bins(engine.histograms(reset=False))

@@ -28,7 +28,7 @@ from typing import Any
 
 from mlserve.drift.alerts import AlertConfig, AlertEvaluator, AlertSink
 from mlserve.drift.config import DriftConfig, WindowSpec
-from mlserve.drift.monitor import EngineMonitor, MonitorSettings
+from mlserve.drift.monitor import EngineMonitor, MonitorSettings, chunk_sample_rows
 from mlserve.drift.performance import OnlinePerformance
 from mlserve.drift.profile import ReferenceProfile
 from mlserve.errors import InvalidInput, MlserveError, ModelNotFound
@@ -68,10 +68,14 @@ class MonitoringConfig:
             raise InvalidInput(f"monitoring config: unknown keys {', '.join(unknown)} (known: "
                                f"{', '.join(sorted(known))})")
         values = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        window = WindowSpec.parse(values["window"]) if "window" in values else WindowSpec()
+        interval_s = float(values.get("interval_s", cls.interval_s))
+        sample_rows = int(values.get("sample_rows", MonitorSettings.sample_rows))
         monitor = MonitorSettings(
-            window=WindowSpec.parse(values["window"]) if "window" in values else WindowSpec(),
+            window=window,
             drift=DriftConfig.from_dict(values.get("drift") or {}),
-            sample_rows=int(values.get("sample_rows", MonitorSettings.sample_rows)),
+            sample_rows=sample_rows,
+            chunk_sample_rows=chunk_sample_rows(sample_rows, window, interval_s),
             log_entries=int(values.get("log_entries", MonitorSettings.log_entries)),
             log_max_age_s=float(values.get("log_max_age_s", MonitorSettings.log_max_age_s)))
         alerts = dict(values.get("alerts") or {})
@@ -80,7 +84,7 @@ class MonitoringConfig:
         for key in ("webhook_url", "min_rows"):
             if f"alert_{key}" in values:
                 alerts[key] = values[f"alert_{key}"]
-        return cls(interval_s=float(values.get("interval_s", cls.interval_s)), monitor=monitor,
+        return cls(interval_s=interval_s, monitor=monitor,
                    alerts=AlertConfig(**alerts),
                    performance_window_s=float(values.get("performance_window_s",
                                                          cls.performance_window_s)))
@@ -106,6 +110,9 @@ class ServerMonitoring:
         self.watched: dict[tuple[str, str], _Watched] = {}
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "mlserve-monitoring")
         self._skipped: set[tuple[str, str]] = set()
+        #: Ticks run, and the CPU seconds the monitoring thread spent in them.
+        self.ticks = 0
+        self.tick_cpu_s = 0.0
 
     # ---- the background task ---------------------------------------------------------------
 
@@ -126,7 +133,9 @@ class ServerMonitoring:
         now = time.time()
         watched = list(self.watched.items())
         loop = asyncio.get_running_loop()
-        reports = await loop.run_in_executor(self._thread, _tick_monitors, watched, now)
+        reports, cpu_s = await loop.run_in_executor(self._thread, _tick_monitors, watched, now)
+        self.ticks += 1
+        self.tick_cpu_s += cpu_s
         for (model, version), report in reports:
             if report is None:
                 continue
@@ -256,7 +265,7 @@ class ServerMonitoring:
     # ---- metrics ------------------------------------------------------------------------------
 
     def metric_source(self) -> tuple[list[tuple[str, str, Any, dict[str, Any], list[Any]]],
-                                     dict[str, int]]:
+                                     dict[str, float]]:
         """(model, version, latest report, performance, firing alerts) per monitored version,
         and webhook deliveries by outcome: :func:`mlserve.metrics.monitoring_families`."""
         now = time.time()
@@ -265,13 +274,15 @@ class ServerMonitoring:
                                               "window_rows": w.monitor.window_rows},
                      [a for a in firing if a.model == m and a.version == v])
                     for (m, v), w in list(self.watched.items())]
-        return versions, {"delivered": self.sink.delivered, "failed": self.sink.failed}
+        return versions, {"delivered": self.sink.delivered, "failed": self.sink.failed,
+                          "ticks": self.ticks, "tick_cpu_s": self.tick_cpu_s}
 
 
 def _tick_monitors(watched: list[tuple[tuple[str, str], _Watched]], now: float
-                   ) -> list[tuple[tuple[str, str], Any]]:
+                   ) -> tuple[list[tuple[tuple[str, str], Any]], float]:
     """Runs in the monitoring thread: every monitor's tick (an engine closed meanwhile is
-    skipped; it is forgotten at the next sync)."""
+    skipped; it is forgotten at the next sync); and the thread's CPU seconds spent."""
+    started = time.thread_time()
     out = []
     for key, w in watched:
         try:
@@ -280,4 +291,4 @@ def _tick_monitors(watched: list[tuple[tuple[str, str], _Watched]], now: float
             logger.debug("monitor %s/%s skipped this tick: %s", *key, exc)
         except Exception:
             logger.exception("monitor %s/%s failed this tick", *key)
-    return out
+    return out, time.thread_time() - started
