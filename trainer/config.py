@@ -64,7 +64,7 @@ class TrainConfig:
     ``--set unknown_category_features=country:error,channel:missing``."""
     histogram_bins: int = 10
     """Quantile bins of the drift reference profile per numeric feature (deciles: 10)."""
-    reference_sample: int = 2000
+    reference_sample: int = 5000
     """Raw training values per numeric feature (and predictions) kept in the drift reference
     profile for the KS and Wasserstein tests, >= 0 (0: none; those tests are then skipped)."""
     min_rows: int = 50

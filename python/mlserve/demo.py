@@ -6,7 +6,9 @@ feature plan, torch MLP, TorchScript + ONNX export, drift reference), registers 
 (native normalization, dynamic batching, onnxruntime) and prints the held-out evaluation,
 predictions on fresh transactions, throughput per access pattern, batch sizes and the drift
 histogram counted while serving; then starts ``mlserve serve`` on a free local port and sends
-real requests with :mod:`mlserve.client` (predictions, latency, where /metrics is).
+real requests with :mod:`mlserve.client` (predictions, latency, where /metrics is), then normal
+and drifted traffic: the server's drift report (``/monitoring``), online metrics from feedback
+labels, and the offline HTML drift report (``mlserve drift report``) of the drifted rows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from rich.table import Table
 
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
+
+#: The demo server's monitoring: a short window so that drift shows within seconds.
+_DEMO_INTERVAL_S = 0.5
+_DEMO_WINDOW_S = 4.0
 
 
 def _rate(count: int, seconds: float) -> str:
@@ -70,6 +76,7 @@ def run(
         inputs = engine.bundle.signature["inputs"]
     if http:
         _serve_http(console, reg.root, fresh, inputs)
+        _drift(console, reg, fresh, inputs, version.version)
 
 
 def _serve_http(console: Console, registry_root: Path, fresh: Any,
@@ -86,15 +93,21 @@ def _serve_http(console: Console, registry_root: Path, fresh: Any,
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlserve.cli", "serve", "--registry", str(registry_root),
-           "--model", "fraud@champion", "--port", str(port), "--log-level", "warning"]
+           "--model", "fraud@champion", "--port", str(port), "--log-level", "warning",
+           "--monitoring-interval", str(_DEMO_INTERVAL_S),
+           "--monitoring-window", f"sliding:{_DEMO_WINDOW_S:g}s", "--alert-min-rows", "200"]
     console.rule(f"[bold]HTTP: mlserve serve on {url} (KServe v2 + msgpack)")
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The server's log (an access-log line per request) goes to a file: a pipe nobody reads
+    # would fill up and block the server.
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     try:
         with Client(url, codec="msgpack") as client:
             deadline = time.monotonic() + 60
             while not client.ready():
                 if server.poll() is not None or time.monotonic() > deadline:
-                    err = server.stderr.read().decode() if server.stderr else ""
+                    log.seek(0)
+                    err = log.read().decode(errors="replace")
                     raise RuntimeError(f"the server did not become ready: {err[-2000:]}")
                 time.sleep(0.1)
             rows = fresh.head(5)
@@ -132,12 +145,96 @@ def _serve_http(console: Console, registry_root: Path, fresh: Any,
         console.print(f"Prometheus metrics at {url}/metrics, e.g.:")
         for line in shown[:4]:
             console.print(f"  {line}", markup=False)
+        _drifted_traffic(console, url, fresh, inputs)
     finally:
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
+
+
+def _drifted_traffic(console: Console, url: str, fresh: Any,
+                     inputs: list[dict[str, Any]]) -> None:
+    """Normal, then drifted traffic (amount and channel shift) to the server; prints its drift
+    report and the online metrics of the feedback labels sent for the drifted requests."""
+    from mlserve.client import Client
+    from mlserve.trainer import datasets, encode_rows
+
+    console.rule(f"[bold]monitoring: normal, then drifted traffic ({_DEMO_WINDOW_S:g} s "
+                 "sliding window)")
+    drifted = datasets.card_transactions(len(fresh), seed=9, drift=1.0,
+                                         drift_features=["amount", "channel"])
+    normal_x = encode_rows(fresh, inputs)
+    drifted_x = encode_rows(drifted, inputs)
+    labels = drifted["is_fraud"].to_numpy()
+    with Client(url) as client:
+        def send(x: np.ndarray, seconds: float) -> tuple[list[str], list[list[int]]]:
+            ids, truth, i = [], [], 0
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                start = (i * 20) % (len(x) - 20)
+                result = client.infer("fraud", x[start:start + 20])
+                if result.request_id is not None:
+                    ids.append(result.request_id)
+                    truth.append([int(v) for v in labels[start:start + 20]])
+                i += 1
+            return ids, truth
+
+        send(normal_x, _DEMO_WINDOW_S + 1.0)
+        calm = client.monitoring("fraud")["versions"][0]["drift"] or {}
+        ids, truth = send(drifted_x, _DEMO_WINDOW_S + 1.0)
+        time.sleep(2 * _DEMO_INTERVAL_S)
+        status = client.monitoring("fraud")["versions"][0]
+        answer = client.feedback("fraud", ids, truth)
+        performance = client.monitoring("fraud")["versions"][0]["performance"]
+    report = status["drift"] or {}
+    console.print(f"normal traffic: drifted features "
+                  f"{', '.join(calm.get('drifted_features') or []) or 'none'}")
+    table = Table(title=f"GET {url}/v2/models/fraud/monitoring after drifted traffic "
+                  f"({report.get('rows', 0):,} rows in the window)")
+    for col in ("feature", "test", "value", "threshold", "drift", "PSI", "JS"):
+        table.add_column(col, justify="right")
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, f in (report.get("features") or {}).items():
+        mark = "[bold red]yes[/]" if f["drifted"] else "no" if f["drifted"] is not None else "?"
+        table.add_row(name, f["test"], fmt(f["value"]), fmt(f["threshold"]), mark,
+                      f"{fmt(f['psi'])} {f['psi_level']}", fmt(f["js"]))
+    console.print(table)
+    alerts = sorted({a["labels"].get("feature", "") or a["labels"]["alertname"]
+                     for a in status.get("alerts", [])})
+    console.print(f"drifted: {', '.join(report.get('drifted_features') or []) or 'none'}; "
+                  f"alerts firing in the server: {', '.join(alerts) or 'none'} "
+                  "(log, and --alert-webhook URL)")
+    console.print(f"feedback: {answer['matched']:,} labelled requests joined by request id; "
+                  f"online ROC-AUC {fmt(performance.get('roc_auc'))}, accuracy "
+                  f"{fmt(performance.get('accuracy'))} over {performance.get('labels', 0):,} rows")
+    console.print("gauges: mlserve_feature_drift_{psi,js,ks_pvalue,wasserstein,detected}, "
+                  "mlserve_online_*, mlserve_alerts_firing at /metrics; alert rules and a "
+                  "Grafana dashboard in deploy/")
+
+
+def _drift(console: Console, reg: Any, fresh: Any, inputs: list[dict[str, Any]],
+           version: int) -> None:
+    """The offline drift report (HTML + JSON) of a drifted table against the model."""
+    from mlserve.drift.offline import resolve_bundle, table_report
+    from mlserve.drift.report import write_report
+    from mlserve.trainer import datasets
+
+    drifted = datasets.card_transactions(len(fresh), seed=10, drift=1.0,
+                                         drift_features=["amount", "channel"])
+    bundle = resolve_bundle(f"fraud/{version}", str(reg.root))
+    report = table_report(bundle, drifted)
+    out = Path(reg.root).parent / "reports" / f"drift-fraud-{version}"
+    html_path, _ = write_report(report, out)
+    d = report.drift
+    console.print(f"offline drift report of {d.rows:,} drifted rows (`mlserve drift report "
+                  f"--model fraud/{version} --data FILE`): drifted "
+                  f"{', '.join(d.drifted_features) or 'none'} -> {html_path}")
 
 
 def _serve(console: Console, engine: Engine, fresh: Any, x: np.ndarray, requests: int) -> None:

@@ -52,6 +52,16 @@ def test_demo_trains_registers_and_serves(tmp_path: Path) -> None:
     assert float(auc.group(1)) > 0.8  # the synthetic label has real signal; constant = 0.5
     assert "predict_many()" in done.stdout
     assert "drift histogram 'amount'" in done.stdout
+    # the monitoring part: the server's drift report after drifted traffic, feedback, and the
+    # offline HTML report (rich wraps long lines: match on the text with whitespace collapsed)
+    text = " ".join(done.stdout.split())
+    served = re.search(r"drifted: ([a-z_, ]*?); alerts firing", text)
+    assert served is not None and {"amount", "channel"} <= set(served.group(1).split(", ")), \
+        done.stdout
+    assert re.search(r"feedback: [0-9,]+ labelled requests joined", text)
+    offline = re.search(r"offline drift report .*?drifted ([a-z_, ]*?) -> ", text)
+    assert offline is not None and "amount" in offline.group(1), done.stdout
+    assert (registry.parent / "reports").is_dir()
     listing = run("registry", "--registry", str(registry), "show", "fraud@champion")
     assert listing.returncode == 0, listing.stderr
     assert "fraud" in listing.stdout
