@@ -142,8 +142,9 @@ class ReferenceProfile:
                 continue  # the core counts no histogram for it: nothing to compare online
             if profile.get("kind") == "numeric":
                 features[name] = _numeric(name, index, profile)
-            else:
+            elif (spec.get("ops") or [{}])[-1].get("op") == "onehot":
                 features[name] = _categorical(name, index, profile, spec, inputs.get(name, {}))
+            # hash_bucket categoricals have no per-category reference: not compared
         task = str(manifest.get("task", "binary"))
         return cls(features, _prediction(reference.get("prediction"), task),
                    int(reference.get("rows", 0)), task)
@@ -177,9 +178,6 @@ def _categorical(name: str, index: int, profile: Mapping[str, Any], spec: Mappin
     freqs = _array(profile.get("frequencies"), f"'{name}' frequencies")
     encoding = (spec.get("ops") or [{}])[-1]
     vocabulary = list(signature.get("vocabulary") or encoding.get("vocabulary") or [])
-    if encoding.get("op") != "onehot":
-        raise InvalidInput(f"reference profile of '{name}': drift is computed for onehot "
-                           f"categoricals only, not {encoding.get('op')!r}")
     size = len(vocabulary) or int(encoding.get("size", 0))
     if len(freqs) != size + 1:
         raise InvalidInput(f"reference profile of '{name}': {len(freqs)} frequencies for "
