@@ -39,7 +39,7 @@ from mlserve.errors import InvalidInput, MlserveError, QueueFull, Unavailable
 from mlserve.server import codecs
 from mlserve.server.accesslog import AccessLog
 from mlserve.server.models import ModelManager
-from mlserve.server.settings import ServerSettings
+from mlserve.server.settings import ServerSettings, check_backend, split_model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +322,7 @@ class MlserveApp:
         params = await _json_parameters(request)
         ref = params.get("ref")
         version = params.get("version")
+        backend = params.get("backend")
         if ref is None:
             if version is not None:
                 ref = f"{name}/{version}"
@@ -331,6 +332,10 @@ class MlserveApp:
                 ref = model.ref if model else (configured[0] if configured else name)
         if not isinstance(ref, str) or _model_name(ref) != name:
             raise InvalidInput(f"parameter 'ref' must be a ref of model {name!r}, got {ref!r}")
+        if backend is not None:
+            if not isinstance(backend, str):
+                raise InvalidInput(f"parameter 'backend' must be a string, got {backend!r}")
+            ref = f"{split_model_spec(ref)[0]}:{check_backend(backend)}"
         served = await self.manager.load(ref)
         return _json({"name": served.name, "version": served.version, "ref": ref})
 
@@ -360,7 +365,8 @@ def create_app(manager: ModelManager, settings: ServerSettings) -> MlserveApp:
 def app_from_env() -> MlserveApp:
     """Factory for uvicorn's ``--factory`` import string: settings from ``MLSERVE_SERVER_*``."""
     settings = ServerSettings.from_env()
-    manager = ModelManager(settings.registry, config=settings.batcher_config())
+    manager = ModelManager(settings.registry, config=settings.batcher_config(),
+                           backend=settings.backend, device=settings.device)
     return create_app(manager, settings)
 
 
@@ -476,4 +482,4 @@ def _watch_exit_signals() -> None:
 
 
 def _model_name(ref: str) -> str:
-    return ref.split("@", 1)[0].split("/", 1)[0]
+    return ref.split(":", 1)[0].split("@", 1)[0].split("/", 1)[0]  # REF[:BACKEND]

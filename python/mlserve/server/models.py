@@ -37,6 +37,7 @@ from mlserve.server.codecs import (
     TensorSpec,
     fast_msgpack_rows,
 )
+from mlserve.server.settings import split_model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -348,10 +349,13 @@ class ModelManager:
         *,
         config: BatcherConfig | None = None,
         backend: str = "onnxruntime",
+        device: int = 0,
     ) -> None:
         self.registry_root = registry_root
         self.config = config or BatcherConfig(max_batch_size=256, max_queue_delay_us=0)
+        #: Execution backend of refs that name none (``REF:BACKEND`` names one).
         self.backend = backend
+        self.device = device
         self.models: dict[str, ServedModel] = {}
         #: Model names that should be loaded for the server to be ready.
         self.expected: set[str] = set()
@@ -447,11 +451,14 @@ class ModelManager:
         return self._registry
 
     async def load(self, ref: str) -> ServedVersion:
-        """Loads ``ref`` and makes it its model's default version (hot swap if one serves)."""
+        """Loads ``ref`` (``REF[:BACKEND]``) and makes it its model's default version (hot swap
+        if one serves). Without ``:BACKEND`` the manager's backend executes it."""
         if self.draining:
             raise Unavailable("the server is shutting down; no model can be loaded")
+        registry_ref, named = split_model_spec(ref)
+        backend = named or self.backend
         loop = asyncio.get_running_loop()
-        resolved = await loop.run_in_executor(None, self._resolve, ref)
+        resolved = await loop.run_in_executor(None, self._resolve, registry_ref)
         name, version = resolved.name, str(resolved.version)
         key = f"{name}/{version}"
         self.expected.add(name)
@@ -464,7 +471,7 @@ class ModelManager:
             fut: asyncio.Future[ServedVersion] = loop.create_future()
             self._loading[key] = fut
             try:
-                served = await self._build(resolved.path, name, version, ref)
+                served = await self._build(resolved.path, name, version, ref, backend)
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     fut.set_exception(exc)
@@ -481,11 +488,13 @@ class ModelManager:
     def _resolve(self, ref: str) -> Any:
         return self._registry_instance().resolve(ref)
 
-    async def _build(self, path: Any, name: str, version: str, ref: str) -> ServedVersion:
+    async def _build(self, path: Any, name: str, version: str, ref: str,
+                     backend: str) -> ServedVersion:
         loop = asyncio.get_running_loop()
         engine = await loop.run_in_executor(
             None,
-            lambda: Engine.from_bundle(path, backend=self.backend, config=self.config),
+            lambda: Engine.from_bundle(path, backend=backend, config=self.config,
+                                       device=self.device),
         )
         try:
             served = ServedVersion(engine, name, version, ref)
@@ -495,7 +504,7 @@ class ModelManager:
             raise
         served.ready = True
         metrics.MODEL_LOADS.labels(name, version, "load").inc()
-        logger.info("loaded model %s/%s (ref %s)", name, version, ref)
+        logger.info("loaded model %s/%s (ref %s, backend %s)", name, version, ref, backend)
         return served
 
     def _publish(self, served: ServedVersion, ref: str) -> None:
