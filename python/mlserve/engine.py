@@ -138,9 +138,11 @@ class Engine:
         CPU, "torch-cuda" model.pt on GPU ``device``, "tensorrt" the engine model.plan made by
         ``mlserve build-engine`` on GPU ``device``.
         """
-        from mlserve.bundle import ModelBundle
+        from mlserve.bundle import BACKEND_ARTIFACTS, ModelBundle
 
         bundle = ModelBundle.load(path)
+        if backend not in BACKEND_ARTIFACTS:
+            bundle.model_for(backend)  # raises InvalidInput naming the bundle backends
         if backend in _GPU_BACKENDS:
             require_device(device, backend=backend)  # the first thing a GPU backend checks
         model = bundle.model_for(backend)

@@ -30,6 +30,7 @@ from mlserve import metrics
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
 from mlserve.errors import InvalidInput, ModelNotFound, Unavailable
+from mlserve.gpu import canonical_backend
 from mlserve.server.codecs import (
     InferRequest,
     InferResponse,
@@ -463,8 +464,11 @@ class ModelManager:
         key = f"{name}/{version}"
         self.expected.add(name)
         model = self.models.get(name)
-        if model is not None and version in model.versions and not model.versions[version].retired:
-            served = model.versions[version]
+        current = model.versions.get(version) if model is not None else None
+        same_backend = current is not None and (
+            canonical_backend(current.engine.backend) == canonical_backend(backend))
+        if current is not None and not current.retired and same_backend:
+            served = current
         elif key in self._loading:
             served = await asyncio.shield(self._loading[key])
         else:
@@ -516,11 +520,17 @@ class ModelManager:
             )
             return
         previous = model.versions.get(model.default)
+        replaced = model.versions.get(served.version)
         model.versions[served.version] = served
         model.default = served.version
         old_ref = model.ref
         model.ref = ref
-        if previous is not None and previous is not served and old_ref == ref:
+        if replaced is not None and replaced is not served:
+            # The same version on another backend: the new engine takes over, the old drains.
+            self._retire(replaced)
+            logger.info("hot swap %s/%s: backend %s -> %s", served.name, served.version,
+                        replaced.engine.backend, served.engine.backend)
+        elif previous is not None and previous is not served and old_ref == ref:
             # The same ref now names another version (its alias moved): retire the old one.
             del model.versions[previous.version]
             self._retire(previous)
