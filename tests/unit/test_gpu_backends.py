@@ -30,7 +30,6 @@ from mlserve.bundle import ModelBundle
 from mlserve.cli import main as cli_main
 from mlserve.errors import InternalError, InvalidInput, Unavailable
 from mlserve.registry import Registry
-from mlserve.server.models import ModelManager
 from mlserve.server.settings import ServerSettings, split_model_spec
 
 HAVE_GPU = bool(mlserve.cuda_devices())
@@ -172,6 +171,9 @@ def test_model_specs_name_their_backend() -> None:
 
 
 def test_model_manager_loads_with_the_named_backend(registry: Registry) -> None:
+    pytest.importorskip("orjson", reason="the server's codecs need orjson")
+    from mlserve.server.models import ModelManager
+
     async def load() -> tuple[str, str]:
         manager = ModelManager(str(registry.root))
         try:
