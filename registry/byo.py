@@ -2,8 +2,9 @@
 
 ``bundle_from_model`` writes a bundle directory (docs/bundle.md) around the model: the given
 feature plan, or an identity plan (one numeric column per model input, no ops) when none is
-given, a signature, checksums, and lineage that says the model was imported. The result serves
-exactly like a trained bundle (``Engine.from_registry``).
+given, a signature (categorical inputs with their unknown-category policy, docs/bundle.md),
+checksums, and lineage that says the model was imported. The result serves exactly like a
+trained bundle (``Engine.from_registry``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mlserve import __version__
-from mlserve.bundle import MANIFEST, sha256_file
+from mlserve.bundle import FORMAT_VERSION, MANIFEST, sha256_file
+from mlserve.categories import DEFAULT_UNKNOWN_POLICY, CategoryEncoder, check_policy_features
 from mlserve.errors import InvalidInput
 from mlserve.plan import FeaturePlan, load_spec
 
@@ -72,8 +75,14 @@ def bundle_from_model(
     inputs: list[tuple[str, str]] | None = None,
     input_width: int | None = None,
     task: str = "regression",
+    unknown_category: str = DEFAULT_UNKNOWN_POLICY,
+    unknown_category_features: Mapping[str, str] | None = None,
 ) -> Path:
-    """Writes a bundle around a model file; returns its directory (created, must not exist)."""
+    """Writes a bundle around a model file; returns its directory (created, must not exist).
+
+    ``unknown_category``: the unknown-category policy of every categorical plan feature,
+    ``unknown_category_features`` per-feature overrides (feature -> policy).
+    """
     if (onnx is None) == (torchscript is None):
         raise InvalidInput("give exactly one model: --onnx FILE or --torchscript FILE")
     model = Path(onnx if onnx is not None else torchscript)  # type: ignore[arg-type]
@@ -99,6 +108,17 @@ def bundle_from_model(
             "give the plan the model was trained with (--preprocessing) or matching --inputs"
         )
     dtypes = dict(inputs or [])
+    overrides = dict(unknown_category_features or {})
+    categorical = [f["name"] for f in spec["features"] if f["kind"] == "categorical"]
+    check_policy_features(overrides, categorical, "the unknown-category overrides")
+    signature_inputs: list[dict[str, Any]] = []
+    for n, f in zip(plan.input_names, spec["features"], strict=True):
+        entry: dict[str, Any] = {"name": n, "dtype": dtypes.get(n, "float32"),
+                                 "kind": f["kind"], "nullable": True}
+        if f["kind"] == "categorical":
+            entry["unknown"] = overrides.get(n, unknown_category)
+            CategoryEncoder.for_input(entry, f)  # the policy must fit (no 'error' on a hash)
+        signature_inputs.append(entry)
     root = Path(out_dir)
     if root.exists():
         raise InvalidInput(f"{root} already exists; give a new directory")
@@ -106,17 +126,14 @@ def bundle_from_model(
     artifact = "model.onnx" if onnx is not None else "model.pt"
     shutil.copyfile(model, root / artifact)
     manifest = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "name": name,
         "version": None,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "framework": {"mlserve": __version__, "python": sys.version.split()[0]},
         "task": task,
         "signature": {
-            "inputs": [
-                {"name": n, "dtype": dtypes.get(n, "float32"), "kind": f["kind"], "nullable": True}
-                for n, f in zip(plan.input_names, spec["features"], strict=True)
-            ],
+            "inputs": signature_inputs,
             "outputs": outputs or [{"name": "output", "dtype": "float32", "shape": [-1, -1]}],
         },
         "preprocessing": spec,

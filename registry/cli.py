@@ -71,6 +71,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     shape.add_argument("--input-width", type=int, metavar="N", help="N unnamed float inputs")
     p.add_argument("--task", default="regression",
                    choices=["binary", "multiclass", "regression"])
+    p.add_argument("--unknown-category", default="oov", choices=["oov", "missing", "error"],
+                   help="what serving does with an unseen category (categorical plan features): "
+                        "the out-of-vocabulary slot, a missing value, or HTTP 400")
+    p.add_argument("--unknown-category-feature", action="append", default=[],
+                   metavar="FEATURE:POLICY", help="per-feature override (repeatable)")
     p.add_argument("--description", default="")
     p = add("import", "register the bundle in a tar as a new version")
     p.add_argument("file", metavar="FILE.tar")
@@ -147,6 +152,8 @@ def _run(args: argparse.Namespace) -> int:
     elif cmd == "add":
         import tempfile
 
+        from mlserve.categories import parse_feature_policies
+
         from .byo import bundle_from_model, parse_inputs
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +161,10 @@ def _run(args: argparse.Namespace) -> int:
                 Path(tmp) / "bundle", name=args.name, onnx=args.onnx,
                 torchscript=args.torchscript, preprocessing=args.preprocessing,
                 inputs=parse_inputs(args.inputs) if args.inputs else None,
-                input_width=args.input_width, task=args.task)
+                input_width=args.input_width, task=args.task,
+                unknown_category=args.unknown_category,
+                unknown_category_features=parse_feature_policies(
+                    args.unknown_category_feature, "--unknown-category-feature"))
             mv = reg.register(bundle, description=args.description)
         out.print(f"registered {mv.ref} (imported from "
                   f"{args.onnx or args.torchscript})", markup=False)

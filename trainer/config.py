@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
+from mlserve.categories import UNKNOWN_POLICIES, check_policy, parse_feature_policies
 from mlserve.errors import InvalidInput
 
 TASKS = ("binary", "multiclass", "regression")
@@ -53,6 +54,14 @@ class TrainConfig:
     """At most this many most frequent categories per feature keep a slot of their own."""
     max_categorical_cardinality: int = 20
     """Type inference: integer columns with at most this many distinct values are categorical."""
+    unknown_category: str = "oov"
+    """What serving does with a category value outside a feature's vocabulary, recorded per
+    categorical input in the bundle signature: "oov" (the out-of-vocabulary slot), "missing"
+    (a missing value) or "error" (refuse the request, HTTP 400)."""
+    unknown_category_features: tuple[tuple[str, str], ...] = ()
+    """Per-feature overrides of ``unknown_category``: a TOML table
+    ``[train.unknown_category_features]`` of ``feature = "policy"``, or
+    ``--set unknown_category_features=country:error,channel:missing``."""
     histogram_bins: int = 10
     """Quantile bins of the drift reference profile per numeric feature (deciles: 10)."""
     min_rows: int = 50
@@ -88,11 +97,21 @@ class TrainConfig:
             raise bad("clip_quantile", "must be in [0, 0.5)")
         if not self.parity_atol > 0:
             raise bad("parity_atol", "must be > 0")
+        if self.unknown_category not in UNKNOWN_POLICIES:
+            raise bad("unknown_category", f"must be one of {', '.join(UNKNOWN_POLICIES)}")
+        for feature, policy in self.unknown_category_features:
+            check_policy(policy, f"config 'unknown_category_features' for '{feature}'")
+
+    def unknown_category_for(self, feature: str) -> str:
+        """The unknown-category policy of one categorical feature."""
+        return dict(self.unknown_category_features).get(feature, self.unknown_category)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON/TOML-friendly form (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self).items()}
+        """JSON/TOML-friendly form (tuples as lists, per-feature settings as tables)."""
+        out = {k: list(v) if isinstance(v, tuple) else v
+               for k, v in dataclasses.asdict(self).items()}
+        out["unknown_category_features"] = dict(self.unknown_category_features)
+        return out
 
 
 ConfigSource = TrainConfig | Mapping[str, Any] | str | Path | None
@@ -100,6 +119,11 @@ ConfigSource = TrainConfig | Mapping[str, Any] | str | Path | None
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Convert ``value`` (TOML value or override string) to the type of the field's default."""
+    if name == "unknown_category_features":
+        if isinstance(value, Mapping):  # a TOML table
+            return tuple((str(k), check_policy(v, f"config '{name}' for '{k}'"))
+                         for k, v in value.items())
+        return tuple(parse_feature_policies(value, f"config '{name}'").items())
     try:
         if isinstance(default, tuple):
             if isinstance(value, str):

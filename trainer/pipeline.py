@@ -135,7 +135,7 @@ def _fit(table: LoadedTable, splits: Splits, config: TrainConfig, *, name: str,
          bundle_dir: Path, progress: bool) -> TrainResult:
     """Stages 3-8 (without the registry) on an already split table."""
     prep = fit_preprocessing(splits.train, table.numeric, table.categorical, config)
-    encoded_train = encode_rows(splits.train, prep.inputs)
+    encoded_train = encode_rows(splits.train, prep.inputs, unknown="oov")
     x_train = prep.plan.transform(encoded_train)
     x_valid = prep.transform(splits.valid)
     x_test = prep.transform(splits.test)

@@ -3,10 +3,11 @@ rows into the plan's float32 input.
 
 Fitting is numpy on training rows only: numeric features get median imputation, quantile
 clipping, log1p for heavy right tails and standardization; categorical features a vocabulary
-(frequency cut-off, rare -> out-of-vocabulary slot) and one-hot encoding. The fitted plan is
-compiled by the C++ :class:`mlserve.FeaturePlan`, the same code serving runs; nothing here
-re-implements it. :func:`encode_rows` (raw DataFrame -> float32 codes) is shared with serving.
-All functions are pure.
+(frequency cut-off, rare -> out-of-vocabulary slot) and one-hot encoding, and the configured
+unknown-category policy in their signature input. The fitted plan is compiled by the C++
+:class:`mlserve.FeaturePlan`, the same code serving runs; nothing here re-implements it.
+:func:`encode_rows` (raw DataFrame -> float32 codes) is shared with serving and maps categories
+with the server's :class:`mlserve.categories.CategoryEncoder`. All functions are pure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlserve.categories import CategoryEncoder, check_policy_features
 from mlserve.errors import InvalidInput
 from mlserve.plan import FeaturePlan
 from mlserve.trainer.config import TrainConfig
@@ -32,8 +34,9 @@ class Preprocessing:
     plan: FeaturePlan
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Raw rows -> normalized float32 [n, f_out] through the compiled plan."""
-        return self.plan.transform(encode_rows(frame, self.inputs))
+        """Raw rows -> normalized float32 [n, f_out] through the compiled plan (unseen
+        categories to the OOV slot, as in training; see :func:`encode_rows`)."""
+        return self.plan.transform(encode_rows(frame, self.inputs, unknown="oov"))
 
 
 def category_key(value: object) -> str:
@@ -53,12 +56,17 @@ def _category_keys(series: pd.Series) -> pd.Series:
     return present.map(category_key)
 
 
-def encode_rows(frame: pd.DataFrame, inputs: list[dict[str, Any]]) -> np.ndarray:
+def encode_rows(frame: pd.DataFrame, inputs: list[dict[str, Any]], *,
+                unknown: str | None = None) -> np.ndarray:
     """Raw rows -> the plan's float32 input [n, f_in], row-major (NaN = missing).
 
     Numeric inputs are converted to float (a non-number raises InvalidInput naming the column).
-    Categorical inputs with a ``vocabulary`` become the index of their string in it; unseen
-    values become -1 (the plan's out-of-vocabulary slot); missing values NaN. Categorical
+    Categorical inputs with a ``vocabulary`` become the index of their string in it; missing
+    values NaN. A value outside the vocabulary follows the input's ``unknown`` policy, as
+    serving does (docs/bundle.md: "oov" -> -1, the plan's out-of-vocabulary slot; "missing" ->
+    NaN; "error" -> InvalidInput), or the ``unknown`` given here for every input. Training and
+    evaluation pass ``unknown="oov"``: the categories too rare to earn a vocabulary slot are
+    exactly what trains the OOV slot, and held-out rows are scored, never refused. Categorical
     inputs without vocabulary (``dtype`` int64) pass their integer codes through.
     """
     n = len(frame)
@@ -70,11 +78,12 @@ def encode_rows(frame: pd.DataFrame, inputs: list[dict[str, Any]]) -> np.ndarray
                                f"{', '.join(s['name'] for s in inputs)}")
         column = frame[name]
         if spec["kind"] == "categorical" and "vocabulary" in spec:
-            index = {v: float(i) for i, v in enumerate(spec["vocabulary"])}
-            codes = np.full(n, np.nan, dtype=np.float64)
-            keys = _category_keys(column)
-            mapped = keys.map(index).fillna(-1.0).to_numpy(np.float64)
-            codes[np.flatnonzero(column.notna().to_numpy())] = mapped
+            encoder = CategoryEncoder.for_input(spec if unknown is None
+                                                else {**spec, "unknown": unknown})
+            assert encoder is not None
+            codes = np.full(n, np.nan, dtype=np.float32)
+            keys = _category_keys(column).to_numpy(dtype=object)
+            codes[np.flatnonzero(column.notna().to_numpy())] = encoder.encode_strings(keys)
             out[:, j] = codes
             continue
         try:
@@ -138,6 +147,8 @@ def fit_vocabulary(series: pd.Series, config: TrainConfig) -> list[str]:
 def fit_preprocessing(train: pd.DataFrame, numeric: list[str], categorical: list[str],
                       config: TrainConfig) -> Preprocessing:
     """Fit the plan on training rows and compile it."""
+    check_policy_features(dict(config.unknown_category_features), categorical,
+                          "config 'unknown_category_features'")
     features: list[dict[str, Any]] = []
     inputs: list[dict[str, Any]] = []
     for name in numeric:
@@ -152,6 +163,6 @@ def fit_preprocessing(train: pd.DataFrame, numeric: list[str], categorical: list
         features.append({"name": name, "kind": "categorical", "histogram": True,
                          "ops": [{"op": "onehot", "vocabulary": vocabulary}]})
         inputs.append({"name": name, "dtype": "string", "kind": "categorical", "nullable": True,
-                       "vocabulary": vocabulary})
+                       "unknown": config.unknown_category_for(name), "vocabulary": vocabulary})
     spec = {"features": features, "output_order": [f["name"] for f in features]}
     return Preprocessing(spec=spec, inputs=inputs, plan=FeaturePlan(spec))

@@ -387,11 +387,9 @@ void DynamicBatcher::ProcessBatch(std::vector<std::shared_ptr<Request>>& batch, 
   if (executor == nullptr) buffer->resize(static_cast<size_t>(n * d));
 
   const Clock::time_point t0 = Clock::now();
-  int64_t queue_ns = 0;
   int64_t off = 0;
   for (const auto& r : batch) {
     r->queue_ns = Ns(t0 - r->enqueued);
-    queue_ns += r->queue_ns;
     if (executor != nullptr) {
       std::memcpy(staging + off * f_in, r->input.data(), sizeof(float) * static_cast<size_t>(r->rows * f_in));
     } else {
@@ -435,6 +433,7 @@ void DynamicBatcher::ProcessBatch(std::vector<std::shared_ptr<Request>>& batch, 
     order.lock();
     order_cv_.wait(order, [&] { return next_publish_seq_ == seq; });
   }
+  const Clock::time_point t3 = Clock::now();  // results are published from here on
   off = 0;
   for (const auto& r : batch) {
     std::lock_guard<std::mutex> g(r->mu);
@@ -464,9 +463,13 @@ void DynamicBatcher::ProcessBatch(std::vector<std::shared_ptr<Request>>& batch, 
   } else {
     stats_.failed += static_cast<int64_t>(batch.size());
   }
-  stats_.queue_ns_total += queue_ns;
-  stats_.normalize_ns_total += Ns(t1 - t0);
-  stats_.compute_ns_total += Ns(t2 - t1);
+  // `batch` still owns every request; enqueued and queue_ns are not written after being set.
+  for (const auto& r : batch) {
+    stats_.queue.Record(r->queue_ns);
+    stats_.request.Record(Ns(t3 - r->enqueued));
+  }
+  stats_.normalize.Record(Ns(t1 - t0));
+  stats_.compute.Record(Ns(t2 - t1));
 }
 
 void DynamicBatcher::Shutdown(bool drain) {

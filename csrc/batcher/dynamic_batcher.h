@@ -41,6 +41,7 @@
 
 #include "backends/backend.h"
 #include "common/error.h"
+#include "common/latency_histogram.h"
 #include "plan/feature_plan.h"
 
 namespace mlserve {
@@ -104,9 +105,13 @@ struct BatcherStats {
   int64_t cancelled = 0;
   int64_t queued = 0;     // now
   std::vector<int64_t> batch_sizes;  // batch_sizes[k] = batches of k rows
-  int64_t queue_ns_total = 0;        // summed over requests
-  int64_t normalize_ns_total = 0;    // summed over batches
-  int64_t compute_ns_total = 0;      // summed over batches
+  // Per request that reached a batch (completed, or failed in execution): enqueue -> batch start,
+  // and enqueue -> result published (the engine's end-to-end latency).
+  LatencyHistogram queue;
+  LatencyHistogram request;
+  // Per batch: gathering + normalizing its rows, and the backend call.
+  LatencyHistogram normalize;
+  LatencyHistogram compute;
 };
 
 class DynamicBatcher {

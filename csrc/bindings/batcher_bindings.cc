@@ -1,5 +1,6 @@
 // Python bindings of DynamicBatcher: submit/wait (GIL released while waiting), the eventfd
-// completion queue for asyncio, cancel, stats, the test hold hook and shutdown.
+// completion queue for asyncio, cancel, stats (with the latency histograms), the test hold hook
+// and shutdown; and LATENCY_BUCKETS_S, the latency histograms' bucket bounds in seconds.
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -96,9 +97,25 @@ std::shared_ptr<Request> SubmitRows(const std::shared_ptr<DynamicBatcher>& b, co
   return b->Submit(data, rows, priority, timeout_us, notify_queue);
 }
 
+// {"buckets": cumulative counts per LATENCY_BUCKETS_S bound then +Inf, "sum": seconds}.
+py::dict HistogramToDict(const LatencyHistogram& h) {
+  py::list buckets;
+  for (int64_t c : h.Cumulative()) buckets.append(c);
+  py::dict out;
+  out["buckets"] = buckets;
+  out["sum"] = static_cast<double>(h.sum_ns) / 1e9;
+  return out;
+}
+
 }  // namespace
 
 void BindBatcher(py::module_& m) {
+  py::tuple bounds(kLatencyBoundsNs.size());
+  for (size_t k = 0; k < kLatencyBoundsNs.size(); ++k) {
+    bounds[k] = static_cast<double>(kLatencyBoundsNs[k]) / 1e9;
+  }
+  m.attr("LATENCY_BUCKETS_S") = bounds;
+
   py::class_<Request, std::shared_ptr<Request>>(m, "Request", "Handle of a submitted request.")
       .def_property_readonly("id", [](const Request& r) { return r.id; })
       .def_property_readonly("rows", [](const Request& r) { return r.rows; })
@@ -256,9 +273,13 @@ void BindBatcher(py::module_& m) {
               if (s.batch_sizes[k] > 0) sizes[py::int_(k)] = s.batch_sizes[k];
             }
             d["batch_sizes"] = sizes;
-            d["queue_us_total"] = static_cast<double>(s.queue_ns_total) / 1e3;
-            d["normalize_us_total"] = static_cast<double>(s.normalize_ns_total) / 1e3;
-            d["compute_us_total"] = static_cast<double>(s.compute_ns_total) / 1e3;
+            d["queue_us_total"] = static_cast<double>(s.queue.sum_ns) / 1e3;
+            d["normalize_us_total"] = static_cast<double>(s.normalize.sum_ns) / 1e3;
+            d["compute_us_total"] = static_cast<double>(s.compute.sum_ns) / 1e3;
+            d["queue_seconds"] = HistogramToDict(s.queue);
+            d["request_seconds"] = HistogramToDict(s.request);
+            d["normalize_seconds"] = HistogramToDict(s.normalize);
+            d["compute_seconds"] = HistogramToDict(s.compute);
             return d;
           })
       .def("histograms", [](PyBatcher& self, bool reset) { return HistogramsToDict(self.get()->plan(), reset); },

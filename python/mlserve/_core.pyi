@@ -5,6 +5,9 @@ from typing import Any
 
 import numpy as np
 
+#: Upper bounds (seconds) of the latency histograms in DynamicBatcher.stats(); +Inf is implicit.
+LATENCY_BUCKETS_S: tuple[float, ...]
+
 def cuda_built() -> bool: ...
 def cuda_runtime_version() -> int: ...
 def cuda_driver_version() -> int: ...

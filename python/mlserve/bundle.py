@@ -14,11 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlserve.categories import CategoryEncoder
 from mlserve.errors import InvalidInput
 from mlserve.plan import FeaturePlan
 
 MANIFEST = "mlserve.json"
-FORMAT_VERSION = 1
+#: The format this mlserve writes. 2 added the per-input ``unknown`` category policy; a
+#: version 1 bundle loads with every categorical input on "oov" (what version 1 did).
+FORMAT_VERSION = 2
+#: The formats this mlserve reads.
+READABLE_FORMAT_VERSIONS = (1, 2)
 #: The model artifact each execution backend runs (``cpu`` is onnxruntime; ``tensorrt`` runs
 #: the engine ``mlserve build-engine`` added to the version).
 BACKEND_ARTIFACTS = {
@@ -59,12 +64,14 @@ class ModelBundle:
         if not isinstance(manifest, dict) or "preprocessing" not in manifest:
             raise InvalidInput(f"{file} has no 'preprocessing' plan; is it an mlserve bundle?")
         fmt = manifest.get("format_version", FORMAT_VERSION)
-        if fmt != FORMAT_VERSION:
+        if fmt not in READABLE_FORMAT_VERSIONS:
             raise InvalidInput(
-                f"{file} has format_version {fmt}; this mlserve reads {FORMAT_VERSION}: "
-                "upgrade mlserve or re-export the bundle"
+                f"{file} has format_version {fmt}; this mlserve reads "
+                f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}: upgrade mlserve or re-export "
+                "the bundle"
             )
         bundle = cls(root, manifest)
+        bundle.category_encoders()  # a bad unknown-category policy fails the load, not a request
         if verify:
             bundle.verify()
         return bundle
@@ -115,6 +122,16 @@ class ModelBundle:
     @property
     def reference(self) -> dict[str, Any]:
         return dict(self.manifest.get("reference", {}))
+
+    def category_encoders(self) -> list[CategoryEncoder | None]:
+        """Per signature input, its category mapping and unknown-category policy (None for a
+        numeric input); InvalidInput for a policy the input cannot have."""
+        features = list(self.manifest["preprocessing"].get("features") or [])
+        inputs = list(self.signature.get("inputs") or [])
+        return [
+            CategoryEncoder.for_input(spec, features[j] if j < len(features) else None)
+            for j, spec in enumerate(inputs)
+        ]
 
     def plan(self) -> FeaturePlan:
         """The compiled feature plan of this bundle."""

@@ -117,6 +117,7 @@ class Engine:
         self._wake_r, self._wake_w = -1, -1
         self._closed = False
         self._close_on_thread = False
+        self._final_stats: dict[str, Any] | None = None  # the counters at close
         #: The bundle this engine serves, when built by from_bundle/from_registry.
         self.bundle: Any = None
         _open_engines.add(self)
@@ -342,8 +343,11 @@ class Engine:
     # ---- introspection and lifecycle -------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Counters since creation: requests, rows, batches, rejected, timed_out, failed, ..."""
-        s: dict[str, Any] = self._batcher.stats()
+        """Counters since creation: requests, rows, batches, rejected, timed_out, failed, ...,
+        and the latency histograms (docs/python_api.md). After close, the final values."""
+        with self._lock:
+            final = self._final_stats
+            s: dict[str, Any] = dict(final) if final is not None else self._batcher.stats()
         s.update(name=self.name, version=self.version, backend=self.backend)
         if self.device is not None:
             s["device"] = self.device
@@ -384,6 +388,7 @@ class Engine:
         with self._lock:
             leftover = list(self._pending.values())
             self._pending.clear()
+            self._final_stats = self._batcher.stats()
             self._batcher.release()
         for fut in leftover:
             _complete(fut, None, Unavailable, f"engine {self.name!r} closed before the request ran")

@@ -1,19 +1,38 @@
 """Every Prometheus metric of mlserve, in one module (CONVENTIONS: ``mlserve_`` prefix, ``_total``
 counters, ``_seconds`` histograms, labels ``model`` and ``version``).
 
-Two kinds:
+Three kinds:
 
-- Request metrics observed by the server per request (outcome counters, end-to-end latency,
-  in-flight gauge, model load events). With several worker processes they use
-  prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set before import).
-- Engine metrics read from the native core at scrape time (``EngineCollector``): requests,
-  rows, batches, rejections, timeouts, failures, queue depth, the exact batch-size histogram and
-  summed queue/normalize/compute time. Nothing is added to the hot path for them. With several
-  workers, each publishes its engine counters once a second into multiprocess gauges
-  (``publish_engine_stats``) instead; the batch-size histogram and timings are then omitted.
+- Request metrics observed by the server per request: ``mlserve_requests_total`` (by outcome),
+  ``mlserve_request_latency_seconds`` (end to end in the server), ``mlserve_requests_in_flight``
+  and ``mlserve_model_loads_total``.
+- Engine metrics read from the native core at scrape time (``EngineCollector``), nothing added
+  to the Python hot path: counters ``mlserve_engine_{requests,rows,batches,rejected,timed_out,
+  failed,cancelled}_total``, the gauge ``mlserve_engine_queue_depth`` and histograms
+  ``mlserve_engine_batch_size`` (rows per batch), ``mlserve_engine_queue_seconds`` (enqueue ->
+  batch start) and ``mlserve_engine_request_seconds`` (enqueue -> result published), observed
+  per request that reached a batch, ``mlserve_engine_normalize_seconds`` and
+  ``mlserve_engine_compute_seconds`` observed per batch. The core records the latency
+  histograms itself in fixed buckets (``LATENCY_BUCKETS``, defined once in the core) with their
+  exact sums.
+- Process metrics (``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+  ``process_start_time_seconds``, ...; Linux) from prometheus_client's process collector.
+
+With several worker processes (``mlserve serve --workers N`` sets ``PROMETHEUS_MULTIPROC_DIR``
+before the workers import this module) the answer is the same set of names and types:
+
+- request metrics go through prometheus_client's multiprocess files (summed over workers; the
+  in-flight gauge over live ones);
+- every worker writes a snapshot of its engines' stats and its process metrics into the same
+  directory once a second (``write_worker_snapshot``, see :mod:`mlserve.worker_snapshots`), and
+  the worker answering /metrics writes its own fresh one, then sums every worker's engine stats
+  per (model, version): counters, queue depth, batch sizes and histogram buckets. Exited
+  workers keep contributing their counters and histograms, so sums never go backwards;
+- process metrics are reported per live worker with a ``pid`` label (a sum of start times or
+  file-descriptor limits would mean nothing); the supervisor process is not included.
 
 Thread-safety: prometheus_client metrics are thread-safe; the collector reads engine stats under
-the core's own locks.
+the core's own locks; snapshot files are written and read on the event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +43,7 @@ from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -32,14 +52,18 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-#: Latency buckets (seconds): 100 µs .. 10 s, dense where serving latencies live.
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
-)
+from mlserve import _core
+from mlserve.worker_snapshots import WorkerSnapshots, add_stats
+
+#: Latency buckets (seconds): 100 µs .. 10 s, dense where serving latencies live. Defined once in
+#: the core (csrc/common/latency_histogram.h), which fills the engine histograms with them.
+LATENCY_BUCKETS: tuple[float, ...] = tuple(_core.LATENCY_BUCKETS_S)
 #: Batch-size histogram buckets (rows).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+#: Seconds between two snapshots of a worker's engine stats (multiprocess mode).
+SNAPSHOT_INTERVAL_S = 1.0
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
@@ -61,32 +85,62 @@ MODEL_LOADS = Counter(
 
 EngineSource = Callable[[], Iterable[tuple[str, str, dict[str, Any]]]]
 
-#: With several worker processes each one's engines are invisible to the process that answers
-#: /metrics, so every worker publishes its engine counters into these multiprocess gauges
-#: (summed over live workers; same names as the single-process counters, type gauge).
-_ENGINE_KEYS = ("requests", "rows", "batches", "rejected", "timed_out", "failed", "cancelled")
-ENGINE_GAUGES: dict[str, Gauge] = (
-    {
-        key: Gauge(f"mlserve_engine_{key}_total", f"Engine {key} (summed over workers).",
-                   ["model", "version"], multiprocess_mode="livesum")
-        for key in _ENGINE_KEYS
-    }
-    | {
-        "queued": Gauge("mlserve_engine_queue_depth", "Requests queued now (all workers).",
-                        ["model", "version"], multiprocess_mode="livesum"),
-    }
-    if MULTIPROCESS
-    else {}
-)
+_LABELS = ["model", "version"]
+#: Engine.stats() key -> (counter name, help).
+_ENGINE_COUNTERS = {
+    "requests": ("mlserve_engine_requests", "Requests accepted by the batcher."),
+    "rows": ("mlserve_engine_rows", "Rows accepted by the batcher."),
+    "batches": ("mlserve_engine_batches", "Batches executed."),
+    "rejected": ("mlserve_engine_rejected", "Requests refused (queue full, closing)."),
+    "timed_out": ("mlserve_engine_timed_out", "Requests expired while queued."),
+    "failed": ("mlserve_engine_failed", "Requests failed in execution."),
+    "cancelled": ("mlserve_engine_cancelled", "Requests cancelled while queued."),
+}
+#: Engine.stats() key -> (histogram name, help); values {"buckets": cumulative, "sum": seconds}.
+_ENGINE_LATENCIES = {
+    "queue_seconds": ("mlserve_engine_queue_seconds",
+                      "Time requests waited in the queue until their batch started."),
+    "request_seconds": ("mlserve_engine_request_seconds",
+                        "Time from accepting a request to publishing its result in the engine."),
+    "normalize_seconds": ("mlserve_engine_normalize_seconds",
+                          "Time gathering and normalizing a batch's rows."),
+    "compute_seconds": ("mlserve_engine_compute_seconds", "Time executing a batch."),
+}
 
 
-def publish_engine_stats(source: EngineSource) -> None:
-    """Multiprocess mode: copies this worker's engine stats into ENGINE_GAUGES (no-op else)."""
-    if not MULTIPROCESS:
-        return
-    for model, version, stats in source():
-        for key, gauge in ENGINE_GAUGES.items():
-            gauge.labels(model, version).set(float(stats.get(key, 0)))
+def engine_families(engines: Iterable[tuple[str, str, dict[str, Any]]]) -> list[Any]:
+    """Metric families of (model, version, Engine.stats()) triples."""
+    counters = {k: CounterMetricFamily(n, d, labels=_LABELS) for k, (n, d) in
+                _ENGINE_COUNTERS.items()}
+    queued = GaugeMetricFamily("mlserve_engine_queue_depth", "Requests queued now.",
+                               labels=_LABELS)
+    batch = HistogramMetricFamily("mlserve_engine_batch_size", "Rows per executed batch.",
+                                  labels=_LABELS)
+    latencies = {k: HistogramMetricFamily(n, d, labels=_LABELS) for k, (n, d) in
+                 _ENGINE_LATENCIES.items()}
+    for model, version, stats in engines:
+        lv = [model, version]
+        for key, fam in counters.items():
+            fam.add_metric(lv, float(stats.get(key, 0)))
+        queued.add_metric(lv, float(stats.get("queued", 0)))
+        sizes = {int(k): int(v) for k, v in stats.get("batch_sizes", {}).items()}
+        cumulative = [sum(c for s, c in sizes.items() if s <= bound) for bound in BATCH_BUCKETS]
+        batch.add_metric(lv, _buckets(BATCH_BUCKETS, [*cumulative, sum(sizes.values())]),
+                         sum_value=float(sum(s * c for s, c in sizes.items())))
+        for key, latency in latencies.items():
+            hist = stats[key]
+            latency.add_metric(lv, _buckets(LATENCY_BUCKETS, hist["buckets"]),
+                               sum_value=float(hist["sum"]))
+    return [*counters.values(), queued, batch, *latencies.values()]
+
+
+def _buckets(bounds: Iterable[float], cumulative: list[int]) -> list[tuple[str, float]]:
+    """(le, count) pairs of a histogram: one per bound, then +Inf (the last count)."""
+    # The `le` spelling prometheus_client's own histograms use.
+    les = [floatToGoString(float(b)) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+    if len(les) != len(cumulative):
+        raise ValueError(f"histogram has {len(cumulative)} buckets for {len(les)} bounds")
+    return [(le, float(c)) for le, c in zip(les, cumulative, strict=True)]
 
 
 class EngineCollector(Collector):
@@ -96,69 +150,85 @@ class EngineCollector(Collector):
         self._source = source
 
     def collect(self) -> Iterator[Any]:
-        labels = ["model", "version"]
-        counters = {
-            "requests": ("mlserve_engine_requests", "Requests accepted by the batcher."),
-            "rows": ("mlserve_engine_rows", "Rows accepted by the batcher."),
-            "batches": ("mlserve_engine_batches", "Batches executed."),
-            "rejected": ("mlserve_engine_rejected", "Requests refused (queue full, closing)."),
-            "timed_out": ("mlserve_engine_timed_out", "Requests expired while queued."),
-            "failed": ("mlserve_engine_failed", "Requests failed in execution."),
-            "cancelled": ("mlserve_engine_cancelled", "Requests cancelled while queued."),
-        }
-        families = {k: CounterMetricFamily(n, d, labels=labels) for k, (n, d) in counters.items()}
-        queued = GaugeMetricFamily("mlserve_engine_queue_depth", "Requests queued now.",
-                                   labels=labels)
-        seconds = {
-            "queue_us_total": CounterMetricFamily(
-                "mlserve_engine_queue_seconds", "Summed time requests waited for a batch.",
-                labels=labels),
-            "normalize_us_total": CounterMetricFamily(
-                "mlserve_engine_normalize_seconds", "Summed time normalizing batches.",
-                labels=labels),
-            "compute_us_total": CounterMetricFamily(
-                "mlserve_engine_compute_seconds", "Summed time executing batches.",
-                labels=labels),
-        }
-        batch = HistogramMetricFamily("mlserve_engine_batch_size", "Rows per executed batch.",
-                                      labels=labels)
-        for model, version, stats in self._source():
-            lv = [model, version]
-            for key, fam in families.items():
-                fam.add_metric(lv, float(stats.get(key, 0)))
-            queued.add_metric(lv, float(stats.get("queued", 0)))
-            for key, fam in seconds.items():
-                fam.add_metric(lv, float(stats.get(key, 0.0)) / 1e6)
-            sizes = {int(k): int(v) for k, v in stats.get("batch_sizes", {}).items()}
-            buckets: list[tuple[str, float]] = []
-            for bound in BATCH_BUCKETS:
-                cumulative = sum(c for s, c in sizes.items() if s <= bound)
-                buckets.append((str(float(bound)), float(cumulative)))
-            buckets.append(("+Inf", float(sum(sizes.values()))))
-            batch.add_metric(lv, buckets, sum_value=float(sum(s * c for s, c in sizes.items())))
-        yield from families.values()
-        yield queued
-        yield from seconds.values()
-        yield batch
+        yield from engine_families(self._source())
+
+
+# ---- multiprocess mode ------------------------------------------------------------------------
+
+_snapshots: WorkerSnapshots | None = None
+
+
+def _worker_snapshots() -> WorkerSnapshots:
+    global _snapshots
+    if _snapshots is None or _snapshots.pid != os.getpid():
+        _snapshots = WorkerSnapshots(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    return _snapshots
+
+
+def _process_values() -> dict[str, dict[str, Any]]:
+    """This process' metrics: family name -> {"type", "help", "value"}."""
+    return {
+        fam.name: {"type": fam.type, "help": fam.documentation, "value": fam.samples[0].value}
+        for fam in PROCESS_COLLECTOR.collect() if fam.samples
+    }
+
+
+def write_worker_snapshot(source: EngineSource) -> None:
+    """Multiprocess mode: replaces this worker's snapshot (engine stats, process metrics)."""
+    if MULTIPROCESS:
+        _worker_snapshots().write(list(source()), _process_values())
+
+
+def retire_worker_snapshot() -> None:
+    """Multiprocess mode, at a worker's clean exit: its counts stay in the sums, its queue depth
+    and process metrics leave them."""
+    if MULTIPROCESS:
+        _worker_snapshots().retire()
+
+
+class WorkerSnapshotCollector(Collector):
+    """Engine and process metrics of every worker, from their snapshots (multiprocess mode)."""
+
+    def __init__(self, snapshots: WorkerSnapshots) -> None:
+        self._snapshots = snapshots
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client import multiprocess
+
+        found, retired = self._snapshots.read()
+        for pid in retired:  # drop the exited worker's in-flight gauge files too
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        summed: dict[tuple[str, str], dict[str, Any]] = {}
+        for snapshot in found:
+            for model, version, stats in snapshot.engines:
+                key = (model, version)
+                summed[key] = add_stats(summed[key], stats) if key in summed else stats
+        yield from engine_families((m, v, s) for (m, v), s in summed.items())
+        process: dict[str, Any] = {}
+        for snapshot in found:
+            for name, value in snapshot.process.items():
+                if name not in process:
+                    kind = CounterMetricFamily if value["type"] == "counter" else GaugeMetricFamily
+                    process[name] = kind(name, value["help"], labels=["pid"])
+                process[name].add_metric([str(snapshot.pid)], float(value["value"]))
+        yield from process.values()
 
 
 def render(engines: EngineSource | None = None) -> tuple[bytes, str]:
-    """The /metrics body and content type: request metrics (aggregated over worker processes in
-    multiprocess mode) plus this process's engines."""
+    """The /metrics body and content type: request metrics, ``engines``' stats and process
+    metrics; in multiprocess mode those of every worker (``engines`` are this worker's)."""
     registry = CollectorRegistry()
     if MULTIPROCESS:
         from prometheus_client import multiprocess
 
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if engines is not None:  # this worker's part fresh; the others' are <= 1 s old
+            write_worker_snapshot(engines)
+        registry.register(WorkerSnapshotCollector(_worker_snapshots()))
     else:
         for metric in (REQUESTS, REQUEST_LATENCY, IN_FLIGHT, MODEL_LOADS):
             registry.register(metric)
-        from prometheus_client import PROCESS_COLLECTOR
-
         registry.register(PROCESS_COLLECTOR)
-    if engines is not None:
-        if MULTIPROCESS:
-            publish_engine_stats(engines)  # this worker's part is fresh; others publish each 1 s
-        else:
+        if engines is not None:
             registry.register(EngineCollector(engines))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,6 +1,7 @@
 // Unit tests of the native core without Python: FeaturePlan (compile errors, the fused
-// normalizer, histograms, threading) and DynamicBatcher (batching, scatter, errors, completion
-// queue, concurrency) with the built-in "rowsum" backend and a failing custom Backend.
+// normalizer, histograms, threading), LatencyHistogram, and DynamicBatcher (batching, scatter,
+// errors, completion queue, concurrency, latency stats) with the built-in "rowsum" backend and a
+// failing custom Backend.
 //
 // Run: build/<dir>/core_tests [name-substring]. Prints `N passed, M failed` last and exits non-zero
 // on any failure. Batching tests use HoldUntilQueued so batch sizes never depend on timing; waits
@@ -8,6 +9,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -29,6 +31,7 @@
 #include "backends/cuda_backend.h"
 #include "batcher/dynamic_batcher.h"
 #include "common/error.h"
+#include "common/latency_histogram.h"
 #include "plan/feature_plan.h"
 #include "test_harness.h"
 
@@ -39,6 +42,8 @@ using mlserve::ErrorCode;
 using mlserve::FeaturePlan;
 using mlserve::FeatureSpec;
 using mlserve::HistogramSnapshot;
+using mlserve::kLatencyBoundsNs;
+using mlserve::LatencyHistogram;
 using mlserve::OpSpec;
 using mlserve::PlanSpec;
 using mlserve::Request;
@@ -580,6 +585,44 @@ TEST(TransformTwoThreadsEqualsOneThread) {
         s3.features[2].counts[0] == 3 * s1.features[2].counts[0]);
 }
 
+// ================================ LatencyHistogram ==============================================
+
+TEST(LatencyHistogramBucketsAtBoundaries) {
+  LatencyHistogram h;
+  CHECK_EQ(h.Count(), 0);
+  // Bounds are inclusive (Prometheus `le`): a value equal to a bound is in that bound's bucket.
+  const std::vector<std::pair<int64_t, size_t>> cases = {
+      {0, 0},
+      {100'000, 0},               // exactly 100 µs
+      {100'001, 1},
+      {250'000, 1},
+      {999'999, 3},
+      {1'000'000, 3},             // exactly 1 ms
+      {1'000'000'000, 12},        // exactly 1 s
+      {10'000'000'000, 15},       // the last bound
+      {10'000'000'001, 16},       // +Inf
+      {std::numeric_limits<int64_t>::max() / 4, 16},
+  };
+  int64_t sum = 0;
+  std::array<int64_t, LatencyHistogram::kBuckets> want{};
+  for (const auto& [ns, bucket] : cases) {
+    h.Record(ns);
+    sum += ns;
+    ++want[bucket];
+    CHECK_EQ(h.counts[bucket], want[bucket]);
+  }
+  CHECK(h.counts == want);
+  CHECK_EQ(h.sum_ns, sum);
+  CHECK_EQ(h.Count(), static_cast<int64_t>(cases.size()));
+  const auto cumulative = h.Cumulative();
+  CHECK_EQ(cumulative[0], 2);
+  CHECK_EQ(cumulative[3], 6);
+  CHECK_EQ(cumulative[15], 8);
+  CHECK_EQ(cumulative.back(), static_cast<int64_t>(cases.size()));
+  CHECK(std::is_sorted(cumulative.begin(), cumulative.end()));
+  CHECK(std::is_sorted(kLatencyBoundsNs.begin(), kLatencyBoundsNs.end()));
+}
+
 // ================================ DynamicBatcher ================================================
 
 TEST(BatcherConfigAndSubmitErrors) {
@@ -651,6 +694,40 @@ TEST(BatcherHoldMakesBatchSizesDeterministic) {
   CHECK((BatchSizes(*p) == std::map<int64_t, int64_t>{{4, 1}}));
 }
 
+TEST(BatcherRecordsLatencyHistograms) {
+  BatcherConfig config;
+  config.max_batch_size = 16;
+  config.max_queue_delay_us = 0;
+  auto b = MakeBatcher(config);
+  b->HoldUntilQueued(3);
+  std::vector<Submitted> reqs;
+  reqs.push_back(SubmitTagged(*b, 2, 1.0f));
+  reqs.push_back(SubmitTagged(*b, 1, 2.0f));
+  std::this_thread::sleep_for(std::chrono::milliseconds(3));  // the first two wait > 2.5 ms
+  reqs.push_back(SubmitTagged(*b, 4, 3.0f));
+  for (const auto& r : reqs) CheckDone(r);
+  reqs.push_back(SubmitTagged(*b, 1, 4.0f));  // a second batch of one request
+  CheckDone(reqs.back());
+  b->Shutdown(true);
+  const auto stats = b->Stats();
+  CHECK_EQ(stats.batches, 2);
+  // One observation per executed request (queue, request) and per batch (normalize, compute).
+  CHECK_EQ(stats.queue.Count(), 4);
+  CHECK_EQ(stats.request.Count(), 4);
+  CHECK_EQ(stats.normalize.Count(), 2);
+  CHECK_EQ(stats.compute.Count(), 2);
+  // The queue histogram holds exactly the requests' own queue_ns values, in the right buckets.
+  LatencyHistogram want;
+  for (const auto& r : reqs) want.Record(r.request->queue_ns);
+  CHECK(stats.queue.counts == want.counts);
+  CHECK_EQ(stats.queue.sum_ns, want.sum_ns);
+  CHECK(reqs[0].request->queue_ns >= 3'000'000 && reqs[1].request->queue_ns >= 3'000'000);
+  CHECK(stats.queue.Cumulative()[4] <= 2);  // <= 2.5 ms: at most the last two requests
+  // Submit -> completion includes the queue wait.
+  CHECK(stats.request.sum_ns >= stats.queue.sum_ns);
+  CHECK(stats.normalize.sum_ns >= 0 && stats.compute.sum_ns >= 0);
+}
+
 TEST(BatcherPriorityLevelsRunHighestFirst) {
   BatcherConfig config;
   config.max_batch_size = 4;
@@ -706,6 +783,10 @@ TEST(BatcherDeadlineExceededWhileQueued) {
   CHECK(no_timeout.request->state == RequestState::kQueued);
   b->HoldUntilQueued(0);
   CheckDone(no_timeout);
+  b->Shutdown(true);
+  const auto after = b->Stats();
+  CHECK_EQ(after.queue.Count(), 1);  // expired requests never reached a batch
+  CHECK_EQ(after.request.Count(), 1);
 }
 
 TEST(BatcherHugeTimeoutAndDelayMeanNever) {
@@ -893,6 +974,9 @@ TEST(BatcherBackendFailureFailsOnlyThatBatch) {
   CHECK_EQ(stats.failed, 5);
   CHECK_EQ(stats.completed, 3);
   CHECK_EQ(stats.batches, 7);
+  CHECK_EQ(stats.queue.Count(), 8);  // failed batches are timed too
+  CHECK_EQ(stats.request.Count(), 8);
+  CHECK_EQ(stats.compute.Count(), 7);
 }
 
 TEST(BatcherConcurrentClientsGetTheirOwnResults) {

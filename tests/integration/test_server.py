@@ -175,12 +175,20 @@ def test_metrics_count_requests_and_export_engine_stats(
     assert client.post(INFER, json=matrix_request(x[:3])).status_code == 200
     assert client.post(INFER, content=b"{not json").status_code == 400
     assert client.post("/v2/models/nope-123/infer", json=matrix_request(x[:1])).status_code == 404
-    r = client.get("/metrics")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    got = {}
-    for family in text_string_to_metric_families(r.text):
-        for sample in family.samples:
-            got[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    deadline = time.monotonic() + 20
+    while True:
+        r = client.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        got = {}
+        for family in text_string_to_metric_families(r.text):
+            for sample in family.samples:
+                got[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        engine = frozenset({("model", "fraud"), ("version", "1")})
+        # A batch's counters follow its results by a moment (the core counts after publishing).
+        if (got[("mlserve_engine_queue_seconds_count", engine)]
+                == got[("mlserve_engine_requests_total", engine)] or time.monotonic() > deadline):
+            break
+        time.sleep(0.1)
     ok = frozenset({("model", "fraud"), ("version", "1"), ("outcome", "ok")})
     bad = frozenset({("model", "fraud"), ("version", "?"), ("outcome", "InvalidInput")})
     unknown = frozenset({("model", "_unknown"), ("version", "?"), ("outcome", "ModelNotFound")})
@@ -191,6 +199,13 @@ def test_metrics_count_requests_and_export_engine_stats(
     assert got[("mlserve_engine_rows_total", engine)] >= 3
     assert got[("mlserve_engine_batch_size_count", engine)] >= 1
     assert got[("mlserve_request_latency_seconds_count", engine)] >= 1
+    requests = got[("mlserve_engine_requests_total", engine)]
+    for name in ("queue", "request"):
+        assert got[(f"mlserve_engine_{name}_seconds_count", engine)] == requests
+        assert got[(f"mlserve_engine_{name}_seconds_bucket", engine | {("le", "+Inf")})] == requests
+    batches = got[("mlserve_engine_batches_total", engine)]
+    assert got[("mlserve_engine_compute_seconds_count", engine)] == batches
+    assert got[("process_resident_memory_bytes", frozenset())] > 0  # no pid label: one process
 
 
 def test_per_feature_tensors_with_bytes_categoricals(
@@ -644,32 +659,89 @@ def test_access_log_lines_and_in_flight_and_load_metrics(trained: Trained, tmp_p
     assert mine[0]["model"] == "fraud" and mine[0]["status"] == 200 and mine[0]["latency_ms"] > 0
 
 
-def test_metrics_aggregate_over_worker_processes(trained: Trained, tmp_path: Path) -> None:
-    """--workers 2: request counters and engine stats sum over both processes in every scrape."""
+def metric_families(text: str) -> dict[str, Any]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    srv = ServerProcess(trained.registry_root, ["fraud"], tmp_path / "server.log", "--workers", "2")
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def total(families: dict[str, Any], sample_name: str, **labels: str) -> float:
+    """Sum of the samples called sample_name whose labels include `labels`."""
+    family = families[sample_name.removesuffix("_total").removesuffix("_bucket")
+                      .removesuffix("_count").removesuffix("_sum")]
+    return sum(s.value for s in family.samples if s.name == sample_name
+               and labels.items() <= s.labels.items())
+
+
+def names_and_types(families: dict[str, Any]) -> set[tuple[str, str]]:
+    # Without `*_created` series: prometheus_client writes none in multiprocess mode.
+    return {(n, f.type) for n, f in families.items()
+            if n.startswith(("mlserve_", "process_")) and not n.endswith("_created")}
+
+
+def test_metrics_aggregate_over_worker_processes(
+    trained: Trained, server: ServerProcess, tmp_path: Path
+) -> None:
+    """--workers 2: every scrape, whichever worker answers, sums request counters, engine
+    counters and histograms over both processes, has each worker's process metrics, and uses
+    the same metric names and types as one process."""
+    workers, sent = 2, 20
+    srv = ServerProcess(trained.registry_root, ["fraud"], tmp_path / "server.log",
+                        "--workers", str(workers))
     try:
         srv.wait_ready()
         _, x, _ = complete_rows(trained)
+        lv = {"model": "fraud"}  # whichever version the module's tests left latest
         with httpx.Client(base_url=srv.url, timeout=30) as http:
-            for _ in range(20):  # new connections: the kernel spreads them over the workers
+
+            def settled(requests: int) -> None:
+                """Waits until every worker's snapshot (written each second) shows `requests`
+                engine requests run; batch counters follow a result by a moment (the core
+                counts after publishing)."""
+                deadline = time.monotonic() + 30
+                while True:
+                    fams = metric_families(http.get("/metrics").text)
+                    if all(total(fams, name, **lv) == requests for name in (
+                            "mlserve_engine_requests_total", "mlserve_engine_queue_seconds_count")):
+                        return
+                    assert time.monotonic() < deadline, f"engine requests != {requests}"
+                    time.sleep(0.2)
+
+            # Ready answers once one worker is ready; each one warms its engine up with one
+            # request before it serves, so this waits for both.
+            settled(workers)
+            for _ in range(sent):  # new connections: the kernel spreads them over the workers
                 with httpx.Client(base_url=srv.url, timeout=30) as one:
                     assert one.post(INFER, json=matrix_request(x[:1])).status_code == 200
-            time.sleep(1.5)  # each worker publishes its engine stats once a second
-            for _ in range(3):
-                totals = {"ok": 0.0, "engine": 0.0}
-                for family in text_string_to_metric_families(http.get("/metrics").text):
-                    for sample in family.samples:
-                        if (
-                            sample.name == "mlserve_requests_total"
-                            and sample.labels.get("outcome") == "ok"
-                        ):
-                            totals["ok"] += sample.value
-                        if sample.name == "mlserve_engine_requests_total":
-                            totals["engine"] += sample.value
-                assert totals["ok"] == 20
-                assert totals["engine"] >= 20  # plus one warm-up request per worker
+            settled(sent + workers)
+            pids = set()
+            for _ in range(4):
+                with httpx.Client(base_url=srv.url, timeout=30) as one:  # either worker answers
+                    fams = metric_families(one.get("/metrics").text)
+                assert total(fams, "mlserve_requests_total", outcome="ok", **lv) == sent
+                # Each worker's engine also ran one warm-up request before going ready.
+                engine_requests = total(fams, "mlserve_engine_requests_total", **lv)
+                assert engine_requests == sent + workers
+                batches = total(fams, "mlserve_engine_batches_total", **lv)
+                assert total(fams, "mlserve_engine_batch_size_count", **lv) == batches >= workers
+                assert total(fams, "mlserve_engine_batch_size_sum", **lv) == engine_requests
+                for name in ("queue", "request"):
+                    assert total(fams, f"mlserve_engine_{name}_seconds_count", **lv) == (
+                        engine_requests)
+                    assert total(fams, f"mlserve_engine_{name}_seconds_bucket", le="+Inf",
+                                 **lv) == engine_requests
+                for name in ("normalize", "compute"):
+                    assert total(fams, f"mlserve_engine_{name}_seconds_count", **lv) == batches
+                assert total(fams, "mlserve_engine_compute_seconds_sum", **lv) > 0
+                assert total(fams, "mlserve_engine_queue_depth", **lv) == 0
+                cpu = fams["process_cpu_seconds"]
+                assert cpu.type == "counter"
+                assert len({s.labels["pid"] for s in cpu.samples}) == workers
+                assert all(s.value > 0 for s in fams["process_resident_memory_bytes"].samples)
+                pids |= {s.labels["pid"] for s in cpu.samples}
+            assert len(pids) == workers  # the same two workers every time
+        one_process = metric_families(httpx.get(server.url + "/metrics", timeout=30).text)
+        assert names_and_types(fams) == names_and_types(one_process)
     finally:
         assert srv.stop() == 0
 

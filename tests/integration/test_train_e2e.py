@@ -74,7 +74,7 @@ def test_bundle_manifest_and_artifacts(card_result: Any) -> None:
     result, registry = card_result
     path = result.bundle_path
     manifest = json.loads((path / "mlserve.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["name"] == "fraud"
+    assert manifest["format_version"] == 2 and manifest["name"] == "fraud"
     assert manifest["version"] is None and manifest["task"] == "binary"
     assert manifest["classes"] == [0, 1] and manifest["label"] == "is_fraud"
     assert manifest["signature"]["outputs"] == [
@@ -82,6 +82,8 @@ def test_bundle_manifest_and_artifacts(card_result: Any) -> None:
     names = [i["name"] for i in manifest["signature"]["inputs"]]
     assert names == [f["name"] for f in manifest["preprocessing"]["features"]]
     assert "user_id" not in names and "event_ts" not in names
+    assert all(i["unknown"] == "oov" for i in manifest["signature"]["inputs"]
+               if i["kind"] == "categorical")  # the default policy, recorded
     for name, info in manifest["artifacts"].items():
         data = (path / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == info["sha256"] and len(data) == info["bytes"]

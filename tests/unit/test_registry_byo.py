@@ -108,3 +108,32 @@ def test_bad_byo_inputs_are_clear(tmp_path: Path) -> None:
         bundle_from_model(tmp_path / "d", name="x", torchscript=model)
     # The model's own input width is enough for an identity plan.
     assert bundle_from_model(tmp_path / "e", name="x", onnx=model).is_dir()
+
+
+def test_cli_add_records_unknown_category_policies(tmp_path: Path) -> None:
+    plan = {
+        "features": [
+            {"name": "amount", "kind": "numeric", "ops": []},
+            {"name": "channel", "kind": "categorical", "ops": [{"op": "onehot", "size": 1}]},
+        ]
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    model = onnx_model(tmp_path / "m.onnx")
+    root = tmp_path / "registry"
+    args = [sys.executable, "-m", "mlserve.cli", "registry", "--registry", str(root), "add",
+            "byo", "--onnx", str(model), "--preprocessing", str(tmp_path / "plan.json"),
+            "--unknown-category", "missing", "--unknown-category-feature", "channel:error"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    inputs = Registry(root).resolve("byo").manifest["signature"]["inputs"]
+    assert [i.get("unknown") for i in inputs] == [None, "error"]
+
+    hashed = {"features": [{"name": "m", "kind": "categorical",
+                            "ops": [{"op": "hash_bucket", "n": 3}]}]}
+    with pytest.raises(InvalidInput, match="hash_bucket"):
+        bundle_from_model(tmp_path / "h", name="h", onnx=model, preprocessing=hashed,
+                          unknown_category="error")
+    with pytest.raises(InvalidInput, match="names amount, not categorical"):
+        bundle_from_model(tmp_path / "a", name="a", onnx=model, preprocessing=plan,
+                          unknown_category_features={"amount": "error"})
+    assert not (tmp_path / "h").exists() and not (tmp_path / "a").exists()

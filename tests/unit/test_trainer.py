@@ -63,6 +63,7 @@ def test_demo_toml_loads() -> None:
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "trainer" / "configs" / "demo.toml")
     assert "user_id" in cfg.exclude
+    assert cfg.unknown_category == "oov" and cfg.unknown_category_features == ()
 
 
 # --- datasets ---------------------------------------------------------------------------------
@@ -196,6 +197,52 @@ def test_integer_categories_map_like_strings() -> None:
     x = encode_rows(pd.DataFrame({"k": [3.0, 1.0, np.nan, 9.0]}), prep.inputs)
     np.testing.assert_array_equal(x[:2, 0], [0.0, 2.0])
     assert np.isnan(x[2, 0]) and x[3, 0] == -1.0
+
+
+def test_unknown_category_policy_from_toml_to_signature(tmp_path: Path,
+                                                       cards: pd.DataFrame) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nunknown_category = "missing"\nmin_category_count = 30\n'
+                    '[train.unknown_category_features]\ncountry = "error"\n')
+    cfg = load_config(path)
+    assert cfg.unknown_category_features == (("country", "error"),)
+    assert cfg.to_dict()["unknown_category_features"] == {"country": "error"}
+    assert load_config(None, ["unknown_category_features=country:error"]) == load_config(
+        {"unknown_category_features": {"country": "error"}})
+    prep = fit_preprocessing(cards, FEATURES_NUM, FEATURES_CAT, cfg)
+    policies = {s["name"]: s.get("unknown") for s in prep.inputs}
+    assert policies == {**dict.fromkeys(FEATURES_NUM), "merchant_category": "missing",
+                        "country": "error", "channel": "missing"}
+
+    # encode_rows applies each input's policy (what serving does) unless told otherwise;
+    # training and evaluation encode with "oov", and never refuse a row.
+    rows = pd.DataFrame({**{c: [1.0, 1.0] for c in FEATURES_NUM},
+                         "merchant_category": ["grocery", "NEW"], "country": ["US", "US"],
+                         "channel": ["web", "NEW"]})
+    x = encode_rows(rows, prep.inputs)
+    assert np.isnan(x[1, 5]) and np.isnan(x[1, 7]) and not np.isnan(x[0, 5:]).any()
+    assert (encode_rows(rows, prep.inputs, unknown="oov")[1, [5, 7]] == -1.0).all()
+    rows.loc[0, "country"] = "ZZ"
+    with pytest.raises(InvalidInput, match="input 'country': unknown category 'ZZ'"):
+        encode_rows(rows, prep.inputs)
+    assert encode_rows(rows, prep.inputs, unknown="oov")[0, 6] == -1.0
+    assert prep.transform(rows)[0].shape == (prep.plan.f_out,)  # evaluation: OOV, no error
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"unknown_category": "drop"}, "unknown_category"),
+    ({"unknown_category_features": {"country": "skip"}}, "for 'country'"),
+    ({"unknown_category_features": "country"}, "FEATURE:POLICY"),
+])
+def test_unknown_category_config_errors(settings: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        load_config(settings)
+
+
+def test_unknown_category_override_must_name_a_categorical(cards: pd.DataFrame) -> None:
+    cfg = load_config({"unknown_category_features": {"amount": "error", "contry": "error"}})
+    with pytest.raises(InvalidInput, match="names amount, contry, not categorical features"):
+        fit_preprocessing(cards, FEATURES_NUM, FEATURES_CAT, cfg)
 
 
 # --- metrics vs scikit-learn ------------------------------------------------------------------

@@ -232,7 +232,7 @@ class MlserveApp:
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.manager.expected.update(_model_name(ref) for ref in self.settings.models)
         self._startup = asyncio.create_task(self._load_configured())
-        publisher = (asyncio.create_task(self._publish_engine_stats())
+        publisher = (asyncio.create_task(self._publish_worker_snapshots())
                      if metrics.MULTIPROCESS else None)
         _watch_exit_signals()
         try:
@@ -245,9 +245,19 @@ class MlserveApp:
                 self._startup.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._startup
+            engines = [(name, version, served.engine)
+                       for name, model in self.manager.models.items()
+                       for version, served in model.versions.items()]
             await self.manager.close(self.settings.shutdown_timeout_s)
             if self.access_log is not None:  # the buffered lines of the last requests
                 self.access_log.close()
+            if publisher is not None:  # the final counts (closed engines keep them) stay summed
+                try:
+                    metrics.write_worker_snapshot(
+                        lambda: [(n, v, e.stats()) for n, v, e in engines])
+                    metrics.retire_worker_snapshot()
+                except Exception:
+                    logger.exception("could not write this worker's final metrics snapshot")
             logger.info("shut down: engines closed")
 
     async def _load_configured(self) -> None:
@@ -259,11 +269,15 @@ class MlserveApp:
 
     # ---- non-hot routes ---------------------------------------------------------------------
 
-    async def _publish_engine_stats(self) -> None:
-        """Multiprocess mode: this worker's engine stats, into shared gauges, every second."""
+    async def _publish_worker_snapshots(self) -> None:
+        """Multiprocess mode: this worker's engine stats and process metrics, into its snapshot
+        file, every SNAPSHOT_INTERVAL_S (the worker answering /metrics sums all of them)."""
         while True:
-            metrics.publish_engine_stats(self._engine_stats)
-            await asyncio.sleep(1.0)
+            try:
+                metrics.write_worker_snapshot(self._engine_stats)
+            except OSError:
+                logger.exception("could not write this worker's metrics snapshot")
+            await asyncio.sleep(metrics.SNAPSHOT_INTERVAL_S)
 
     async def _metrics(self, request: Request) -> Response:
         body, content_type = metrics.render(self._engine_stats)

@@ -60,6 +60,9 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(object),
 }
+#: Magnitudes from which a float64 rounds to infinity when cast (round to nearest even):
+#: the largest finite value plus half an ulp.
+_OVERFLOW_AT = {"FP16": 65520.0, "FP32": 2.0**128 - 2.0**103}
 _BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _DTYPES.items() if name != "BYTES"}
 _MAX_NDIM = 32
 _MAX_ELEMENTS = sys.maxsize // 16
@@ -514,12 +517,14 @@ def _numeric_from_json(name: str, datatype: str, shape: list[int], count: int, d
         if low < info.min or high > info.max:
             bad = low if low < info.min else high
             raise InvalidInput(f"input {name!r}: value {bad} is out of {datatype} range")
-    with np.errstate(over="ignore"):
-        out = inferred.astype(dtype).reshape(shape)
-    if dtype.kind == "f" and not np.isfinite(out).all():
-        # JSON numbers are finite: an infinity here is an overflow of the narrower float.
-        raise InvalidInput(f"input {name!r}: a value is out of {datatype} range")
-    return out
+    # JSON numbers are finite (orjson refuses the rest), so the cast can only overflow into
+    # infinity, where a narrower float cannot hold a value: check the range before the cast
+    # (two reductions; cheaper than np.errstate plus an isfinite pass).
+    limit = _OVERFLOW_AT.get(datatype)
+    if limit is not None and (kind == "f" or (datatype == "FP16" and kind in "iu")):
+        if float(inferred.min()) <= -limit or float(inferred.max()) >= limit:
+            raise InvalidInput(f"input {name!r}: a value is out of {datatype} range")
+    return inferred.astype(dtype).reshape(shape)
 
 
 def _integers_from_json(name: str, datatype: str, shape: list[int], data: Any) -> Array:
@@ -636,7 +641,7 @@ def encode_json_response(
             raw = _serialize_bytes(t.name, items) if want_binary else b""
         else:
             flat = _output_numeric(t)
-            if not want_binary and flat.dtype.kind == "f" and not np.isfinite(flat).all():
+            if not want_binary and flat.dtype.kind == "f" and not _all_finite(flat):
                 want_binary = True  # JSON has no NaN/inf; see the module docstring
             if want_binary:
                 raw = flat.view(np.uint8).data
@@ -652,6 +657,12 @@ def encode_json_response(
         return header, {"Content-Type": JSON_CONTENT_TYPE}
     headers = {"Content-Type": BINARY_CONTENT_TYPE, HEADER_LENGTH: str(len(header))}
     return b"".join([header, *chunks]), headers
+
+
+def _all_finite(flat: Array) -> bool:
+    if flat.size <= 16:  # the common small output: Python floats beat two numpy calls
+        return all(map(math.isfinite, flat.tolist()))
+    return bool(np.isfinite(flat).all())
 
 
 def encode_msgpack_response(resp: InferResponse) -> bytes:

@@ -27,6 +27,7 @@ import msgpack
 import numpy as np
 
 from mlserve import metrics
+from mlserve.categories import CategoryEncoder
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
 from mlserve.errors import InvalidInput, ModelNotFound, Unavailable
@@ -61,7 +62,8 @@ class _Column:
     index: int
     kind: str
     nullable: bool
-    vocabulary: dict[str, float] | None
+    encoder: CategoryEncoder | None
+    """Categorical inputs: vocabulary, valid codes and unknown-category policy."""
 
 
 class ServedVersion:
@@ -83,19 +85,20 @@ class ServedVersion:
                 f"model {name}/{version}: signature has {len(self.inputs)} inputs but the plan "
                 f"takes {self.f_in}; re-export the bundle"
             )
+        encoders = engine.bundle.category_encoders() if engine.bundle is not None else []
         self.columns = [
             _Column(
                 name=str(spec["name"]),
                 index=j,
                 kind=str(spec.get("kind", "numeric")),
                 nullable=bool(spec.get("nullable", True)),
-                vocabulary=(
-                    {str(v): float(i) for i, v in enumerate(spec["vocabulary"])}
-                    if spec.get("vocabulary") is not None
-                    else None
-                ),
+                encoder=encoders[j],
             )
             for j, spec in enumerate(self.inputs)
+        ]
+        #: Categoricals whose codes in the matrix form are checked against their policy.
+        self._policed = [
+            c for c in self.columns if c.encoder is not None and c.encoder.checks_codes
         ]
         self.by_name = {c.name: c for c in self.columns}
         self._non_nullable = np.array([not c.nullable for c in self.columns], dtype=bool)
@@ -126,12 +129,14 @@ class ServedVersion:
 
         Either one ``[n, f_in]`` FP32/FP64 tensor (any name; categoricals as codes), or one
         tensor per signature input of shape ``[n]`` or ``[n, 1]``. Categorical BYTES map
-        through the vocabulary (unseen -> -1, the out-of-vocabulary slot; an empty string not
-        in the vocabulary -> missing).
+        through the vocabulary (an empty string not in the vocabulary -> missing); unseen
+        categories, and codes outside the vocabulary, follow the input's unknown-category policy.
         """
         if len(tensors) == 1 and self._is_matrix(tensors[0]):
             t = tensors[0]
             x = np.ascontiguousarray(t.data, dtype=np.float32).reshape(t.shape[0], self.f_in)
+            if self._policed:
+                x = self._police_codes(x)
             self._check_nulls(x)
             return x
         given = {t.name: t for t in tensors}
@@ -170,14 +175,18 @@ class ServedVersion:
         return x
 
     def fast_rows(self, obj: Any) -> tuple[np.ndarray, str | None, dict[str, Any]] | None:
-        """The msgpack fast lane (``codecs.fast_msgpack_rows``) plus the null check that
-        :meth:`rows` does; None: use the general path."""
+        """The msgpack fast lane (``codecs.fast_msgpack_rows``) plus what :meth:`rows` does to
+        a row matrix (unknown-category policies, the null check); None: use the general path."""
         if not self.fast_matrix:
             return None
         fast = fast_msgpack_rows(obj, self.f_in)
-        if fast is not None:
-            self._check_nulls(fast[0])
-        return fast
+        if fast is None:
+            return None
+        x = fast[0]
+        if self._policed:
+            x = self._police_codes(x)
+        self._check_nulls(x)
+        return x, fast[1], fast[2]
 
     def _is_matrix(self, t: Tensor) -> bool:
         if len(t.shape) != 2 or t.shape[1] != self.f_in or t.datatype not in ("FP32", "FP64"):
@@ -187,11 +196,12 @@ class ServedVersion:
 
     def _column_values(self, column: _Column, t: Tensor) -> np.ndarray:
         data = np.asarray(t.data).reshape(-1)
-        if column.vocabulary is not None:
+        encoder = column.encoder
+        if encoder is not None and encoder.vocabulary is not None:
             if t.datatype == "BYTES":
-                return _lookup(column, data, bytes_values=True)
+                return encoder.encode_strings(data, empty_is_missing=True)
             if t.datatype in _NUMERIC_DATATYPES and t.datatype not in _FLOAT_DATATYPES:
-                return _lookup(column, data, bytes_values=False)
+                return encoder.encode_integers(data)
             raise InvalidInput(
                 f"input '{column.name}' is categorical: send BYTES (strings of its vocabulary) "
                 f"or integers, got {t.datatype}"
@@ -206,7 +216,20 @@ class ServedVersion:
                 raise InvalidInput(
                     f"input '{column.name}' holds category codes: got non-integer values"
                 )
-        return data
+        return data if encoder is None else encoder.check_codes(data)
+
+    def _police_codes(self, x: np.ndarray) -> np.ndarray:
+        """The matrix form's category codes under each input's unknown-category policy."""
+        original = x
+        for column in self._policed:
+            assert column.encoder is not None
+            codes = x[:, column.index]
+            checked = column.encoder.check_codes(codes)
+            if checked is not codes:
+                if x is original:
+                    x = x.copy()  # the request's buffer may be read-only
+                x[:, column.index] = checked
+        return x
 
     def _check_nulls(self, x: np.ndarray) -> None:
         if not self._any_non_nullable:
@@ -282,7 +305,11 @@ class ServedVersion:
                 "name": c.name,
                 "datatype": _SIGNATURE_DATATYPES.get(str(spec.get("dtype")), "FP32"),
                 "shape": [-1],
-                "parameters": {"kind": c.kind, "nullable": c.nullable},
+                "parameters": {
+                    "kind": c.kind,
+                    "nullable": c.nullable,
+                    **({"unknown": c.encoder.unknown} if c.encoder is not None else {}),
+                },
             }
             for c, spec in zip(self.columns, self.inputs, strict=True)
         ]
@@ -301,34 +328,6 @@ class ServedVersion:
             "inputs": inputs,
             "outputs": outputs,
         }
-
-
-def _lookup(column: _Column, data: np.ndarray, *, bytes_values: bool) -> np.ndarray:
-    """Category values -> vocabulary codes; one dict lookup per distinct value."""
-    assert column.vocabulary is not None
-    if data.size == 0:
-        return np.empty(0, dtype=np.float32)
-    uniques, inverse = np.unique(data, return_inverse=True)
-    vocabulary = column.vocabulary
-    codes = np.empty(len(uniques), dtype=np.float32)
-    for i, value in enumerate(uniques.tolist()):
-        if bytes_values:
-            if isinstance(value, str):
-                key = value
-            else:
-                try:
-                    key = bytes(value).decode("utf-8")
-                except (UnicodeDecodeError, TypeError):
-                    raise InvalidInput(
-                        f"input '{column.name}': values must be UTF-8 strings"
-                    ) from None
-            if key == "" and key not in vocabulary:
-                codes[i] = np.nan
-                continue
-        else:
-            key = str(int(value))
-        codes[i] = vocabulary.get(key, -1.0)
-    return codes[inverse.reshape(-1)]
 
 
 @dataclass
