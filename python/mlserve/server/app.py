@@ -186,6 +186,20 @@ class MlserveApp:
                     out = codecs.encode_msgpack_response(response)
                     version_label = response.model_version
                 extra = [(b"content-type", _MSGPACK)]
+            elif header_length_raw is None and (
+                (served := self.manager.get(model, version)).fast_matrix
+                and (fast := served.fast_rows(body, json_body=True)) is not None
+            ):  # the common v2 JSON request: one FP32 [n, f_in] list, cached response pieces
+                y = await self.manager.run(served, fast[0], fast[2])
+                out = served.json_response(y, fast[1])
+                if out is None:  # non-finite outputs go out as binary data: the general encoder
+                    request = codecs.InferRequest(fast[1], [], fast[2])
+                    out, more = codecs.encode_json_response(served.response(y, request))
+                    extra = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                             for k, v in more.items()]
+                else:
+                    extra = [(b"content-type", _JSON)]
+                version_label = served.version
             else:
                 header_length = (None if header_length_raw is None
                                  else _parse_length(header_length_raw))

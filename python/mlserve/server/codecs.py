@@ -214,6 +214,49 @@ def msgpack_request_from_object(obj: Any) -> InferRequest:
     return _decode_request_object(obj, _msgpack_input, json_format=False)
 
 
+def fast_json_rows(body: bytes, f_in: int) -> tuple[Array, str | None, dict[str, Any]] | None:
+    """The JSON counterpart of :func:`fast_msgpack_rows` for a body without binary data:
+    ``(rows, id, parameters)`` when it is one FP32 ``[n, f_in]`` tensor whose ``data`` is a
+    flat list of numbers (the form tritonclient and KServe clients send), else None (the
+    general path then decodes it, or raises the precise error). Never raises."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or not obj.keys() <= _FAST_REQUEST_KEYS:
+        return None
+    inputs = obj.get("inputs")
+    if type(inputs) is not list or len(inputs) != 1:
+        return None
+    item = inputs[0]
+    if type(item) is not dict or item.keys() != _FAST_INPUT_KEYS or item["datatype"] != "FP32":
+        return None
+    name, shape, data = item["name"], item["shape"], item["data"]
+    if type(name) is not str or not name or type(shape) is not list or len(shape) != 2:
+        return None
+    n, width = shape
+    if type(n) is not int or type(width) is not int or width != f_in or n <= 0:
+        return None
+    if type(data) is not list or len(data) != n * f_in:
+        return None
+    request_id = obj.get("id")
+    if request_id is not None and type(request_id) is not str:
+        return None
+    parameters = obj.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif type(parameters) is not dict or not parameters.keys() <= _FAST_PARAMETER_KEYS:
+        return None
+    values = np.asarray(data)
+    if values.dtype.kind not in "iuf" or values.ndim != 1:  # bools, strings, nesting, null
+        return None
+    if values.dtype.kind == "f" and (
+        float(values.min()) <= -_OVERFLOW_AT["FP32"] or float(values.max()) >= _OVERFLOW_AT["FP32"]
+    ):
+        return None  # the general path names the value that is out of range
+    return values.astype(_F4).reshape(n, f_in), request_id, parameters
+
+
 _FAST_REQUEST_KEYS = frozenset({"inputs", "id", "parameters"})
 _FAST_PARAMETER_KEYS = frozenset({"priority", "timeout"})
 _FAST_INPUT_KEYS = frozenset({"name", "datatype", "shape", "data"})
@@ -641,7 +684,7 @@ def encode_json_response(
             raw = _serialize_bytes(t.name, items) if want_binary else b""
         else:
             flat = _output_numeric(t)
-            if not want_binary and flat.dtype.kind == "f" and not _all_finite(flat):
+            if not want_binary and flat.dtype.kind == "f" and not all_finite(flat):
                 want_binary = True  # JSON has no NaN/inf; see the module docstring
             if want_binary:
                 raw = flat.view(np.uint8).data
@@ -659,7 +702,8 @@ def encode_json_response(
     return b"".join([header, *chunks]), headers
 
 
-def _all_finite(flat: Array) -> bool:
+def all_finite(flat: Array) -> bool:
+    """Whether every value of a flat float array is finite (JSON cannot carry the rest)."""
     if flat.size <= 16:  # the common small output: Python floats beat two numpy calls
         return all(map(math.isfinite, flat.tolist()))
     return bool(np.isfinite(flat).all())
