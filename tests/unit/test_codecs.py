@@ -721,6 +721,20 @@ def _fast_lane_objects(f_in: int) -> st.SearchStrategy[Any]:
     return build()
 
 
+def _assert_fast_lane_agrees(
+    fast: tuple[np.ndarray, str | None, dict[str, Any]] | None, request: InferRequest, f_in: int
+) -> None:
+    if fast is None:
+        return
+    rows, request_id, parameters = fast
+    assert request.outputs is None and len(request.inputs) == 1
+    tensor = request.inputs[0]
+    assert tensor.datatype == "FP32" and tensor.shape == [rows.shape[0], f_in]
+    np.testing.assert_array_equal(rows, tensor.data)
+    assert rows.dtype == np.float32 and rows.flags.aligned and rows.flags.c_contiguous
+    assert request_id == request.id and parameters == request.parameters
+
+
 @FAST
 @given(data=st.data(), f_in=st.integers(1, 6))
 def test_fast_lane_never_accepts_what_the_general_path_refuses(
@@ -737,15 +751,7 @@ def test_fast_lane_never_accepts_what_the_general_path_refuses(
     except InvalidInput:
         assert fast is None
         return
-    if fast is None:
-        return
-    rows, request_id, parameters = fast
-    assert request.outputs is None and len(request.inputs) == 1
-    tensor = request.inputs[0]
-    assert tensor.datatype == "FP32" and tensor.shape == [rows.shape[0], f_in]
-    np.testing.assert_array_equal(rows, tensor.data)
-    assert rows.dtype == np.float32 and rows.flags.aligned and rows.flags.c_contiguous
-    assert request_id == request.id and parameters == request.parameters
+    _assert_fast_lane_agrees(fast, request, f_in)
 
 
 def test_fast_lane_takes_the_common_request() -> None:
@@ -797,15 +803,7 @@ def test_json_fast_lane_never_accepts_what_the_general_path_refuses(
     except InvalidInput:
         assert fast is None
         return
-    if fast is None:
-        return
-    rows, request_id, parameters = fast
-    assert request.outputs is None and len(request.inputs) == 1
-    tensor = request.inputs[0]
-    assert tensor.datatype == "FP32" and tensor.shape == [rows.shape[0], f_in]
-    np.testing.assert_array_equal(rows, tensor.data)
-    assert rows.dtype == np.float32 and rows.flags.c_contiguous
-    assert request_id == request.id and parameters == request.parameters
+    _assert_fast_lane_agrees(fast, request, f_in)
 
 
 def test_json_fast_lane_takes_the_common_request() -> None:

@@ -223,29 +223,11 @@ def fast_json_rows(body: bytes, f_in: int) -> tuple[Array, str | None, dict[str,
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if type(obj) is not dict or not obj.keys() <= _FAST_REQUEST_KEYS:
+    fields = _fast_fields(obj, f_in, list)
+    if fields is None:
         return None
-    inputs = obj.get("inputs")
-    if type(inputs) is not list or len(inputs) != 1:
-        return None
-    item = inputs[0]
-    if type(item) is not dict or item.keys() != _FAST_INPUT_KEYS or item["datatype"] != "FP32":
-        return None
-    name, shape, data = item["name"], item["shape"], item["data"]
-    if type(name) is not str or not name or type(shape) is not list or len(shape) != 2:
-        return None
-    n, width = shape
-    if type(n) is not int or type(width) is not int or width != f_in or n <= 0:
-        return None
-    if type(data) is not list or len(data) != n * f_in:
-        return None
-    request_id = obj.get("id")
-    if request_id is not None and type(request_id) is not str:
-        return None
-    parameters = obj.get("parameters")
-    if parameters is None:
-        parameters = {}
-    elif type(parameters) is not dict or not parameters.keys() <= _FAST_PARAMETER_KEYS:
+    n, data, request_id, parameters = fields
+    if len(data) != n * f_in:
         return None
     values = np.asarray(data)
     if values.dtype.kind not in "iuf" or values.ndim != 1:  # bools, strings, nesting, null
@@ -275,6 +257,23 @@ def fast_msgpack_rows(
     never raises and never accepts what the general path would refuse. ``rows`` is a read-only
     view into ``obj``'s bytes (aligned). Parameter values are checked by the caller.
     """
+    fields = _fast_fields(obj, f_in, bytes)
+    if fields is None:
+        return None
+    n, data, request_id, parameters = fields
+    if len(data) != 4 * n * f_in:
+        return None
+    rows = np.frombuffer(data, dtype=_F4).reshape(n, f_in)
+    if not rows.flags.aligned:
+        rows = rows.copy()
+    return rows, request_id, parameters
+
+
+def _fast_fields(
+    obj: Any, f_in: int, data_type: type
+) -> tuple[int, Any, str | None, dict[str, Any]] | None:
+    """The fast lanes' shared check of the request object: ``(n, data, id, parameters)`` for
+    one FP32 ``[n, f_in]`` input (n > 0) whose ``data`` has type ``data_type``, else None."""
     if type(obj) is not dict or not obj.keys() <= _FAST_REQUEST_KEYS:
         return None
     inputs = obj.get("inputs")
@@ -289,7 +288,7 @@ def fast_msgpack_rows(
     n, width = shape
     if type(n) is not int or type(width) is not int or width != f_in or n <= 0:
         return None
-    if type(data) is not bytes or len(data) != 4 * n * f_in:
+    if type(data) is not data_type:
         return None
     request_id = obj.get("id")
     if request_id is not None and type(request_id) is not str:
@@ -299,10 +298,7 @@ def fast_msgpack_rows(
         parameters = {}
     elif type(parameters) is not dict or not parameters.keys() <= _FAST_PARAMETER_KEYS:
         return None
-    rows = np.frombuffer(data, dtype=_F4).reshape(n, f_in)
-    if not rows.flags.aligned:
-        rows = rows.copy()
-    return rows, request_id, parameters
+    return n, data, request_id, parameters
 
 
 InputDecoder = Callable[[str, str, list[int], dict[str, Any]], Tensor]
