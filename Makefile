@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q "scikit-build-core>=0.11" "pybind11>=2.13" ninja "cmake>=3.26"
-	$(PIP) install -q --no-build-isolation -e ".[train,dev]"
+	$(PIP) install -q --no-build-isolation -e ".[train,features,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)

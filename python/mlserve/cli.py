@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="skip the part that starts `mlserve serve` and uses the client")
 
     from mlserve import gpu_cli
+    from mlserve.features import cli as features_cli
     from mlserve.registry import cli as registry_cli
     from mlserve.server import cli as server_cli
     from mlserve.trainer import cli as trainer_cli
@@ -42,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     trainer_cli.add_parser(sub)
     registry_cli.add_parser(sub)
     server_cli.add_parser(sub)
+    features_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "serve":
         return int(server_cli.run(args))
     if args.command == "registry":
         return int(registry_cli.run(args))
+    if args.command == "features":
+        return int(features_cli.run(args))
     if args.command in ("train", "tune"):
         return int(trainer_cli.run(args))
     if args.command in ("devices", "build-engine"):

@@ -31,6 +31,13 @@ class ModelNotFound(MlserveError, LookupError):
     code = "model_not_found"
 
 
+class DefinitionNotFound(MlserveError, LookupError):
+    """No feature store entity, feature view or service by that name (or version)."""
+
+    http_status = 404
+    code = "definition_not_found"
+
+
 class QueueFull(MlserveError):
     """The request queue is at ``max_queue_size``; retry later."""
 
@@ -78,6 +85,7 @@ BY_CODE: tuple[type[MlserveError], ...] = (
 __all__ = [
     "BY_CODE",
     "DeadlineExceeded",
+    "DefinitionNotFound",
     "InternalError",
     "InvalidInput",
     "MlserveError",

@@ -3,6 +3,8 @@
 ``add_parsers(subparsers)`` adds both commands; ``run(args)`` executes one and returns the exit
 status: 0 on success, 2 when the input is wrong or what the command needs is missing here (no
 GPU, no TensorRT: the message says what to install), 1 for other failures.
+``python -m mlserve.gpu_cli devices|build-engine ...`` runs them without importing the rest of
+the command line (whose feature store needs lmdb, which a bare GPU image may lack).
 """
 
 from __future__ import annotations
@@ -92,3 +94,13 @@ def _build_engine(args: argparse.Namespace) -> int:
           f"{info['profile']['min_batch']}..{info['profile']['max_batch']} "
           f"(opt {info['profile']['opt_batch']}), {info['bytes']} bytes")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlserve", description=__doc__)
+    add_parsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

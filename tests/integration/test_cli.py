@@ -27,6 +27,12 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         ["registry", "--help"],
         ["train", "--help"],
         ["tune", "--help"],
+        ["features", "--help"],
+        ["features", "apply", "--help"],
+        ["features", "ingest", "--help"],
+        ["features", "materialize", "--help"],
+        ["features", "get", "--help"],
+        ["features", "list", "--help"],
     ],
 )
 def test_every_command_has_help(args: list[str]) -> None:

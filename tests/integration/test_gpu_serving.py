@@ -99,7 +99,7 @@ def test_torch_cuda_engine_equals_the_cpu_engine(trained: Trained, graphs: bool)
 
 @needs_tensorrt
 def test_build_engine_then_serve_on_tensorrt(trained: Trained) -> None:
-    from mlserve.cli import main
+    from mlserve.gpu_cli import main
 
     ref = "fraud@champion"
     code = main(["build-engine", ref, "--registry", str(trained.registry.root),

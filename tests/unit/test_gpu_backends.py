@@ -27,8 +27,8 @@ import pytest
 from conftest import SMALL_SPEC
 from mlserve import Engine, FeaturePlan, _core, gpu
 from mlserve.bundle import ModelBundle
-from mlserve.cli import main as cli_main
 from mlserve.errors import InternalError, InvalidInput, Unavailable
+from mlserve.gpu_cli import main as cli_main
 from mlserve.registry import Registry
 from mlserve.server.settings import ServerSettings, split_model_spec
 
@@ -122,6 +122,14 @@ def test_devices_command_lists_backends(capsys: pytest.CaptureFixture[str]) -> N
     assert "CUDA kernels built" in out
     for name in ("cpu", "torch-cuda", "tensorrt"):
         assert f"  {name}" in out
+
+
+def test_mlserve_command_dispatches_the_gpu_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lmdb", reason="the full command line imports the feature store")
+    from mlserve.cli import main
+
+    assert main(["devices"]) == 0
+    assert "execution backends" in capsys.readouterr().out
 
 
 # ---- mlserve build-engine ------------------------------------------------------------------------

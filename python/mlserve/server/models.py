@@ -25,6 +25,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import orjson
 
 from mlserve import metrics
 from mlserve.categories import CategoryEncoder
@@ -37,6 +38,8 @@ from mlserve.server.codecs import (
     InferResponse,
     Tensor,
     TensorSpec,
+    all_finite,
+    fast_json_rows,
     fast_msgpack_rows,
 )
 from mlserve.server.settings import split_model_spec
@@ -111,13 +114,18 @@ class ServedVersion:
         self._msgpack_names = b"".join(
             msgpack.packb(v) for v in ("model_name", name, "model_version", version)
         )
-        self._msgpack_output = None
+        self._json_names = (b'{"model_name":' + orjson.dumps(name) + b',"model_version":'
+                            + orjson.dumps(version))
+        self._msgpack_output = self._json_output = None
         if len(self.outputs) == 1:
             self._msgpack_output = b"".join(
                 [msgpack.packb("outputs"), b"\x91\x84"]
                 + [msgpack.packb(v) for v in ("name", str(self.outputs[0]["name"]),
                                               "datatype", "FP32", "shape")]
             )
+            output_name = orjson.dumps(str(self.outputs[0]["name"]))
+            self._json_output = (b',"outputs":[{"name":' + output_name
+                                 + b',"datatype":"FP32","shape":')
         self.in_flight = 0
         self.ready = False
         self.retired = False
@@ -174,12 +182,16 @@ class ServedVersion:
         self._check_nulls(x)
         return x
 
-    def fast_rows(self, obj: Any) -> tuple[np.ndarray, str | None, dict[str, Any]] | None:
-        """The msgpack fast lane (``codecs.fast_msgpack_rows``) plus what :meth:`rows` does to
-        a row matrix (unknown-category policies, the null check); None: use the general path."""
+    def fast_rows(
+        self, obj: Any, *, json_body: bool = False
+    ) -> tuple[np.ndarray, str | None, dict[str, Any]] | None:
+        """The fast lane (``codecs.fast_msgpack_rows`` on an unpacked msgpack object, or
+        ``codecs.fast_json_rows`` on a JSON body) plus what :meth:`rows` does to a row matrix
+        (unknown-category policies, the null check); None: use the general path."""
         if not self.fast_matrix:
             return None
-        fast = fast_msgpack_rows(obj, self.f_in)
+        fast = (fast_json_rows(obj, self.f_in) if json_body
+                else fast_msgpack_rows(obj, self.f_in))
         if fast is None:
             return None
         x = fast[0]
@@ -295,6 +307,22 @@ class ServedVersion:
             head = b"\x84" + self._msgpack_names + _MSGPACK_ID_KEY + msgpack.packb(request_id)
         return b"".join((head, self._msgpack_output, msgpack.packb(list(y2.shape)),
                          _MSGPACK_DATA_KEY, bin_header, data))
+
+    def json_response(self, y: np.ndarray, request_id: str | None) -> bytes | None:
+        """Like :meth:`msgpack_response`, for v2 JSON: the body ``encode_json_response`` gives
+        for a request with no ``outputs`` and no binary parameters (byte-identical; tested);
+        None for several outputs or non-finite values (those go out as binary data)."""
+        if self._json_output is None:
+            return None
+        n = y.shape[0]
+        y2 = np.ascontiguousarray(y.reshape(n, -1), dtype=np.float32)
+        flat = y2.reshape(-1)
+        if not all_finite(flat):
+            return None
+        head = self._json_names if request_id is None else (
+            self._json_names + b',"id":' + orjson.dumps(request_id))
+        return b"".join((head, self._json_output, orjson.dumps(list(y2.shape)), b',"data":',
+                         orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY), b"}]}"))
 
     # ---- metadata ----------------------------------------------------------------------------
 

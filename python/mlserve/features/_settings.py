@@ -1,0 +1,46 @@
+"""Environment settings of the feature store: its default root, the LMDB map size and the
+crash-test hook.
+
+This is the only module of ``mlserve.features`` that reads environment variables. Stateless and
+thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+#: Root of the feature store (definitions, offline Parquet data, online LMDB environment).
+ROOT_ENV = "MLSERVE_FEATURE_STORE"
+#: Size in bytes of the LMDB memory map (address space, not disk; the file grows as written).
+MAP_SIZE_ENV = "MLSERVE_FEATURE_STORE_MAP_SIZE"
+#: Test hook: seconds each materialization batch sleeps inside its write transaction, before
+#: committing, so that tests can SIGKILL a writer mid-transaction and check that readers are not
+#: blocked by an open write transaction. Never set it in production.
+TEST_BATCH_DELAY_ENV = "MLSERVE_FEATURES_TEST_BATCH_DELAY_S"
+
+DEFAULT_MAP_SIZE = 64 << 30
+
+
+def default_root() -> Path:
+    """``$MLSERVE_FEATURE_STORE``, else ``$MLSERVE_HOME/features`` next to the model registry
+    (``MLSERVE_HOME`` defaults to ``~/.mlserve``)."""
+    explicit = os.environ.get(ROOT_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")
+    return Path(home).expanduser() / "features"
+
+
+def map_size_bytes() -> int:
+    """``$MLSERVE_FEATURE_STORE_MAP_SIZE`` (bytes), default 64 GiB."""
+    value = os.environ.get(MAP_SIZE_ENV)
+    return int(value) if value else DEFAULT_MAP_SIZE
+
+
+def test_batch_pause() -> None:
+    """Sleeps for ``$MLSERVE_FEATURES_TEST_BATCH_DELAY_S`` seconds if set (tests only)."""
+    delay_s = os.environ.get(TEST_BATCH_DELAY_ENV)
+    if delay_s:
+        time.sleep(float(delay_s))

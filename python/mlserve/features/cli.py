@@ -1,0 +1,187 @@
+"""``mlserve features ...``: apply, ingest, materialize, get, list.
+
+``add_parser(subparsers)`` adds the ``features`` command to the main parser; ``run(args)``
+executes it and returns the exit status (errors print one line saying what to do, exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mlserve.errors import InvalidInput, MlserveError
+
+from ._settings import ROOT_ENV
+from ._time import ns_to_iso, to_ns
+
+_LIST_KINDS = {"entities": "entity", "views": "view", "services": "service"}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds ``features`` and its subcommands to an ``add_subparsers()`` object."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS,
+                        help=f"feature store root (default: ${ROOT_ENV}, else "
+                        "$MLSERVE_HOME/features)")
+    feat: argparse.ArgumentParser = subparsers.add_parser(
+        "features", parents=[common], help="feature store: definitions, offline and online data",
+        description="Entities, feature views and services (versioned definitions), Parquet "
+        "offline data with point-in-time correct joins, and an LMDB online store with TTLs.")
+    sub = feat.add_subparsers(dest="features_command", required=True, metavar="SUBCOMMAND")
+
+    def add(name: str, help_text: str, description: str = "") -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, parents=[common], help=help_text, description=description or help_text)
+        return p
+
+    p = add("apply", "validate and record the definitions of a TOML file",
+            "Validates the entities, feature views and feature services declared in FILE and "
+            "records them: a view whose schema changed gets a new version (old versions and "
+            "their data stay readable); TTL, source and description update in place.")
+    p.add_argument("file", metavar="FILE.toml")
+    p.add_argument("--dry-run", action="store_true", help="validate and report, record nothing")
+    p = add("ingest", "append a CSV or Parquet file to a feature view's offline data",
+            "Checks FILE against the view's schema (join keys, event_ts, columns and their "
+            "types; created_ts optional, default: now) and appends it as a Parquet part.")
+    p.add_argument("view", metavar="VIEW", help="NAME (latest version) or NAME/VERSION")
+    p.add_argument("file", metavar="FILE", nargs="?",
+                   help="a .csv or .parquet file (default: the view's source)")
+    p = add("materialize", "copy the latest offline values into the online store",
+            "With --start: per entity, the latest row with START <= event_ts <= END. With "
+            "--incremental: what was ingested or became due since the view's last incremental "
+            "run. Never replaces a newer online value with an older one.")
+    p.add_argument("views", metavar="VIEW", nargs="*", help="views (default: every view)")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--start", metavar="TIME", help="ISO 8601 time: full window from here")
+    mode.add_argument("--incremental", action="store_true", help="since the last run")
+    p.add_argument("--end", metavar="TIME", default="now", help="ISO 8601 time (default: now)")
+    p = add("get", "print the online features of a service for some entities",
+            "KEY is a join key value when the service has one join key, else "
+            "NAME=VALUE[,NAME=VALUE...]. Values older than the view's TTL show as expired.")
+    p.add_argument("service", metavar="SERVICE", help="a feature service (NAME or NAME/VERSION)"
+                   " or a feature view")
+    p.add_argument("keys", metavar="KEY", nargs="+")
+    p.add_argument("--now", metavar="TIME", default="now",
+                   help="time at which TTLs are checked (default: now)")
+    p = add("list", "list entities, feature views and services")
+    p.add_argument("kind", nargs="?", choices=sorted(_LIST_KINDS), help="only this kind")
+    p.add_argument("--all-versions", action="store_true", help="every version, not the latest")
+    return feat
+
+
+def _console() -> Console:
+    return Console(file=sys.stdout, width=140, highlight=False, soft_wrap=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the parsed ``features`` subcommand; returns the exit status."""
+    from .store import FeatureStore
+
+    try:
+        with FeatureStore(getattr(args, "store", None)) as store:
+            return _run(store, args, _console())
+    except MlserveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parse_keys(service_keys: tuple[str, ...], raw: list[str]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {k: [] for k in service_keys}
+    for item in raw:
+        if "=" in item:
+            pairs = dict(p.split("=", 1) for p in item.split(","))
+        elif len(service_keys) == 1:
+            pairs = {service_keys[0]: item}
+        else:
+            raise InvalidInput(f"key {item!r}: this service needs {', '.join(service_keys)}; "
+                               "write NAME=VALUE,NAME=VALUE")
+        unknown = sorted(set(pairs) - set(service_keys))
+        missing = [k for k in service_keys if k not in pairs]
+        if unknown or missing:
+            raise InvalidInput(f"key {item!r}: expected join keys {', '.join(service_keys)}")
+        for k in service_keys:
+            out[k].append(pairs[k])
+    return out
+
+
+def _run(store: Any, args: argparse.Namespace, out: Console) -> int:
+    cmd = args.features_command
+    if cmd == "apply":
+        changes = store.apply(args.file, dry_run=args.dry_run)
+        table = Table("kind", "name", "version", "action",
+                      title="dry run: nothing recorded" if args.dry_run else None)
+        for c in changes:
+            table.add_row(c.kind, c.name, str(c.version), c.action)
+        out.print(table)
+    elif cmd == "ingest":
+        result = store.ingest(args.view, args.file)
+        out.print(f"{result.rows} rows appended to {result.view}"
+                  + (f" ({result.part.name})" if result.part else ""), markup=False)
+        if result.ignored_columns:
+            out.print(f"ignored columns: {', '.join(result.ignored_columns)}", markup=False)
+    elif cmd == "materialize":
+        views = args.views or [i.name for i in store.registry.list("view")]
+        table = Table("view", "from", "to", "rows", "written", "kept (newer)")
+        for view in views:
+            if args.incremental:
+                r = store.materialize_incremental(view, args.end)
+            else:
+                r = store.materialize(view, args.start, args.end)
+            table.add_row(r.view, "-" if r.start_ns is None else ns_to_iso(r.start_ns),
+                          ns_to_iso(r.end_ns), str(r.rows), str(r.written), str(r.kept_newer))
+        out.print(table)
+    elif cmd == "get":
+        reader = store.service_reader(args.service)
+        keys = _parse_keys(reader.join_keys, args.keys)
+        dtypes: dict[str, str] = {}
+        for view, _ in store.resolve(args.service):
+            entity = view.resolved_entity
+            dtypes.update(zip(entity.join_keys, entity.key_dtypes, strict=True))
+        typed = {k: [_int_key(k, v) for v in values] if dtypes[k] == "int64" else values
+                 for k, values in keys.items()}
+        got = reader.read(typed, now_ns=to_ns(args.now, "--now"))
+        table = Table(*reader.join_keys, "status", *got.names)
+        for i in range(len(args.keys)):
+            status = ", ".join(f"{v}:{s}" if len(got.views) > 1 else s
+                               for v, s in zip(got.views, got.status_names()[i], strict=True))
+            cells = ["-" if math.isnan(x) else f"{x:.6g}" for x in got.values[i].tolist()]
+            table.add_row(*(str(keys[k][i]) for k in reader.join_keys), status, *cells)
+        out.print(table)
+    elif cmd == "list":
+        plurals = [args.kind] if args.kind else list(_LIST_KINDS)
+        for plural in plurals:
+            kind = _LIST_KINDS[plural]
+            infos = store.registry.list(kind, all_versions=args.all_versions)
+            table = Table("name", "version", "details", "updated (UTC)", title=plural)
+            for info in infos:
+                table.add_row(info.name, str(info.version), _details(info.definition),
+                              info.updated_at[:19])
+            out.print(table if infos else f"no {plural} in {store.root}", markup=False)
+    else:  # pragma: no cover - argparse restricts the choices
+        raise AssertionError(cmd)
+    return 0
+
+
+def _int_key(name: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"join key {name!r} is int64: {text!r} is not an integer") from None
+
+
+def _details(d: Any) -> str:
+    from .definitions import Entity, FeatureView
+
+    if isinstance(d, Entity):
+        return ", ".join(f"{k}:{t}" for k, t in zip(d.join_keys, d.key_dtypes, strict=True))
+    if isinstance(d, FeatureView):
+        ttl = "no TTL" if d.ttl_seconds is None else f"ttl {d.ttl_seconds:g}s"
+        cols = ", ".join(f"{c.name}:{c.dtype}" for c in d.columns)
+        return f"entity {d.entity_name}; {ttl}; {cols}"
+    return "; ".join(f"{s.view}/{s.version}: {', '.join(s.columns or ())}"
+                     for s in d.selections)

@@ -1,0 +1,142 @@
+"""The offline store: an append-only Parquet dataset per feature-view version.
+
+Layout: ``<store root>/offline/<view>/v<version>/part-<ingest ns, 20 digits>-<random>.parquet``,
+each file with the view version's schema (:func:`.ingest.offline_schema`). A part is written
+under a temporary name, fsynced and renamed into place, so a reader sees whole parts or none
+and a killed ingestion leaves at most a ``.tmp-*`` file that nothing reads. Parts are read in
+name order, which is ingestion order; the position of a row in that order is its *ingestion
+sequence*, the last tie-breaker of point-in-time joins and materialization (after event_ts and
+created_ts). Safe for concurrent readers and appenders (threads or processes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlserve.errors import InvalidInput
+
+from .definitions import FeatureView
+from .ingest import offline_schema
+
+
+@dataclass(frozen=True)
+class ViewData:
+    """Rows of one view version, in ingestion order, as numpy arrays."""
+
+    keys: tuple[np.ndarray, ...]
+    """One array per join key: int64, or object (str)."""
+    event_ts: np.ndarray
+    """int64 UTC ns."""
+    created_ts: np.ndarray
+    """int64 UTC ns."""
+    values: dict[str, np.ndarray]
+    """Per column: float64 (``float``) or int64 (``int``, ``categorical``; 0 where null)."""
+    nulls: dict[str, np.ndarray]
+    """Per column: bool, True where null."""
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.event_ts.shape[0])
+
+    def take(self, index: np.ndarray) -> ViewData:
+        return ViewData(tuple(k[index] for k in self.keys), self.event_ts[index],
+                        self.created_ts[index], {c: v[index] for c, v in self.values.items()},
+                        {c: m[index] for c, m in self.nulls.items()})
+
+
+class OfflineStore:
+    """Parquet datasets under ``root`` (``<store root>/offline``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def view_dir(self, view: FeatureView) -> Path:
+        if view.version is None:
+            raise InvalidInput(f"feature view {view.name!r} is not applied: it has no version")
+        return self.root / view.name / f"v{view.version}"
+
+    def parts(self, view: FeatureView) -> list[Path]:
+        """The view version's part files, in ingestion order."""
+        d = self.view_dir(view)
+        if not d.is_dir():
+            return []
+        return sorted(p for p in d.iterdir() if p.name.startswith("part-")
+                      and p.suffix == ".parquet")
+
+    def append(self, view: FeatureView, table: pa.Table) -> Path:
+        """Writes ``table`` (already validated) as a new part; returns its path."""
+        d = self.view_dir(view)
+        d.mkdir(parents=True, exist_ok=True)
+        schema = offline_schema(view)
+        table = pa.Table.from_arrays([table.column(f.name) for f in schema], schema=schema)
+        token = uuid.uuid4().hex[:12]
+        tmp = d / f".tmp-{token}.parquet"
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            final = d / f"part-{time.time_ns():020d}-{token}.parquet"
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final
+
+    def load(self, view: FeatureView, columns: Sequence[str] | None = None, *,
+             parts: Sequence[Path] | None = None) -> ViewData:
+        """The rows of ``parts`` (default: all, in ingestion order) with the join keys,
+        timestamps and ``columns`` (default: all of the view's)."""
+        entity = view.resolved_entity
+        wanted = list(view.column_names if columns is None else columns)
+        for c in wanted:
+            view.column(c)  # InvalidInput for an unknown column
+        schema = offline_schema(view)
+        names = [*entity.join_keys, "event_ts", "created_ts", *wanted]
+        files = self.parts(view) if parts is None else list(parts)
+        tables = [pq.read_table(p, columns=names, schema=schema) for p in files]
+        table = pa.concat_tables(tables) if tables else schema.empty_table().select(names)
+        keys = tuple(_numpy(table.column(k)) for k in entity.join_keys)
+        values: dict[str, np.ndarray] = {}
+        nulls: dict[str, np.ndarray] = {}
+        for c in wanted:
+            col = table.column(c)
+            mask = _null_mask(col)
+            if view.column(c).dtype == "float":
+                arr = col.to_numpy().astype(np.float64, copy=False)
+                mask = mask | np.isnan(arr)
+            else:
+                arr = col.fill_null(0).to_numpy().astype(np.int64, copy=False)
+            values[c] = arr
+            nulls[c] = mask
+        return ViewData(keys, _ns(table.column("event_ts")), _ns(table.column("created_ts")),
+                        values, nulls)
+
+
+def _numpy(col: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return np.asarray(col.to_pylist(), dtype=object)
+    return np.asarray(col.to_numpy())
+
+
+def _null_mask(col: pa.ChunkedArray) -> np.ndarray:
+    if col.null_count == 0:
+        return np.zeros(len(col), dtype=bool)
+    return np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _ns(col: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(col.cast(pa.int64()).to_numpy(), dtype=np.int64)

@@ -1,0 +1,216 @@
+"""The feature store: definitions, offline Parquet data and the online LMDB store under one root.
+
+    <root>/definitions.db           versioned definitions (SQLite, :mod:`.registry`)
+    <root>/offline/VIEW/vN/*.parquet  offline rows per view version (:mod:`.offline`)
+    <root>/online/                  LMDB environment (:mod:`.online`)
+    <root>/online.writer.lock       the single writer's lock
+
+The root is ``$MLSERVE_FEATURE_STORE``, else ``$MLSERVE_HOME/features`` (beside the model
+registry's ``$MLSERVE_HOME/registry``). The offline side (ingest, historical features,
+materialization) needs the ``features`` extra (pandas, pyarrow) and imports it on first use;
+definitions and online reads need neither, so the server stays light.
+
+Thread-safe: every method may be called from several threads; the online environment is
+opened on first use and shared.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlserve.errors import DefinitionNotFound, InvalidInput
+
+from ._settings import default_root
+from ._time import TimeLike, now_ns, to_ns
+from .declarations import load_definitions
+from .definitions import Definition, FeatureService, FeatureView, to_selection
+from .lookup import OnlineFeatures, ServiceReader
+from .online import OnlineStore
+from .registry import ApplyChange, FeatureRegistry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .materialize import MaterializeResult
+    from .offline import OfflineStore
+
+#: What selects features: a service (object, ``NAME`` or ``NAME/VERSION``), or a list of view
+#: references (``NAME``, ``NAME/2``, FeatureView, ``(view, [columns])``, ViewSelection).
+FeaturesLike = FeatureService | str | Sequence[Any]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ingestion appended."""
+
+    view: str
+    rows: int
+    part: Path | None
+    """The Parquet part written (None for zero rows)."""
+    ignored_columns: tuple[str, ...]
+
+
+class FeatureStore:
+    """A feature store rooted at ``root`` (see the module doc for the default)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *,
+                 map_size: int | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registry = FeatureRegistry(self.root / "definitions.db")
+        self._map_size = map_size
+        self._online: OnlineStore | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.root)!r})"
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases the online environment (reopened if used again)."""
+        with self._lock:
+            if self._online is not None:
+                self._online.close()
+                self._online = None
+
+    @property
+    def online(self) -> OnlineStore:
+        with self._lock:
+            if self._online is None:
+                self._online = OnlineStore(self.root / "online",
+                                           lock_path=self.root / "online.writer.lock",
+                                           map_size=self._map_size)
+            return self._online
+
+    @property
+    def offline(self) -> OfflineStore:
+        from .offline import OfflineStore
+
+        return OfflineStore(self.root / "offline")
+
+    # ------------------------------------------------------------------ definitions
+
+    def apply(self, definitions: Sequence[Definition] | str | os.PathLike[str], *,
+              dry_run: bool = False) -> list[ApplyChange]:
+        """Validates and records definitions (objects, or a TOML file's path)."""
+        if isinstance(definitions, (str, os.PathLike)):
+            definitions = load_definitions(definitions)
+        return self.registry.apply(definitions, dry_run=dry_run)
+
+    def view(self, ref: str) -> FeatureView:
+        """The applied view ``NAME`` (latest) or ``NAME/VERSION``."""
+        return self.registry.view(ref)
+
+    def service(self, ref: str) -> FeatureService:
+        """The applied service ``NAME`` (latest) or ``NAME/VERSION``."""
+        return self.registry.service(ref)
+
+    def resolve(self, features: FeaturesLike) -> list[tuple[FeatureView, tuple[str, ...]]]:
+        """(applied view, selected columns) for each view ``features`` selects."""
+        if isinstance(features, FeatureService):
+            service = features if features.version is not None else \
+                self.registry.service(features.name)
+            items: Sequence[Any] = service.selections
+        elif isinstance(features, str):
+            try:
+                items = self.registry.service(features).selections
+            except DefinitionNotFound:
+                items = [features]
+        elif isinstance(features, Sequence) and features:
+            items = features
+        else:
+            raise InvalidInput("features: expected a feature service (or its name) or a "
+                               "non-empty list of feature views")
+        out: list[tuple[FeatureView, tuple[str, ...]]] = []
+        for item in items:
+            sel = to_selection(item)
+            view = self.registry.view(sel.view, sel.version)
+            columns = sel.columns if sel.columns is not None else view.column_names
+            for c in columns:
+                view.column(c)
+            out.append((view, tuple(columns)))
+        names = [v.name for v, _ in out]
+        if len(set(names)) != len(names):
+            raise InvalidInput(f"features select view(s) more than once: {names}")
+        return out
+
+    # ------------------------------------------------------------------ offline
+
+    def ingest(self, view: str, data: pd.DataFrame | str | os.PathLike[str] | None = None
+               ) -> IngestResult:
+        """Appends rows (a DataFrame, or a CSV/Parquet path; default: the view's ``source``)
+        to the view's offline dataset after validating them (InvalidInput names the column)."""
+        from ._time import now_ns as ingest_time
+        from .ingest import read_table_file, validate_rows
+
+        fv = self.registry.view(view)
+        if data is None:
+            if fv.source is None:
+                raise InvalidInput(f"feature view {fv.ref!r} has no source; give a file")
+            data = fv.source
+        frame = data if not isinstance(data, (str, os.PathLike)) else read_table_file(data, fv)
+        rows = validate_rows(fv, frame, ingested_at_ns=ingest_time())
+        n = rows.table.num_rows
+        part = self.offline.append(fv, rows.table) if n else None
+        return IngestResult(fv.ref, n, part, rows.ignored_columns)
+
+    def historical_features(self, entity_df: pd.DataFrame, features: FeaturesLike, *,
+                            timestamp_column: str = "event_ts",
+                            as_of_created: TimeLike | None = None) -> pd.DataFrame:
+        """Point-in-time correct features for each row of ``entity_df`` (join keys and
+        ``timestamp_column``); see :func:`.historical.historical_features`."""
+        from .historical import historical_features
+
+        return historical_features(self.offline, entity_df, self.resolve(features),
+                                   timestamp_column=timestamp_column,
+                                   as_of_created=as_of_created)
+
+    # ------------------------------------------------------------------ online
+
+    def materialize(self, view: str, start: TimeLike, end: TimeLike, *,
+                    batch_keys: int = 65_536) -> MaterializeResult:
+        """Latest row per entity with ``start <= event_ts <= end`` into the online store."""
+        from .materialize import materialize
+
+        return materialize(self.offline, self.online, self.registry.view(view),
+                           to_ns(start, "start"), to_ns(end, "end"), batch_keys=batch_keys)
+
+    def materialize_incremental(self, view: str, end: TimeLike = "now", *,
+                                batch_keys: int = 65_536) -> MaterializeResult:
+        """What is new since the view's last incremental run, up to ``end``."""
+        from .materialize import materialize_incremental
+
+        return materialize_incremental(self.offline, self.online, self.registry.view(view),
+                                       to_ns(end, "end"), batch_keys=batch_keys)
+
+    def service_reader(self, features: FeaturesLike) -> ServiceReader:
+        """A prepared reader for repeated online lookups (the server keeps one per service)."""
+        resolved = self.resolve(features)
+        if isinstance(features, FeatureService):
+            service = features
+        elif isinstance(features, str):
+            try:
+                service = self.registry.service(features)
+            except DefinitionNotFound:
+                service = FeatureService("adhoc", [(v.ref, cols) for v, cols in resolved])
+        else:
+            service = FeatureService("adhoc", [(v.ref, cols) for v, cols in resolved])
+        return ServiceReader(self.online, service, [v for v, _ in resolved])
+
+    def online_features(self, features: FeaturesLike,
+                        keys: Mapping[str, Any] | Sequence[Any], *,
+                        now: TimeLike | None = None) -> OnlineFeatures:
+        """Online values for a batch of entities; TTLs are enforced at ``now`` (default: the
+        current time)."""
+        at = now_ns() if now is None else to_ns(now, "now")
+        return self.service_reader(features).read(keys, now_ns=at)
