@@ -128,6 +128,32 @@ __device__ __forceinline__ void Count(const MlsPlanView& plan, const MlsFeature&
   }
 }
 
+// The counter (absolute index) the raw value of feature f goes to, or -1 for none.
+template <int kMode>
+__device__ __forceinline__ int CounterOf(const MlsPlanView& plan, const MlsFeature& f, float raw) {
+  if (kMode == kNoCounters || f.hist_begin < 0) return -1;
+  return f.hist_begin + CounterIndex(plan, f, raw);
+}
+
+// Counts one value per lane (index -1: none). Lanes of the warp that hit the same counter add
+// together, one atomic per distinct counter: in the feature-major walk a warp counts 32 values
+// of one feature, which mostly fall into a few bins and would otherwise serialize on them.
+// Called by every lane of the warp (full mask).
+template <int kMode>
+__device__ __forceinline__ void CountAggregated(int index, unsigned int* shared_counters,
+                                                unsigned long long* global_counters) {
+  if (kMode == kNoCounters) return;
+  const unsigned int same = __match_any_sync(0xffffffffu, index);
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  if (index < 0 || lane != __ffs(same) - 1) return;
+  const unsigned int count = static_cast<unsigned int>(__popc(same));
+  if (kMode == kSharedCounters) {
+    atomicAdd(shared_counters + index, count);
+  } else {
+    atomicAdd(global_counters + index, static_cast<unsigned long long>(count));
+  }
+}
+
 // The block's one global merge of its private counters (non-zero ones only).
 __device__ __forceinline__ void MergeCounters(const MlsPlanView& plan,
                                               const unsigned int* shared_counters,
@@ -202,9 +228,6 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = threadIdx.x; i < plan.n_counters; i += blockDim.x) s_counts[i] = 0;
   }
 
-  // Element e = r * f_in + c of a tile; threads advance by blockDim.x elements.
-  const int row_step = static_cast<int>(blockDim.x) / f_in;
-  const int col_step = static_cast<int>(blockDim.x) % f_in;
   const int zero_vectors = (tile_rows * f_out) >> 2;
   const int64_t tiles = (n + tile_rows - 1) / tile_rows;
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -218,14 +241,26 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 
-    int r = static_cast<int>(threadIdx.x) / f_in;
-    int c = static_cast<int>(threadIdx.x) % f_in;
-    for (int e = threadIdx.x; e < in_count; e += blockDim.x) {
-      const MlsFeature& f = plan.features[c];
-      const float raw = s_in[e];
-      if (f.width > 0) WriteElement<true>(plan, f, raw, s_out + r * f_out + f.dst_col);
-      Count<kMode>(plan, f, raw, s_counts, global_counters);
-      Advance(row_step, col_step, f_in, &r, &c);
+    // Feature-major walk: element i = c * m + r, so the 32 lanes of a warp take the same
+    // feature on consecutive rows (tile_rows is a multiple of 32 where the row fits): the same
+    // ops and encoding for the whole warp instead of up to 32 different code paths, and the
+    // feature's descriptor read once per warp. Every lane runs the same number of iterations,
+    // so the warp-wide histogram aggregation below sees full warps.
+    const int c_step = static_cast<int>(blockDim.x) / m;
+    const int r_step = static_cast<int>(blockDim.x) % m;
+    int c = static_cast<int>(threadIdx.x) / m;
+    int r = static_cast<int>(threadIdx.x) % m;
+    for (int base = 0; base < in_count; base += blockDim.x) {
+      const bool valid = base + static_cast<int>(threadIdx.x) < in_count;
+      int index = -1;
+      if (valid) {
+        const MlsFeature& f = plan.features[c];
+        const float raw = s_in[r * f_in + c];
+        if (f.width > 0) WriteElement<true>(plan, f, raw, s_out + r * f_out + f.dst_col);
+        index = CounterOf<kMode>(plan, f, raw);
+      }
+      CountAggregated<kMode>(index, s_counts, global_counters);
+      Advance(c_step, r_step, m, &c, &r);
     }
     __syncthreads();
     CopyTile<kVector>(out + row0 * f_out, s_out, m * f_out);
@@ -272,7 +307,9 @@ int TileRows(const MlsPlanView& plan) {
   const int64_t row_bytes = static_cast<int64_t>(sizeof(float)) * (plan.f_in + plan.f_out);
   int64_t rows = kTileBytes / row_bytes;
   if (rows > kMaxTileRows) rows = kMaxTileRows;
-  rows &= ~int64_t{3};
+  // A multiple of 32 where possible, so that each warp of the feature-major walk stays on one
+  // feature; else of 4 (16-byte aligned tile parts).
+  rows &= rows >= 32 ? ~int64_t{31} : ~int64_t{3};
   return rows >= 4 ? static_cast<int>(rows) : 0;
 }
 
