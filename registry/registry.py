@@ -214,6 +214,112 @@ class Registry:
             remove_tree(staging)
             raise
 
+    def add_artifact(
+        self,
+        ref: str,
+        source: str | os.PathLike[str],
+        *,
+        file: str,
+        info: Mapping[str, Any] | None = None,
+        reason: str = "",
+    ) -> ModelVersion:
+        """Adds the file ``source`` to the version ``ref`` resolves to, as artifact ``file``,
+        with ``info`` (JSON) stored beside its sha256 and size in the manifest (e.g. a TensorRT
+        engine with the GPU and versions it was built for).
+
+        Artifacts are immutable: a name the version already has is refused (InvalidInput); so
+        is a non-ready (archived) version. The blob is stored first; then, under the write
+        lock, the file is linked into the version directory, the manifest replaced (rename, so
+        readers see the old or the new one whole) and the rows committed; on any failure the
+        directory is put back as it was. Safe across threads and processes."""
+        file = _artifact_name(file)
+        src = Path(source)
+        if not src.is_file():
+            raise InvalidInput(f"artifact source {str(src)!r} is not a file")
+        extra = json.loads(_json_dumps(dict(info or {}), "artifact info"))
+        for key in ("sha256", "bytes"):
+            extra.pop(key, None)
+        mv = self.resolve(ref)
+        sha, size = store_blob(src, self._layout.blobs, self._layout.tmp)
+        with _db.write_transaction(self._layout.db) as conn:
+            mv = self._resolve(conn, Ref(mv.name, version=mv.version))
+            if mv.status == "archived":
+                raise InvalidInput(f"{mv.ref} is archived; artifacts are added to ready versions")
+            if file in mv.manifest.get("artifacts", {}):
+                raise InvalidInput(
+                    f"{mv.ref} already has an artifact {file!r}; artifacts are immutable: add it "
+                    "under another name (e.g. model-<gpu>.plan) or register a new version"
+                )
+            if not blob_path(self._layout.blobs, sha).exists():  # gc() ran meanwhile
+                sha, size = store_blob(src, self._layout.blobs, self._layout.tmp)
+            manifest = dict(mv.manifest)
+            manifest["artifacts"] = {**manifest.get("artifacts", {}),
+                                     file: {**extra, "sha256": sha, "bytes": size}}
+            undo = self._add_to_version_dir(mv.path, file, sha, manifest)
+            try:
+                conn.execute("UPDATE versions SET manifest = ? WHERE name = ? AND version = ?",
+                             (json.dumps(manifest, sort_keys=True), mv.name, mv.version))
+                conn.execute(
+                    "INSERT INTO artifacts (name, version, file, sha256, bytes) "
+                    "VALUES (?, ?, ?, ?, ?)", (mv.name, mv.version, file, sha, size))
+                self._event(conn, mv.name, "artifact_add", old_version=mv.version,
+                            new_version=mv.version,
+                            reason=f"{file} ({sha[:12]}){': ' + reason if reason else ''}")
+                test_step_pause()
+            except BaseException:
+                undo()
+                raise
+        logger.info("added artifact %s to %s/%d", file, mv.name, mv.version)
+        return self.resolve(f"{mv.name}/{mv.version}")
+
+    def _add_to_version_dir(self, vdir: Path, file: str, sha: str,
+                            manifest: dict[str, Any]) -> Any:
+        """Links blob ``sha`` into ``vdir`` as ``file`` and replaces its manifest; returns a
+        function that undoes both. The caller holds the write lock."""
+        target = vdir / file
+        manifest_path = vdir / MANIFEST
+        old_manifest = manifest_path.read_bytes()
+        dirs = [vdir]
+        for part in PurePosixPath(file).parent.parts:
+            dirs.append(dirs[-1] / part)
+        created: list[Path] = [d for d in dirs if not d.exists()]
+
+        def writable(on: bool) -> None:
+            for d in dirs:
+                if d.exists():
+                    os.chmod(d, 0o755 if on else 0o555)
+
+        def write_manifest(data: bytes) -> None:
+            tmp = vdir / f".{MANIFEST}.{os.getpid()}.tmp"
+            tmp.write_bytes(data)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, manifest_path)
+
+        def undo() -> None:
+            writable(True)
+            try:
+                target.unlink(missing_ok=True)
+                write_manifest(old_manifest)
+                for d in reversed(created):
+                    if d.exists():
+                        d.rmdir()
+            finally:
+                writable(False)
+
+        writable(True)
+        try:
+            if target.exists():  # a leftover of an interrupted add: no committed row names it
+                target.unlink()
+            link_or_copy(blob_path(self._layout.blobs, sha), target)
+            writable(True)  # link_or_copy may have created folders
+            write_manifest((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        except BaseException:
+            undo()
+            raise
+        finally:
+            writable(False)
+        return undo
+
     # ---------------------------------------------------------------- reading
 
     def _version_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ModelVersion:

@@ -34,4 +34,19 @@ except mlserve.errors.Unavailable as e:
     print("cpu-only build: ok (transform_cuda ->", type(e).__name__ + ")")
 else:
     raise SystemExit("transform_cuda did not raise Unavailable in a CPU-only build")
+# The GPU backends and tools import, and every GPU path says the build has no CUDA.
+from mlserve import Engine, _core, gpu, gpu_cli, tensorrt_engine  # noqa: E402,F401
+for backend, model in (("normalize-cuda", None), ("python-cuda", lambda b: b),
+                       ("torch-cuda", "model.pt"), ("tensorrt", "model.plan")):
+    try:
+        Engine(plan, model, backend=backend)
+    except mlserve.errors.Unavailable as e:
+        assert "without CUDA" in str(e), e
+    else:
+        raise SystemExit(f"backend {backend} did not raise Unavailable in a CPU-only build")
+assert gpu.backend_status()["torch-cuda"] != "ok"
+a = _core._dlpack_host_array(np.ones((2, 3), np.float32))
+np.testing.assert_array_equal(np.from_dlpack(a), np.ones((2, 3)))
+assert _core.cuda_driver_version() == 0
+print("cpu-only build: GPU backends -> Unavailable, DLPack on host arrays: ok")
 PY

@@ -22,6 +22,23 @@ struct BatchOutput {
   int32_t ndim = 2;  // 1: the backend returned [rows] (width 1); 2: [rows, width]
 };
 
+class FeaturePlan;
+
+// The executor of one worker ("instance") of a backend that normalizes batches itself, e.g. on a
+// GPU (backends/cuda_backend.h). Owned by the batcher, used by that worker's thread only.
+class RawBatchExecutor {
+ public:
+  virtual ~RawBatchExecutor() = default;
+  // Where the worker gathers a batch's raw rows: rows * f_in floats, row-major (page-locked
+  // host memory for a GPU). Valid until the next call; 1 <= rows <= the executor's max_rows.
+  // Never throws (the buffer is allocated when the executor is made).
+  virtual float* Staging(int64_t rows) = 0;
+  // Normalizes the n staged rows (counting the plan's histograms when asked), runs the model
+  // and fills `out` (out->rows must equal n). Throws like Backend::Execute; either fails only
+  // this batch.
+  virtual void Run(int64_t n, bool histograms, BatchOutput* out) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -31,6 +48,15 @@ class Backend {
   virtual std::string Name() const = 0;
   // Called by each worker thread once, after its last Execute (per-thread cleanup).
   virtual void ThreadExit() {}
+  // Backends that normalize batches themselves return one executor per worker; the batcher then
+  // gathers raw rows into the executor instead of normalizing them and calling Execute. Called
+  // by the batcher's constructor, once per instance, before any worker starts; errors (e.g. no
+  // GPU) propagate to the batcher's creator. The plan outlives the executor.
+  virtual std::unique_ptr<RawBatchExecutor> NewExecutor(const FeaturePlan& /*plan*/,
+                                                        int32_t /*instance*/,
+                                                        int64_t /*max_rows*/) {
+    return nullptr;
+  }
 };
 
 // Built-in backends: "noop" (zeros, [n, 1]: measures the core's own overhead) and "rowsum"

@@ -65,12 +65,23 @@ DynamicBatcher::DynamicBatcher(std::shared_ptr<const FeaturePlan> plan,
   config_.Validate();
   queues_.resize(static_cast<size_t>(config_.priority_levels));
   stats_.batch_sizes.assign(static_cast<size_t>(config_.max_batch_size + 1), 0);
+  // Executors first: when one cannot be made (e.g. no GPU) nothing else is left to clean up.
+  for (int32_t i = 0; i < config_.instance_count; ++i) {
+    std::unique_ptr<RawBatchExecutor> executor =
+        backend_->NewExecutor(*plan_, i, config_.max_batch_size);
+    if (!executor) break;  // the backend runs on normalized host rows
+    executors_.push_back(std::move(executor));
+  }
   event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (event_fd_ < 0) {
     throw Error(ErrorCode::kInternal, std::string("batcher: eventfd failed: ") + std::strerror(errno));
   }
   std::lock_guard<std::mutex> lock(join_mu_);
-  for (int32_t i = 0; i < config_.instance_count; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  for (int32_t i = 0; i < config_.instance_count; ++i) {
+    const auto index = static_cast<size_t>(i);
+    RawBatchExecutor* executor = index < executors_.size() ? executors_[index].get() : nullptr;
+    workers_.emplace_back([this, executor] { WorkerLoop(executor); });
+  }
 }
 
 DynamicBatcher::~DynamicBatcher() {
@@ -333,7 +344,7 @@ void DynamicBatcher::TakeBatchLocked(int64_t rows, std::vector<std::shared_ptr<R
   MLSERVE_CHECK(taken == rows);
 }
 
-void DynamicBatcher::WorkerLoop() {
+void DynamicBatcher::WorkerLoop(RawBatchExecutor* executor) {
   std::vector<std::shared_ptr<Request>> batch;
   std::vector<float> buffer;  // reused across batches: no allocation once it reached full size
   std::unique_lock<std::mutex> lock(mu_);
@@ -363,26 +374,33 @@ void DynamicBatcher::WorkerLoop() {
     const bool more = queued_requests_ > 0;
     lock.unlock();
     if (more) cv_.notify_one();  // another instance may cut the next batch meanwhile
-    ProcessBatch(batch, seq, &buffer);
+    ProcessBatch(batch, seq, &buffer, executor);
     batch.clear();
     lock.lock();
   }
 }
 
 void DynamicBatcher::ProcessBatch(std::vector<std::shared_ptr<Request>>& batch, uint64_t seq,
-                                  std::vector<float>* buffer) {
+                                  std::vector<float>* buffer, RawBatchExecutor* executor) {
   const int64_t f_in = plan_->f_in();
   const int64_t d = plan_->f_out();
   int64_t n = 0;
   for (const auto& r : batch) n += r->rows;
-  buffer->resize(static_cast<size_t>(n * d));
+  // Host path: normalized rows. Executor path: the raw rows go to its staging buffer (a gather
+  // only; it normalizes inside Run, where failures are caught with the model's).
+  float* staging = executor != nullptr ? executor->Staging(n) : nullptr;
+  if (executor == nullptr) buffer->resize(static_cast<size_t>(n * d));
 
   const Clock::time_point t0 = Clock::now();
   int64_t off = 0;
   for (const auto& r : batch) {
     r->queue_ns = Ns(t0 - r->enqueued);
-    plan_->Transform(r->input.data(), r->rows, f_in, buffer->data() + off * d, config_.histograms,
-                     config_.normalize_threads);
+    if (executor != nullptr) {
+      std::memcpy(staging + off * f_in, r->input.data(), sizeof(float) * static_cast<size_t>(r->rows * f_in));
+    } else {
+      plan_->Transform(r->input.data(), r->rows, f_in, buffer->data() + off * d, config_.histograms,
+                       config_.normalize_threads);
+    }
     off += r->rows;
   }
   const Clock::time_point t1 = Clock::now();
@@ -392,7 +410,11 @@ void DynamicBatcher::ProcessBatch(std::vector<std::shared_ptr<Request>>& batch, 
   ErrorCode code = ErrorCode::kInternal;
   std::string msg;
   try {
-    backend_->Execute(buffer->data(), n, d, out.get());
+    if (executor != nullptr) {
+      executor->Run(n, config_.histograms, out.get());
+    } else {
+      backend_->Execute(buffer->data(), n, d, out.get());
+    }
     if (out->rows != n || static_cast<int64_t>(out->data.size()) != n * out->width) {
       ok = false;
       msg = "backend '" + backend_->Name() + "' returned " + std::to_string(out->rows) +

@@ -4,7 +4,9 @@
 // level. N worker threads ("instances") each form a batch under the queue mutex, then, without
 // any lock, normalize every request's rows with the FeaturePlan straight into one contiguous
 // batch buffer (gather and normalization are the same pass, histograms too), hand the buffer to
-// the Backend, and publish each request's slice of the output.
+// the Backend, and publish each request's slice of the output. A backend that normalizes batches
+// itself (a model placed on a GPU) gives each instance a RawBatchExecutor: the worker then only
+// gathers the raw rows into the executor's (page-locked) staging buffer and lets it run.
 //
 // A batch is cut when
 //   - the queued rows reach max_batch_size, or the next request does not fit (never split), or
@@ -162,7 +164,7 @@ class DynamicBatcher {
   PredictionLog& prediction_log() { return prediction_log_; }
 
  private:
-  void WorkerLoop();
+  void WorkerLoop(RawBatchExecutor* executor);
   // With mu_ held: fails queued requests whose deadline passed; returns the next deadline.
   Clock::time_point ExpireLocked(Clock::time_point now);
   // With mu_ held: decides whether a batch can be cut now; fills `rows` with its row count, or
@@ -170,7 +172,7 @@ class DynamicBatcher {
   bool ShouldCutLocked(Clock::time_point now, int64_t* rows, Clock::time_point* wake);
   void TakeBatchLocked(int64_t rows, std::vector<std::shared_ptr<Request>>* batch);
   void ProcessBatch(std::vector<std::shared_ptr<Request>>& batch, uint64_t seq,
-                    std::vector<float>* buffer);
+                    std::vector<float>* buffer, RawBatchExecutor* executor);
   // Marks finished and notifies (cv and/or completion queue). The request's mu must not be held.
   void Publish(const std::vector<std::shared_ptr<Request>>& finished);
   // With mu_ held: takes a queued request out of the queue bookkeeping and marks it failed.
@@ -182,6 +184,9 @@ class DynamicBatcher {
   const BatcherConfig config_;
   RowSampler sampler_;
   PredictionLog prediction_log_;
+  // One per instance for backends that normalize themselves (else empty); destroyed after the
+  // workers were joined.
+  std::vector<std::unique_ptr<RawBatchExecutor>> executors_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

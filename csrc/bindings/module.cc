@@ -89,4 +89,5 @@ PYBIND11_MODULE(_core, m) {
 
   BindPlan(m);
   BindBatcher(m);
+  BindDevice(m);
 }

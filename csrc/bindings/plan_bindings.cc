@@ -4,6 +4,7 @@
 #include <string>
 
 #include "bindings/common.h"
+#include "cuda/cuda_benchmark.h"
 #include "cuda/cuda_normalizer.h"
 #include "plan/feature_plan.h"
 
@@ -196,6 +197,33 @@ wraps this with file/string loading.)doc")
           },
           py::arg("x"), py::arg("device") = 0, py::arg("histograms") = false,
           "transform() on a GPU; raises mlserve.errors.Unavailable without a CUDA build or GPU.")
+      .def(
+          "benchmark_cuda",
+          [](const FeaturePlan& plan, const py::object& x, int device, int iterations,
+             bool histograms) {
+            FloatArray a = InputRows(x, plan);
+            const int64_t n = a.shape(0);
+            const float* in = a.data();
+            CudaNormalizeTiming t;
+            {
+              py::gil_scoped_release release;  // device work only
+              t = TimeCudaNormalize(plan, in, n, device, iterations, histograms);
+            }
+            py::dict d;
+            d["rows"] = n;
+            d["kernel_ms"] = t.kernel_ms;
+            d["copy_ms"] = t.copy_ms;
+            d["bytes"] = t.bytes;
+            d["tile_rows"] = t.tile_rows;
+            d["blocks_per_sm"] = t.blocks_per_sm;
+            d["max_blocks"] = t.max_blocks;
+            d["buffer_sets"] = t.buffer_sets;
+            return d;
+          },
+          py::arg("x"), py::arg("device") = 0, py::arg("iterations") = 50,
+          py::arg("histograms") = true,
+          "Benchmark hook: median times of the normalize kernel over x's rows (on the device) and "
+          "of a device-to-device copy of the same bytes; the plan's counters are not touched.")
       .def("histograms", &HistogramsToDict, py::arg("reset") = false,
            "Counters since the last reset; reset=True reads and zeroes them atomically.");
 }

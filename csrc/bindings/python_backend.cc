@@ -3,6 +3,9 @@
 
 #include <cstring>
 
+#include "backends/cuda_backend.h"
+#include "bindings/python_device_model.h"
+
 namespace mlserve::bindings {
 
 PythonBackend::PythonBackend(py::object fn, std::string name)
@@ -19,17 +22,27 @@ PythonBackend::~PythonBackend() {
 }
 
 namespace {
-// Whether this worker thread keeps a Python thread state between batches. Without it, every
-// gil_scoped_acquire on a non-Python thread creates and destroys one (~10 us a batch, measured).
+// Whether this worker thread keeps a Python thread state between batches.
 thread_local bool tstate_pinned = false;
 }  // namespace
 
+void PinThreadState(py::gil_scoped_acquire& gil) {
+  if (tstate_pinned) return;
+  gil.inc_ref();  // released in UnpinThreadState
+  tstate_pinned = true;
+}
+
+void UnpinThreadState() {
+  if (!tstate_pinned) return;
+  tstate_pinned = false;
+  if (!Py_IsInitialized()) return;  // interpreter gone: the thread state goes with it
+  py::gil_scoped_acquire gil;
+  gil.dec_ref();  // the destructor's own dec_ref then deletes the thread state
+}
+
 void PythonBackend::Execute(const float* x, int64_t n, int64_t d, BatchOutput* out) {
   py::gil_scoped_acquire gil;
-  if (!tstate_pinned) {
-    gil.inc_ref();  // released in ThreadExit
-    tstate_pinned = true;
-  }
+  PinThreadState(gil);
   try {
     // A view, no copy: the capsule owns nothing, the buffer outlives the call.
     py::capsule base(x, [](void*) {});
@@ -57,12 +70,33 @@ void PythonBackend::Execute(const float* x, int64_t n, int64_t d, BatchOutput* o
   }
 }
 
-void PythonBackend::ThreadExit() {
-  if (!tstate_pinned) return;
-  tstate_pinned = false;
-  if (!Py_IsInitialized()) return;  // interpreter gone: the thread state goes with it
-  py::gil_scoped_acquire gil;
-  gil.dec_ref();  // the destructor's own dec_ref then deletes the thread state
+void PythonBackend::ThreadExit() { UnpinThreadState(); }
+
+std::unique_ptr<Backend> MakeBackend(const std::string& backend, const py::object& fn,
+                                     const std::string& label, int device, bool cuda_graphs) {
+  const std::string name = label.empty() ? backend : label;
+  auto need_fn = [&] {
+    if (fn.is_none() || !PyCallable_Check(fn.ptr())) {
+      ThrowInvalid("backend '" + backend + "' needs a callable fn(batch) -> array");
+    }
+  };
+  if (backend == "python") {
+    need_fn();
+    return std::make_unique<PythonBackend>(fn, name);
+  }
+  CudaBackendOptions options;
+  options.device = device;
+  options.cuda_graphs = cuda_graphs;
+  if (backend == "python-cuda") {
+    need_fn();
+    return std::make_unique<CudaBackend>(std::make_unique<PythonDeviceModel>(fn, name), options);
+  }
+  if (std::unique_ptr<DeviceModel> model = MakeBuiltinDeviceModel(backend)) {
+    return std::make_unique<CudaBackend>(std::move(model), options);
+  }
+  if (std::unique_ptr<Backend> builtin = MakeBuiltinBackend(backend)) return builtin;
+  ThrowInvalid("unknown core backend '" + backend +
+               "' (python, noop, rowsum, python-cuda, normalize-cuda)");
 }
 
 }  // namespace mlserve::bindings

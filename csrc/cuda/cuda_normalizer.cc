@@ -1,6 +1,7 @@
-// CudaNormalizer (cuda_normalizer.h): device copies of a compiled plan plus grow-only scratch
-// buffers and one stream, driving the fused kernel of kernels/normalize.cu. Not thread-safe:
-// one instance per worker. The FeaturePlan must outlive the normalizer.
+// CudaNormalizer (cuda_normalizer.h): a DevicePlan plus grow-only scratch buffers and one stream,
+// for one-off transforms of host arrays (FeaturePlan.transform_cuda). The serving path uses
+// CudaBatchPipeline (cuda_pipeline.h) instead. Not thread-safe: one instance per caller. The
+// FeaturePlan must outlive the normalizer.
 #include "cuda/cuda_normalizer.h"
 
 #include <string>
@@ -13,50 +14,21 @@
 
 #include <vector>
 
-#include "normalize.h"
+#include "cuda/cuda_check.h"
+#include "cuda/device_plan.h"
 #endif
 
 namespace mlserve {
 
 #ifdef MLSERVE_WITH_CUDA
 
-namespace {
-
-// Throws Error(kInternal) for a failed CUDA call; `what` names the step.
-void Check(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return;
-  cudaGetLastError();  // clear a non-sticky error so that it does not leak into the next call
-  throw Error(ErrorCode::kInternal, std::string("CUDA error in ") + what + ": " +
-                                        cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
-}
-
-// cudaMalloc of at least one byte (so that empty arrays still get a distinct valid pointer).
-template <typename T>
-T* DeviceAlloc(size_t count, const char* what) {
-  void* ptr = nullptr;
-  const size_t bytes = count > 0 ? count * sizeof(T) : 1;
-  Check(cudaMalloc(&ptr, bytes), what);
-  return static_cast<T*>(ptr);
-}
-
-void DeviceFree(void* ptr) {
-  if (ptr != nullptr) cudaFree(ptr);  // errors ignored: only called on teardown paths
-}
-
-}  // namespace
-
 struct CudaNormalizer::Impl {
   int device = 0;
   bool device_set = false;  // cudaSetDevice(device) succeeded: there may be resources to free
   cudaStream_t stream = nullptr;
-  MlsPlanView device_view{};  // host struct; features/ops/edges point to device memory
-  MlsFeature* d_features = nullptr;
-  MlsOp* d_ops = nullptr;
-  float* d_edges = nullptr;
-  int64_t* d_counters = nullptr;
-  float* d_in = nullptr;
-  float* d_out = nullptr;
-  int64_t capacity_rows = 0;  // rows that d_in / d_out hold
+  std::unique_ptr<DevicePlan> plan;
+  DeviceBuffer<float> d_in;
+  DeviceBuffer<float> d_out;
   // False when a histogram run failed after it may have counted on the device: the counters
   // are zeroed before the next histogram run, so a failed batch is never counted.
   bool counters_clean = true;
@@ -69,30 +41,11 @@ struct CudaNormalizer::Impl {
       cudaGetLastError();
       return;
     }
-    if (stream != nullptr) cudaStreamSynchronize(stream);
-    DeviceFree(d_features);
-    DeviceFree(d_ops);
-    DeviceFree(d_edges);
-    DeviceFree(d_counters);
-    DeviceFree(d_in);
-    DeviceFree(d_out);
-    if (stream != nullptr) cudaStreamDestroy(stream);
+    if (stream != nullptr) {
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
     cudaGetLastError();
-  }
-
-  void Reserve(int64_t rows, const MlsPlanView& view) {
-    if (rows <= capacity_rows) return;
-    // Grow geometrically so that a stream of slowly growing batches reallocates rarely.
-    const int64_t grown = capacity_rows + capacity_rows / 2;
-    const int64_t target = rows > grown ? rows : grown;
-    DeviceFree(d_in);
-    DeviceFree(d_out);
-    d_in = nullptr;
-    d_out = nullptr;
-    capacity_rows = 0;
-    d_in = DeviceAlloc<float>(static_cast<size_t>(target) * view.f_in, "cudaMalloc (input)");
-    d_out = DeviceAlloc<float>(static_cast<size_t>(target) * view.f_out, "cudaMalloc (output)");
-    capacity_rows = target;
   }
 };
 
@@ -102,45 +55,11 @@ CudaNormalizer::CudaNormalizer(const FeaturePlan& plan, int device)
   Impl& impl = *impl_;
   impl.device = device;
   // The Impl destructor frees whatever was allocated if a step below throws.
-  const cudaError_t set = cudaSetDevice(device);
-  if (set != cudaSuccess) {
-    cudaGetLastError();
-    throw Error(ErrorCode::kUnavailable, "CUDA device " + std::to_string(device) +
-                                             " cannot be used: " + cudaGetErrorName(set) + ": " +
-                                             cudaGetErrorString(set));
-  }
+  CudaSetDevice(device);
   impl.device_set = true;
-  Check(cudaStreamCreateWithFlags(&impl.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-
-  const MlsPlanView& view = plan.view();
-  impl.d_features = DeviceAlloc<MlsFeature>(view.n_features, "cudaMalloc (plan features)");
-  impl.d_ops = DeviceAlloc<MlsOp>(view.n_ops, "cudaMalloc (plan ops)");
-  impl.d_edges = DeviceAlloc<float>(view.n_edges_total, "cudaMalloc (histogram edges)");
-  impl.d_counters = DeviceAlloc<int64_t>(view.n_counters, "cudaMalloc (histogram counters)");
-  if (view.n_features > 0) {
-    Check(cudaMemcpy(impl.d_features, view.features, sizeof(MlsFeature) * view.n_features,
-                     cudaMemcpyHostToDevice),
-          "cudaMemcpy (plan features)");
-  }
-  if (view.n_ops > 0) {
-    Check(cudaMemcpy(impl.d_ops, view.ops, sizeof(MlsOp) * view.n_ops, cudaMemcpyHostToDevice),
-          "cudaMemcpy (plan ops)");
-  }
-  if (view.n_edges_total > 0) {
-    Check(cudaMemcpy(impl.d_edges, view.edges, sizeof(float) * view.n_edges_total,
-                     cudaMemcpyHostToDevice),
-          "cudaMemcpy (histogram edges)");
-  }
-  if (view.n_counters > 0) {
-    Check(cudaMemset(impl.d_counters, 0, sizeof(int64_t) * view.n_counters),
-          "cudaMemset (histogram counters)");
-  }
-  impl.host_counters.assign(static_cast<size_t>(view.n_counters), 0);
-
-  impl.device_view = view;
-  impl.device_view.features = impl.d_features;
-  impl.device_view.ops = impl.d_ops;
-  impl.device_view.edges = impl.d_edges;
+  CudaCheck(cudaStreamCreateWithFlags(&impl.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  impl.plan = std::make_unique<DevicePlan>(plan, device);
+  impl.host_counters.assign(static_cast<size_t>(impl.plan->n_counters()), 0);
 }
 
 CudaNormalizer::~CudaNormalizer() = default;
@@ -149,42 +68,42 @@ void CudaNormalizer::Transform(const float* host_in, int64_t n, float* host_out,
                                bool histograms) {
   if (n <= 0) return;
   Impl& impl = *impl_;
-  const MlsPlanView& view = impl.device_view;
-  const bool count = histograms && view.n_counters > 0;
-  const size_t in_bytes = static_cast<size_t>(n) * view.f_in * sizeof(float);
-  const size_t out_bytes = static_cast<size_t>(n) * view.f_out * sizeof(float);
-  const size_t counter_bytes = static_cast<size_t>(view.n_counters) * sizeof(int64_t);
+  const DevicePlan& dp = *impl.plan;
+  const bool count = histograms && dp.has_histograms();
+  const size_t in_count = static_cast<size_t>(n) * dp.f_in();
+  const size_t out_count = static_cast<size_t>(n) * dp.f_out();
+  const size_t counter_bytes = static_cast<size_t>(dp.n_counters()) * sizeof(int64_t);
 
   // The calling thread's current device may be another one (several normalizers per process).
-  Check(cudaSetDevice(impl.device), "cudaSetDevice");
-  impl.Reserve(n, view);
+  CudaSetDevice(impl.device);
+  float* d_in = impl.d_in.Reserve(in_count, "cudaMalloc (input)");
+  float* d_out = impl.d_out.Reserve(out_count, "cudaMalloc (output)");
 
   if (count && !impl.counters_clean) {
-    Check(cudaMemsetAsync(impl.d_counters, 0, counter_bytes, impl.stream),
-          "cudaMemsetAsync (histogram counters)");
+    CudaCheck(cudaMemsetAsync(dp.counters(), 0, counter_bytes, impl.stream),
+              "cudaMemsetAsync (histogram counters)");
     impl.counters_clean = true;
   }
-  if (in_bytes > 0) {
-    Check(cudaMemcpyAsync(impl.d_in, host_in, in_bytes, cudaMemcpyHostToDevice, impl.stream),
-          "cudaMemcpyAsync (input to device)");
+  if (in_count > 0) {
+    CudaCheck(cudaMemcpyAsync(d_in, host_in, in_count * sizeof(float), cudaMemcpyHostToDevice,
+                              impl.stream),
+              "cudaMemcpyAsync (input to device)");
   }
   if (count) impl.counters_clean = false;
-  Check(static_cast<cudaError_t>(mls_cuda_normalize(&view, impl.d_in, n, impl.d_out,
-                                                    count ? impl.d_counters : nullptr,
-                                                    impl.stream)),
-        "normalize kernel launch");
-  if (out_bytes > 0) {
-    Check(cudaMemcpyAsync(host_out, impl.d_out, out_bytes, cudaMemcpyDeviceToHost, impl.stream),
-          "cudaMemcpyAsync (output to host)");
+  dp.Enqueue(d_in, n, d_out, count, impl.stream);
+  if (out_count > 0) {
+    CudaCheck(cudaMemcpyAsync(host_out, d_out, out_count * sizeof(float), cudaMemcpyDeviceToHost,
+                              impl.stream),
+              "cudaMemcpyAsync (output to host)");
   }
   if (count) {
-    Check(cudaMemcpyAsync(impl.host_counters.data(), impl.d_counters, counter_bytes,
-                          cudaMemcpyDeviceToHost, impl.stream),
-          "cudaMemcpyAsync (histogram counters to host)");
-    Check(cudaMemsetAsync(impl.d_counters, 0, counter_bytes, impl.stream),
-          "cudaMemsetAsync (histogram counters)");
+    CudaCheck(cudaMemcpyAsync(impl.host_counters.data(), dp.counters(), counter_bytes,
+                              cudaMemcpyDeviceToHost, impl.stream),
+              "cudaMemcpyAsync (histogram counters to host)");
+    CudaCheck(cudaMemsetAsync(dp.counters(), 0, counter_bytes, impl.stream),
+              "cudaMemsetAsync (histogram counters)");
   }
-  Check(cudaStreamSynchronize(impl.stream), "normalize kernel (cudaStreamSynchronize)");
+  CudaCheck(cudaStreamSynchronize(impl.stream), "normalize kernel (cudaStreamSynchronize)");
   if (count) {
     impl.counters_clean = true;
     plan_.MergeCounters(impl.host_counters.data(), n);

@@ -11,6 +11,8 @@
 
 #ifdef MLSERVE_WITH_CUDA
 #include <cuda_runtime_api.h>
+
+#include "cuda/cuda_check.h"
 #endif
 
 namespace mlserve {
@@ -40,6 +42,15 @@ std::string Describe(cudaError_t err) {
 bool CudaBuilt() { return true; }
 
 int CudaRuntimeVersion() { return CUDART_VERSION; }
+
+int CudaDriverVersion() {
+  int version = 0;
+  if (cudaDriverGetVersion(&version) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return version;
+}
 
 std::vector<CudaDeviceInfo> CudaDevices() {
   std::vector<CudaDeviceInfo> devices;
@@ -84,6 +95,17 @@ void RequireCudaDevice(int device) {
   }
 }
 
+void CudaStreamWaitStream(void* consumer, void* producer, int device) {
+  if (consumer == producer) return;
+  CudaSetDevice(device);
+  cudaEvent_t event = nullptr;
+  CudaCheck(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
+  cudaError_t err = cudaEventRecord(event, static_cast<cudaStream_t>(producer));
+  if (err == cudaSuccess) err = cudaStreamWaitEvent(static_cast<cudaStream_t>(consumer), event, 0);
+  cudaEventDestroy(event);  // released once the wait completes; the wait stays valid
+  CudaCheck(err, "stream synchronisation for DLPack (cudaEventRecord/cudaStreamWaitEvent)");
+}
+
 #else  // CPU-only build
 
 namespace {
@@ -96,9 +118,15 @@ bool CudaBuilt() { return false; }
 
 int CudaRuntimeVersion() { return 0; }
 
+int CudaDriverVersion() { return 0; }
+
 std::vector<CudaDeviceInfo> CudaDevices() { return {}; }
 
 void RequireCudaDevice(int /*device*/) { throw Error(ErrorCode::kUnavailable, kNotBuilt); }
+
+void CudaStreamWaitStream(void* /*consumer*/, void* /*producer*/, int /*device*/) {
+  throw Error(ErrorCode::kUnavailable, kNotBuilt);
+}
 
 #endif  // MLSERVE_WITH_CUDA
 

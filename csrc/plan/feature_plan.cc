@@ -21,6 +21,7 @@
 #endif
 
 #include "common/error.h"
+#include "plan/plan_math.h"
 
 namespace mlserve {
 namespace {
@@ -85,39 +86,6 @@ inline int32_t HashSlot(float x, int32_t n) {
     return static_cast<int32_t>(mls_splitmix64(code) % static_cast<uint64_t>(n));
   }
   return -1;
-}
-
-// log1p(x) for float32, branch-free so the op loop vectorises (std::log1p is a scalar libm call,
-// ~25 ns a value here). fdlibm's reduction: u = 1 + x = 2^k * m with m in [sqrt(1/2), sqrt(2)),
-// log(m) from an odd polynomial in s = f / (2 + f) (f = m - 1), plus c / u, which restores
-// the bits 1 + x rounded away. Within 1 ulp of the true value; IEEE specials are selected last.
-inline float Log1p(float x) {
-  constexpr float kLn2Hi = 6.9313812256e-01f, kLn2Lo = 9.0580006145e-06f;
-  constexpr float kLg1 = 0.66666662693f, kLg2 = 0.40000972152f, kLg3 = 0.28498786688f,
-                  kLg4 = 0.24279078841f;
-  const float u = 1.0f + x;
-  uint32_t iu;
-  std::memcpy(&iu, &u, sizeof(iu));
-  iu += 0x3f800000u - 0x3f3504f3u;
-  const int32_t k = static_cast<int32_t>(iu >> 23) - 0x7f;
-  const float c_hi = 1.0f - (u - x), c_lo = x - (u - 1.0f);
-  float c = (k >= 2 ? c_hi : c_lo) / u;  // unconditional divide: keeps the loop branch-free
-  c = k < 25 ? c : 0.0f;
-  const uint32_t im = (iu & 0x007fffffu) + 0x3f3504f3u;
-  float m;
-  std::memcpy(&m, &im, sizeof(m));
-  const float f = m - 1.0f;
-  const float s = f / (2.0f + f);
-  const float z = s * s, w = z * z;
-  const float r = z * (kLg1 + w * kLg3) + w * (kLg2 + w * kLg4);
-  const float hfsq = 0.5f * f * f;
-  const float dk = static_cast<float>(k);
-  float y = s * (hfsq + r) + (dk * kLn2Lo + c) - hfsq + f + dk * kLn2Hi;
-  // Bitwise | (not ||): no short-circuit branches, so the selects become blends.
-  y = ((x == std::numeric_limits<float>::infinity()) | (x == 0.0f)) ? x : y;  // keeps -0.0
-  y = x == -1.0f ? -std::numeric_limits<float>::infinity() : y;
-  y = ((x < -1.0f) | (x != x)) ? std::numeric_limits<float>::quiet_NaN() : y;
-  return y;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -417,7 +385,7 @@ void FeaturePlan::TransformRange(const float* in, int64_t begin, int64_t end, in
             }
             break;
           case MLS_OP_LOG1P:
-            for (int r = 0; r < m; ++r) col[r] = Log1p(col[r]);
+            for (int r = 0; r < m; ++r) col[r] = mls_log1pf(col[r]);
             break;
           case MLS_OP_AFFINE:
             for (int r = 0; r < m; ++r) col[r] = (col[r] - op.a) * op.b;

@@ -1,8 +1,13 @@
-"""Execution backends that run in Python: onnxruntime and TorchScript.
+"""Execution backends that run in Python: onnxruntime and TorchScript, on CPU or GPU.
 
-Each factory returns ``fn(batch: float32 [n, f_out]) -> array`` that the core calls once per
-batch, taking the GIL only for the call (both libraries release it while computing). The core's
-own backends ("noop", "rowsum") and plain callables ("python") need nothing from here.
+Host backends (``onnxruntime_fn``, ``torch_fn``) return ``fn(batch: float32 [n, f_out]) ->
+array`` that the core calls once per batch with the normalized rows, taking the GIL only for the
+call (both libraries release it while computing). GPU backends (``torch_cuda_fn`` here,
+``tensorrt_fn`` in :mod:`mlserve.tensorrt_engine`) return ``fn(batch: _core.DeviceBatch) ->
+DLPack array``: the batch was normalized on the GPU by the core's pipeline, fn enqueues the model
+on ``batch.stream`` and returns the device result, which the core copies back on that stream.
+The core's own backends ("noop", "rowsum", "normalize-cuda") and plain callables ("python",
+"python-cuda") need nothing from here.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 from mlserve.errors import InvalidInput, Unavailable
 
 BatchFn = Callable[[np.ndarray], Any]
+DeviceFn = Callable[[Any], Any]
 
 
 def onnxruntime_fn(model: str | os.PathLike[str] | bytes, f_out: int) -> BatchFn:
@@ -75,22 +81,55 @@ def torch_fn(model: str | os.PathLike[str]) -> BatchFn:
             "backend 'torch' needs torch: pip install torch==2.13.0 (CPU wheel), "
             "or use 'onnxruntime'"
         ) from e
-    try:
-        with warnings.catch_warnings():
-            # torch 2.13 marks TorchScript deprecated in favour of torch.export; bundles still
-            # ship TorchScript (ARCHITECTURE §3), and loading it works as before.
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*jit.*")
-            module = torch.jit.load(  # type: ignore[no-untyped-call]
-                str(_existing(model)), map_location="cpu"
-            ).eval()
-    except Exception as e:  # torch raises RuntimeError subclasses for bad files
-        raise InvalidInput(f"backend 'torch': cannot load TorchScript model: {e}") from e
+    module = _load_torchscript(torch, model, "cpu", "torch")
 
     def run(batch: np.ndarray) -> Any:
         with torch.inference_mode():
             return module(torch.from_numpy(batch)).float().numpy()
 
     return run
+
+
+def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0) -> DeviceFn:
+    """A TorchScript module on CUDA device ``device``, fed the core's device batch.
+
+    Per batch: ``torch.from_dlpack(batch)`` views the normalized rows in place (no copy), the
+    module runs under ``torch.inference_mode`` with the instance's stream as torch's current
+    stream (``torch.cuda.ExternalStream``), and the float32 result tensor is returned as is; the
+    core copies it to the host on the same stream and keeps the tensor until the batch ended.
+    Raises Unavailable (no GPU, CPU-only torch) before loading anything onto the device.
+    """
+    from mlserve.gpu import import_torch_cuda
+
+    torch = import_torch_cuda(device)
+    target = torch.device("cuda", device)
+    module = _load_torchscript(torch, model, target, "torch-cuda")
+    streams: dict[int, Any] = {}  # one ExternalStream object per instance stream (GIL-guarded)
+
+    def run(batch: Any) -> Any:
+        stream = streams.get(batch.stream)
+        if stream is None:
+            stream = torch.cuda.ExternalStream(batch.stream, device=target)
+            streams[batch.stream] = stream
+        with torch.cuda.stream(stream), torch.inference_mode():
+            y = module(torch.from_dlpack(batch))
+            return y.float().contiguous()
+
+    return run
+
+
+def _load_torchscript(torch: Any, model: str | os.PathLike[str], map_location: Any,
+                      backend: str) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13 marks TorchScript deprecated in favour of torch.export; bundles still
+            # ship TorchScript (ARCHITECTURE §3), and loading it works as before.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*jit.*")
+            return torch.jit.load(str(_existing(model)), map_location=map_location).eval()
+    except InvalidInput:
+        raise
+    except Exception as e:  # torch raises RuntimeError subclasses for bad files
+        raise InvalidInput(f"backend {backend!r}: cannot load TorchScript model: {e}") from e
 
 
 def _existing(path: str | os.PathLike[str]) -> Path:

@@ -24,8 +24,15 @@ MANIFEST = "mlserve.json"
 FORMAT_VERSION = 2
 #: The formats this mlserve reads.
 READABLE_FORMAT_VERSIONS = (1, 2)
-#: The model artifact each execution backend runs.
-BACKEND_ARTIFACTS = {"onnxruntime": "model.onnx", "torch": "model.pt"}
+#: The model artifact each execution backend runs (``cpu`` is onnxruntime; ``tensorrt`` runs
+#: the engine ``mlserve build-engine`` added to the version).
+BACKEND_ARTIFACTS = {
+    "cpu": "model.onnx",
+    "onnxruntime": "model.onnx",
+    "torch": "model.pt",
+    "torch-cuda": "model.pt",
+    "tensorrt": "model.plan",
+}
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -144,4 +151,10 @@ class ModelBundle:
                 f"backend {backend!r} cannot run a bundle; choose one of "
                 f"{', '.join(BACKEND_ARTIFACTS)}"
             )
-        return self.artifact(BACKEND_ARTIFACTS[backend])
+        name = BACKEND_ARTIFACTS[backend]
+        if backend == "tensorrt" and name not in self.artifacts:
+            raise InvalidInput(
+                f"bundle {self.ref} has no TensorRT engine ({name}); build one on the serving GPU "
+                f"with `mlserve build-engine {self.ref}`"
+            )
+        return self.artifact(name)

@@ -33,16 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-http", action="store_true",
                       help="skip the part that starts `mlserve serve` and uses the client")
 
-    devices = sub.add_parser("devices", help="show the GPUs this build can use",
-                             description="Lists CUDA devices usable by the native core.")
-    devices.set_defaults()
-
+    from mlserve import gpu_cli
     from mlserve.drift import cli as drift_cli
     from mlserve.features import cli as features_cli
     from mlserve.registry import cli as registry_cli
     from mlserve.server import cli as server_cli
     from mlserve.trainer import cli as trainer_cli
 
+    gpu_cli.add_parsers(sub)
     trainer_cli.add_parser(sub)
     registry_cli.add_parser(sub)
     server_cli.add_parser(sub)
@@ -60,21 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(drift_cli.run(args))
     if args.command in ("train", "tune"):
         return int(trainer_cli.run(args))
+    if args.command in ("devices", "build-engine"):
+        return gpu_cli.run(args)
     if args.command == "demo":
         from mlserve.demo import run
 
         run(rows=args.rows, requests=args.requests, epochs=args.epochs, registry=args.registry,
             http=not args.no_http)
-    elif args.command == "devices":
-        from mlserve import cuda_built, cuda_devices
-
-        found = cuda_devices()
-        print(f"CUDA kernels built: {cuda_built()}")
-        for d in found:
-            print(f"  [{d['index']}] {d['name']} sm_{d['compute_capability'][0]}"
-                  f"{d['compute_capability'][1]}, {d['total_memory_bytes'] / 2**30:.0f} GiB")
-        if not found:
-            print("  no usable GPU; the CPU path serves everything")
     return 0
 
 

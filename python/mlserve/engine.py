@@ -26,15 +26,20 @@ from typing import Any
 import numpy as np
 
 from mlserve import _core
-from mlserve.backends import onnxruntime_fn, torch_fn
+from mlserve.backends import onnxruntime_fn, torch_cuda_fn, torch_fn
 from mlserve.config import BatcherConfig
 from mlserve.errors import InvalidInput, Unavailable
+from mlserve.gpu import canonical_backend, require_device
 from mlserve.plan import FeaturePlan, PlanSource
 
 logger = logging.getLogger(__name__)
 
-_CORE_BACKENDS = ("noop", "rowsum")
-BACKENDS = ("python", "onnxruntime", "torch", *_CORE_BACKENDS)
+#: Backends built into the core (no model): host rows, and the GPU pipeline's own output.
+_CORE_BACKENDS = ("noop", "rowsum", "normalize-cuda")
+#: Backends that run on the core's CUDA pipeline (the batch is normalized on the GPU).
+_GPU_BACKENDS = ("torch-cuda", "tensorrt", "python-cuda", "normalize-cuda")
+BACKENDS = ("python", "onnxruntime", "cpu", "torch", "torch-cuda", "tensorrt", "python-cuda",
+            "noop", "rowsum", "normalize-cuda")
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -47,13 +52,21 @@ class Engine:
     Args:
         plan: a :class:`FeaturePlan` or anything it accepts (dict, JSON string, path).
         model: for ``backend="python"`` a callable ``fn(batch) -> array``; for
-            ``"onnxruntime"`` a path to (or the bytes of) an ONNX model; for ``"torch"`` a path
-            to a TorchScript file; nothing for the core's ``"noop"`` and ``"rowsum"``.
-        backend: one of ``python``, ``onnxruntime``, ``torch``, ``noop``, ``rowsum``; a
-            callable given as ``model`` implies ``python``.
+            ``"onnxruntime"`` (alias ``"cpu"``) a path to (or the bytes of) an ONNX model; for
+            ``"torch"`` and ``"torch-cuda"`` a path to a TorchScript file; for ``"tensorrt"``
+            a path to a serialized TensorRT engine; for ``"python-cuda"`` a callable
+            ``fn(batch: mlserve._core.DeviceBatch) -> DLPack array`` run on the GPU pipeline;
+            nothing for the core's ``"noop"``, ``"rowsum"`` and ``"normalize-cuda"``.
+        backend: one of :data:`BACKENDS`; a callable given as ``model`` implies ``python``.
+            ``torch-cuda``, ``tensorrt``, ``python-cuda`` and ``normalize-cuda`` place the
+            model on GPU ``device``: each instance gets its own CUDA stream and page-locked
+            buffers, the batch is normalized there by the CUDA kernel and the model runs on the
+            normalized device rows (docs/gpu.md). Without a usable GPU they raise Unavailable.
         config: batching options (:class:`BatcherConfig`).
         histograms: count drift histograms while normalizing (features that declare one).
         name, version: labels for stats and errors.
+        device: CUDA device of the GPU backends.
+        cuda_graphs: capture each batch size's copy + normalize sequence into a CUDA graph.
     """
 
     def __init__(
@@ -66,6 +79,8 @@ class Engine:
         histograms: bool = True,
         name: str = "model",
         version: str = "1",
+        device: int = 0,
+        cuda_graphs: bool = True,
     ) -> None:
         self.plan = plan if isinstance(plan, FeaturePlan) else FeaturePlan(plan)
         self.config = config or BatcherConfig()
@@ -76,12 +91,22 @@ class Engine:
         if backend not in BACKENDS:
             raise InvalidInput(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.backend = backend
-        fn = self._make_fn(backend, model)
+        self.device = device if backend in _GPU_BACKENDS else None
+        if self.device is not None:
+            require_device(device, backend=backend)  # before loading anything onto a GPU
+        fn = self._make_fn(canonical_backend(backend), model)
+        if backend in _CORE_BACKENDS:
+            core_backend = backend
+        else:
+            core_backend = "python-cuda" if backend in _GPU_BACKENDS else "python"
         self._batcher = _core.DynamicBatcher(
             self.plan,
-            "python" if backend not in _CORE_BACKENDS else backend,
+            core_backend,
             fn,
             histograms=histograms,
+            device=device,
+            cuda_graphs=cuda_graphs,
+            name=backend,
             **self.config.core_kwargs(),
         )
         self._fd: int = self._batcher.completion_fd()
@@ -105,22 +130,37 @@ class Engine:
         backend: str = "onnxruntime",
         config: BatcherConfig | None = None,
         histograms: bool = True,
+        device: int = 0,
+        cuda_graphs: bool = True,
     ) -> Engine:
         """Serves a bundle directory (docs/bundle.md) after verifying its checksums.
 
-        backend: "onnxruntime" runs model.onnx, "torch" runs model.pt (TorchScript).
+        backend: "cpu"/"onnxruntime" runs model.onnx, "torch" model.pt (TorchScript) on the
+        CPU, "torch-cuda" model.pt on GPU ``device``, "tensorrt" the engine model.plan made by
+        ``mlserve build-engine`` on GPU ``device``.
         """
-        from mlserve.bundle import ModelBundle
+        from mlserve.bundle import BACKEND_ARTIFACTS, ModelBundle
 
         bundle = ModelBundle.load(path)
+        if backend not in BACKEND_ARTIFACTS:
+            bundle.model_for(backend)  # raises InvalidInput naming the bundle backends
+        if backend in _GPU_BACKENDS:
+            require_device(device, backend=backend)  # the first thing a GPU backend checks
+        model = bundle.model_for(backend)
+        if backend == "tensorrt":
+            from mlserve.tensorrt_engine import check_engine_info
+
+            check_engine_info(bundle.artifacts[model.name], device)
         engine = cls(
             bundle.plan(),
-            bundle.model_for(backend),
+            model,
             backend=backend,
             config=config,
             histograms=histograms,
             name=bundle.name,
             version=str(bundle.version if bundle.version is not None else 0),
+            device=device,
+            cuda_graphs=cuda_graphs,
         )
         engine.bundle = bundle
         return engine
@@ -134,18 +174,22 @@ class Engine:
         backend: str = "onnxruntime",
         config: BatcherConfig | None = None,
         histograms: bool = True,
+        device: int = 0,
+        cuda_graphs: bool = True,
     ) -> Engine:
         """Serves a registered model: ``NAME`` (latest ready), ``NAME/3`` or ``NAME@alias``.
 
         registry: a ``mlserve.registry.Registry``, its root path, or None for the default root.
+        backend, device: as for :meth:`from_bundle`.
         """
         from mlserve.registry import Registry
 
         reg = registry if isinstance(registry, Registry) else Registry(registry)
         version = reg.resolve(ref)
-        return cls.from_bundle(version.path, backend=backend, config=config, histograms=histograms)
+        return cls.from_bundle(version.path, backend=backend, config=config, histograms=histograms,
+                               device=device, cuda_graphs=cuda_graphs)
 
-    def _make_fn(self, backend: str, model: Any) -> Callable[[np.ndarray], Any] | None:
+    def _make_fn(self, backend: str, model: Any) -> Callable[[Any], Any] | None:
         if backend == "python":
             if not callable(model):
                 raise InvalidInput("backend 'python' needs a callable model: fn(batch) -> array")
@@ -154,10 +198,24 @@ class Engine:
             if model is None:
                 raise InvalidInput("backend 'onnxruntime' needs the path of an .onnx model")
             return onnxruntime_fn(model, self.plan.f_out)
-        if backend == "torch":
+        if backend in ("torch", "torch-cuda"):
             if model is None:
-                raise InvalidInput("backend 'torch' needs the path of a TorchScript .pt model")
-            return torch_fn(model)
+                raise InvalidInput(f"backend {backend!r} needs the path of a TorchScript .pt model")
+            return torch_fn(model) if backend == "torch" else torch_cuda_fn(model, self.device or 0)
+        if backend == "tensorrt":
+            if model is None:
+                raise InvalidInput("backend 'tensorrt' needs the path of a TensorRT engine")
+            from mlserve.tensorrt_engine import tensorrt_fn
+
+            return tensorrt_fn(model, f_out=self.plan.f_out,
+                               max_batch_size=self.config.max_batch_size, device=self.device or 0)
+        if backend == "python-cuda":
+            if not callable(model):
+                raise InvalidInput(
+                    "backend 'python-cuda' needs a callable model: fn(batch: DeviceBatch) -> "
+                    "DLPack array on the batch's device"
+                )
+            return model  # type: ignore[no-any-return]
         if model is not None:
             raise InvalidInput(f"backend {backend!r} is built into the core and takes no model")
         return None
@@ -297,6 +355,8 @@ class Engine:
             final = self._final_stats
             s: dict[str, Any] = dict(final) if final is not None else self._batcher.stats()
         s.update(name=self.name, version=self.version, backend=self.backend)
+        if self.device is not None:
+            s["device"] = self.device
         return s
 
     def histograms(self, reset: bool = False) -> dict[str, Any]:
@@ -384,7 +444,8 @@ class Engine:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"Engine({self.name}/{self.version}, backend={self.backend}, {state})"
+        where = "" if self.device is None else f", device=cuda:{self.device}"
+        return f"Engine({self.name}/{self.version}, backend={self.backend}{where}, {state})"
 
 
 class _RequestFuture(concurrent.futures.Future[np.ndarray]):

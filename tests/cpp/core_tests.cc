@@ -24,9 +24,11 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "backends/backend.h"
+#include "backends/cuda_backend.h"
 #include "batcher/dynamic_batcher.h"
 #include "common/error.h"
 #include "common/latency_histogram.h"
@@ -242,6 +244,19 @@ void CheckFailed(Request& r, ErrorCode code, const std::string& needle) {
     test_harness::ReportFailure(__FILE__, __LINE__,
                                 "error message lacks '" + needle + "': " + r.error_message);
   }
+}
+
+// Holds batching until three tagged requests (2, 3 and 4 rows) are queued, so that they form
+// one batch, and checks each gets its own rows' results.
+std::tuple<Submitted, Submitted, Submitted> RunThreeHeldRequests(DynamicBatcher& b) {
+  b.HoldUntilQueued(3);
+  Submitted r1 = SubmitTagged(b, 2, 10.0f);
+  Submitted r2 = SubmitTagged(b, 3, 20.0f);
+  Submitted r3 = SubmitTagged(b, 4, 30.0f);
+  CheckDone(r1);
+  CheckDone(r2);
+  CheckDone(r3);
+  return {std::move(r1), std::move(r2), std::move(r3)};
 }
 
 std::unique_ptr<DynamicBatcher> MakeBatcher(BatcherConfig config,
@@ -640,13 +655,7 @@ TEST(BatcherScattersEachRequestsOwnRows) {
   config.max_batch_size = 16;
   config.max_queue_delay_us = 0;
   auto b = MakeBatcher(config);
-  b->HoldUntilQueued(3);
-  const Submitted r1 = SubmitTagged(*b, 2, 10.0f);
-  const Submitted r2 = SubmitTagged(*b, 3, 20.0f);
-  const Submitted r3 = SubmitTagged(*b, 4, 30.0f);
-  CheckDone(r1);
-  CheckDone(r2);
-  CheckDone(r3);
+  const auto [r1, r2, r3] = RunThreeHeldRequests(*b);
   b->Shutdown(true);  // stats are updated after publishing: join the workers before reading them
   // All three went out as one batch and share its output.
   CHECK(r1.request->output == r3.request->output);
@@ -1025,7 +1034,7 @@ TEST(BatcherConcurrentClientsGetTheirOwnResults) {
   CHECK_EQ(b->plan().Snapshot(false).rows, rows_total.load());
 }
 
-// ================================ monitoring recorders ==========================================
+// ================================ monitoring recorders ===================================
 
 namespace {
 
@@ -1183,6 +1192,111 @@ TEST(BatcherLogsPredictionsBeforePublishing) {
   CHECK_EQ(static_cast<int64_t>(s.inputs.size()), 4 * 3);
   CHECK_EQ(b->prediction_log().size(), 2);
   b->Shutdown(true);
+=======
+// ================================ backends that normalize themselves (GPU path) ==================
+
+namespace {
+
+// A host stand-in for the GPU executor: normalizes the staged raw rows itself, then sums them.
+// Fails the batches listed in `fail_calls` (0-based, counted over all instances).
+class StagingBackend final : public mlserve::Backend {
+ public:
+  explicit StagingBackend(std::set<int> fail_calls = {}) : fail_calls_(std::move(fail_calls)) {}
+  void Execute(const float*, int64_t, int64_t, BatchOutput*) override {
+    host_calls_.fetch_add(1);  // must never happen: the batcher uses the executors
+  }
+  std::string Name() const override { return "staging"; }
+  std::unique_ptr<mlserve::RawBatchExecutor> NewExecutor(const FeaturePlan& plan, int32_t instance,
+                                                         int64_t max_rows) override;
+  std::atomic<int> executors_made_{0};
+  std::atomic<int> host_calls_{0};
+  std::atomic<int> calls_{0};
+  std::set<int> fail_calls_;
+};
+
+class StagingExecutor final : public mlserve::RawBatchExecutor {
+ public:
+  StagingExecutor(const FeaturePlan& plan, StagingBackend& backend, int64_t max_rows)
+      : plan_(plan), backend_(backend), staging_(static_cast<size_t>(max_rows * plan.f_in())) {}
+  float* Staging(int64_t) override { return staging_.data(); }
+  void Run(int64_t n, bool histograms, BatchOutput* out) override {
+    const int call = backend_.calls_.fetch_add(1);
+    if (backend_.fail_calls_.count(call)) {
+      throw mlserve::Error(ErrorCode::kUnavailable, "device lost in call " + std::to_string(call));
+    }
+    std::vector<float> norm(static_cast<size_t>(n * plan_.f_out()));
+    plan_.Transform(staging_.data(), n, plan_.f_in(), norm.data(), histograms);
+    rowsum_->Execute(norm.data(), n, plan_.f_out(), out);
+  }
+
+ private:
+  const FeaturePlan& plan_;
+  StagingBackend& backend_;
+  std::vector<float> staging_;
+  std::unique_ptr<mlserve::Backend> rowsum_ = mlserve::MakeBuiltinBackend("rowsum");
+};
+
+std::unique_ptr<mlserve::RawBatchExecutor> StagingBackend::NewExecutor(const FeaturePlan& plan,
+                                                                        int32_t /*instance*/,
+                                                                        int64_t max_rows) {
+  executors_made_.fetch_add(1);
+  return std::make_unique<StagingExecutor>(plan, *this, max_rows);
+}
+
+class NoExecutorBackend final : public mlserve::Backend {
+ public:
+  void Execute(const float*, int64_t, int64_t, BatchOutput*) override {}
+  std::string Name() const override { return "no-gpu"; }
+  std::unique_ptr<mlserve::RawBatchExecutor> NewExecutor(const FeaturePlan&, int32_t instance,
+                                                         int64_t) override {
+    if (instance == 1) throw mlserve::Error(ErrorCode::kUnavailable, "no usable GPU in test");
+    return std::make_unique<StagingExecutor>(*plan_, backend_, 4);
+  }
+
+ private:
+  std::shared_ptr<const FeaturePlan> plan_ = BatcherPlan();
+  StagingBackend backend_;
+};
+
+}  // namespace
+
+TEST(BatcherExecutorPathGathersRawRowsPerInstance) {
+  BatcherConfig config;
+  config.max_batch_size = 16;
+  config.max_queue_delay_us = 0;
+  config.instance_count = 2;
+  auto backend = std::make_unique<StagingBackend>(std::set<int>{1});
+  StagingBackend* raw = backend.get();
+  auto b = MakeBatcher(config, std::move(backend));
+  CHECK_EQ(raw->executors_made_.load(), 2);
+  RunThreeHeldRequests(*b);
+  // Call 1 fails: only that batch, with the executor's code; the next one succeeds.
+  CheckFailed(*SubmitTagged(*b, 1, 40.0f).request, ErrorCode::kUnavailable, "device lost in call 1");
+  CheckDone(SubmitTagged(*b, 5, 50.0f));
+  b->Shutdown(true);
+  CHECK_EQ(raw->host_calls_.load(), 0);
+  CHECK_EQ(b->Stats().completed, 4);
+  CHECK_EQ(b->Stats().failed, 1);
+  CHECK_EQ(b->plan().Snapshot(false).rows, 9 + 5);  // the executor counted the histograms
+}
+
+TEST(BatcherExecutorCreationFailureReachesTheCaller) {
+  BatcherConfig config;
+  config.instance_count = 3;
+  CHECK_THROWS_CODE(MakeBatcher(config, std::make_unique<NoExecutorBackend>()),
+                    ErrorCode::kUnavailable, {"no usable GPU in test"});
+}
+
+TEST(CudaBackendWithoutAGpuIsUnavailable) {
+  // The sanitizer build has no CUDA; a CUDA build on a machine without a GPU answers the same.
+  auto model = mlserve::MakeBuiltinDeviceModel("normalize-cuda");
+  CHECK(model != nullptr);
+  CHECK(mlserve::MakeBuiltinDeviceModel("no-such-model") == nullptr);
+  BatcherConfig config;
+  CHECK_THROWS_CODE(
+      MakeBatcher(config, std::make_unique<mlserve::CudaBackend>(std::move(model),
+                                                                 mlserve::CudaBackendOptions{})),
+      ErrorCode::kUnavailable, {"CUDA"});
 }
 
 int main(int argc, char** argv) { return test_harness::RunAllTests(argc > 1 ? argv[1] : nullptr); }

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import msgpack
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from mlserve import BatcherConfig, Engine
@@ -755,8 +756,9 @@ def test_msgpack_fast_lane_equals_the_general_path(trained: Trained) -> None:
     with Engine.from_registry("fraud/1", registry=trained.registry, config=BIG) as engine:
         served = ServedVersion(engine, "fraud", "1", "fraud/1")
         assert served.fast_matrix
-        for n, request_id in [(1, None), (3, "r-1"), (17, "ü" * 40), (200, "x" * 300)]:
-            x = np.ascontiguousarray(trained.x[:n], dtype=np.float32)
+        _, rows, want = complete_rows(trained)  # JSON carries no NaN
+        for n, request_id in [(1, None), (3, "r-1"), (17, "ü" * 40), (len(rows), "x" * 300)]:
+            x = np.ascontiguousarray(rows[:n], dtype=np.float32)
             body = msgpack.packb({
                 **({"id": request_id} if request_id is not None else {}),
                 "inputs": [{"name": "input", "datatype": "FP32", "shape": [n, x.shape[1]],
@@ -768,9 +770,22 @@ def test_msgpack_fast_lane_equals_the_general_path(trained: Trained) -> None:
             request = codecs.msgpack_request_from_object(obj)
             np.testing.assert_array_equal(fast[0], served.rows(request.inputs))
             y = engine.predict(fast[0])
-            np.testing.assert_allclose(y, trained.want[:n], rtol=1e-6)
+            np.testing.assert_allclose(y, want[:n], rtol=1e-6)
             general = codecs.encode_msgpack_response(served.response(y, request))
             assert served.msgpack_response(y, fast[1]) == general
+            as_json = orjson.dumps({**({"id": request_id} if request_id is not None else {}),
+                                    "inputs": [{"name": "input", "datatype": "FP32",
+                                                "shape": [n, x.shape[1]],
+                                                "data": x.ravel().tolist()}]})
+            fast_json = served.fast_rows(as_json, json_body=True)
+            assert fast_json is not None
+            np.testing.assert_array_equal(fast_json[0], fast[0])
+            json_request = codecs.decode_json_request(as_json, None)
+            general_json, headers = codecs.encode_json_response(served.response(y, json_request))
+            assert headers == {"Content-Type": "application/json"}
+            assert served.json_response(y, fast_json[1]) == general_json
+        inf = np.array([[np.inf], [0.5]], dtype=np.float32)  # not JSON: the general path's binary
+        assert served.json_response(inf, None) is None
         big = np.random.default_rng(1).random((20_000, 1), dtype=np.float32)  # bin32 header
         request = codecs.InferRequest(id="big", inputs=[])
         general = codecs.encode_msgpack_response(served.response(big, request))

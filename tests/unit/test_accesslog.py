@@ -73,3 +73,15 @@ def test_concurrent_records_and_flushes_lose_and_duplicate_nothing(tmp_path: Pat
     log.close()
     ids = [line["request_id"] for line in _lines(path)]
     assert sorted(ids) == sorted(f"{k}-{i}" for k in range(4) for i in range(3000))
+
+
+def test_blocks_hold_whole_lines_of_at_most_pipe_buf_bytes() -> None:
+    from mlserve.server.accesslog import _BLOCK_BYTES, _blocks
+
+    lines = [b"x" * n for n in (10, 4000, 90, 5000, 1, 4094, 4095)]
+    blocks = _blocks(lines)
+    assert b"".join(blocks) == b"".join(line + b"\n" for line in lines)
+    for block in blocks:
+        assert block.endswith(b"\n")
+        assert len(block) <= _BLOCK_BYTES or block.count(b"\n") == 1  # only a long line alone
+    assert _blocks([]) == []

@@ -721,6 +721,20 @@ def _fast_lane_objects(f_in: int) -> st.SearchStrategy[Any]:
     return build()
 
 
+def _assert_fast_lane_agrees(
+    fast: tuple[np.ndarray, str | None, dict[str, Any]] | None, request: InferRequest, f_in: int
+) -> None:
+    if fast is None:
+        return
+    rows, request_id, parameters = fast
+    assert request.outputs is None and len(request.inputs) == 1
+    tensor = request.inputs[0]
+    assert tensor.datatype == "FP32" and tensor.shape == [rows.shape[0], f_in]
+    np.testing.assert_array_equal(rows, tensor.data)
+    assert rows.dtype == np.float32 and rows.flags.aligned and rows.flags.c_contiguous
+    assert request_id == request.id and parameters == request.parameters
+
+
 @FAST
 @given(data=st.data(), f_in=st.integers(1, 6))
 def test_fast_lane_never_accepts_what_the_general_path_refuses(
@@ -737,15 +751,7 @@ def test_fast_lane_never_accepts_what_the_general_path_refuses(
     except InvalidInput:
         assert fast is None
         return
-    if fast is None:
-        return
-    rows, request_id, parameters = fast
-    assert request.outputs is None and len(request.inputs) == 1
-    tensor = request.inputs[0]
-    assert tensor.datatype == "FP32" and tensor.shape == [rows.shape[0], f_in]
-    np.testing.assert_array_equal(rows, tensor.data)
-    assert rows.dtype == np.float32 and rows.flags.aligned and rows.flags.c_contiguous
-    assert request_id == request.id and parameters == request.parameters
+    _assert_fast_lane_agrees(fast, request, f_in)
 
 
 def test_fast_lane_takes_the_common_request() -> None:
@@ -758,3 +764,55 @@ def test_fast_lane_takes_the_common_request() -> None:
     assert fast is not None
     np.testing.assert_array_equal(fast[0], x)
     assert fast[1:] == ("r1", {"priority": 1})
+
+
+@FAST
+@given(data=st.data(), f_in=st.integers(1, 6))
+def test_json_fast_lane_never_accepts_what_the_general_path_refuses(
+    data: st.DataObject, f_in: int
+) -> None:
+    """fast_json_rows(body) is None or exactly what decode_json_request makes of the body."""
+    from mlserve.server.codecs import fast_json_rows
+
+    obj = data.draw(_fast_lane_objects(f_in))
+
+    def jsonable(value: Any) -> Any:  # the JSON form of the msgpack-shaped object
+        if isinstance(value, bytes):
+            floats = np.frombuffer(value[: len(value) // 4 * 4], dtype="<f4")
+            picked = data.draw(st.sampled_from(["floats", "ints", "mixed", "huge", "strings"]))
+            out: list[Any] = [float(v) if math.isfinite(v) else 0.0 for v in floats]
+            if picked == "ints":
+                out = [int(v) if abs(v) < 2**62 else 0 for v in out]
+            elif picked == "mixed" and out:
+                out[0] = True if len(out) > 1 else 7
+            elif picked == "huge" and out:
+                out[-1] = data.draw(st.sampled_from([3.5e38, -1e300, 2**62, 3.4e38]))
+            elif picked == "strings" and out:
+                out[0] = "1.0"
+            return out
+        if isinstance(value, dict):
+            return {k: jsonable(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [jsonable(v) for v in value]
+        return value
+
+    body = orjson.dumps(jsonable(obj))
+    fast = fast_json_rows(body, f_in)
+    try:
+        request = decode_json_request(body, None)
+    except InvalidInput:
+        assert fast is None
+        return
+    _assert_fast_lane_agrees(fast, request, f_in)
+
+
+def test_json_fast_lane_takes_the_common_request() -> None:
+    from mlserve.server.codecs import fast_json_rows
+
+    body = orjson.dumps({"id": "a", "inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [2, 2], "data": [1, 2.5, -3, 4]}]})
+    fast = fast_json_rows(body, 2)
+    assert fast is not None
+    np.testing.assert_array_equal(fast[0], np.array([[1, 2.5], [-3, 4]], dtype=np.float32))
+    assert fast[1:] == ("a", {})
+    assert fast_json_rows(b"{not json", 2) is None

@@ -6,9 +6,11 @@ Why not the ``logging`` module: a LogRecord per request (caller lookup, thread a
 names, formatting, the handler lock) plus a write and flush per line cost about 30 µs of the
 event loop's time per request on the 2-core bench machine, as much as the whole HTTP stack. Here
 a request costs one ``orjson.dumps`` and a list append; a daemon thread joins the pending lines
-and writes them with one ``write`` every ``interval`` seconds, or sooner once ``max_bytes`` have
-gathered. At most ``interval`` seconds of lines are lost if the process is killed; the server
-flushes at shutdown. Lines go to stderr (default) or are appended to a file.
+and writes them every ``interval`` seconds, or sooner once ``max_bytes`` have gathered. At most
+``interval`` seconds of lines are lost if the process is killed; the server flushes at
+shutdown. Lines go to stderr (default) or are appended to a file, in writes of whole lines of
+at most 4 KiB, so the logs of several worker processes on one stderr pipe never mix within a
+line.
 
 Thread-safety: :meth:`AccessLog.record` runs on the event loop; ``list.append`` and the swap of
 the pending list in :meth:`AccessLog.flush` are atomic under the GIL, and flushes serialize on a
@@ -85,15 +87,15 @@ class AccessLog:
             self._size = 0
             if not lines or self._closed:
                 return
-            lines.append(b"")
-            data = b"\n".join(lines)
             try:
                 if self._file is not None:
-                    self._file.write(data)
-                    self._file.flush()
+                    for block in _blocks(lines):
+                        self._file.write(block)
+                        self._file.flush()
                 else:
-                    sys.stderr.write(data.decode("utf-8", "replace"))
-                    sys.stderr.flush()
+                    for block in _blocks(lines):
+                        sys.stderr.write(block.decode("utf-8", "replace"))
+                        sys.stderr.flush()
             except (OSError, ValueError):  # a closed or broken stream must not stop serving
                 pass
 
@@ -109,3 +111,23 @@ class AccessLog:
         while not self._closed:
             time.sleep(self._interval)
             self.flush()
+
+
+#: Lines are written in blocks of at most this many bytes (unless one line is longer): a write
+#: of up to PIPE_BUF bytes to a pipe is atomic, so the access logs of several worker processes
+#: sharing one stderr pipe interleave whole lines, never parts of lines.
+_BLOCK_BYTES = 4096
+
+
+def _blocks(lines: list[bytes]) -> list[bytes]:
+    """``lines`` joined with newlines into blocks of whole lines of <= _BLOCK_BYTES bytes."""
+    blocks: list[bytes] = []
+    start = size = 0
+    for i, line in enumerate(lines):
+        if size and size + len(line) + 1 > _BLOCK_BYTES:
+            blocks.append(b"\n".join(lines[start:i]) + b"\n")
+            start, size = i, 0
+        size += len(line) + 1
+    if start < len(lines):
+        blocks.append(b"\n".join(lines[start:]) + b"\n")
+    return blocks

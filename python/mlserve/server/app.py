@@ -44,7 +44,7 @@ from mlserve.server import codecs
 from mlserve.server.accesslog import AccessLog
 from mlserve.server.models import ModelManager
 from mlserve.server.monitoring import ServerMonitoring
-from mlserve.server.settings import ServerSettings
+from mlserve.server.settings import ServerSettings, check_backend, split_model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,20 @@ class MlserveApp:
                     out = codecs.encode_msgpack_response(response)
                     version_label = response.model_version
                 extra = [(b"content-type", _MSGPACK)]
+            elif header_length_raw is None and (
+                (served := self.manager.get(model, version)).fast_matrix
+                and (fast := served.fast_rows(body, json_body=True)) is not None
+            ):  # the common v2 JSON request: one FP32 [n, f_in] list, cached response pieces
+                y = await self.manager.run(served, fast[0], fast[2], tag)
+                out = served.json_response(y, fast[1])
+                if out is None:  # non-finite outputs go out as binary data: the general encoder
+                    request = codecs.InferRequest(fast[1], [], fast[2])
+                    out, more = codecs.encode_json_response(served.response(y, request))
+                    extra = [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                             for k, v in more.items()]
+                else:
+                    extra = [(b"content-type", _JSON)]
+                version_label = served.version
             else:
                 header_length = (None if header_length_raw is None
                                  else _parse_length(header_length_raw))
@@ -385,6 +399,7 @@ class MlserveApp:
         params = await _json_parameters(request)
         ref = params.get("ref")
         version = params.get("version")
+        backend = params.get("backend")
         if ref is None:
             if version is not None:
                 ref = f"{name}/{version}"
@@ -394,6 +409,10 @@ class MlserveApp:
                 ref = model.ref if model else (configured[0] if configured else name)
         if not isinstance(ref, str) or _model_name(ref) != name:
             raise InvalidInput(f"parameter 'ref' must be a ref of model {name!r}, got {ref!r}")
+        if backend is not None:
+            if not isinstance(backend, str):
+                raise InvalidInput(f"parameter 'backend' must be a string, got {backend!r}")
+            ref = f"{split_model_spec(ref)[0]}:{check_backend(backend)}"
         served = await self.manager.load(ref)
         if self.monitoring is not None:
             self.monitoring.attach(served)
@@ -445,7 +464,8 @@ def create_app(manager: ModelManager, settings: ServerSettings) -> MlserveApp:
 def app_from_env() -> MlserveApp:
     """Factory for uvicorn's ``--factory`` import string: settings from ``MLSERVE_SERVER_*``."""
     settings = ServerSettings.from_env()
-    manager = ModelManager(settings.registry, config=settings.batcher_config())
+    manager = ModelManager(settings.registry, config=settings.batcher_config(),
+                           backend=settings.backend, device=settings.device)
     return create_app(manager, settings)
 
 
@@ -577,4 +597,4 @@ def _watch_exit_signals() -> None:
 
 
 def _model_name(ref: str) -> str:
-    return ref.split("@", 1)[0].split("/", 1)[0]
+    return ref.split(":", 1)[0].split("@", 1)[0].split("/", 1)[0]  # REF[:BACKEND]

@@ -22,7 +22,8 @@ import tempfile
 from typing import Any
 
 from mlserve.errors import MlserveError
-from mlserve.server.settings import ServerSettings
+from mlserve.gpu import BUNDLE_BACKENDS
+from mlserve.server.settings import ServerSettings, split_model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerSettings()
     parser.add_argument("--registry", metavar="PATH", default=None,
                         help="registry root (default: $MLSERVE_HOME/registry)")
-    parser.add_argument("--model", dest="models", action="append", default=[], metavar="REF",
-                        help="model to serve: NAME, NAME/VERSION or NAME@ALIAS (repeatable)")
+    parser.add_argument("--model", dest="models", action="append", default=[],
+                        metavar="REF[:BACKEND]",
+                        help="model to serve: NAME, NAME/VERSION or NAME@ALIAS, optionally with "
+                        "its execution backend, e.g. fraud@champion:torch-cuda (repeatable)")
+    parser.add_argument("--backend", default=d.backend, choices=list(BUNDLE_BACKENDS),
+                        help="execution backend of every --model that names none: cpu "
+                        "(onnxruntime), torch, torch-cuda or tensorrt (an engine made by "
+                        f"`mlserve build-engine`); default {d.backend}")
+    parser.add_argument("--device", type=int, default=d.device,
+                        help=f"CUDA device of the GPU backends (default {d.device})")
     parser.add_argument("--host", default=d.host, help=f"bind address (default {d.host})")
     parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
     parser.add_argument("--workers", type=int, default=d.workers,
@@ -93,6 +102,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         registry=args.registry,
         models=tuple(args.models),
+        backend=args.backend,
+        device=args.device,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -128,11 +139,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_refs(settings: ServerSettings) -> None:
+    """Every startup ref resolves, and every GPU backend they use can run here (a missing GPU,
+    torch build or TensorRT fails now, with what to install, before any socket is bound)."""
+    from mlserve import gpu
     from mlserve.registry import Registry
 
     registry = Registry(settings.registry)
-    for ref in settings.models:
-        registry.resolve(ref)
+    for spec in settings.models:
+        registry.resolve(split_model_spec(spec)[0])
+    backends = settings.backends()
+    if "torch-cuda" in backends:
+        gpu.import_torch_cuda(settings.device)
+    if "tensorrt" in backends:
+        gpu.import_tensorrt(settings.device)
 
 
 def serve(settings: ServerSettings, *, log_level: str = "info") -> int:
@@ -149,7 +168,8 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> int:
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
     )
     if settings.workers == 1:
-        manager = ModelManager(settings.registry, config=settings.batcher_config())
+        manager = ModelManager(settings.registry, config=settings.batcher_config(),
+                               backend=settings.backend, device=settings.device)
         server = uvicorn.Server(uvicorn.Config(app_module.create_app(manager, settings), **common))
         # uvicorn re-raises the captured SIGTERM after its graceful shutdown; with the default
         # disposition that would kill the process (status -15) although it drained cleanly.

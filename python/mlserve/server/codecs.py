@@ -214,6 +214,31 @@ def msgpack_request_from_object(obj: Any) -> InferRequest:
     return _decode_request_object(obj, _msgpack_input, json_format=False)
 
 
+def fast_json_rows(body: bytes, f_in: int) -> tuple[Array, str | None, dict[str, Any]] | None:
+    """The JSON counterpart of :func:`fast_msgpack_rows` for a body without binary data:
+    ``(rows, id, parameters)`` when it is one FP32 ``[n, f_in]`` tensor whose ``data`` is a
+    flat list of numbers (the form tritonclient and KServe clients send), else None (the
+    general path then decodes it, or raises the precise error). Never raises."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    fields = _fast_fields(obj, f_in, list)
+    if fields is None:
+        return None
+    n, data, request_id, parameters = fields
+    if len(data) != n * f_in:
+        return None
+    values = np.asarray(data)
+    if values.dtype.kind not in "iuf" or values.ndim != 1:  # bools, strings, nesting, null
+        return None
+    if values.dtype.kind == "f" and (
+        float(values.min()) <= -_OVERFLOW_AT["FP32"] or float(values.max()) >= _OVERFLOW_AT["FP32"]
+    ):
+        return None  # the general path names the value that is out of range
+    return values.astype(_F4).reshape(n, f_in), request_id, parameters
+
+
 _FAST_REQUEST_KEYS = frozenset({"inputs", "id", "parameters"})
 _FAST_PARAMETER_KEYS = frozenset({"priority", "timeout"})
 _FAST_INPUT_KEYS = frozenset({"name", "datatype", "shape", "data"})
@@ -232,6 +257,23 @@ def fast_msgpack_rows(
     never raises and never accepts what the general path would refuse. ``rows`` is a read-only
     view into ``obj``'s bytes (aligned). Parameter values are checked by the caller.
     """
+    fields = _fast_fields(obj, f_in, bytes)
+    if fields is None:
+        return None
+    n, data, request_id, parameters = fields
+    if len(data) != 4 * n * f_in:
+        return None
+    rows = np.frombuffer(data, dtype=_F4).reshape(n, f_in)
+    if not rows.flags.aligned:
+        rows = rows.copy()
+    return rows, request_id, parameters
+
+
+def _fast_fields(
+    obj: Any, f_in: int, data_type: type
+) -> tuple[int, Any, str | None, dict[str, Any]] | None:
+    """The fast lanes' shared check of the request object: ``(n, data, id, parameters)`` for
+    one FP32 ``[n, f_in]`` input (n > 0) whose ``data`` has type ``data_type``, else None."""
     if type(obj) is not dict or not obj.keys() <= _FAST_REQUEST_KEYS:
         return None
     inputs = obj.get("inputs")
@@ -246,7 +288,7 @@ def fast_msgpack_rows(
     n, width = shape
     if type(n) is not int or type(width) is not int or width != f_in or n <= 0:
         return None
-    if type(data) is not bytes or len(data) != 4 * n * f_in:
+    if type(data) is not data_type:
         return None
     request_id = obj.get("id")
     if request_id is not None and type(request_id) is not str:
@@ -256,10 +298,7 @@ def fast_msgpack_rows(
         parameters = {}
     elif type(parameters) is not dict or not parameters.keys() <= _FAST_PARAMETER_KEYS:
         return None
-    rows = np.frombuffer(data, dtype=_F4).reshape(n, f_in)
-    if not rows.flags.aligned:
-        rows = rows.copy()
-    return rows, request_id, parameters
+    return n, data, request_id, parameters
 
 
 InputDecoder = Callable[[str, str, list[int], dict[str, Any]], Tensor]
@@ -641,7 +680,7 @@ def encode_json_response(
             raw = _serialize_bytes(t.name, items) if want_binary else b""
         else:
             flat = _output_numeric(t)
-            if not want_binary and flat.dtype.kind == "f" and not _all_finite(flat):
+            if not want_binary and flat.dtype.kind == "f" and not all_finite(flat):
                 want_binary = True  # JSON has no NaN/inf; see the module docstring
             if want_binary:
                 raw = flat.view(np.uint8).data
@@ -659,7 +698,8 @@ def encode_json_response(
     return b"".join([header, *chunks]), headers
 
 
-def _all_finite(flat: Array) -> bool:
+def all_finite(flat: Array) -> bool:
+    """Whether every value of a flat float array is finite (JSON cannot carry the rest)."""
     if flat.size <= 16:  # the common small output: Python floats beat two numpy calls
         return all(map(math.isfinite, flat.tolist()))
     return bool(np.isfinite(flat).all())

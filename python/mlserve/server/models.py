@@ -25,19 +25,24 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import orjson
 
 from mlserve import metrics
 from mlserve.categories import CategoryEncoder
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
 from mlserve.errors import InvalidInput, ModelNotFound, Unavailable
+from mlserve.gpu import canonical_backend
 from mlserve.server.codecs import (
     InferRequest,
     InferResponse,
     Tensor,
     TensorSpec,
+    all_finite,
+    fast_json_rows,
     fast_msgpack_rows,
 )
+from mlserve.server.settings import split_model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +114,18 @@ class ServedVersion:
         self._msgpack_names = b"".join(
             msgpack.packb(v) for v in ("model_name", name, "model_version", version)
         )
-        self._msgpack_output = None
+        self._json_names = (b'{"model_name":' + orjson.dumps(name) + b',"model_version":'
+                            + orjson.dumps(version))
+        self._msgpack_output = self._json_output = None
         if len(self.outputs) == 1:
             self._msgpack_output = b"".join(
                 [msgpack.packb("outputs"), b"\x91\x84"]
                 + [msgpack.packb(v) for v in ("name", str(self.outputs[0]["name"]),
                                               "datatype", "FP32", "shape")]
             )
+            output_name = orjson.dumps(str(self.outputs[0]["name"]))
+            self._json_output = (b',"outputs":[{"name":' + output_name
+                                 + b',"datatype":"FP32","shape":')
         self.in_flight = 0
         self.ready = False
         self.retired = False
@@ -172,12 +182,16 @@ class ServedVersion:
         self._check_nulls(x)
         return x
 
-    def fast_rows(self, obj: Any) -> tuple[np.ndarray, str | None, dict[str, Any]] | None:
-        """The msgpack fast lane (``codecs.fast_msgpack_rows``) plus what :meth:`rows` does to
-        a row matrix (unknown-category policies, the null check); None: use the general path."""
+    def fast_rows(
+        self, obj: Any, *, json_body: bool = False
+    ) -> tuple[np.ndarray, str | None, dict[str, Any]] | None:
+        """The fast lane (``codecs.fast_msgpack_rows`` on an unpacked msgpack object, or
+        ``codecs.fast_json_rows`` on a JSON body) plus what :meth:`rows` does to a row matrix
+        (unknown-category policies, the null check); None: use the general path."""
         if not self.fast_matrix:
             return None
-        fast = fast_msgpack_rows(obj, self.f_in)
+        fast = (fast_json_rows(obj, self.f_in) if json_body
+                else fast_msgpack_rows(obj, self.f_in))
         if fast is None:
             return None
         x = fast[0]
@@ -294,6 +308,22 @@ class ServedVersion:
         return b"".join((head, self._msgpack_output, msgpack.packb(list(y2.shape)),
                          _MSGPACK_DATA_KEY, bin_header, data))
 
+    def json_response(self, y: np.ndarray, request_id: str | None) -> bytes | None:
+        """Like :meth:`msgpack_response`, for v2 JSON: the body ``encode_json_response`` gives
+        for a request with no ``outputs`` and no binary parameters (byte-identical; tested);
+        None for several outputs or non-finite values (those go out as binary data)."""
+        if self._json_output is None:
+            return None
+        n = y.shape[0]
+        y2 = np.ascontiguousarray(y.reshape(n, -1), dtype=np.float32)
+        flat = y2.reshape(-1)
+        if not all_finite(flat):
+            return None
+        head = self._json_names if request_id is None else (
+            self._json_names + b',"id":' + orjson.dumps(request_id))
+        return b"".join((head, self._json_output, orjson.dumps(list(y2.shape)), b',"data":',
+                         orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY), b"}]}"))
+
     # ---- metadata ----------------------------------------------------------------------------
 
     def metadata(self, versions: list[str]) -> dict[str, Any]:
@@ -347,10 +377,13 @@ class ModelManager:
         *,
         config: BatcherConfig | None = None,
         backend: str = "onnxruntime",
+        device: int = 0,
     ) -> None:
         self.registry_root = registry_root
         self.config = config or BatcherConfig(max_batch_size=256, max_queue_delay_us=0)
+        #: Execution backend of refs that name none (``REF:BACKEND`` names one).
         self.backend = backend
+        self.device = device
         self.models: dict[str, ServedModel] = {}
         #: Model names that should be loaded for the server to be ready.
         self.expected: set[str] = set()
@@ -449,24 +482,30 @@ class ModelManager:
         return self._registry
 
     async def load(self, ref: str) -> ServedVersion:
-        """Loads ``ref`` and makes it its model's default version (hot swap if one serves)."""
+        """Loads ``ref`` (``REF[:BACKEND]``) and makes it its model's default version (hot swap
+        if one serves). Without ``:BACKEND`` the manager's backend executes it."""
         if self.draining:
             raise Unavailable("the server is shutting down; no model can be loaded")
+        registry_ref, named = split_model_spec(ref)
+        backend = named or self.backend
         loop = asyncio.get_running_loop()
-        resolved = await loop.run_in_executor(None, self._resolve, ref)
+        resolved = await loop.run_in_executor(None, self._resolve, registry_ref)
         name, version = resolved.name, str(resolved.version)
         key = f"{name}/{version}"
         self.expected.add(name)
         model = self.models.get(name)
-        if model is not None and version in model.versions and not model.versions[version].retired:
-            served = model.versions[version]
+        current = model.versions.get(version) if model is not None else None
+        same_backend = current is not None and (
+            canonical_backend(current.engine.backend) == canonical_backend(backend))
+        if current is not None and not current.retired and same_backend:
+            served = current
         elif key in self._loading:
             served = await asyncio.shield(self._loading[key])
         else:
             fut: asyncio.Future[ServedVersion] = loop.create_future()
             self._loading[key] = fut
             try:
-                served = await self._build(resolved.path, name, version, ref)
+                served = await self._build(resolved.path, name, version, ref, backend)
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     fut.set_exception(exc)
@@ -483,11 +522,13 @@ class ModelManager:
     def _resolve(self, ref: str) -> Any:
         return self._registry_instance().resolve(ref)
 
-    async def _build(self, path: Any, name: str, version: str, ref: str) -> ServedVersion:
+    async def _build(self, path: Any, name: str, version: str, ref: str,
+                     backend: str) -> ServedVersion:
         loop = asyncio.get_running_loop()
         engine = await loop.run_in_executor(
             None,
-            lambda: Engine.from_bundle(path, backend=self.backend, config=self.config),
+            lambda: Engine.from_bundle(path, backend=backend, config=self.config,
+                                       device=self.device),
         )
         try:
             served = ServedVersion(engine, name, version, ref)
@@ -497,7 +538,7 @@ class ModelManager:
             raise
         served.ready = True
         metrics.MODEL_LOADS.labels(name, version, "load").inc()
-        logger.info("loaded model %s/%s (ref %s)", name, version, ref)
+        logger.info("loaded model %s/%s (ref %s, backend %s)", name, version, ref, backend)
         return served
 
     def _publish(self, served: ServedVersion, ref: str) -> None:
@@ -509,11 +550,17 @@ class ModelManager:
             )
             return
         previous = model.versions.get(model.default)
+        replaced = model.versions.get(served.version)
         model.versions[served.version] = served
         model.default = served.version
         old_ref = model.ref
         model.ref = ref
-        if previous is not None and previous is not served and old_ref == ref:
+        if replaced is not None and replaced is not served:
+            # The same version on another backend: the new engine takes over, the old drains.
+            self._retire(replaced)
+            logger.info("hot swap %s/%s: backend %s -> %s", served.name, served.version,
+                        replaced.engine.backend, served.engine.backend)
+        elif previous is not None and previous is not served and old_ref == ref:
             # The same ref now names another version (its alias moved): retire the old one.
             del model.versions[previous.version]
             self._retire(previous)

@@ -17,11 +17,33 @@ from typing import TYPE_CHECKING
 
 from mlserve.config import BatcherConfig
 from mlserve.errors import InvalidInput
+from mlserve.gpu import BUNDLE_BACKENDS
 
 if TYPE_CHECKING:
     from mlserve.server.monitoring import MonitoringConfig
 
 ENV_PREFIX = "MLSERVE_SERVER_"
+
+
+def split_model_spec(spec: str) -> tuple[str, str | None]:
+    """``REF[:BACKEND]`` -> (REF, BACKEND or None), e.g. ``fraud@champion:torch-cuda``.
+
+    Registry names, versions and aliases never contain ``:``. An unknown backend is InvalidInput.
+    """
+    ref, sep, backend = spec.rpartition(":")
+    if not sep:
+        return spec, None
+    check_backend(backend, f"model {spec!r}")
+    return ref, backend
+
+
+def check_backend(backend: str, where: str = "backend") -> str:
+    if backend not in BUNDLE_BACKENDS:
+        raise InvalidInput(
+            f"{where}: unknown execution backend {backend!r}; choose one of "
+            f"{', '.join(BUNDLE_BACKENDS)}"
+        )
+    return backend
 
 
 @dataclass(frozen=True)
@@ -31,7 +53,13 @@ class ServerSettings:
     registry: str | None = None
     """Registry root; None: ``$MLSERVE_HOME/registry``."""
     models: tuple[str, ...] = ()
-    """Registry refs loaded at startup (``fraud@champion``, ``fraud/2``, ``fraud``)."""
+    """Registry refs loaded at startup (``fraud@champion``, ``fraud/2``, ``fraud``), each
+    optionally with its execution backend: ``fraud@champion:torch-cuda``."""
+    backend: str = "cpu"
+    """Execution backend of the models whose ref names none: ``cpu`` (onnxruntime),
+    ``torch``, ``torch-cuda`` or ``tensorrt`` (see mlserve.gpu)."""
+    device: int = 0
+    """CUDA device of the models served by a GPU backend."""
     host: str = "127.0.0.1"
     """Address to bind."""
     port: int = 8000
@@ -91,8 +119,17 @@ class ServerSettings:
             raise InvalidInput(f"max_body_bytes must be positive, got {self.max_body_bytes}")
         if self.shutdown_timeout_s <= 0:
             raise InvalidInput("shutdown_timeout_s must be positive")
+        check_backend(self.backend)
+        for spec in self.models:
+            split_model_spec(spec)
+        if self.device < 0:
+            raise InvalidInput(f"device must be >= 0, got {self.device}")
         if self.monitoring:
             self.monitoring_config()  # a bad monitoring setting fails at startup
+
+    def backends(self) -> set[str]:
+        """The execution backends the startup models use."""
+        return {split_model_spec(spec)[1] or self.backend for spec in self.models}
 
     def monitoring_config(self) -> MonitoringConfig:
         """The monitoring settings: the config file's, overridden by the flags given."""
@@ -133,6 +170,8 @@ class ServerSettings:
         """``MLSERVE_SERVER_*`` variables from which :meth:`from_env` rebuilds these settings."""
         env = {
             "MODELS": ",".join(self.models),
+            "BACKEND": self.backend,
+            "DEVICE": str(self.device),
             "HOST": self.host,
             "PORT": str(self.port),
             "WORKERS": str(self.workers),
@@ -183,6 +222,8 @@ class ServerSettings:
         return cls(
             registry=get("REGISTRY"),
             models=models,
+            backend=get("BACKEND") or d.backend,
+            device=int(number("DEVICE", d.device)),
             host=get("HOST") or d.host,
             port=int(number("PORT", d.port)),
             workers=int(number("WORKERS", d.workers)),
