@@ -26,7 +26,7 @@ from server_fixtures import ServerProcess
 
 INTERVAL_S = 0.5
 WINDOW_S = 3.0
-MIN_ROWS = 300
+MIN_ROWS = 1000
 DRIFTED = {"amount", "channel"}
 
 
@@ -73,7 +73,11 @@ class Trained:
         self.features = [s["name"] for s in self.inputs]
 
     def rows(self, n: int, seed: int, drift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Shuffled: the generator's rows are in time order, and a few hundred consecutive ones
+        cover only part of a day (their `hour` would drift from the reference, as real traffic
+        of one hour does)."""
         frame = card_transactions(n, seed=seed, drift=drift, drift_features=sorted(DRIFTED))
+        frame = frame.sample(frac=1.0, random_state=seed)
         return encode_rows(frame, self.inputs), frame["is_fraud"].to_numpy()
 
 
