@@ -1034,7 +1034,7 @@ TEST(BatcherConcurrentClientsGetTheirOwnResults) {
   CHECK_EQ(b->plan().Snapshot(false).rows, rows_total.load());
 }
 
-// ================================ monitoring recorders ===================================
+// ================================ monitoring recorders ==========================================
 
 namespace {
 
@@ -1192,7 +1192,8 @@ TEST(BatcherLogsPredictionsBeforePublishing) {
   CHECK_EQ(static_cast<int64_t>(s.inputs.size()), 4 * 3);
   CHECK_EQ(b->prediction_log().size(), 2);
   b->Shutdown(true);
-=======
+}
+
 // ================================ backends that normalize themselves (GPU path) ==================
 
 namespace {
