@@ -115,8 +115,10 @@ class OnlineFeatureJoin:
         self.join_keys = reader.join_keys
         self.store_names = frozenset(s.name for s in self.store_inputs)
         self._index = np.array([s.index for s in self.store_inputs], dtype=np.intp)
-        self._positions = np.array([s.position for s in self.store_inputs], dtype=np.intp)
-        self._categorical = [(j, s) for j, s in enumerate(self.store_inputs)
+        positions_list = [s.position for s in self.store_inputs]
+        self._positions = (None if positions_list == list(range(len(reader.names)))
+                           else np.array(positions_list, dtype=np.intp))
+        self._categorical = [(j, _CodeMap(s.encoder)) for j, s in enumerate(self.store_inputs)
                              if s.encoder is not None]
         self._fetch_seconds, self._key_counts = metrics.feature_metric_children(
             model, version, reader.views, _STATUS_NAMES)
@@ -158,12 +160,16 @@ class OnlineFeatureJoin:
         Records the fetch time and the per-status row counts."""
         started = time.perf_counter()
         got = self.reader.read(keys, now_ns=time.time_ns())
-        values = got.values[:, self._positions]
-        for j, spec in self._categorical:
-            assert spec.encoder is not None
-            values[:, j] = _codes(spec.encoder, values[:, j])
+        # The reader's arrays are fresh: its values may be written in place.
+        values = got.values if self._positions is None else got.values[:, self._positions]
+        for j, code_map in self._categorical:
+            values[:, j] = code_map(values[:, j])
         self._fetch_seconds.observe(time.perf_counter() - started)
-        if n:
+        if not got.status.any():  # every row present in every view: one update per view
+            if n:
+                for children in self._key_counts:
+                    children[0].inc(n)
+        else:
             for j, children in enumerate(self._key_counts):
                 counts = np.bincount(got.status[:, j], minlength=3)
                 for status, count in enumerate(counts.tolist()):
@@ -214,14 +220,36 @@ def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(int(value))
 
 
-def _codes(encoder: CategoryEncoder, codes: np.ndarray) -> np.ndarray:
-    """Stored category codes (float32, NaN = null) -> the plan's codes: through the input's
-    vocabulary (the trainer fitted one over the codes' decimal strings), else checked against
-    its unknown-category policy."""
-    if encoder.vocabulary is None:
-        return encoder.check_codes(codes)
-    out = np.full(codes.shape, np.nan, dtype=np.float32)
-    present = ~np.isnan(codes)
-    if present.any():
-        out[present] = encoder.encode_integers(codes[present].astype(np.int64))
-    return out
+class _CodeMap:
+    """Stored category codes (float32, NaN = null) -> the plan's codes of one input.
+
+    The trainer fits a categorical store feature's vocabulary over the codes' decimal strings
+    (``"3"``), so a code maps through a dict built once from that vocabulary: no string
+    conversion per request. Codes the vocabulary lacks go through the input's encoder, which
+    applies its unknown-category policy; inputs without a vocabulary only have their codes
+    checked against it."""
+
+    def __init__(self, encoder: CategoryEncoder) -> None:
+        self.encoder = encoder
+        self.codes: dict[float, float] = {}
+        for i, key in enumerate(encoder.vocabulary or []):
+            try:
+                self.codes.setdefault(float(int(key)), float(i))
+            except ValueError:
+                continue  # not a code: no stored value can name it
+
+    def __call__(self, stored: np.ndarray) -> np.ndarray:
+        if self.encoder.vocabulary is None:
+            return self.encoder.check_codes(stored)
+        values = stored.tolist()
+        mapped = [self.codes.get(v, _UNSEEN) if v == v else _NAN for v in values]
+        out = np.array(mapped, dtype=np.float32)
+        unseen = [i for i, m in enumerate(mapped) if m is _UNSEEN]
+        if unseen:
+            ints = np.array([values[i] for i in unseen], dtype=np.int64)
+            out[unseen] = self.encoder.encode_integers(ints)
+        return out
+
+
+_NAN = float("nan")
+_UNSEEN: Any = None
