@@ -113,7 +113,6 @@ class OnlineFeatureJoin:
             raise InvalidInput(f"{where}: none of its inputs is a feature of service "
                                f"{self.service} ({', '.join(reader.names)})")
         self.join_keys = reader.join_keys
-        self.store_names = frozenset(s.name for s in self.store_inputs)
         self._index = np.array([s.index for s in self.store_inputs], dtype=np.intp)
         positions_list = [s.position for s in self.store_inputs]
         self._positions = (None if positions_list == list(range(len(reader.names)))
