@@ -52,6 +52,15 @@ def test_demo_trains_registers_and_serves(tmp_path: Path) -> None:
     assert float(auc.group(1)) > 0.8  # the synthetic label has real signal; constant = 0.5
     assert "predict_many()" in done.stdout
     assert "drift histogram 'amount'" in done.stdout
+    # The feature store part: views materialized, the model trained on the service, requests
+    # keyed by user_id/merchant_id answered as with the features sent explicitly.
+    flat = " ".join(done.stdout.split())  # rich wraps lines at the pipe's 80 columns
+    assert "user_activity/1" in flat and "merchant_risk/1" in flat
+    assert "lineage: feature service fraud_features/1" in flat
+    assert "keyed by user_id/merchant_id" in flat
+    assert "max |difference| 0.0e+00" in flat, done.stdout
+    assert "mlserve_feature_keys_total" in flat
+    assert (tmp_path / "demo-features" / "online" / "data.mdb").is_file()
     listing = run("registry", "--registry", str(registry), "show", "fraud@champion")
     assert listing.returncode == 0, listing.stderr
     assert "fraud" in listing.stdout
