@@ -9,7 +9,9 @@ against a pandas ``merge_asof`` baseline on the same in-memory frames (sort + as
 with the TTL as tolerance; ties on event_ts resolved by sorting on created_ts first), measured in
 the same run. Online: p50/p99 of ``ServiceReader.read`` for 1, 64 and 512 keys against raw
 ``lmdb`` gets of the same keys in one read transaction. Prints a table and writes
-``bench/results/features-<stamp>.json``; never an assertion.
+``bench/results/features-<stamp>.json``; never an assertion. The same measurements run in the
+harness as ``python -m bench features [--quick]`` (bench/scenarios/features.py), with a JSON,
+Markdown and PNG report like every scenario.
 """
 
 from __future__ import annotations
@@ -131,22 +133,17 @@ def online(store: FeatureStore, n_entities: int, iterations: int) -> dict[str, A
     return out
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--entity-rows", type=int, default=1_000_000)
-    p.add_argument("--feature-rows", type=int, default=1_000_000)
-    p.add_argument("--entities", type=int, default=100_000, help="distinct user_ids")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--lookups", type=int, default=2000, help="online reads per batch size")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = p.parse_args()
+def measure(entity_rows: int, feature_rows: int, entities: int, repeats: int,
+            lookups: int) -> dict[str, Any]:
+    """Every figure of this benchmark for one configuration (a fresh store in a temporary
+    directory): ingestion, offline join vs merge_asof, materialization, online lookups vs raw
+    lmdb gets. Also what ``python -m bench features`` (bench/scenarios/features.py) runs."""
     rng = np.random.default_rng(1)
     ttl_s = 7 * DAY_S
-    history = make_history(rng, args.feature_rows, args.entities)
+    history = make_history(rng, feature_rows, entities)
     entity_df = pd.DataFrame({
-        "user_id": rng.integers(0, args.entities, args.entity_rows),
-        "event_ts": BASE + pd.to_timedelta(rng.uniform(0, 31 * DAY_S, args.entity_rows),
-                                           unit="s"),
+        "user_id": rng.integers(0, entities, entity_rows),
+        "event_ts": BASE + pd.to_timedelta(rng.uniform(0, 31 * DAY_S, entity_rows), unit="s"),
     })
     with tempfile.TemporaryDirectory() as root, FeatureStore(root) as store:
         user = Entity("user", "user_id")
@@ -158,12 +155,26 @@ def main() -> int:
         result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(),
                                               "load_avg": os.getloadavg()},
                                   "ingest_rows_per_s": len(history) / ingest_s}
-        result["offline"] = offline(store, history, entity_df, ttl_s, args.repeats)
+        result["offline"] = offline(store, history, entity_df, ttl_s, repeats)
         start = time.perf_counter()
         mat = store.materialize("stats", BASE, BASE + pd.Timedelta(days=31))
         result["materialize"] = {"keys": mat.written,
                                  "keys_per_s": mat.written / (time.perf_counter() - start)}
-        result["online"] = online(store, args.entities, args.lookups)
+        result["online"] = online(store, entities, lookups)
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--entity-rows", type=int, default=1_000_000)
+    p.add_argument("--feature-rows", type=int, default=1_000_000)
+    p.add_argument("--entities", type=int, default=100_000, help="distinct user_ids")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--lookups", type=int, default=2000, help="online reads per batch size")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    result = measure(args.entity_rows, args.feature_rows, args.entities, args.repeats,
+                     args.lookups)
     print(json.dumps(result, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"features-{time.strftime('%Y%m%dT%H%M%S')}.json"

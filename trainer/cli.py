@@ -17,14 +17,24 @@ from rich.table import Table
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="training table (.csv or .parquet)")
+    parser.add_argument("--data", help="training table (.csv or .parquet)")
     parser.add_argument("--label", required=True, help="target column")
+    parser.add_argument("--features", metavar="SERVICE",
+                        help="instead of --data: train on this feature service's point-in-time "
+                        "values (NAME or NAME/VERSION) for the rows of --entities")
+    parser.add_argument("--entities", metavar="FILE",
+                        help="with --features: .csv/.parquet of join keys, event timestamp "
+                        "(--timestamp, default event_ts), label and request-time columns")
+    parser.add_argument("--feature-store", metavar="PATH",
+                        help="feature store root (default: $MLSERVE_FEATURE_STORE, else "
+                        "$MLSERVE_HOME/features)")
     parser.add_argument("--name", help="model name (default: the data file's stem)")
     parser.add_argument("--task", choices=["binary", "multiclass", "regression"])
     parser.add_argument("--numeric", nargs="+", metavar="COL", help="numeric feature columns")
     parser.add_argument("--categorical", nargs="+", metavar="COL",
                         help="categorical feature columns")
-    parser.add_argument("--timestamp", metavar="COL", help="split by time on this column")
+    parser.add_argument("--timestamp", metavar="COL", help="split by time on this column "
+                        "(with --features: the entity file's event time, default event_ts)")
     parser.add_argument("--config", metavar="FILE.toml", help="TrainConfig values")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value (repeatable)")
@@ -79,7 +89,14 @@ def run(args: argparse.Namespace) -> int:
     from mlserve.trainer.pipeline import train, tune
 
     console = Console()
+    if (args.data is None) == (args.features is None) or \
+            (args.features is None) != (args.entities is None):
+        console.print("[red]error:[/] give --data FILE, or --features SERVICE with "
+                      "--entities FILE")
+        return 2
     common: dict[str, Any] = {
+        "features": args.features, "entities": args.entities,
+        "feature_store": args.feature_store,
         "name": args.name, "task": args.task, "numeric": args.numeric,
         "categorical": args.categorical, "timestamp": args.timestamp, "config": args.config,
         "overrides": tuple(args.overrides), "out_dir": args.out,

@@ -1,5 +1,6 @@
 """Deterministic synthetic data sets: card transactions with a learnable fraud label, and the
-per-entity feature history a feature store ingests.
+per-entity feature histories a feature store ingests (a generic one, and the daily per-user and
+per-merchant aggregates of the card transactions that ``mlserve demo`` serves from).
 
 Pure functions of their arguments (seeded numpy generators); safe to call from any thread.
 """
@@ -127,3 +128,90 @@ def feature_history(n_users: int = 500, n_events: int = 5000, seed: int = 11,
         "account_age_days": (base_age[user_id] + seconds / 86400.0).round(0),
         "home_country": pd.Series(homes[user_id], dtype=object),
     })
+
+
+def _window_sums(daily: np.ndarray, end: int, length: int, lag: int = 0) -> np.ndarray:
+    """Per entity, the sum of ``daily[:, d]`` over the ``length`` days ending ``lag`` days
+    before each day ``d`` (inclusive), for every d < ``end``: shape [entities, end]."""
+    cs = np.concatenate([np.zeros((daily.shape[0], 1)), np.cumsum(daily, axis=1)], axis=1)
+    hi = np.clip(np.arange(end) + 1 - lag, 0, None)
+    lo = np.clip(hi - length, 0, None)
+    return cs[:, hi] - cs[:, lo]
+
+
+def _daily(ids: np.ndarray, day: np.ndarray, values: np.ndarray, shape: tuple[int, int]
+           ) -> np.ndarray:
+    out = np.zeros(shape)
+    np.add.at(out, (ids, day), values)
+    return out
+
+
+def transaction_feature_history(transactions: pd.DataFrame, *, delay_s: float = 300.0,
+                                label_delay_days: int = 7) -> dict[str, pd.DataFrame]:
+    """The per-entity feature views a feature store would compute from card transactions
+    (:func:`card_transactions`): daily batch snapshots, one row per entity and day with
+    transactions, stamped at the end of that day (``event_ts``) and written ``delay_s`` later
+    (``created_ts``).
+
+    - ``user_activity`` (``user_id``): ``tx_count_1d``, ``tx_count_7d``, ``amount_avg_7d``,
+      ``amount_max_7d``, ``night_share_7d`` (share of transactions between 23:00 and 05:00).
+    - ``merchant_risk`` (``merchant_id``): ``tx_count_30d``, ``amount_avg_30d`` and
+      ``fraud_rate_30d``, the smoothed fraud rate of the 30 days ending ``label_delay_days``
+      before the snapshot: fraud labels arrive late, so a snapshot never counts labels that
+      were not known yet (and a point-in-time join never leaks a transaction's own label).
+
+    The transactions are drawn independently of their entities, so these aggregates carry
+    little signal about ``is_fraud``; they show the plumbing (the request-time columns of the
+    transaction carry the signal).
+    """
+    ts = pd.to_datetime(transactions["event_ts"], utc=True)
+    t0 = ts.min().floor("D")
+    day = ((ts - t0) // pd.Timedelta(days=1)).to_numpy(np.int64)
+    n_days = int(day.max()) + 1
+    amount = transactions["amount"].to_numpy(np.float64)
+    has_amount = ~np.isnan(amount)
+    amount0 = np.where(has_amount, amount, 0.0)
+    hour = ts.dt.hour.to_numpy()
+    night = ((hour < 5) | (hour >= 23)).astype(np.float64)
+    fraud = transactions["is_fraud"].to_numpy(np.float64)
+    out: dict[str, pd.DataFrame] = {}
+    for view, key, window in (("user_activity", "user_id", 7), ("merchant_risk", "merchant_id",
+                                                                  30)):
+        ids = transactions[key].to_numpy(np.int64)
+        shape = (int(ids.max()) + 1, n_days)
+        count = _daily(ids, day, np.ones(len(ids)), shape)
+        sums = {
+            "count": _window_sums(count, n_days, window),
+            "amounts": _window_sums(_daily(ids, day, has_amount.astype(np.float64), shape),
+                                    n_days, window),
+            "amount": _window_sums(_daily(ids, day, amount0, shape), n_days, window),
+        }
+        entity, snap = np.nonzero(count)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            amount_avg = (sums["amount"] / sums["amounts"])[entity, snap]
+        event_ts = t0 + pd.to_timedelta(snap + 1, unit="D")
+        frame = pd.DataFrame({key: entity.astype(np.int64), "event_ts": event_ts,
+                              "created_ts": event_ts + pd.Timedelta(seconds=delay_s)})
+        if view == "user_activity":
+            amount_max = np.full(shape, np.nan)
+            np.fmax.at(amount_max, (ids, day), amount)
+            rolled = np.stack([np.roll(amount_max, k, axis=1) for k in range(window)])
+            for k in range(1, window):  # no wrap-around from the last days
+                rolled[k][:, :k] = np.nan
+            nights = _window_sums(_daily(ids, day, night, shape), n_days, window)
+            frame["tx_count_1d"] = count[entity, snap].astype(np.int64)
+            frame["tx_count_7d"] = sums["count"][entity, snap].astype(np.int64)
+            frame["amount_avg_7d"] = amount_avg.round(2)
+            frame["amount_max_7d"] = np.fmax.reduce(rolled, axis=0)[entity, snap]
+            frame["night_share_7d"] = (nights[entity, snap]
+                                       / sums["count"][entity, snap]).round(3)
+        else:
+            lag = label_delay_days
+            labelled = _window_sums(count, n_days, window, lag)
+            frauds = _window_sums(_daily(ids, day, fraud, shape), n_days, window, lag)
+            prior = float(fraud.mean())  # smoothing towards the overall rate, 5 pseudo-rows
+            frame["tx_count_30d"] = sums["count"][entity, snap].astype(np.int64)
+            frame["amount_avg_30d"] = amount_avg.round(2)
+            frame["fraud_rate_30d"] = ((frauds + 5 * prior) / (labelled + 5))[entity, snap]
+        out[view] = frame.sort_values("event_ts", kind="stable").reset_index(drop=True)
+    return out

@@ -72,6 +72,18 @@ def _is_categorical_dtype(series: pd.Series, max_cardinality: int) -> bool:
     return False
 
 
+def infer_kinds(frame: pd.DataFrame, columns: Sequence[str], config: TrainConfig
+                ) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) feature columns among ``columns``, typed by dtype: object,
+    string, bool and integers with at most ``max_categorical_cardinality`` distinct values are
+    categorical; datetimes are no features."""
+    categorical = [c for c in columns
+                   if _is_categorical_dtype(frame[c], config.max_categorical_cardinality)]
+    numeric = [c for c in columns if c not in categorical
+               and not pd.api.types.is_datetime64_any_dtype(frame[c])]
+    return numeric, categorical
+
+
 def _infer_task(y: pd.Series, max_cardinality: int) -> str:
     distinct = int(y.nunique(dropna=True))
     if distinct == 2:
@@ -149,11 +161,8 @@ def load_table(data: DataSource, label: str, *, task: str | None = None,
 
     if numeric is None and categorical is None:
         skip = {label, timestamp, *config.exclude}
-        candidates = [c for c in columns if c not in skip]
-        categorical = [c for c in candidates
-                       if _is_categorical_dtype(labelled[c], config.max_categorical_cardinality)]
-        numeric = [c for c in candidates if c not in categorical
-                   and not pd.api.types.is_datetime64_any_dtype(labelled[c])]
+        numeric, categorical = infer_kinds(labelled, [c for c in columns if c not in skip],
+                                           config)
     numeric, categorical = list(numeric or []), list(categorical or [])
     _check_features(labelled, label, numeric, categorical)
 

@@ -1,6 +1,7 @@
 """The training pipeline end to end: :func:`train` (load -> split -> fit plan -> train MLP ->
 evaluate -> export -> reference profile -> bundle -> registry) and :func:`tune` (random search,
-each trial logged as a run, the best registered).
+each trial logged as a run, the best registered). The table is a file or DataFrame, or an
+entity file joined point-in-time with a feature service (:mod:`mlserve.trainer.features`).
 
 Not thread-safe: training seeds torch's global generator. The registry is duck-typed: any
 object with ``log_run(params, metrics, *, name=None) -> str`` and
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 from mlserve.bundle import FORMAT_VERSION
 from mlserve.errors import InvalidInput
+from mlserve.features import FeatureService
 from mlserve.trainer import bundle as bundle_io
 from mlserve.trainer.config import ConfigSource, TrainConfig, load_config, with_values
 from mlserve.trainer.evaluate import SELECTION_METRIC, evaluate
@@ -30,6 +32,7 @@ from mlserve.trainer.export import (
     export_torchscript,
     output_signature,
 )
+from mlserve.trainer.features import StoreLike, feature_table
 from mlserve.trainer.load import DataSource, LoadedTable, load_table
 from mlserve.trainer.model import ServingModel, predict, train_model
 from mlserve.trainer.preprocess import Preprocessing, encode_rows, fit_preprocessing
@@ -88,7 +91,7 @@ def _labels(table: LoadedTable, frame: pd.DataFrame) -> np.ndarray:
     return y.map(index).to_numpy(np.int64)
 
 
-def _default_name(data: DataSource, name: str | None) -> str:
+def _default_name(data: DataSource | None, name: str | None) -> str:
     if name:
         return name
     if isinstance(data, (str, Path)):
@@ -132,7 +135,8 @@ class _EpochProgress:
 
 
 def _fit(table: LoadedTable, splits: Splits, config: TrainConfig, *, name: str,
-         bundle_dir: Path, progress: bool) -> TrainResult:
+         bundle_dir: Path, progress: bool,
+         lineage: Mapping[str, Any] | None = None) -> TrainResult:
     """Stages 3-8 (without the registry) on an already split table."""
     prep = fit_preprocessing(splits.train, table.numeric, table.categorical, config)
     encoded_train = encode_rows(splits.train, prep.inputs, unknown="oov")
@@ -184,7 +188,8 @@ def _fit(table: LoadedTable, splits: Splits, config: TrainConfig, *, name: str,
                     "code_version": bundle_io.code_version(), "seed": config.seed,
                     "parent_run": None, "imported": False,
                     "split": {"train": len(splits.train), "valid": len(splits.valid),
-                              "test": len(splits.test), "time_ordered": splits.time_ordered}},
+                              "test": len(splits.test), "time_ordered": splits.time_ordered},
+                    **(lineage or {})},
     }
     bundle_io.write_manifest(bundle_dir, manifest, ["model.pt", "model.onnx",
                                                     "training_curves.png", "metrics.jsonl"])
@@ -202,11 +207,45 @@ def _register(result: TrainResult, registry: RegistryLike, params: Mapping[str, 
                                              run_id=result.run_id)
 
 
-def train(data: DataSource, label: str, *, name: str | None = None, task: str | None = None,
-          numeric: Sequence[str] | None = None, categorical: Sequence[str] | None = None,
-          timestamp: str | None = None, config: ConfigSource = None,
-          overrides: Sequence[str] = (), registry: RegistryLike | None = None,
-          out_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+def _load(data: DataSource | None, label: str | None, *, task: str | None,
+          numeric: Sequence[str] | None, categorical: Sequence[str] | None,
+          timestamp: str | None, config: TrainConfig, features: str | FeatureService | None,
+          entities: DataSource | None, feature_store: StoreLike,
+          as_of_created: Any) -> tuple[LoadedTable, dict[str, Any] | None]:
+    """The validated table, from ``data`` or from the feature store (``features`` over
+    ``entities``), and the lineage the latter adds."""
+    if label is None:
+        raise InvalidInput("train: the label column is required")
+    if features is None:
+        if entities is not None:
+            raise InvalidInput("entities= needs features= (the feature service to join)")
+        if data is None:
+            raise InvalidInput("train: give data= (a table) or features= and entities=")
+        return load_table(data, label, task=task, numeric=numeric, categorical=categorical,
+                          timestamp=timestamp, config=config), None
+    if data is not None:
+        raise InvalidInput("give either data= or features= with entities=, not both")
+    if entities is None:
+        raise InvalidInput("features= needs entities= (keys, event timestamp, label and "
+                           "request-time columns)")
+    joined = feature_table(entities, label, features, store=feature_store, timestamp=timestamp,
+                           numeric=numeric, categorical=categorical,
+                           as_of_created=as_of_created, config=config)
+    table = load_table(joined.frame, label, task=task, numeric=joined.numeric,
+                       categorical=joined.categorical, timestamp=joined.timestamp,
+                       config=config)
+    table.source = joined.source
+    return table, joined.lineage
+
+
+def train(data: DataSource | None = None, label: str | None = None, *, name: str | None = None,
+          task: str | None = None, numeric: Sequence[str] | None = None,
+          categorical: Sequence[str] | None = None, timestamp: str | None = None,
+          config: ConfigSource = None, overrides: Sequence[str] = (),
+          registry: RegistryLike | None = None, out_dir: str | Path | None = None,
+          progress: bool = True, features: str | FeatureService | None = None,
+          entities: DataSource | None = None, feature_store: StoreLike = None,
+          as_of_created: Any = None) -> TrainResult:
     """Train a model on a table and write (and optionally register) its bundle.
 
     ``data``: a DataFrame or a .csv/.parquet path; ``label``: the target column. ``task``
@@ -215,14 +254,26 @@ def train(data: DataSource, label: str, *, name: str | None = None, task: str | 
     or a .toml path; ``overrides``: ``key=value`` strings applied on top. ``out_dir``: the
     bundle directory (new or empty; default ``runs/<name>-<utc time>``). ``name`` defaults to
     the data file's stem. Invalid data or config raises :class:`mlserve.errors.InvalidInput`.
+
+    From the feature store instead of ``data``: ``features`` (a feature service, ``NAME`` or
+    ``NAME/VERSION``) and ``entities`` (a DataFrame or file with its join keys, the event
+    timestamp ``timestamp`` (default ``event_ts``), the label and optionally request-time
+    columns, which ``numeric``/``categorical`` then name). The table is
+    ``historical_features`` of the service for those rows, split by time; the bundle's lineage
+    records the service and view versions (see :mod:`mlserve.trainer.features`), so that the
+    server fetches the same features online for requests carrying entity keys.
+    ``feature_store``: a FeatureStore or its root (default ``$MLSERVE_FEATURE_STORE``, else
+    ``$MLSERVE_HOME/features``); ``as_of_created``: the bitemporal cut-off.
     """
     cfg = load_config(config, overrides)
-    name = _default_name(data, name)
-    table = load_table(data, label, task=task, numeric=numeric, categorical=categorical,
-                       timestamp=timestamp, config=cfg)
+    name = _default_name(data if features is None else entities, name)
+    table, lineage = _load(data, label, task=task, numeric=numeric, categorical=categorical,
+                           timestamp=timestamp, config=cfg, features=features,
+                           entities=entities, feature_store=feature_store,
+                           as_of_created=as_of_created)
     splits = split_table(table, cfg)
     result = _fit(table, splits, cfg, name=name, bundle_dir=_bundle_dir(out_dir, name),
-                  progress=progress)
+                  progress=progress, lineage=lineage)
     if registry is not None:
         _register(result, registry, cfg.to_dict())
     return result
@@ -239,26 +290,31 @@ def sample_space(space: Mapping[str, Any], rng: random.Random) -> dict[str, Any]
     return draw
 
 
-def tune(data: DataSource, label: str, *, space: Mapping[str, Any], trials: int = 10,
-         name: str | None = None, task: str | None = None,
-         numeric: Sequence[str] | None = None, categorical: Sequence[str] | None = None,
-         timestamp: str | None = None, config: ConfigSource = None,
-         overrides: Sequence[str] = (), registry: RegistryLike | None = None,
-         out_dir: str | Path | None = None, progress: bool = True,
-         search_seed: int = 0) -> TuneResult:
+def tune(data: DataSource | None = None, label: str | None = None, *,
+         space: Mapping[str, Any], trials: int = 10, name: str | None = None,
+         task: str | None = None, numeric: Sequence[str] | None = None,
+         categorical: Sequence[str] | None = None, timestamp: str | None = None,
+         config: ConfigSource = None, overrides: Sequence[str] = (),
+         registry: RegistryLike | None = None, out_dir: str | Path | None = None,
+         progress: bool = True, search_seed: int = 0,
+         features: str | FeatureService | None = None, entities: DataSource | None = None,
+         feature_store: StoreLike = None, as_of_created: Any = None) -> TuneResult:
     """Random search: ``trials`` draws from ``space`` (param -> list/range of values), each
     trained like :func:`train` into ``out_dir/trial-NNN`` and logged with
     ``registry.log_run``; the trial with the best validation metric (ROC-AUC, accuracy or
-    RMSE by task) is registered. Returns the best result and every trial's record."""
+    RMSE by task) is registered. Returns the best result and every trial's record.
+    ``features``/``entities``/``feature_store``/``as_of_created``: as for :func:`train`."""
     if trials < 1:
         raise InvalidInput(f"trials must be >= 1 (got {trials})")
     base = load_config(config, overrides)
     for key in space:
         with_values(base, {key: space[key][0] if isinstance(space[key], Sequence) else
                            next(iter(space[key]))})
-    name = _default_name(data, name)
-    table = load_table(data, label, task=task, numeric=numeric, categorical=categorical,
-                       timestamp=timestamp, config=base)
+    name = _default_name(data if features is None else entities, name)
+    table, lineage = _load(data, label, task=task, numeric=numeric, categorical=categorical,
+                           timestamp=timestamp, config=base, features=features,
+                           entities=entities, feature_store=feature_store,
+                           as_of_created=as_of_created)
     root = _bundle_dir(out_dir, f"{name}-tune")
     metric, higher = SELECTION_METRIC[table.task]
     rng = random.Random(search_seed)
@@ -269,7 +325,8 @@ def tune(data: DataSource, label: str, *, space: Mapping[str, Any], trials: int 
         draw = sample_space(space, rng)
         cfg = with_values(base, draw)
         result = _fit(table, split_table(table, cfg), cfg, name=name,
-                      bundle_dir=_bundle_dir(root / f"trial-{k:03d}", name), progress=progress)
+                      bundle_dir=_bundle_dir(root / f"trial-{k:03d}", name), progress=progress,
+                      lineage=lineage)
         if registry is not None:
             result.run_id = registry.log_run({**cfg.to_dict(), "trial": k},
                                              dict(result.metrics), name=f"{name}-trial-{k:03d}")

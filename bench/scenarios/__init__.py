@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 #: Scenario modules in the order ``--list`` and ``all`` use.
-MODULES = ("normalize", "batcher", "engine", "http")
+MODULES = ("normalize", "batcher", "engine", "http", "features")
 
 
 def load_all() -> None:

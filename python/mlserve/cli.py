@@ -18,18 +18,24 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser(
         "demo",
-        help="train, register and serve a fraud model on embedded synthetic data",
-        description="Trains a fraud model on synthetic card transactions (fitted feature plan, "
-        "torch MLP, TorchScript + ONNX export), registers it as fraud@champion, serves it "
-        "through the Engine (native normalization, dynamic batching, onnxruntime) and prints "
-        "the evaluation, predictions on fresh rows, throughput per access pattern, batch "
-        "sizes and drift histograms.",
+        help="feature store, train, register and serve a fraud model on embedded synthetic data",
+        description="Builds a feature store from synthetic card transactions (per-user and "
+        "per-merchant daily aggregates, materialized to LMDB), trains a fraud model on their "
+        "point-in-time join plus request-time columns (fitted feature plan, torch MLP, "
+        "TorchScript + ONNX export), registers it as fraud@champion, serves it through the "
+        "Engine (native normalization, dynamic batching, onnxruntime) and prints the "
+        "evaluation, predictions on fresh rows, throughput per access pattern, batch sizes and "
+        "drift histograms; then serves it over HTTP and sends requests keyed by user_id and "
+        "merchant_id.",
     )
     demo.add_argument("--rows", type=int, default=40_000, help="transactions to train on")
     demo.add_argument("--requests", type=int, default=20_000, help="one-row requests per pattern")
     demo.add_argument("--epochs", type=int, default=12, help="training epochs (early stopping)")
     demo.add_argument("--registry", metavar="PATH", default=None,
                       help="registry root (default: $MLSERVE_HOME/registry)")
+    demo.add_argument("--feature-store", metavar="PATH", default=None,
+                      help="the demo's feature store, rebuilt on every run (default: "
+                      "demo-features beside the registry)")
     demo.add_argument("--no-http", action="store_true",
                       help="skip the part that starts `mlserve serve` and uses the client")
 
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         from mlserve.demo import run
 
         run(rows=args.rows, requests=args.requests, epochs=args.epochs, registry=args.registry,
-            http=not args.no_http)
+            http=not args.no_http, feature_store=args.feature_store)
     return 0
 
 

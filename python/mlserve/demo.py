@@ -1,19 +1,29 @@
-"""``mlserve demo``: raw data -> trained, registered model -> served predictions, end to end.
+"""``mlserve demo``: raw data -> feature store -> trained, registered model -> served predictions.
 
-Trains a fraud model on the embedded synthetic card transactions (mlserve.trainer: fitted
-feature plan, torch MLP, TorchScript + ONNX export, drift reference), registers it and points
-``fraud@champion`` at it, then serves it through an :class:`Engine` built from the registry
-(native normalization, dynamic batching, onnxruntime) and prints the held-out evaluation,
-predictions on fresh transactions, throughput per access pattern, batch sizes and the drift
-histogram counted while serving; then starts ``mlserve serve`` on a free local port and sends
-real requests with :mod:`mlserve.client` (predictions, latency, where /metrics is), then normal
-and drifted traffic: the server's drift report (``/monitoring``), online metrics from feedback
-labels, and the offline HTML drift report (``mlserve drift report``) of the drifted rows.
+Derives per-user and per-merchant feature views from the embedded synthetic card transactions
+(daily aggregates: activity, amounts, merchant fraud rates with delayed labels), ingests them
+into a feature store (Parquet offline, LMDB online) and materializes them; trains a fraud model
+on ``historical_features`` of the transactions (point-in-time correct) plus their request-time
+columns (mlserve.trainer: fitted feature plan, torch MLP, TorchScript + ONNX export, drift
+reference), registers it and points ``fraud@champion`` at it, then serves it through an
+:class:`Engine` built from the registry (native normalization, dynamic batching, onnxruntime)
+and prints the held-out evaluation, predictions on fresh transactions, throughput per access
+pattern, batch sizes and the drift histogram counted while serving; then starts ``mlserve serve
+--feature-store`` on a free local port and sends real requests keyed by ``user_id`` and
+``merchant_id`` with :mod:`mlserve.client` (predictions, the same with the features sent
+explicitly, latency, the feature-fetch metrics), then normal and drifted traffic: the server's
+drift report (``/monitoring``), online metrics from feedback labels, and the offline HTML drift
+report (``mlserve drift report``) of the drifted rows.
+
+The transactions are moved in time so that their history ends today: the online store enforces
+TTLs at the current time. The demo's feature store (default: ``demo-features`` beside the
+registry) is the demo's own and is rebuilt on every run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import threading
 import time
@@ -27,6 +37,12 @@ from rich.table import Table
 
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
+from mlserve.errors import InvalidInput
+
+#: The demo's feature service and the file that marks a feature store as the demo's own.
+SERVICE = "fraud_features"
+_MARKER = ".mlserve-demo"
+
 
 #: The demo server's monitoring: a short window so that drift shows within seconds.
 _DEMO_INTERVAL_S = 0.5
@@ -43,22 +59,33 @@ def run(
     epochs: int = 12,
     registry: str | None = None,
     http: bool = True,
+    feature_store: str | None = None,
 ) -> None:
+    import pandas as pd
+
     import mlserve.trainer
     from mlserve.registry import Registry
     from mlserve.trainer import datasets, encode_rows, train
+    from mlserve.trainer.features import feature_table
 
     console = Console()
-    console.rule("[bold]mlserve demo: card-transaction fraud, train -> register -> serve")
+    console.rule("[bold]mlserve demo: card-transaction fraud, features -> train -> register -> "
+                 "serve")
     reg = Registry(registry)
     data = datasets.card_transactions(rows, seed=7)
+    # Move the history so that it ends at today's midnight (UTC): TTLs are checked at now.
+    shift = pd.Timestamp.now(tz="UTC").floor("D") - data["event_ts"].max().ceil("D")
+    data["event_ts"] += shift
+    root = Path(feature_store) if feature_store else reg.root.parent / "demo-features"
+    store = _build_feature_store(console, data, root)
     config = Path(mlserve.trainer.__file__).parent / "configs" / "demo.toml"
-    console.print(f"training on {rows:,} transactions ({data['is_fraud'].mean():.1%} fraud), "
-                  f"config {config.name}, registry {reg.root}")
+    console.print(f"training on {rows:,} transactions ({data['is_fraud'].mean():.1%} fraud) "
+                  f"joined point-in-time with feature service {SERVICE!r}, config "
+                  f"{config.name}, registry {reg.root}")
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(data, "is_fraud", name="fraud", timestamp="event_ts", config=config,
-                       overrides=[f"epochs={epochs}"], registry=reg,
-                       out_dir=Path(tmp) / "bundle", progress=True)
+        result = train(label="is_fraud", features=SERVICE, entities=data, feature_store=store,
+                       name="fraud", config=config, overrides=[f"epochs={epochs}"],
+                       registry=reg, out_dir=Path(tmp) / "bundle", progress=True)
     version = result.model_version
     reg.set_alias("fraud", "champion", version.version, reason="demo: newest trained model")
     metrics = Table(title=f"held-out evaluation of {version.ref} (now fraud@champion)")
@@ -67,21 +94,86 @@ def run(
     metrics.add_row(*(f"{result.metrics[k]:.4f}" for k in
                       ("roc_auc", "pr_auc", "log_loss", "accuracy", "ece")))
     console.print(metrics)
+    lineage = version.lineage
+    console.print(f"lineage: feature service {SERVICE}/{lineage['feature_service']['version']}, "
+                  "views " + ", ".join(f"{v['name']}/{v['version']}"
+                                       for v in lineage["feature_views"])
+                  + f"; request-time inputs: {', '.join(lineage['request_features'])}")
 
     fresh = datasets.card_transactions(max(2_000, rows // 4), seed=8)
+    fresh["event_ts"] += shift
+    fresh_table = feature_table(fresh, "is_fraud", SERVICE, store=store).frame
     config_b = BatcherConfig(max_batch_size=64, max_queue_delay_us=200, instance_count=2)
     with Engine.from_registry("fraud@champion", registry=reg, config=config_b) as engine:
-        x = encode_rows(fresh, engine.bundle.signature["inputs"])
-        _serve(console, engine, fresh, x, requests)
+        x = encode_rows(fresh_table, engine.bundle.signature["inputs"])
+        _serve(console, engine, fresh_table, x, requests)
         inputs = engine.bundle.signature["inputs"]
+    drifted = datasets.card_transactions(len(fresh), seed=9, drift=1.0,
+                                         drift_features=["amount", "channel"])
+    drifted["event_ts"] = fresh["event_ts"].to_numpy()  # the same days: stored features exist
+    drifted_table = feature_table(drifted, "is_fraud", SERVICE, store=store).frame
     if http:
-        _serve_http(console, reg.root, fresh, inputs)
-        _drift(console, reg, fresh, inputs, version.version)
+        _serve_http(console, reg.root, store, fresh, inputs, lineage["request_features"],
+                    (fresh_table, drifted_table))
+    _drift(console, reg, drifted_table, version.version)
+    store.close()
 
 
-def _serve_http(console: Console, registry_root: Path, fresh: Any,
-                inputs: list[dict[str, Any]]) -> None:
-    """Starts `mlserve serve` for fraud@champion and talks to it with mlserve.client."""
+def _build_feature_store(console: Console, data: Any, root: Path) -> Any:
+    """The demo's feature store at ``root``, rebuilt: definitions applied, the transactions'
+    per-user and per-merchant daily aggregates ingested and materialized up to now."""
+    import pandas as pd
+
+    from mlserve.features import Column, Entity, FeatureService, FeatureStore, FeatureView
+    from mlserve.trainer import datasets
+
+    if root.exists() and any(root.iterdir()):
+        if not (root / _MARKER).is_file():
+            raise InvalidInput(f"{root} is not empty and not a demo feature store; pass "
+                               "--feature-store with a new or empty directory")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / _MARKER).write_text("the feature store of `mlserve demo`, rebuilt on every run\n")
+    store = FeatureStore(root)
+    user = Entity("user", "user_id", description="card holder")
+    merchant = Entity("merchant", "merchant_id")
+    store.apply([
+        user, merchant,
+        FeatureView("user_activity", user,
+                    [Column("tx_count_1d", "int"), Column("tx_count_7d", "int"),
+                     Column("amount_avg_7d", "float"), Column("amount_max_7d", "float"),
+                     Column("night_share_7d", "float")],
+                    ttl_seconds=7 * 86400, description="daily snapshot of the last 7 days"),
+        FeatureView("merchant_risk", merchant,
+                    [Column("tx_count_30d", "int"), Column("amount_avg_30d", "float"),
+                     Column("fraud_rate_30d", "float")],
+                    ttl_seconds=35 * 86400,
+                    description="daily snapshot; fraud labels counted after a 7-day delay"),
+        FeatureService(SERVICE, ["user_activity", "merchant_risk"]),
+    ])
+    histories = datasets.transaction_feature_history(data)
+    now = pd.Timestamp.now(tz="UTC")
+    table = Table(title=f"feature store {root} (Parquet offline, LMDB online)")
+    for col in ("view", "entity", "TTL", "rows ingested", "keys materialized", "s"):
+        table.add_column(col, justify="right")
+    for view, frame in histories.items():
+        t0 = time.perf_counter()
+        ingested = store.ingest(view, frame)
+        done = store.materialize(view, frame["event_ts"].min(), now)
+        fv = store.view(view)
+        ttl = "-" if fv.ttl_seconds is None else f"{fv.ttl_seconds / 86400:g} d"
+        table.add_row(fv.ref, fv.entity_name, ttl,
+                      f"{ingested.rows:,}", f"{done.written:,}",
+                      f"{time.perf_counter() - t0:.2f}")
+    console.print(table)
+    return store
+
+
+def _serve_http(console: Console, registry_root: Path, store: Any, fresh: Any,
+                inputs: list[dict[str, Any]], request_features: list[str],
+                tables: tuple[Any, Any]) -> None:
+    """Starts `mlserve serve --feature-store` for fraud@champion and sends it requests keyed by
+    user_id/merchant_id with mlserve.client, then the same rows with the features written out."""
     import socket
     import subprocess
     import sys
@@ -94,9 +186,11 @@ def _serve_http(console: Console, registry_root: Path, fresh: Any,
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "mlserve.cli", "serve", "--registry", str(registry_root),
            "--model", "fraud@champion", "--port", str(port), "--log-level", "warning",
+           "--feature-store", str(store.root),
            "--monitoring-interval", str(_DEMO_INTERVAL_S),
            "--monitoring-window", f"sliding:{_DEMO_WINDOW_S:g}s", "--alert-min-rows", "200"]
-    console.rule(f"[bold]HTTP: mlserve serve on {url} (KServe v2 + msgpack)")
+    console.rule(f"[bold]HTTP: mlserve serve on {url} (KServe v2 + msgpack, online features "
+                 "from LMDB)")
     # The server's log (an access-log line per request) goes to a file: a pipe nobody reads
     # would fill up and block the server.
     log = tempfile.TemporaryFile()
@@ -110,42 +204,65 @@ def _serve_http(console: Console, registry_root: Path, fresh: Any,
                     err = log.read().decode(errors="replace")
                     raise RuntimeError(f"the server did not become ready: {err[-2000:]}")
                 time.sleep(0.1)
-            rows = fresh.head(5)
-            tensors: dict[str, Any] = {}
-            for spec in inputs:
-                col = rows[spec["name"]]
-                if spec["kind"] == "categorical" and "vocabulary" in spec:
-                    tensors[spec["name"]] = ["" if v is None else str(v) for v in col.tolist()]
-                else:
-                    tensors[spec["name"]] = col.to_numpy(dtype=np.float32)
-            result = client.infer("fraud", tensors)
-            table = Table(title=f"POST {url}/v2/models/fraud/infer (per-feature tensors, "
-                          f"strings for categoricals) -> version {result.model_version}")
-            for col in ("amount", "merchant_category", "country", "channel", "P(fraud)"):
+            rows = fresh.tail(6)  # the newest transactions: their users were active lately
+            keys = {"user_id": rows["user_id"].to_numpy(np.int64),
+                    "merchant_id": rows["merchant_id"].to_numpy(np.int64)}
+            request = {**keys, **_tensors(rows, [s for s in inputs
+                                                 if s["name"] in request_features])}
+            keyed = client.infer("fraud", request)
+            online = store.online_features(SERVICE, keys)
+            explicit = dict(request)
+            del explicit["user_id"], explicit["merchant_id"]
+            for j, name in enumerate(online.names):
+                explicit[name] = online.values[:, j]
+            same = client.infer("fraud", explicit)
+            table = Table(title=f"POST {url}/v2/models/fraud/infer keyed by user_id/merchant_id"
+                          f" (+ request-time inputs) -> version {keyed.model_version}")
+            for col in ("user_id", "merchant_id", "amount", "channel", "user feats",
+                        "merchant feats", "P(fraud)"):
                 table.add_column(col, justify="right")
-            for i, p in enumerate(result.output[:, 0]):
+            status = online.status_names()
+            for i, p in enumerate(keyed.output[:, 0]):
                 r = rows.iloc[i]
-                table.add_row(f"{r['amount']:,.2f}", str(r["merchant_category"]),
-                              str(r["country"]), str(r["channel"]), f"{p:.3f}")
+                table.add_row(str(r["user_id"]), str(r["merchant_id"]), f"{r['amount']:,.2f}",
+                              str(r["channel"]), status[i][0], status[i][1], f"{p:.3f}")
             console.print(table)
-            one = {k: v[:1] for k, v in tensors.items()}
-            lat = []
+            diff = float(np.max(np.abs(keyed.output - same.output)))
+            console.print(f"the same rows with the {len(online.names)} stored features sent "
+                          f"explicitly: max |difference| {diff:.1e} (missing/expired features "
+                          "are NaN, imputed by the plan)")
+            one_keyed = {k: v[:1] for k, v in request.items()}
+            one_explicit = {k: v[:1] for k, v in explicit.items()}
+            lat: dict[str, list[float]] = {"keyed": [], "explicit": []}
             for _ in range(300):
-                t0 = time.perf_counter()
-                client.infer("fraud", one)
-                lat.append(time.perf_counter() - t0)
-            ms = np.percentile(np.array(lat) * 1e3, [50, 99])
-            console.print(f"one-row msgpack requests over HTTP, sequential: p50 {ms[0]:.2f} ms, "
-                          f"p99 {ms[1]:.2f} ms (client + network + server)")
+                for label, body in (("keyed", one_keyed), ("explicit", one_explicit)):
+                    t0 = time.perf_counter()
+                    client.infer("fraud", body)
+                    lat[label].append(time.perf_counter() - t0)
+            for label, what in (("keyed", "keyed by user_id/merchant_id"),
+                                ("explicit", "all features sent")):
+                ms = np.percentile(np.array(lat[label]) * 1e3, [50, 99])
+                console.print(f"one-row msgpack requests, {what}, sequential: p50 {ms[0]:.2f} "
+                              f"ms, p99 {ms[1]:.2f} ms (client + network + server)")
         import httpx
 
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        fetch = {ln.split("{")[0]: float(ln.split()[-1]) for ln in metrics.splitlines()
+                 if ln.startswith(("mlserve_feature_fetch_seconds_sum",
+                                   "mlserve_feature_fetch_seconds_count"))}
+        if fetch.get("mlserve_feature_fetch_seconds_count"):
+            mean_us = 1e6 * fetch["mlserve_feature_fetch_seconds_sum"] / fetch[
+                "mlserve_feature_fetch_seconds_count"]
+            console.print(f"online feature fetch in the server: mean {mean_us:.0f} µs over "
+                          f"{fetch['mlserve_feature_fetch_seconds_count']:.0f} keyed requests "
+                          "(mlserve_feature_fetch_seconds)")
         shown = [ln for ln in metrics.splitlines()
-                 if ln.startswith(("mlserve_requests_total", "mlserve_engine_batches_total"))]
+                 if ln.startswith(("mlserve_requests_total", "mlserve_engine_batches_total",
+                                   "mlserve_feature_keys_total"))]
         console.print(f"Prometheus metrics at {url}/metrics, e.g.:")
-        for line in shown[:4]:
+        for line in shown[:8]:
             console.print(f"  {line}", markup=False)
-        _drifted_traffic(console, url, fresh, inputs)
+        _drifted_traffic(console, url, *tables, inputs)
     finally:
         server.terminate()
         try:
@@ -155,18 +272,17 @@ def _serve_http(console: Console, registry_root: Path, fresh: Any,
         log.close()
 
 
-def _drifted_traffic(console: Console, url: str, fresh: Any,
+def _drifted_traffic(console: Console, url: str, normal: Any, drifted: Any,
                      inputs: list[dict[str, Any]]) -> None:
-    """Normal, then drifted traffic (amount and channel shift) to the server; prints its drift
-    report and the online metrics of the feedback labels sent for the drifted requests."""
+    """Normal, then drifted traffic (amount and channel shift) to the server, every feature
+    sent explicitly; prints its drift report and the online metrics of the feedback labels
+    sent for the drifted requests."""
     from mlserve.client import Client
-    from mlserve.trainer import datasets, encode_rows
+    from mlserve.trainer import encode_rows
 
     console.rule(f"[bold]monitoring: normal, then drifted traffic ({_DEMO_WINDOW_S:g} s "
                  "sliding window)")
-    drifted = datasets.card_transactions(len(fresh), seed=9, drift=1.0,
-                                         drift_features=["amount", "channel"])
-    normal_x = encode_rows(fresh, inputs)
+    normal_x = encode_rows(normal, inputs)
     drifted_x = encode_rows(drifted, inputs)
     labels = drifted["is_fraud"].to_numpy()
     with Client(url) as client:
@@ -218,15 +334,11 @@ def _drifted_traffic(console: Console, url: str, fresh: Any,
                   "Grafana dashboard in deploy/")
 
 
-def _drift(console: Console, reg: Any, fresh: Any, inputs: list[dict[str, Any]],
-           version: int) -> None:
+def _drift(console: Console, reg: Any, drifted: Any, version: int) -> None:
     """The offline drift report (HTML + JSON) of a drifted table against the model."""
     from mlserve.drift.offline import resolve_bundle, table_report
     from mlserve.drift.report import write_report
-    from mlserve.trainer import datasets
 
-    drifted = datasets.card_transactions(len(fresh), seed=10, drift=1.0,
-                                         drift_features=["amount", "channel"])
     bundle = resolve_bundle(f"fraud/{version}", str(reg.root))
     report = table_report(bundle, drifted)
     out = Path(reg.root).parent / "reports" / f"drift-fraud-{version}"
@@ -235,6 +347,18 @@ def _drift(console: Console, reg: Any, fresh: Any, inputs: list[dict[str, Any]],
     console.print(f"offline drift report of {d.rows:,} drifted rows (`mlserve drift report "
                   f"--model fraud/{version} --data FILE`): drifted "
                   f"{', '.join(d.drifted_features) or 'none'} -> {html_path}")
+
+
+def _tensors(rows: Any, specs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Request tensors of raw columns: strings for categoricals, float32 for the rest."""
+    out: dict[str, Any] = {}
+    for spec in specs:
+        col = rows[spec["name"]]
+        if spec["kind"] == "categorical" and "vocabulary" in spec:
+            out[spec["name"]] = ["" if v is None else str(v) for v in col.tolist()]
+        else:
+            out[spec["name"]] = col.to_numpy(dtype=np.float32)
+    return out
 
 
 def _serve(console: Console, engine: Engine, fresh: Any, x: np.ndarray, requests: int) -> None:

@@ -5,7 +5,9 @@ Three kinds:
 
 - Request metrics observed by the server per request: ``mlserve_requests_total`` (by outcome),
   ``mlserve_request_latency_seconds`` (end to end in the server), ``mlserve_requests_in_flight``
-  and ``mlserve_model_loads_total``.
+  and ``mlserve_model_loads_total``; for entity-keyed requests ``mlserve_feature_fetch_seconds``
+  (the online feature read) and ``mlserve_feature_keys_total`` (rows by view and status:
+  present, missing, expired).
 - Engine metrics read from the native core at scrape time (``EngineCollector``), nothing added
   to the Python hot path: counters ``mlserve_engine_{requests,rows,batches,rejected,timed_out,
   failed,cancelled}_total``, the gauge ``mlserve_engine_queue_depth`` and histograms
@@ -92,6 +94,37 @@ IN_FLIGHT = Gauge(
     "mlserve_requests_in_flight", "Inference requests being handled now.", ["model"],
     multiprocess_mode="livesum",
 )
+#: Buckets of the online feature fetch (seconds): 10 µs .. 100 ms; an LMDB read of a few keys
+#: takes tens of microseconds, below the first request-latency bucket.
+FEATURE_FETCH_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2,
+                         2.5e-2, 1e-1)
+FEATURE_FETCH = Histogram(
+    "mlserve_feature_fetch_seconds",
+    "Time fetching the online features of one entity-keyed request (key encoding, LMDB reads, "
+    "decoding).",
+    ["model", "version"], buckets=FEATURE_FETCH_BUCKETS,
+)
+FEATURE_KEYS = Counter(
+    "mlserve_feature_keys_total",
+    "Entity rows looked up per feature view, by status: present, missing (no value online) or "
+    "expired (older than the view's TTL).",
+    ["model", "version", "view", "status"],
+)
+#: Whether a feature metric child exists in this process: until then /metrics leaves the
+#: feature families out, as multiprocess mode does (its files appear with the first child).
+_feature_metrics_used = False
+
+
+def feature_metric_children(model: str, version: str, views: Iterable[str],
+                            statuses: Iterable[str]) -> tuple[Any, list[list[Any]]]:
+    """The fetch-latency child of a model version and its key counters per (view, status)."""
+    global _feature_metrics_used
+    _feature_metrics_used = True
+    states = list(statuses)
+    return (FEATURE_FETCH.labels(model, version),
+            [[FEATURE_KEYS.labels(model, version, view, s) for s in states] for view in views])
+
+
 MODEL_LOADS = Counter(
     "mlserve_model_loads_total", "Model load/unload events.", ["model", "version", "event"],
 )
@@ -363,6 +396,9 @@ def render(engines: EngineSource | None = None,
     else:
         for metric in (REQUESTS, REQUEST_LATENCY, IN_FLIGHT, MODEL_LOADS):
             registry.register(metric)
+        if _feature_metrics_used:
+            registry.register(FEATURE_FETCH)
+            registry.register(FEATURE_KEYS)
         registry.register(PROCESS_COLLECTOR)
         if engines is not None:
             registry.register(EngineCollector(engines))

@@ -52,14 +52,22 @@ def test_demo_trains_registers_and_serves(tmp_path: Path) -> None:
     assert float(auc.group(1)) > 0.8  # the synthetic label has real signal; constant = 0.5
     assert "predict_many()" in done.stdout
     assert "drift histogram 'amount'" in done.stdout
-    # the monitoring part: the server's drift report after drifted traffic, feedback, and the
-    # offline HTML report (rich wraps long lines: match on the text with whitespace collapsed)
-    text = " ".join(done.stdout.split())
-    served = re.search(r"drifted: ([a-z_, ]*?); alerts firing", text)
+    # The feature store part: views materialized, the model trained on the service, requests
+    # keyed by user_id/merchant_id answered as with the features sent explicitly.
+    flat = " ".join(done.stdout.split())  # rich wraps lines at the pipe's 80 columns
+    assert "user_activity/1" in flat and "merchant_risk/1" in flat
+    assert "lineage: feature service fraud_features/1" in flat
+    assert "keyed by user_id/merchant_id" in flat
+    assert "max |difference| 0.0e+00" in flat, done.stdout
+    assert "mlserve_feature_keys_total" in flat
+    assert (tmp_path / "demo-features" / "online" / "data.mdb").is_file()
+    # The monitoring part: the server's drift report after drifted traffic, feedback, and the
+    # offline HTML report.
+    served = re.search(r"drifted: ([a-z0-9_, ]*?); alerts firing", flat)
     assert served is not None and {"amount", "channel"} <= set(served.group(1).split(", ")), \
         done.stdout
-    assert re.search(r"feedback: [0-9,]+ labelled requests joined", text)
-    offline = re.search(r"offline drift report .*?drifted ([a-z_, ]*?) -> ", text)
+    assert re.search(r"feedback: [0-9,]+ labelled requests joined", flat)
+    offline = re.search(r"offline drift report .*?drifted ([a-z0-9_, ]*?) -> ", flat)
     assert offline is not None and "amount" in offline.group(1), done.stdout
     assert (registry.parent / "reports").is_dir()
     listing = run("registry", "--registry", str(registry), "show", "fraud@champion")

@@ -623,10 +623,13 @@ def test_cli_flags_round_trip_through_worker_environment(tmp_path: Path) -> None
             str(token),
             "--max-body-bytes",
             "1234",
+            "--feature-store",
+            "/srv/features",
         ]
     )
     settings = settings_from_args(args)
     assert settings.models == ("fraud@champion", "other/2") and settings.admin_token == "t0k"
+    assert settings.feature_store == "/srv/features"
     env = settings.to_env()
     assert "t0k" not in "".join(env.values())  # only the token file's path travels
     assert ServerSettings.from_env(env) == settings

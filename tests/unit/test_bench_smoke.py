@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:  # bench/ is a top-level folder, not part of the p
 from bench import harness, registry  # noqa: E402
 from bench.__main__ import main  # noqa: E402
 
-SCENARIOS = ("normalize", "batcher", "engine", "http")
+SCENARIOS = ("normalize", "batcher", "engine", "http", "features")
 
 
 def test_registry_lists_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,6 +39,8 @@ def test_scenario_smoke(name: str, tmp_path: Path) -> None:
     pytest.importorskip("mlserve", exc_type=ModuleNotFoundError)
     if name == "engine":
         pytest.importorskip("onnx", exc_type=ModuleNotFoundError)
+    if name == "features":  # the offline store's extra
+        pytest.importorskip("pyarrow", exc_type=ModuleNotFoundError)
     if name == "http":
         if shutil.which("wrk") is None:
             pytest.skip("wrk is not installed (not on PATH): the http smoke run needs wrk 4.x")

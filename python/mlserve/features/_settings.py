@@ -33,6 +33,13 @@ def default_root() -> Path:
     return Path(home).expanduser() / "features"
 
 
+def configured_root() -> Path | None:
+    """``$MLSERVE_FEATURE_STORE`` when set, else None. The server uses only an explicitly
+    configured store: a model that needs online features never reads a default location."""
+    explicit = os.environ.get(ROOT_ENV)
+    return Path(explicit).expanduser() if explicit else None
+
+
 def map_size_bytes() -> int:
     """``$MLSERVE_FEATURE_STORE_MAP_SIZE`` (bytes), default 64 GiB."""
     value = os.environ.get(MAP_SIZE_ENV)

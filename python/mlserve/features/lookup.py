@@ -52,7 +52,7 @@ class ServiceReader:
         self.service = service
         self._parts: list[tuple[FeatureView, np.ndarray | None]] = []
         names: list[str] = []
-        keys: dict[str, None] = {}
+        keys: dict[str, str] = {}
         for sel, view in zip(service.selections, views, strict=True):
             columns = sel.columns if sel.columns is not None else view.column_names
             positions = np.asarray([view.column_names.index(view.column(c).name)
@@ -60,11 +60,14 @@ class ServiceReader:
             whole = positions.tolist() == list(range(len(view.columns)))
             self._parts.append((view, None if whole else positions))
             names += [feature_name(view.name, c) for c in columns]
-            keys.update(dict.fromkeys(view.resolved_entity.join_keys))
+            entity = view.resolved_entity
+            keys.update(zip(entity.join_keys, entity.key_dtypes, strict=True))
         self.names = tuple(names)
         self.views = tuple(v.ref for v, _ in self._parts)
         self.join_keys = tuple(keys)
         """Every join key a request must carry, in first-use order."""
+        self.key_dtypes = keys
+        """Join key -> its dtype (``int64`` or ``string``)."""
 
     def read(self, keys: Mapping[str, Any] | Sequence[Any], *, now_ns: int | None = None
              ) -> OnlineFeatures:

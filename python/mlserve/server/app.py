@@ -465,7 +465,8 @@ def app_from_env() -> MlserveApp:
     """Factory for uvicorn's ``--factory`` import string: settings from ``MLSERVE_SERVER_*``."""
     settings = ServerSettings.from_env()
     manager = ModelManager(settings.registry, config=settings.batcher_config(),
-                           backend=settings.backend, device=settings.device)
+                           backend=settings.backend, device=settings.device,
+                           feature_store=settings.feature_store)
     return create_app(manager, settings)
 
 

@@ -61,6 +61,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
     parser.add_argument("--workers", type=int, default=d.workers,
                         help="server processes sharing the port (each loads every model)")
+    parser.add_argument("--feature-store", metavar="PATH", default=None,
+                        help="feature store root, for models trained on a feature service "
+                        "(requests may then carry entity keys; default: $MLSERVE_FEATURE_STORE)")
     parser.add_argument("--admin-token-file", metavar="FILE", default=None,
                         help="file holding the bearer token the repository routes require")
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
@@ -107,6 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        feature_store=args.feature_store,
         admin_token_file=args.admin_token_file,
         max_body_bytes=args.max_body_bytes,
         max_batch_size=args.max_batch_size,
@@ -169,7 +173,8 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> int:
     )
     if settings.workers == 1:
         manager = ModelManager(settings.registry, config=settings.batcher_config(),
-                               backend=settings.backend, device=settings.device)
+                               backend=settings.backend, device=settings.device,
+                               feature_store=settings.feature_store)
         server = uvicorn.Server(uvicorn.Config(app_module.create_app(manager, settings), **common))
         # uvicorn re-raises the captured SIGTERM after its graceful shutdown; with the default
         # disposition that would kill the process (status -15) although it drained cleanly.

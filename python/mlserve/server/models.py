@@ -8,7 +8,12 @@ hot swap: the new version is published in one dict assignment, requests already 
 on the old engine, and the old engine closes (drain=True) once its in-flight count reaches zero.
 
 :class:`ServedVersion` also turns decoded request tensors into the plan's raw float32 rows
-(:meth:`ServedVersion.rows`) and the engine's output into response tensors.
+(:meth:`ServedVersion.rows`) and the engine's output into response tensors. A version whose
+bundle was trained on a feature service is a :class:`FeatureServedVersion`: requests may carry
+entity keys, whose online features it reads through a :class:`~mlserve.features.ServiceReader`
+prepared once per service version at load (from ``--feature-store`` or
+``$MLSERVE_FEATURE_STORE``; a model needing a store that is not configured fails to load).
+Other models pay nothing for this: their versions are plain :class:`ServedVersion` objects.
 
 Concurrency: every mutation runs on the event loop (no awaits between a check and its update),
 so lookups are plain dict reads; blocking work (registry reads, checksum verification, model
@@ -19,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -31,7 +38,9 @@ from mlserve import metrics
 from mlserve.categories import CategoryEncoder
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
-from mlserve.errors import InvalidInput, ModelNotFound, Unavailable
+from mlserve.errors import DefinitionNotFound, InvalidInput, ModelNotFound, Unavailable
+from mlserve.features import FeatureStore, ServiceReader
+from mlserve.features._settings import ROOT_ENV, configured_root
 from mlserve.gpu import canonical_backend
 from mlserve.server.codecs import (
     InferRequest,
@@ -42,6 +51,7 @@ from mlserve.server.codecs import (
     fast_json_rows,
     fast_msgpack_rows,
 )
+from mlserve.server.feature_join import OnlineFeatureJoin, lineage_service
 from mlserve.server.settings import split_model_spec
 
 logger = logging.getLogger(__name__)
@@ -358,6 +368,90 @@ class ServedVersion:
         }
 
 
+class FeatureServedVersion(ServedVersion):
+    """A version trained on a feature service: requests may carry entity keys instead of (or
+    beside) the service's features (:mod:`mlserve.server.feature_join`). Requests without
+    entity keys take :class:`ServedVersion`'s paths unchanged."""
+
+    def __init__(self, engine: Engine, name: str, version: str, ref: str,
+                 reader: ServiceReader) -> None:
+        super().__init__(engine, name, version, ref)
+        lineage = engine.bundle.manifest.get("lineage") or {}
+        self.join = OnlineFeatureJoin(reader, lineage, self.columns, name, version)
+        self._key_names = frozenset(self.join.join_keys)
+
+    def rows(self, tensors: Sequence[Tensor]) -> np.ndarray:
+        """As :meth:`ServedVersion.rows`, or, when the request carries an entity key: the
+        service's features read online for the keys, the other inputs from the request."""
+        if not any(t.name in self._key_names for t in tensors):
+            return super().rows(tensors)
+        given = {t.name: t for t in tensors}
+        if len(given) != len(tensors):
+            raise InvalidInput("each input may appear once; got duplicate input names")
+        join = self.join
+        absent = [k for k in join.join_keys if k not in given]
+        unknown = [k for k in given if k not in self.by_name and k not in self._key_names]
+        missing = [c.name for c in join.request_inputs if c.name not in given]
+        if absent or unknown or missing:
+            parts = []
+            if absent:
+                parts.append(f"missing entity keys: {', '.join(absent)}")
+            if missing:
+                parts.append(f"missing request-time inputs: {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown inputs: {', '.join(unknown)}")
+            request_inputs = ", ".join(c.name for c in join.request_inputs) or "none"
+            raise InvalidInput(
+                f"model {self.name}: {'; '.join(parts)} (an entity-keyed request sends "
+                f"{', '.join(join.join_keys)} and the request-time inputs ({request_inputs}); "
+                f"feature service {join.service} provides the others)")
+        keys, n = join.keys(given)
+        x = np.empty((n, self.f_in), dtype=np.float32)
+        values, status = join.fetch(keys, n)
+        x[:, join.store_index] = values
+        for name, t in given.items():
+            column = self.by_name.get(name)
+            if column is None:
+                continue  # an entity key
+            shape = list(t.shape)
+            if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+                raise InvalidInput(f"input '{name}': shape {shape}; expected [n] or [n, 1]")
+            if shape[0] != n:
+                raise InvalidInput(
+                    f"input '{name}' has {shape[0]} rows but the entity keys have {n}")
+            x[:, column.index] = self._column_values(column, t)
+        if self._any_non_nullable:
+            bad = np.flatnonzero(np.isnan(x[:, self._non_nullable]).any(axis=0))
+            if bad.size:
+                names = [c.name for c in self.columns if not c.nullable]
+                raise join.null_error([names[i] for i in bad.tolist()], x, status, keys)
+        return x
+
+    def metadata(self, versions: list[str]) -> dict[str, Any]:
+        """v2 metadata plus the entity keys (inputs with ``parameters.entity_key``) and, per
+        input, where it comes from (``feature_view`` or ``request``)."""
+        out = super().metadata(versions)
+        join = self.join
+        views = {s.name: join.reader.views[s.view] for s in join.store_inputs}
+        for item in out["inputs"]:
+            view = views.get(item["name"])
+            item["parameters"]["source"] = "request" if view is None else "feature_store"
+            if view is not None:
+                item["parameters"]["feature_view"] = view
+        keys = [
+            {"name": k, "datatype": "INT64" if join.key_dtypes[k] == "int64" else "BYTES",
+             "shape": [-1],
+             "parameters": {"entity_key": True, "feature_service": join.service,
+                            "optional": True}}
+            for k in join.join_keys
+        ]
+        out["inputs"] = keys + out["inputs"]
+        out["parameters"] = {"feature_service": join.service,
+                             "entity_keys": list(join.join_keys),
+                             "feature_views": list(join.reader.views)}
+        return out
+
+
 @dataclass
 class ServedModel:
     """Every loaded version of one model name, and which one is the default."""
@@ -378,8 +472,11 @@ class ModelManager:
         config: BatcherConfig | None = None,
         backend: str = "onnxruntime",
         device: int = 0,
+        feature_store: str | None = None,
     ) -> None:
         self.registry_root = registry_root
+        #: Root of the feature store of entity-keyed models; None: $MLSERVE_FEATURE_STORE.
+        self.feature_store = feature_store
         self.config = config or BatcherConfig(max_batch_size=256, max_queue_delay_us=0)
         #: Execution backend of refs that name none (``REF:BACKEND`` names one).
         self.backend = backend
@@ -391,6 +488,10 @@ class ModelManager:
         self._loading: dict[str, asyncio.Future[ServedVersion]] = {}
         self._closers: set[asyncio.Future[None]] = set()
         self._registry: Any = None
+        self._store: FeatureStore | None = None
+        #: One prepared reader per feature service version, shared by the models using it.
+        self._readers: dict[str, ServiceReader] = {}
+        self._store_lock = threading.Lock()
 
     # ---- lookups (plain dict reads) ----------------------------------------------------------
 
@@ -531,7 +632,14 @@ class ModelManager:
                                        device=self.device),
         )
         try:
-            served = ServedVersion(engine, name, version, ref)
+            lineage = engine.bundle.manifest.get("lineage") or {}
+            service = lineage_service(lineage) if isinstance(lineage, dict) else None
+            if service is None:
+                served = ServedVersion(engine, name, version, ref)
+            else:
+                reader = await loop.run_in_executor(
+                    None, self._service_reader, service, f"{name}/{version}")
+                served = FeatureServedVersion(engine, name, version, ref, reader)
             await engine.apredict(np.zeros((1, served.f_in), dtype=np.float32))
         except BaseException:
             await loop.run_in_executor(None, engine.close, False)
@@ -540,6 +648,39 @@ class ModelManager:
         metrics.MODEL_LOADS.labels(name, version, "load").inc()
         logger.info("loaded model %s/%s (ref %s, backend %s)", name, version, ref, backend)
         return served
+
+    def _service_reader(self, service: str, model: str) -> ServiceReader:
+        """The prepared reader of ``service`` (NAME/VERSION) from the configured store, with
+        its LMDB handles opened (a first read), so that requests never open them. Runs in the
+        executor."""
+        with self._store_lock:
+            reader = self._readers.get(service)
+            if reader is not None:
+                return reader
+            if self._store is None:
+                root = self.feature_store or configured_root()
+                if root is None:
+                    raise Unavailable(
+                        f"model {model} was trained on feature service {service} but this "
+                        "server has no feature store: start it with `mlserve serve "
+                        f"--feature-store PATH` or set ${ROOT_ENV}")
+                if not (Path(root) / "definitions.db").is_file():
+                    raise Unavailable(
+                        f"model {model} needs feature service {service}, but {root} is not a "
+                        "feature store (no definitions.db); check --feature-store or "
+                        f"${ROOT_ENV}")
+                self._store = FeatureStore(root)
+            try:
+                reader = self._store.service_reader(service)
+            except DefinitionNotFound as exc:
+                raise DefinitionNotFound(
+                    f"model {model} needs feature service {service}, which the feature store "
+                    f"at {self._store.root} does not define: {exc}") from None
+            reader.read({k: [0] if d == "int64" else [""] for k, d in reader.key_dtypes.items()})
+            self._readers[service] = reader
+            logger.info("feature service %s ready for entity-keyed requests (store %s)",
+                        service, self._store.root)
+            return reader
 
     def _publish(self, served: ServedVersion, ref: str) -> None:
         # Runs on the loop without awaiting: the swap is atomic for every request handler.
@@ -611,6 +752,10 @@ class ModelManager:
             _, pending = await asyncio.wait(futures, timeout=left)
             if pending:
                 logger.warning("%d engines did not close within the shutdown bound", len(pending))
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+            self._readers.clear()
 
 
 def _version_key(version: str) -> tuple[int, str]:

@@ -66,6 +66,9 @@ class ServerSettings:
     """TCP port to bind."""
     workers: int = 1
     """Server processes sharing the socket (each loads every model)."""
+    feature_store: str | None = None
+    """Feature store root for models trained on a feature service (entity-keyed requests);
+    None: ``$MLSERVE_FEATURE_STORE``, and a model that needs a store fails to load without."""
     admin_token_file: str | None = None
     """File whose stripped content is the bearer token of the admin routes; None: no token."""
     max_body_bytes: int = 64 << 20
@@ -195,6 +198,8 @@ class ServerSettings:
             env["REGISTRY"] = self.registry
         if self.admin_token_file is not None:
             env["ADMIN_TOKEN_FILE"] = self.admin_token_file
+        if self.feature_store is not None:
+            env["FEATURE_STORE"] = self.feature_store
         if self.access_log_file is not None:
             env["ACCESS_LOG_FILE"] = self.access_log_file
         return {ENV_PREFIX + k: v for k, v in env.items()}
@@ -227,6 +232,7 @@ class ServerSettings:
             host=get("HOST") or d.host,
             port=int(number("PORT", d.port)),
             workers=int(number("WORKERS", d.workers)),
+            feature_store=get("FEATURE_STORE"),
             admin_token_file=get("ADMIN_TOKEN_FILE"),
             max_body_bytes=int(number("MAX_BODY_BYTES", d.max_body_bytes)),
             max_batch_size=int(number("MAX_BATCH_SIZE", d.max_batch_size)),
