@@ -1,8 +1,10 @@
 """The baseline of the ``http`` scenario: a raw ASGI app that answers every request with 200 and
 the request's own body (same content type), on the same stack the server runs (uvicorn with
-uvloop and httptools, one worker, no access log)::
+uvloop and httptools, one worker, no access log, no proxy-headers middleware, no server
+header: uvicorn configured as ``mlserve serve`` configures it)::
 
-    uvicorn bench.echo_app:app --loop uvloop --http httptools --no-access-log --port 8001
+    uvicorn bench.echo_app:app --loop uvloop --http httptools --no-access-log \
+        --no-proxy-headers --no-server-header --port 8001
 
 It does what any HTTP handler must (read the body, answer with a body of the same size) and
 nothing else: no routing, no decoding, no model. A GET (e.g. ``/v2/health/ready``) gets 200

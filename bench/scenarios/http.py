@@ -4,8 +4,9 @@ Setup: a tiny fraud model (``mlserve.trainer``, 3000 synthetic card transactions
 layer of 16) is trained into a temporary registry and served by ``mlserve serve`` in a
 subprocess (defaults: one worker, uvicorn + uvloop + httptools, dynamic batching). The baseline
 is ``bench/echo_app.py`` on the same stack (uvicorn, uvloop, httptools, one worker, no access
-log): it reads the body and answers 200 with the same bytes, so its req/s is what the HTTP stack
-alone allows on this machine, with the load generator sharing the same cores.
+log, uvicorn configured as ``mlserve serve`` configures it): it reads the body and answers 200
+with the same bytes, so its req/s is what the HTTP stack alone allows on this machine, with the
+load generator sharing the same cores.
 
 Closed loop (wrk 4.1 with ``bench/wrk_report.lua``; ``-t min(2, C) -c C``): one-row requests
 to ``/v2/models/fraud/infer`` as msgpack (one FP32 tensor ``input`` [1, f_in], raw bytes) and as
@@ -629,6 +630,9 @@ def run(level: str) -> dict[str, Any]:
             "--http",
             "httptools",
             "--no-access-log",
+            # as mlserve serve configures uvicorn (no proxy-headers middleware, no server header)
+            "--no-proxy-headers",
+            "--no-server-header",
             "--log-level",
             "warning",
             "--workers",
@@ -886,7 +890,8 @@ def _result(
             **cfg,
         },
         "baseline": "bench/echo_app.py (raw ASGI: read the body, answer 200 with the same "
-        "bytes) on uvicorn + uvloop + httptools, 1 worker, no access log, sent the msgpack "
+        "bytes) on uvicorn + uvloop + httptools, 1 worker, no access log, no proxy-headers "
+        "middleware and no server header (as mlserve serve), sent the msgpack "
         "body; ratios are mlserve req/s over echo req/s at the same concurrency, and the 5 ms "
         "target over mlserve's open-loop p99",
         "measurements": measurements,

@@ -8,6 +8,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <utility>
 
 #include "batcher/dynamic_batcher.h"
 #include "bindings/common.h"
@@ -48,8 +50,19 @@ class PyBatcher {
     gone.reset();
   }
 
+  // The futures of requests submitted with submit_future, by request id, with the event loop
+  // each belongs to (None: a concurrent.futures.Future). Touched only with the GIL held, and a
+  // future is registered in the same GIL-holding call that submits its request, so the drain
+  // (also under the GIL) always finds it.
+  struct Pending {
+    py::object future;
+    py::object loop;
+  };
+  std::unordered_map<uint64_t, Pending>& futures() { return futures_; }
+
  private:
   std::shared_ptr<DynamicBatcher> batcher_;
+  std::unordered_map<uint64_t, Pending> futures_;
 };
 
 // The finished request's result as a new array, or raises its error. GIL held.
@@ -129,6 +142,49 @@ py::dict HistogramToDict(const LatencyHistogram& h) {
   out["buckets"] = buckets;
   out["sum"] = static_cast<double>(h.sum_ns) / 1e9;
   return out;
+}
+
+// The exception a failed request's future gets: its mlserve.errors class called with the message.
+py::object ErrorOf(const Request& r) {
+  return py::reinterpret_borrow<py::object>(ErrorClass(r.error_code))(r.error_message);
+}
+
+// Completes the futures of finished requests: those of `loop` (the running event loop calling
+// this) get their result or exception here, without a Python-level dispatch per request; the
+// rest (concurrent futures, futures of other loops) come back as (future, loop, result,
+// error class, message) for the caller to complete thread-safely. Futures already done
+// (cancelled while queued) and requests without a registered future are skipped. GIL held.
+py::list CompleteFutures(PyBatcher& self, const py::object& loop) {
+  std::vector<std::shared_ptr<Request>> done = self.get()->DrainCompleted();
+  static PyObject* const done_name = PyUnicode_InternFromString("done");
+  static PyObject* const set_result_name = PyUnicode_InternFromString("set_result");
+  static PyObject* const set_exception_name = PyUnicode_InternFromString("set_exception");
+  auto& futures = self.futures();
+  py::list rest;
+  for (const auto& r : done) {
+    auto it = futures.find(r->id);
+    if (it == futures.end()) continue;  // cancelled and forgotten meanwhile
+    PyBatcher::Pending p = std::move(it->second);
+    futures.erase(it);
+    const bool ok = r->state == RequestState::kDone;
+    if (loop.is_none() || !p.loop.is(loop)) {
+      if (ok) {
+        rest.append(py::make_tuple(p.future, p.loop, Result(*r), py::none(), py::none()));
+      } else {
+        rest.append(py::make_tuple(p.future, p.loop, py::none(), py::handle(ErrorClass(r->error_code)),
+                                   r->error_message));
+      }
+      continue;
+    }
+    py::object is_done = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(p.future.ptr(), done_name));
+    if (!is_done) throw py::error_already_set();
+    if (PyObject_IsTrue(is_done.ptr()) == 1) continue;
+    py::object value = ok ? Result(*r) : ErrorOf(*r);
+    py::object set = py::reinterpret_steal<py::object>(
+        PyObject_CallMethodOneArg(p.future.ptr(), ok ? set_result_name : set_exception_name, value.ptr()));
+    if (!set) throw py::error_already_set();
+  }
+  return rest;
 }
 
 }  // namespace
@@ -249,6 +305,34 @@ void BindBatcher(py::module_& m) {
           py::arg("x"), py::arg("priority") = 0, py::arg("timeout_us") = -1, py::arg("tag") = std::string(),
           "Submit; the result arrives through completion_fd()/drain_completions(). Returns the id. "
           "tag (str or bytes): the caller's request id, the key of the prediction log.")
+      .def(
+          "submit_future",
+          [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us, std::string tag,
+             py::object future, py::object loop) {
+            const uint64_t id = SubmitRows(self.get(), x, priority, timeout_us, true, std::move(tag))->id;
+            self.futures()[id] = PyBatcher::Pending{std::move(future), std::move(loop)};
+            return id;
+          },
+          py::arg("x"), py::arg("priority"), py::arg("timeout_us"), py::arg("tag"), py::arg("future"),
+          py::arg("loop"),
+          "Submit; complete_futures() completes `future` (of asyncio `loop`, or None for a "
+          "concurrent.futures.Future) when the request finishes. Returns the id.")
+      .def("complete_futures", &CompleteFutures, py::arg("loop"),
+           "Drain the completions: futures of `loop` are completed here; returns [(future, loop, "
+           "result | None, error_class | None, message | None)] of the others.")
+      .def(
+          "forget_future",
+          [](PyBatcher& self, uint64_t id) { return self.futures().erase(id) > 0; }, py::arg("id"),
+          "Drop the future of request id (cancelled by its caller); False if unknown.")
+      .def(
+          "take_futures",
+          [](PyBatcher& self) {
+            py::list out;
+            for (auto& [id, p] : self.futures()) out.append(py::make_tuple(p.future, p.loop));
+            self.futures().clear();
+            return out;
+          },
+          "Remove and return [(future, loop)] of every request still registered (at close).")
       .def("completion_fd", [](PyBatcher& self) { return self.get()->completion_fd(); })
       .def(
           "drain_completions",

@@ -111,7 +111,6 @@ class Engine:
         )
         self._fd: int = self._batcher.completion_fd()
         self._lock = threading.Lock()
-        self._pending: dict[int, AnyFuture] = {}
         self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -247,7 +246,7 @@ class Engine:
         """Queues ``x`` and returns a future; cancelling the future removes a queued request."""
         fut = _RequestFuture(self)
         self._ensure_thread()
-        fut.request_id = self._submit_async(x, priority, timeout_us, fut)
+        fut.request_id = self._submit_async(x, priority, timeout_us, fut, None)
         return fut
 
     async def apredict(
@@ -263,7 +262,7 @@ class Engine:
         if loop not in self._loops:
             self._attach(loop)
         fut: asyncio.Future[np.ndarray] = loop.create_future()
-        rid = self._submit_async(x, priority, timeout_us, fut, tag)
+        rid = self._submit_async(x, priority, timeout_us, fut, loop, tag)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -271,48 +270,40 @@ class Engine:
             raise
 
     def _submit_async(self, x: Any, priority: int, timeout_us: int | None, fut: AnyFuture,
-                      tag: bytes = b"") -> int:
-        # The lock spans submit and registration so a completion never arrives unregistered.
-        with self._lock:
-            if self._closed:
-                raise Unavailable(f"engine {self.name!r} is closed")
-            timeout = -1 if timeout_us is None else timeout_us
-            rid: int = self._batcher.submit_async(x, priority, timeout, tag)
-            self._pending[rid] = fut
+                      loop: asyncio.AbstractEventLoop | None, tag: bytes = b"") -> int:
+        # The core registers the future in the same call that queues the request (under the
+        # GIL), so a completion never arrives unregistered; no Python lock or dict per request.
+        if self._closed:
+            raise Unavailable(f"engine {self.name!r} is closed")
+        rid: int = self._batcher.submit_future(
+            x, priority, -1 if timeout_us is None else timeout_us, tag, fut, loop)
         return rid
 
     def _cancel(self, rid: int) -> None:
         with self._lock:
-            self._pending.pop(rid, None)
             if not self._batcher.closed:
+                self._batcher.forget_future(rid)
                 self._batcher.cancel(rid)
 
     # ---- completion dispatch -------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Completes every finished async request (runs in a loop reader or the thread)."""
+        """Completes every finished request (runs in a loop reader or the thread): the core
+        completes the running loop's futures itself; the others are completed here, each
+        thread-safely."""
         with self._lock:
             if self._batcher.closed:
                 return
-            done = self._batcher.drain_completions()
-            if not done:
-                return
-            entries = [(self._pending.pop(rid, None), res, cls, msg) for rid, res, cls, msg in done]
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        for fut, res, cls, msg in entries:
-            if fut is None:
-                continue  # cancelled meanwhile
-            if isinstance(fut, asyncio.Future):
-                loop = fut.get_loop()
-                if loop is running:
-                    _complete(fut, res, cls, msg)
-                elif not loop.is_closed():
-                    loop.call_soon_threadsafe(_complete, fut, res, cls, msg)
-            else:
+            try:
+                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            rest = self._batcher.complete_futures(running)
+        for fut, loop, res, cls, msg in rest:
+            if loop is None:
                 _complete(fut, res, cls, msg)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_complete, fut, res, cls, msg)
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -428,12 +419,19 @@ class Engine:
         for loop in list(self._loops):
             _remove_reader(loop, self._fd)
         with self._lock:
-            leftover = list(self._pending.values())
-            self._pending.clear()
+            leftover = self._batcher.take_futures()
             self._final_stats = self._batcher.stats()
             self._batcher.release()
-        for fut in leftover:
-            _complete(fut, None, Unavailable, f"engine {self.name!r} closed before the request ran")
+        message = f"engine {self.name!r} closed before the request ran"
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for fut, loop in leftover:
+            if loop is None or loop is running:
+                _complete(fut, None, Unavailable, message)
+            elif not loop.is_closed():  # nobody can await a future of a closed loop
+                loop.call_soon_threadsafe(_complete, fut, None, Unavailable, message)
         _open_engines.discard(self)
 
     def __enter__(self) -> Engine:

@@ -1,9 +1,10 @@
 """Per-worker snapshot files: how one server process answers /metrics for all of ``--workers N``.
 
 Each worker writes its engines' full stats (``Engine.stats()``: counters, queue depth, batch
-sizes, latency histograms) and its process metrics as one JSON file, ``mlserve-worker-<pid>.json``,
-in the multiprocess directory, atomically (temp file + ``os.replace``), so readers never see a
-partial file. The worker answering /metrics reads all of them (:meth:`WorkerSnapshots.read`).
+sizes, latency histograms), its request metrics and its process metrics as one JSON file,
+``mlserve-worker-<pid>.json``, in the multiprocess directory, atomically (temp file +
+``os.replace``), so readers never see a partial file. The worker answering /metrics reads all of
+them (:meth:`WorkerSnapshots.read`).
 
 A worker that exited keeps counting: the first reader that finds its file renames it to
 ``mlserve-exited-<pid>-<start>.json`` (a rename succeeds once, so no two readers both retire it),
@@ -45,6 +46,9 @@ class Snapshot:
     engines: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     #: Process metric family name -> {"type", "help", "value"} (empty for exited workers).
     process: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``metrics.RequestStats.snapshot()``: request counts and latency buckets (an exited
+    #: worker's with nothing in flight).
+    requests: dict[str, Any] = field(default_factory=dict)
 
 
 def process_start(pid: int) -> str | None:
@@ -81,15 +85,16 @@ class WorkerSnapshots:
         self._written = False
 
     def write(self, engines: list[tuple[str, str, dict[str, Any]]],
-              process: dict[str, dict[str, Any]]) -> None:
-        """Replaces this process' snapshot with ``engines`` (model, version, stats) and
-        ``process`` (family name -> type, help, value)."""
+              process: dict[str, dict[str, Any]], requests: dict[str, Any] | None = None) -> None:
+        """Replaces this process' snapshot with ``engines`` (model, version, stats),
+        ``process`` (family name -> type, help, value) and ``requests`` (the request metrics,
+        ``metrics.RequestStats.snapshot()``)."""
         if not self._written:
             # A file under our pid before our first write is an exited predecessor's: keep it.
             self._retire(self._path)
             self._written = True
         body = {"pid": self.pid, "start": self._start, "written_at": time.time(),
-                "engines": engines, "process": process}
+                "engines": engines, "process": process, "requests": requests or {}}
         self._tmp.write_text(json.dumps(body))
         os.replace(self._tmp, self._path)
 
@@ -128,8 +133,10 @@ class WorkerSnapshots:
                 continue
             engines = [(str(m), str(v), s if live else {**s, "queued": 0})
                        for m, v, s in body["engines"]]
+            requests = body.get("requests") or {}
             out.append(Snapshot(pid=int(body["pid"]), live=live, engines=engines,
-                                process=body["process"] if live else {}))
+                                process=body["process"] if live else {},
+                                requests=requests if live else {**requests, "in_flight": {}}))
         return out, complete
 
     def _retire(self, path: Path, force: bool = False) -> int | None:

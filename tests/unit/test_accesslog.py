@@ -7,11 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlserve.server.accesslog import AccessLog
 
 
 def _lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    # split("\n"), not splitlines(): that also splits at U+0085, U+2028, ... inside strings
+    return [json.loads(line) for line in path.read_text().split("\n") if line]
 
 
 def test_lines_are_json_with_every_field(tmp_path: Path) -> None:
@@ -85,3 +88,26 @@ def test_blocks_hold_whole_lines_of_at_most_pipe_buf_bytes() -> None:
         assert block.endswith(b"\n")
         assert len(block) <= _BLOCK_BYTES or block.count(b"\n") == 1  # only a long line alone
     assert _blocks([]) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(request_id=st.binary(max_size=40), model=st.text(max_size=12),
+       version=st.text(max_size=4), status=st.integers(100, 599),
+       outcome=st.sampled_from(["ok", "InvalidInput", "Bad%sOutcome"]),
+       seconds=st.floats(0, 1e4, allow_nan=False),
+       client=st.one_of(st.none(), st.tuples(st.text(max_size=20), st.integers(0, 65535))))
+def test_cached_templates_write_the_same_json_as_a_dict_dump(
+        tmp_path_factory: pytest.TempPathFactory, request_id: bytes, model: str, version: str,
+        status: int, outcome: str, seconds: float, client: tuple[str, int] | None) -> None:
+    """Lines come from %-templates cached per (model, version, status, outcome) with the id and
+    client quoted per request: whatever the bytes, a line parses to the fields as given."""
+    path = tmp_path_factory.mktemp("log") / "access.log"
+    log = AccessLog(1.0, str(path), interval=60.0)
+    for _ in range(2):  # the second line comes from the cached template
+        log.record(request_id, model, version, status, outcome, seconds, client)
+    log.close()
+    want = {"request_id": request_id.decode("latin-1"), "model": model, "version": version,
+            "status": status, "outcome": outcome, "client": client[0] if client else ""}
+    for line in _lines(path):
+        assert line.pop("latency_ms") == pytest.approx(seconds * 1e3, abs=6e-4)
+        assert line == want

@@ -15,10 +15,11 @@ import pytest
 from mlserve import BatcherConfig, Engine
 from mlserve.metrics import (
     LATENCY_BUCKETS,
-    REQUEST_LATENCY,
-    REQUESTS,
+    REQUEST_STATS,
+    RequestStats,
     engine_families,
     render,
+    request_families,
 )
 from mlserve.worker_snapshots import WorkerSnapshots, add_stats, is_alive, process_start
 from prometheus_client.parser import text_string_to_metric_families
@@ -55,8 +56,8 @@ def test_engine_stats_and_request_metrics_are_exported() -> None:
         run_batches(engine, [[1, 2, 3]])
     # Closed: the workers are joined, so the last batch's counters are in (they are updated just
     # after results are published); a closed engine keeps its final stats.
-    REQUESTS.labels("m", "3", "ok").inc(3)
-    REQUEST_LATENCY.labels("m", "3").observe(0.002)
+    for _ in range(3):
+        REQUEST_STATS.record("m", "3", "ok", 0.002)
     body, content_type = render(lambda: [("m", "3", engine.stats())])
     assert content_type.startswith("text/plain")
     got = samples(body)
@@ -187,3 +188,71 @@ def test_worker_snapshots_keep_counts_of_exited_workers(tmp_path: Path) -> None:
     found, _ = WorkerSnapshots(tmp_path).read()
     assert sorted(s.engines[0][2]["requests"] for s in found) == [3, 5]
     assert not any(s.live for s in found)
+
+
+def test_request_stats_match_prometheus_client_histograms_and_counters() -> None:
+    """RequestStats (plain ints on the hot path) exports what prometheus_client's own Counter
+    and Histogram would for the same observations, bucket edges included."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    rng = np.random.default_rng(7)
+    # Exactly on bucket bounds too: `le` means <=.
+    values = [*rng.lognormal(-6, 2, 500).tolist(), *LATENCY_BUCKETS[:5], 0.0, 1e9]
+    outcomes = rng.choice(["ok", "InvalidInput", "QueueFull"], len(values)).tolist()
+    stats = RequestStats()
+    registry = CollectorRegistry()
+    ref_count = Counter("mlserve_requests", "c", ["model", "version", "outcome"],
+                        registry=registry)
+    ref_hist = Histogram("mlserve_request_latency_seconds", "h", ["model", "version"],
+                         buckets=LATENCY_BUCKETS, registry=registry)
+    for seconds, outcome in zip(values, outcomes, strict=True):
+        stats.record("m", "1", outcome, seconds)
+        ref_count.labels("m", "1", outcome).inc()
+        ref_hist.labels("m", "1").observe(seconds)
+    ours = CollectorRegistry()
+
+    class _Fixed:
+        def collect(self) -> Any:
+            return request_families([stats.snapshot()])
+
+    ours.register(_Fixed())  # type: ignore[arg-type]
+    got = samples(generate_latest(ours))
+    want = samples(generate_latest(registry))
+    for key, value in want.items():
+        if key[0].endswith("_created"):
+            continue
+        assert got[key] == pytest.approx(value, rel=1e-12), key
+    in_flight = {k: v for k, v in got.items() if k[0] == "mlserve_requests_in_flight"}
+    assert in_flight == {}
+
+
+def test_request_families_sum_workers_and_in_flight() -> None:
+    a, b = RequestStats(), RequestStats()
+    a.record("m", "1", "ok", 0.001)
+    b.record("m", "1", "ok", 0.003)
+    b.record("m", "2", "QueueFull", 0.0001)
+    a.in_flight["m"] = 2
+    b.in_flight["m"] = 3
+    registry_body = b"".join(
+        generate_text(fam) for fam in request_families([a.snapshot(), b.snapshot()]))
+    got = samples(registry_body)
+    v1 = frozenset({("model", "m"), ("version", "1")})
+    assert got[("mlserve_requests_total", v1 | {("outcome", "ok")})] == 2
+    assert got[("mlserve_request_latency_seconds_count", v1)] == 2
+    assert got[("mlserve_request_latency_seconds_sum", v1)] == pytest.approx(0.004)
+    v2 = frozenset({("model", "m"), ("version", "2")})
+    assert got[("mlserve_requests_total", v2 | {("outcome", "QueueFull")})] == 1
+    assert got[("mlserve_requests_in_flight", frozenset({("model", "m")}))] == 5
+
+
+def generate_text(family: Any) -> bytes:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+
+    class _One:
+        def collect(self) -> Any:
+            return [family]
+
+    registry.register(_One())  # type: ignore[arg-type]
+    return generate_latest(registry)

@@ -126,9 +126,8 @@ class MlserveApp:
             Route("/metrics", self._metrics, methods=["GET"]),
         ]
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
-        # prometheus_client children per label set, so the hot path skips labels() lookups.
-        self._in_flight: dict[str, Any] = {}
-        self._request_metrics: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        #: Request counts, latency buckets and in-flight gauges: plain ints (metrics.RequestStats).
+        self._stats = metrics.REQUEST_STATS
         _APPS.add(self)
 
     # ---- ASGI entry ------------------------------------------------------------------------
@@ -175,10 +174,8 @@ class MlserveApp:
         version_label = "?"
         # Labels only for loaded models: arbitrary names in URLs must not grow the label set.
         label = model if model in self.manager.models else "_unknown"
-        in_flight = self._in_flight.get(label)
-        if in_flight is None:
-            in_flight = self._in_flight[label] = metrics.IN_FLIGHT.labels(label)
-        in_flight.inc()
+        in_flight = self._stats.in_flight
+        in_flight[label] = in_flight.get(label, 0) + 1
         try:
             body = await _read_body(receive, declared, self.settings.max_body_bytes)
             if content_type not in _MSGPACK_TYPES and content_type is not None:
@@ -236,19 +233,13 @@ class MlserveApp:
             outcome = type(exc).__name__ if isinstance(exc, MlserveError) else "InternalError"
         extra.append((b"content-length", b"%d" % len(out)))
         extra.append((b"x-request-id", request_id))
-        await send({"type": "http.response.start", "status": status, "headers": extra})
-        await send({"type": "http.response.body", "body": out})
-        in_flight.dec()
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": extra})
+            await send({"type": "http.response.body", "body": out})
+        finally:
+            in_flight[label] -= 1
         elapsed = time.perf_counter() - started
-        key = (label, version_label, outcome)
-        children = self._request_metrics.get(key)
-        if children is None:
-            children = self._request_metrics[key] = (
-                metrics.REQUESTS.labels(*key),
-                metrics.REQUEST_LATENCY.labels(label, version_label),
-            )
-        children[0].inc()
-        children[1].observe(elapsed)
+        self._stats.record(label, version_label, outcome, elapsed)
         if self.access_log is not None:
             self.access_log.record(request_id, model, version_label, status, outcome, elapsed,
                                    scope.get("client"))

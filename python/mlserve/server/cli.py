@@ -81,6 +81,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(0..1, default {d.access_log_sample}; 0 turns it off)")
     parser.add_argument("--access-log-file", metavar="FILE", default=None,
                         help="append the access log to FILE (default: stderr)")
+    parser.add_argument("--forwarded-allow-ips", metavar="IPS", default=None,
+                        help="behind a reverse proxy: addresses (comma-separated, or '*') "
+                        "whose X-Forwarded-For/-Proto headers give the client address; "
+                        "default: ignore those headers")
     monitoring = parser.add_argument_group("monitoring (docs/monitoring.md)")
     monitoring.add_argument("--no-monitoring", dest="monitoring", action="store_false",
                             help="turn drift monitoring, alerts and /feedback off")
@@ -119,6 +123,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         shutdown_timeout_s=args.shutdown_timeout,
         access_log_sample=args.access_log_sample,
         access_log_file=args.access_log_file,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         monitoring=getattr(args, "monitoring", True),
         monitoring_interval_s=getattr(args, "monitoring_interval", None),
         monitoring_window=getattr(args, "monitoring_window", None),
@@ -169,6 +174,11 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> int:
     common: dict[str, Any] = dict(
         host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         lifespan="on", log_level=log_level, access_log=False,
+        # No "server: uvicorn" header (nothing to advertise; one header less per response), and
+        # proxy headers only when trusted addresses are given: uvicorn's middleware otherwise
+        # wraps every request (measured ~1.5 µs of event-loop time each).
+        server_header=False, proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
     )
     if settings.workers == 1:

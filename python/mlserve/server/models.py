@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from mlserve.server.feature_join import OnlineFeatureJoin, lineage_service
 from mlserve.server.settings import split_model_spec
 
 logger = logging.getLogger(__name__)
+_SUM = np.add.reduce
 
 #: v2 datatype of each signature input dtype.
 _SIGNATURE_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "string": "BYTES"}
@@ -254,7 +256,9 @@ class ServedVersion:
         return x
 
     def _check_nulls(self, x: np.ndarray) -> None:
-        if not self._any_non_nullable:
+        # One C reduction first: a sum that is not NaN means no NaN anywhere (the usual
+        # request), ~1 µs instead of ~3.5 µs for the column selection below.
+        if not self._any_non_nullable or not math.isnan(_SUM(x, axis=None)):
             return
         bad = np.isnan(x[:, self._non_nullable]).any(axis=0)
         if bad.any():

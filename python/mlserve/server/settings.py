@@ -91,6 +91,11 @@ class ServerSettings:
     status, outcome, latency, client; see ``mlserve.server.accesslog``); 0 turns it off."""
     access_log_file: str | None = None
     """File the access log is appended to; None or "-": stderr."""
+    forwarded_allow_ips: str | None = None
+    """Behind a reverse proxy: comma-separated addresses (or "*") whose ``X-Forwarded-For`` /
+    ``X-Forwarded-Proto`` headers are trusted for the client address (access log). None (the
+    default): those headers are ignored and uvicorn's proxy-headers middleware is not installed,
+    which saves a middleware layer on every request."""
     monitoring: bool = True
     """Drift monitoring, alerts and the prediction log for /feedback (docs/monitoring.md); off
     when scipy is missing (the 'monitoring' extra) or with several workers."""
