@@ -15,7 +15,8 @@ errors (status >= 400 or socket errors) at each concurrency, interleaved by roun
 "json" go to a server started with ``--no-monitoring``; "msgpack+monitoring" sends the same
 msgpack body to a second server with monitoring on (drift sample, prediction log, a monitoring
 tick every second), so ``msgpack+monitoring/msgpack`` is the hot-path cost of monitoring
-(target: at most 5% fewer req/s). Without wrk
+(target: at most 5% fewer req/s). That server is stopped (SIGSTOP) outside its own target, so its
+ticks take no CPU from the others. Without wrk
 the scenario says so and uses a Python asyncio closed-loop client instead (slower: its figures
 are bounded by the client).
 
@@ -38,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -197,6 +199,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, what: str) 
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
+    proc.send_signal(signal.SIGCONT)  # a stopped process would hold SIGTERM until continued
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -217,6 +220,25 @@ def _process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> It
             yield proc
         finally:
             _stop(proc)
+
+
+def _pause(proc: subprocess.Popen[bytes], pause: bool) -> None:
+    """Stops (SIGSTOP) or continues (SIGCONT) ``proc``: a stopped server takes no CPU."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGSTOP if pause else signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def _resumed(proc: subprocess.Popen[bytes], run: bool) -> Iterator[None]:
+    """Runs the block with the paused ``proc`` continued (``run``) or left stopped."""
+    if not run:
+        yield
+        return
+    _pause(proc, False)
+    try:
+        yield
+    finally:
+        _pause(proc, True)
 
 
 # ---- model and bodies ------------------------------------------------------------------------
@@ -668,10 +690,16 @@ def run(level: str) -> dict[str, Any]:
 
                 def closed(target: str, c: int, dur: int) -> dict[str, Any]:
                     p, path, body_file, ctype = targets[target]
-                    if wrk is not None:
-                        return _wrk(wrk, p, path, body_file, ctype, c, dur)
-                    request = _raw_request(p, path, body_file.read_bytes(), ctype)
-                    return _py_closed(p, request, c, float(dur), min(0.5, dur / 4))
+                    # The monitored server runs only during its own target: its monitoring
+                    # thread (1 s ticks over a window of earlier traffic) would otherwise take
+                    # CPU from the other targets on a small machine.
+                    with _resumed(monitored_proc, target == "msgpack+monitoring"):
+                        if wrk is not None:
+                            return _wrk(wrk, p, path, body_file, ctype, c, dur)
+                        request = _raw_request(p, path, body_file.read_bytes(), ctype)
+                        return _py_closed(p, request, c, float(dur), min(0.5, dur / 4))
+
+                _pause(monitored_proc, True)
 
                 if cfg["warmup_s"]:
                     for target in _TARGETS:
@@ -713,6 +741,7 @@ def run(level: str) -> dict[str, Any]:
                         )
                         open_m.append({"target": target, "fraction": frac, **o})
                 metrics = _metrics_snapshot(port)
+                _pause(monitored_proc, False)
                 monitoring = _monitoring_snapshot(monitored_port)
     return _result(
         level,
