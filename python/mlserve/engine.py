@@ -112,6 +112,7 @@ class Engine:
         self._fd: int = self._batcher.completion_fd()
         self._lock = threading.Lock()
         self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self._last_loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._closed = False
@@ -259,8 +260,10 @@ class Engine:
         :meth:`find_predictions`.
         """
         loop = asyncio.get_running_loop()
-        if loop not in self._loops:
-            self._attach(loop)
+        if loop is not self._last_loop:  # a WeakSet lookup only when the loop changes
+            if loop not in self._loops:
+                self._attach(loop)
+            self._last_loop = loop
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         rid = self._submit_async(x, priority, timeout_us, fut, loop, tag)
         try:

@@ -128,6 +128,9 @@ class MlserveApp:
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan)
         #: Request counts, latency buckets and in-flight gauges: plain ints (metrics.RequestStats).
         self._stats = metrics.REQUEST_STATS
+        self._max_body = settings.max_body_bytes
+        #: Infer path -> (model, version): the split and checks of _infer_target once per path.
+        self._targets: dict[str, tuple[str, str | None]] = {}
         _APPS.add(self)
 
     # ---- ASGI entry ------------------------------------------------------------------------
@@ -136,7 +139,10 @@ class MlserveApp:
         if scope["type"] == "http":
             path: str = scope["path"]
             if scope["method"] == "POST" and path.endswith("/infer"):
-                target = _infer_target(path)
+                target = self._targets.get(path)
+                if target is None and (target := _infer_target(path)) is not None \
+                        and len(self._targets) < _MAX_CACHED_TARGETS:
+                    self._targets[path] = target  # bounded: paths come from clients
                 if target is not None:
                     await self._infer(scope, receive, send, *target)
                     return
@@ -177,7 +183,11 @@ class MlserveApp:
         in_flight = self._stats.in_flight
         in_flight[label] = in_flight.get(label, 0) + 1
         try:
-            body = await _read_body(receive, declared, self.settings.max_body_bytes)
+            message = await receive()  # commonly the whole body in one message
+            body = message.get("body", b"")
+            if (message.get("more_body", False) or message["type"] != "http.request"
+                    or len(body) > self._max_body):
+                body = await _read_body(receive, declared, self._max_body, message)
             if content_type not in _MSGPACK_TYPES and content_type is not None:
                 content_type = content_type.split(b";")[0].strip().lower()
             if content_type in _MSGPACK_TYPES:
@@ -511,6 +521,8 @@ def _infer_target(path: str) -> tuple[str, str | None] | None:
     return None
 
 
+_MAX_CACHED_TARGETS = 1024
+
 _ID_PREFIX = uuid.uuid4().hex[:12].encode()
 _ID_COUNTER = itertools.count(1)
 
@@ -532,11 +544,14 @@ def _parse_length(raw: bytes) -> int:
     return value
 
 
-async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:
-    """The whole request body; ``declared`` is its Content-Length header, if any."""
+async def _read_body(receive: Receive, declared: bytes | None, limit: int,
+                     first: Message | None = None) -> bytes:
+    """The whole request body; ``declared`` is its Content-Length header, if any; ``first``
+    the first message when the caller already received it."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds {limit} bytes")
-    first = await receive()  # commonly the whole body in one message
+    if first is None:
+        first = await receive()  # commonly the whole body in one message
     if first["type"] == "http.request" and not first.get("more_body", False):
         body: bytes = first.get("body", b"")
         if len(body) > limit:

@@ -123,6 +123,7 @@ class ServedVersion:
         #: Whether a lone FP32 [n, f_in] tensor is always the row matrix (the msgpack fast lane;
         #: see _is_matrix for the one exception).
         self.fast_matrix = not (self.f_in == 1 and self.columns[0].kind != "numeric")
+        self._packed_shapes: dict[tuple[int, ...], bytes] = {}
         self._msgpack_names = b"".join(
             msgpack.packb(v) for v in ("model_name", name, "model_version", version)
         )
@@ -319,8 +320,12 @@ class ServedVersion:
             head = b"\x83" + self._msgpack_names
         else:
             head = b"\x84" + self._msgpack_names + _MSGPACK_ID_KEY + msgpack.packb(request_id)
-        return b"".join((head, self._msgpack_output, msgpack.packb(list(y2.shape)),
-                         _MSGPACK_DATA_KEY, bin_header, data))
+        shape = self._packed_shapes.get(y2.shape)
+        if shape is None:
+            shape = msgpack.packb(list(y2.shape))
+            if len(self._packed_shapes) < 4096:  # one per batch row count seen: bounded
+                self._packed_shapes[y2.shape] = shape
+        return b"".join((head, self._msgpack_output, shape, _MSGPACK_DATA_KEY, bin_header, data))
 
     def json_response(self, y: np.ndarray, request_id: str | None) -> bytes | None:
         """Like :meth:`msgpack_response`, for v2 JSON: the body ``encode_json_response`` gives
