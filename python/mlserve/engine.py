@@ -5,7 +5,9 @@ The one interface the HTTP server, the Python API and batch jobs share. Three wa
 - ``predict(x)``: synchronous; waits in C++ with the GIL released.
 - ``submit(x)``: returns a ``concurrent.futures.Future``.
 - ``await apredict(x)``: asyncio; completions reach the loop through the core's eventfd, one
-  wake-up completing every request that finished (no thread hop per request).
+  wake-up completing every request that finished (no thread hop per request). The core keeps
+  each request's future and sets its result itself (``submit_future``/``complete_futures``):
+  no Python dict, tuple or call per request on the way back.
 
 Thread-safety: every method may be called from any thread. ``close()`` is idempotent.
 """
