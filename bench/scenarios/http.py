@@ -20,10 +20,14 @@ ticks take no CPU from the others. Without wrk
 the scenario says so and uses a Python asyncio closed-loop client instead (slower: its figures
 are bounded by the client).
 
-Open loop: a Python asyncio generator sends msgpack requests on a fixed schedule (a fraction of
-the closed-loop msgpack req/s at the highest concurrency) over a pool of keep-alive connections;
-latency is measured from each request's scheduled send time, so a slow response delays no
-measurement (no coordinated omission). The echo server gets the same schedule as a floor.
+Open loop: ``bench/openloop.c`` (compiled once per run with the system C compiler; epoll, one
+request in flight per keep-alive connection, like wrk2's constant-throughput mode) sends msgpack
+requests on a fixed schedule (a fraction of the closed-loop msgpack req/s at the highest
+concurrency); latency is measured from each request's scheduled send time, so a slow response
+delays no measurement (no coordinated omission). The echo server gets the same schedule as a
+floor. Without a C compiler (or if the compile fails) the scenario says so and uses a Python
+asyncio generator instead, whose own scheduling lag (milliseconds on a small machine) then
+shows in the percentiles.
 
 Both servers run as subprocesses and are always terminated (``finally``).
 """
@@ -52,6 +56,8 @@ from typing import Any
 import numpy as np
 
 from bench import timing
+from bench.openloop import GENERATOR as C_OPENLOOP
+from bench.openloop import compile_openloop, run_openloop
 from bench.registry import register
 from bench.report import REPO_ROOT
 
@@ -101,6 +107,7 @@ _TARGET_RATIO = 0.6
 _P99_TARGET_US = 5000.0
 _HALF_LOAD = 0.5
 _OPEN_CONNECTIONS = 64
+_PY_OPENLOOP = "python-asyncio"
 #: Seconds an open-loop step may run past its schedule before unsent requests are dropped.
 _OPEN_DRAIN_S = 5.0
 _START_TIMEOUT_S = 90.0
@@ -450,8 +457,9 @@ def _py_closed(port: int, request: bytes, c: int, dur_s: float, warm_s: float) -
 def _open_loop(
     port: int, request: bytes, rate: float, dur_s: float, warm_s: float, n_conns: int
 ) -> dict[str, Any]:
-    """Open loop: request i is due at t0 + i / rate; a dispatcher queues each when due and
-    ``n_conns`` keep-alive connections take them in order. Latency runs from the due time (a
+    """Open loop in Python (the fallback for ``bench/openloop.c``, same keys): request i is
+    due at t0 + i / rate; a dispatcher queues each when due and ``n_conns`` keep-alive
+    connections take them in order. Latency runs from the due time (a
     request waiting for a free connection or a late dispatcher counts as slow); requests due in
     the first ``warm_s`` are not measured."""
     clock = time.perf_counter_ns
@@ -637,6 +645,16 @@ def run(level: str) -> dict[str, Any]:
     conc: list[int] = list(cfg["concurrency"])
     with tempfile.TemporaryDirectory(prefix="mlserve-bench-http-") as tmp_name:
         tmp = Path(tmp_name)
+        openloop_bin, why = compile_openloop(tmp)
+        if openloop_bin is None:
+            msg = (
+                f"bench/openloop.c could not be built ({why}): the open-loop figures come from "
+                "the Python asyncio generator instead, whose own scheduling lag (milliseconds "
+                "here) shows in its percentiles; install a C compiler for comparable numbers"
+            )
+            logger.warning(msg)
+            notes.append(msg)
+        open_generator = C_OPENLOOP if openloop_bin is not None else _PY_OPENLOOP
         port, echo_port, monitored_port = _free_port(), _free_port(), _free_port()
         echo_cmd = [
             sys.executable,
@@ -731,15 +749,14 @@ def run(level: str) -> dict[str, Any]:
                         ("msgpack", port, msgpack_request),
                         ("echo", echo_port, echo_request),
                     ):
-                        o = _open_loop(
-                            p,
-                            request,
-                            rate,
-                            cfg["open_duration_s"],
-                            cfg["open_warmup_s"],
-                            _OPEN_CONNECTIONS,
-                        )
-                        open_m.append({"target": target, "fraction": frac, **o})
+                        step = (p, request, rate, cfg["open_duration_s"], cfg["open_warmup_s"],
+                                _OPEN_CONNECTIONS)
+                        if openloop_bin is not None:
+                            o = run_openloop(openloop_bin, *step, drain_s=_OPEN_DRAIN_S)
+                        else:
+                            o = _open_loop(*step)
+                        open_m.append({"target": target, "fraction": frac, **o,
+                                       "generator": open_generator})
                 metrics = _metrics_snapshot(port)
                 _pause(monitored_proc, False)
                 monitoring = _monitoring_snapshot(monitored_port)
@@ -762,6 +779,7 @@ def run(level: str) -> dict[str, Any]:
             "monitored_serve_command": " ".join(
                 Path(a).name if a == sys.executable else a for a in monitored_cmd),
             "monitoring": monitoring,
+            "open_generator": open_generator,
             **verified,
         },
     )
@@ -806,6 +824,12 @@ def _result(
     head_name = f"msgpack/echo req/s c={head_c}"
     half_key = f"5 ms/p99 msgpack at {half['fraction']:.0%} load"
     generator = f"wrk ({wrk})" if wrk else "Python asyncio closed-loop client (wrk missing)"
+    if setup["open_generator"] == C_OPENLOOP:
+        open_desc = "bench/openloop.c (C, epoll, timerfd; like wrk2 -R)"
+        lag_desc = "the generator's wake-up delay, tens of µs when a core is free"
+    else:
+        open_desc = "Python asyncio (uvloop) generator (bench/openloop.c could not be built)"
+        lag_desc = "the generator's ~1 ms timer granularity and its own CPU time"
 
     measurements: list[dict[str, Any]] = [
         {"kind": "closed", "target": t, "concurrency": c, **closed_m[(t, c)]}
@@ -862,7 +886,7 @@ def _result(
             notes.append(
                 f"open loop {o['target']} at {o['fraction']:.0%}: achieved "
                 f"{o['achieved_per_s']:.0f}/s of {o['offered_per_s']:.0f}/s offered (the "
-                "server or the Python generator fell behind)."
+                "server or the generator fell behind)."
             )
     for c in conc:
         cost = ratios[f"msgpack+monitoring/msgpack req/s c={c}"]
@@ -885,11 +909,11 @@ def _result(
         f"{cfg['duration_s']} s per run, {cfg['repeats']} interleaved round(s), medians; "
         "closed-loop latencies include coordinated omission, so the open-loop table is the "
         "one to read for latency under load.",
-        "open loop: Python asyncio (uvloop) generator, fixed schedule over "
-        f"{_OPEN_CONNECTIONS} keep-alive connections, latency from the scheduled send time; "
-        "'send lag p99' is how long requests waited between their scheduled time and "
-        "their write (the generator's ~1 ms timer granularity, plus waiting for a free "
-        "connection once the server falls behind); 'p99 from send' excludes it.",
+        f"open loop: {open_desc}, fixed schedule over {_OPEN_CONNECTIONS} keep-alive "
+        "connections, latency from the scheduled send time; 'send lag p99' is how long "
+        f"requests waited between their scheduled time and their write ({lag_desc}, plus "
+        "waiting for a free connection once the server falls behind); 'p99 from send' "
+        "excludes it.",
         f"the load generator and both servers share this machine's {os.cpu_count()} logical "
         "cores, so every figure includes contention with the generator.",
     ]
@@ -914,6 +938,7 @@ def _result(
             "train_config": _TRAIN_CONFIG,
             "f_in": setup["f_in"],
             "generator": generator,
+            "open_generator": setup["open_generator"],
             "open_connections": _OPEN_CONNECTIONS,
             "p99_target_us": _P99_TARGET_US,
             **cfg,
