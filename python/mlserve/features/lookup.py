@@ -1,10 +1,12 @@
 """Online lookups of a feature service: what a model consumes, for a batch of entities.
 
 A :class:`ServiceReader` is prepared once per (service version) — views, column positions,
-join keys — and then reads batches: one LMDB lookup per key and view, values of all views side
-by side in the service's feature order (``<view>__<column>``, the names the training table of
-``historical_features`` has). This is the path the server's entity-keyed requests take; it
-imports neither pandas nor pyarrow. Thread-safe (reads only).
+join keys — and then reads batches: per view one native read of all keys (one LMDB read
+transaction, the GIL released; an int64-keyed entity's values go to it as one int64 array,
+encoded natively), values of all views side by side in the service's feature order
+(``<view>__<column>``, the names the training table of ``historical_features`` has). This is
+the path the server's entity-keyed requests take; it imports neither pandas nor pyarrow.
+Thread-safe (reads only).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from mlserve.errors import InvalidInput
 
 from .definitions import Entity, FeatureService, FeatureView, feature_name
-from .keys import encode_keys
+from .keys import encode_keys, int64_key_values
 from .online import OnlineStore, RowStatus
 
 
@@ -76,7 +78,7 @@ class ServiceReader:
         enforces TTLs (values older than ``now - ttl`` are EXPIRED)."""
         by_key = self._key_columns(keys)
         n = len(next(iter(by_key.values())))
-        encoded: dict[str, list[bytes]] = {}
+        encoded: dict[str, list[bytes] | np.ndarray] = {}
         blocks: list[np.ndarray] = []
         status = np.empty((n, len(self._parts)), dtype=np.int8)
         event_ts = np.empty((n, len(self._parts)), dtype=np.int64)
@@ -109,5 +111,8 @@ class ServiceReader:
         return columns
 
     @staticmethod
-    def _encode(entity: Entity, by_key: Mapping[str, Any]) -> list[bytes]:
-        return encode_keys(entity, [by_key[k] for k in entity.join_keys])
+    def _encode(entity: Entity, by_key: Mapping[str, Any]) -> list[bytes] | np.ndarray:
+        columns = [by_key[k] for k in entity.join_keys]
+        if entity.key_dtypes == ("int64",):
+            return int64_key_values(entity, columns)
+        return encode_keys(entity, columns)
