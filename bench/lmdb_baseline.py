@@ -5,7 +5,9 @@ LMDB forbids opening one environment twice in a process (the second open re-init
 lock file's reader table), so py-lmdb must not open the store in the process that measures
 mlserve. This module is that other process: it opens the store read-only with py-lmdb and, per
 request from the parent, times ``txn.get`` of each read's keys in one read transaction
-(``buffers=True``, no decode), exactly what the lookups are compared with.
+(``buffers=True``, no decode), exactly what the lookups are compared with. It first reads the
+whole database once (every page mapped, as in a process that has been serving for a while) and
+then says it is ready.
 
     python -m bench.lmdb_baseline ENV_PATH DB_NAME        # spoken to by RawLmdbBaseline
 
@@ -42,6 +44,11 @@ def serve(env_path: str, db_name: str, stdin: BinaryIO, stdout: BinaryIO) -> Non
                     max_readers=1024, lock=True)
     try:
         db = env.open_db(db_name.encode(), create=False)
+        with env.begin(db=db, buffers=True) as txn:  # warm-up: map every page of the store
+            for _ in txn.cursor().iternext(keys=True, values=True):
+                pass
+        stdout.write(b"R")
+        stdout.flush()
         while True:
             reads, per_read, width = _HEADER.unpack(_read_exact(stdin, _HEADER.size))
             if reads == 0:
@@ -70,6 +77,10 @@ class RawLmdbBaseline:
         self._proc = subprocess.Popen([sys.executable, "-m", "bench.lmdb_baseline",
                                        str(env_path), db_name], cwd=_ROOT,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self._proc.stdout is not None
+        if self._proc.stdout.read(1) != b"R":  # warmed up
+            self.close()
+            raise RuntimeError("bench.lmdb_baseline did not start (is py-lmdb installed?)")
 
     def time_reads(self, reads: list[list[bytes]]) -> list[int]:
         """ns per read, each read's keys (all of one width) got in one read transaction."""

@@ -58,7 +58,14 @@ LmdbEnv::LmdbEnv(const std::string& path, const LmdbOptions& options)
 }
 
 LmdbEnv::~LmdbEnv() {
-  if (env_ != nullptr) mdb_env_close(env_);
+  if (env_ == nullptr) return;
+  AbortIdleReaders();
+  mdb_env_close(env_);
+}
+
+void LmdbEnv::AbortIdleReaders() {
+  for (MDB_txn* txn : idle_readers_) mdb_txn_abort(txn);
+  idle_readers_.clear();
 }
 
 void LmdbEnv::Close() {
@@ -69,6 +76,7 @@ void LmdbEnv::Close() {
                                               std::to_string(open_txns_) +
                                               " transaction(s) open; end them first");
   }
+  AbortIdleReaders();
   mdb_env_close(env_);
   env_ = nullptr;
 }
@@ -89,6 +97,12 @@ MDB_txn* LmdbEnv::BeginTxn(bool write) {
                   "LMDB environment " + path_ + " is open read-only: no write transactions");
     }
     ++open_txns_;  // from here Close refuses, so env_ stays valid without the lock
+    if (!write && !idle_readers_.empty()) {
+      MDB_txn* txn = idle_readers_.back();
+      idle_readers_.pop_back();
+      if (mdb_txn_renew(txn) == 0) return txn;  // a fresh snapshot
+      mdb_txn_abort(txn);  // and begin a new one below
+    }
   }
   MDB_txn* txn = nullptr;
   const int rc = mdb_txn_begin(env_, nullptr, write ? 0 : MDB_RDONLY, &txn);
@@ -102,6 +116,17 @@ MDB_txn* LmdbEnv::BeginTxn(bool write) {
 void LmdbEnv::EndTxn() {
   std::lock_guard<std::mutex> lock(state_mutex_);
   --open_txns_;
+}
+
+void LmdbEnv::EndReadTxn(MDB_txn* txn) {
+  mdb_txn_reset(txn);  // releases the snapshot, keeps the reader slot and the allocation
+  std::lock_guard<std::mutex> lock(state_mutex_);
+  --open_txns_;
+  if (idle_readers_.size() < kMaxIdleReaders) {
+    idle_readers_.push_back(txn);
+  } else {
+    mdb_txn_abort(txn);
+  }
 }
 
 std::optional<MDB_dbi> LmdbEnv::OpenDb(const std::string& name, bool create) {
@@ -155,9 +180,14 @@ void LmdbTxn::Commit() {
 
 void LmdbTxn::Abort() {
   if (txn_ == nullptr) return;
-  mdb_txn_abort(txn_);
+  MDB_txn* txn = txn_;
   txn_ = nullptr;
-  env_.EndTxn();
+  if (write_) {
+    mdb_txn_abort(txn);
+    env_.EndTxn();
+  } else {
+    env_.EndReadTxn(txn);
+  }
 }
 
 void LmdbTxn::RequireOpen(const char* what) const {

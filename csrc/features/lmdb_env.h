@@ -25,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 namespace mlserve::features {
 
@@ -67,12 +68,20 @@ class LmdbEnv {
   friend class LmdbTxn;
   MDB_txn* BeginTxn(bool write);  // counts the transaction as open
   void EndTxn();
+  // Ends read transaction `txn`: reset and kept for reuse (mdb_txn_renew), or aborted when
+  // enough are kept. Beginning a transaction allocates room for max_dbs databases (200 kB at
+  // 4096, an mmap and munmap per transaction); a renewed one allocates nothing.
+  void EndReadTxn(MDB_txn* txn);
+  void AbortIdleReaders();  // state_mutex_ held
+
+  static constexpr size_t kMaxIdleReaders = 16;
 
   std::string path_;
   MDB_env* env_ = nullptr;
   bool read_only_ = false;
   mutable std::mutex state_mutex_;  // guards env_ against Close, and open_txns_ transitions
   int open_txns_ = 0;
+  std::vector<MDB_txn*> idle_readers_;  // reset read transactions (each keeps a reader slot)
   std::mutex dbi_mutex_;  // serializes mdb_dbi_open; guards dbs_
   std::unordered_map<std::string, MDB_dbi> dbs_;
 };

@@ -1426,7 +1426,17 @@ TEST(LmdbEnvTransactionsCursorAndErrors) {
     while (cursor.Next(&k, &v)) seen.push_back(std::string(k) + "=" + std::string(v));
   }
   CHECK(seen == (std::vector<std::string>{"a=1", "b=2"}));
-  read.Abort();
+  read.Abort();  // kept for reuse: the next read transaction renews it, on a fresh snapshot
+  {
+    LmdbTxn txn(env, true);
+    txn.Put(*dbi, "d", "4");
+    txn.Commit();
+  }
+  for (int i = 0; i < 40; ++i) {  // more than are kept
+    std::vector<std::unique_ptr<LmdbTxn>> readers;
+    for (int j = 0; j < i % 20; ++j) readers.push_back(std::make_unique<LmdbTxn>(env, false));
+    for (const auto& r : readers) CHECK(r->Get(*dbi, "d") == std::optional<std::string_view>("4"));
+  }
   CHECK_EQ(env.ReaderCheck(), 0);
   env.Close();
   CHECK(env.closed());

@@ -77,6 +77,13 @@ class ServiceReader:
         key), or, for a service with a single join key, the values themselves. ``now_ns``
         enforces TTLs (values older than ``now - ttl`` are EXPIRED)."""
         by_key = self._key_columns(keys)
+        if len(self._parts) == 1:  # the common case: the arrays as read, no copies
+            view, positions = self._parts[0]
+            values, status, event_ts = self.online.read_arrays(
+                view, self._encode(view.resolved_entity, by_key), now_ns=now_ns)
+            n = status.shape[0]
+            return OnlineFeatures(self.names, values if positions is None else values[:, positions],
+                                  self.views, status.reshape(n, 1), event_ts.reshape(n, 1))
         n = len(next(iter(by_key.values())))
         encoded: dict[str, list[bytes] | np.ndarray] = {}
         blocks: list[np.ndarray] = []
@@ -87,11 +94,10 @@ class ServiceReader:
             enc = encoded.get(entity.name)
             if enc is None:
                 enc = encoded[entity.name] = self._encode(entity, by_key)
-            got = self.online.read(view, enc, now_ns=now_ns)
-            blocks.append(got.values if positions is None else got.values[:, positions])
-            status[:, j] = got.status
-            event_ts[:, j] = got.event_ts
-        values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+            got_values, status[:, j], event_ts[:, j] = self.online.read_arrays(view, enc,
+                                                                               now_ns=now_ns)
+            blocks.append(got_values if positions is None else got_values[:, positions])
+        values = np.concatenate(blocks, axis=1)
         return OnlineFeatures(self.names, values, self.views, status, event_ts)
 
     def _key_columns(self, keys: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
@@ -99,7 +105,7 @@ class ServiceReader:
             if len(self.join_keys) != 1:
                 raise InvalidInput(f"feature service {self.service.ref!r} needs join keys "
                                    f"{', '.join(self.join_keys)}: pass a mapping key -> values")
-            keys = {self.join_keys[0]: keys}
+            return {self.join_keys[0]: keys}
         missing = [k for k in self.join_keys if k not in keys]
         if missing:
             raise InvalidInput(f"feature service {self.service.ref!r}: missing join key(s) "
