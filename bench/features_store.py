@@ -7,8 +7,11 @@ Offline: rows/s of ``FeatureStore.historical_features`` (Parquet read + point-in
 TTL and created_ts tie-breaks) and of the join alone (``pit.as_of_rows`` on arrays in memory),
 against a pandas ``merge_asof`` baseline on the same in-memory frames (sort + as-of merge by key
 with the TTL as tolerance; ties on event_ts resolved by sorting on created_ts first), measured in
-the same run. Online: p50/p99 of ``ServiceReader.read`` for 1, 64 and 512 keys against raw
-``lmdb`` gets of the same keys in one read transaction. Prints a table and writes
+the same run. Online: p50/p99 of ``ServiceReader.read`` (TTL checked) for 1, 64 and 512 random
+keys of a view of ``--online-entities`` (1M) entities against raw py-lmdb ``txn.get`` of the
+same keys in one read transaction, timed in a child process that opens the store read-only
+(:mod:`bench.lmdb_baseline`: LMDB forbids opening one environment twice in a process),
+interleaved in chunks of 50 reads. Prints a table and writes
 ``bench/results/features-<stamp>.json``; never an assertion. The same measurements run in the
 harness as ``python -m bench features [--quick]`` (bench/scenarios/features.py), with a JSON,
 Markdown and PNG report like every scenario.
@@ -103,41 +106,67 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
 
 
 def online(store: FeatureStore, n_entities: int, iterations: int) -> dict[str, Any]:
-    reader = store.service_reader("svc")
-    view = store.view("stats")
-    env = store.online._env.env
-    db = store.online._db(f"view/{view.name}/v{view.version}".encode(), create=False)
+    """p50/p99 of ``ServiceReader.read`` of service ``lookup`` (one view, 2 columns, TTL
+    checked) for 1, 64 and 512 random keys, against raw py-lmdb gets of the same keys measured
+    in a child process (:mod:`bench.lmdb_baseline`), in interleaved chunks of reads. Both
+    processes read the whole store once first."""
+    from bench.lmdb_baseline import RawLmdbBaseline
+
+    reader = store.service_reader("lookup")
+    view = store.view("lookup")
+    now_ns = (BASE + pd.Timedelta(days=31)).value
     rng = np.random.default_rng(3)
+    chunk = 50
     out: dict[str, Any] = {}
-    for k in (1, 64, 512):
-        ours: list[int] = []
-        raw: list[int] = []
-        for i in range(iterations):
-            keys = rng.integers(0, n_entities, k).tolist()
-            encoded = encode_keys(view.resolved_entity, [keys])
-            order = (reader.read, None) if i % 2 == 0 else (None, reader.read)
-            for fn in order:
-                start = time.perf_counter_ns()
-                if fn is None:
-                    with env.begin(db=db, buffers=True) as txn:
-                        for key in encoded:
-                            txn.get(key)
-                    raw.append(time.perf_counter_ns() - start)
-                else:
-                    fn(keys)
+    # Warm-up: read every entity once, so that every page of the store is mapped, as in a
+    # process that has been serving for a while (the baseline's process does the same).
+    for lo in range(0, n_entities, 65_536):
+        reader.read(np.arange(lo, min(lo + 65_536, n_entities)))
+    with RawLmdbBaseline(store.online.path, f"view/{view.name}/v{view.version}") as raw_lmdb:
+        for k in (1, 64, 512):
+            ours: list[int] = []
+            raw: list[int] = []
+            for c, lo in enumerate(range(0, iterations, chunk)):
+                reads = [rng.integers(0, n_entities, k).tolist()
+                         for _ in range(min(chunk, iterations - lo))]
+                encoded = [encode_keys(view.resolved_entity, [keys]) for keys in reads]
+                if c % 2:
+                    raw += raw_lmdb.time_reads(encoded)
+                for keys in reads:
+                    start = time.perf_counter_ns()
+                    reader.read(keys, now_ns=now_ns)
                     ours.append(time.perf_counter_ns() - start)
-        p50, p99 = percentiles(ours)
-        r50, r99 = percentiles(raw)
-        out[f"keys_{k}"] = {"p50_us": p50, "p99_us": p99, "raw_lmdb_p50_us": r50,
-                            "raw_lmdb_p99_us": r99, "ratio_p50_vs_raw": p50 / r50}
+                if not c % 2:
+                    raw += raw_lmdb.time_reads(encoded)
+            p50, p99 = percentiles(ours)
+            r50, r99 = percentiles(raw)
+            out[f"keys_{k}"] = {"p50_us": p50, "p99_us": p99, "raw_lmdb_p50_us": r50,
+                                "raw_lmdb_p99_us": r99, "ratio_p50_vs_raw": p50 / r50}
     return out
 
 
+def fill_lookup_view(store: FeatureStore, n_entities: int, ttl_s: float) -> float:
+    """Ingests and materializes one row per entity ``0 .. n_entities - 1`` into view
+    ``lookup`` (service ``lookup``); returns the materialization keys/s."""
+    rng = np.random.default_rng(2)
+    seconds = rng.uniform(0, 30 * DAY_S, n_entities)
+    store.ingest("lookup", pd.DataFrame({
+        "user_id": np.arange(n_entities),
+        "event_ts": BASE + pd.to_timedelta(seconds, unit="s"),
+        "amount": rng.lognormal(3, 1, n_entities),
+        "count": rng.integers(0, 50, n_entities),
+    }))
+    start = time.perf_counter()
+    mat = store.materialize("lookup", BASE, BASE + pd.Timedelta(days=31))
+    return mat.written / (time.perf_counter() - start)
+
+
 def measure(entity_rows: int, feature_rows: int, entities: int, repeats: int,
-            lookups: int) -> dict[str, Any]:
+            lookups: int, online_entities: int) -> dict[str, Any]:
     """Every figure of this benchmark for one configuration (a fresh store in a temporary
-    directory): ingestion, offline join vs merge_asof, materialization, online lookups vs raw
-    lmdb gets. Also what ``python -m bench features`` (bench/scenarios/features.py) runs."""
+    directory): ingestion, offline join vs merge_asof, materialization, online lookups on a
+    view of ``online_entities`` entities vs raw lmdb gets. Also what ``python -m bench
+    features`` (bench/scenarios/features.py) runs."""
     rng = np.random.default_rng(1)
     ttl_s = 7 * DAY_S
     history = make_history(rng, feature_rows, entities)
@@ -148,7 +177,9 @@ def measure(entity_rows: int, feature_rows: int, entities: int, repeats: int,
     with tempfile.TemporaryDirectory() as root, FeatureStore(root) as store:
         user = Entity("user", "user_id")
         store.apply([user, FeatureView("stats", user, {"amount": "float", "count": "int"},
-                                       ttl_seconds=ttl_s), FeatureService("svc", ["stats"])])
+                                       ttl_seconds=ttl_s), FeatureService("svc", ["stats"]),
+                     FeatureView("lookup", user, {"amount": "float", "count": "int"},
+                                 ttl_seconds=ttl_s), FeatureService("lookup", ["lookup"])])
         start = time.perf_counter()
         store.ingest("stats", history)
         ingest_s = time.perf_counter() - start
@@ -160,7 +191,9 @@ def measure(entity_rows: int, feature_rows: int, entities: int, repeats: int,
         mat = store.materialize("stats", BASE, BASE + pd.Timedelta(days=31))
         result["materialize"] = {"keys": mat.written,
                                  "keys_per_s": mat.written / (time.perf_counter() - start)}
-        result["online"] = online(store, entities, lookups)
+        result["online_entities"] = online_entities
+        result["materialize_lookup_keys_per_s"] = fill_lookup_view(store, online_entities, ttl_s)
+        result["online"] = online(store, online_entities, lookups)
     return result
 
 
@@ -171,10 +204,12 @@ def main() -> int:
     p.add_argument("--entities", type=int, default=100_000, help="distinct user_ids")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--lookups", type=int, default=2000, help="online reads per batch size")
+    p.add_argument("--online-entities", type=int, default=1_000_000,
+                   help="entities in the online store the lookups read")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     result = measure(args.entity_rows, args.feature_rows, args.entities, args.repeats,
-                     args.lookups)
+                     args.lookups, args.online_entities)
     print(json.dumps(result, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"features-{time.strftime('%Y%m%dT%H%M%S')}.json"

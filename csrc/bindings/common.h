@@ -29,5 +29,6 @@ FloatArray InputRows(const py::object& x, const FeaturePlan& plan);
 void BindPlan(py::module_& m);
 void BindBatcher(py::module_& m);
 void BindDevice(py::module_& m);
+void BindLmdb(py::module_& m);
 
 }  // namespace mlserve::bindings

@@ -90,4 +90,5 @@ PYBIND11_MODULE(_core, m) {
   BindPlan(m);
   BindBatcher(m);
   BindDevice(m);
+  BindLmdb(m);
 }

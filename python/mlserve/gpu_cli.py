@@ -4,7 +4,7 @@
 status: 0 on success, 2 when the input is wrong or what the command needs is missing here (no
 GPU, no TensorRT: the message says what to install), 1 for other failures.
 ``python -m mlserve.gpu_cli devices|build-engine ...`` runs them without importing the rest of
-the command line (whose feature store needs lmdb, which a bare GPU image may lack).
+the command line.
 """
 
 from __future__ import annotations

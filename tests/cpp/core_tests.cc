@@ -7,6 +7,7 @@
 // on any failure. Batching tests use HoldUntilQueued so batch sizes never depend on timing; waits
 // use generous timeouts so that slow (sanitized, loaded) machines only make them slower.
 #include <poll.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -32,6 +33,8 @@
 #include "batcher/dynamic_batcher.h"
 #include "common/error.h"
 #include "common/latency_histogram.h"
+#include "features/lmdb_env.h"
+#include "features/online_records.h"
 #include "monitor/prediction_log.h"
 #include "monitor/row_sampler.h"
 #include "plan/feature_plan.h"
@@ -1298,6 +1301,243 @@ TEST(CudaBackendWithoutAGpuIsUnavailable) {
       MakeBatcher(config, std::make_unique<mlserve::CudaBackend>(std::move(model),
                                                                  mlserve::CudaBackendOptions{})),
       ErrorCode::kUnavailable, {"CUDA"});
+}
+
+// ---- feature store: the LMDB layer and the batched record reads/writes --------------------------
+
+namespace lmdb_tests {
+
+using mlserve::features::KeyBatch;
+using mlserve::features::LmdbCursor;
+using mlserve::features::LmdbEnv;
+using mlserve::features::LmdbOptions;
+using mlserve::features::LmdbTxn;
+using mlserve::features::RecordBytes;
+using mlserve::features::RecordOutputs;
+using mlserve::features::RowStatus;
+
+// A fresh directory for one environment, removed (with data.mdb and lock.mdb) at the end.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/mlserve-lmdb-test-XXXXXX";
+    const char* made = mkdtemp(tmpl);
+    if (made == nullptr) throw std::runtime_error("mkdtemp failed");
+    path = made;
+  }
+  ~TempDir() {
+    std::remove((path + "/data.mdb").c_str());
+    std::remove((path + "/lock.mdb").c_str());
+    rmdir(path.c_str());
+  }
+};
+
+// A 2-column record: event_ts, created_ts, values, null bitmap, padding (records.py).
+std::string Record(int64_t event_ts, int64_t created_ts, float a, float b, uint8_t nulls = 0) {
+  std::string rec(RecordBytes(2), '\0');
+  std::memcpy(&rec[0], &event_ts, 8);
+  std::memcpy(&rec[8], &created_ts, 8);
+  std::memcpy(&rec[16], &a, 4);
+  std::memcpy(&rec[20], &b, 4);
+  rec[24] = static_cast<char>(nulls);
+  return rec;
+}
+
+std::string Key(int64_t v) {
+  std::string key(mlserve::features::kInt64KeyBytes, '\0');
+  mlserve::features::EncodeInt64Key(v, &key[0]);
+  return key;
+}
+
+LmdbOptions Options(size_t map_size_bytes) {
+  LmdbOptions options;
+  options.map_size_bytes = map_size_bytes;
+  return options;
+}
+
+// A fresh environment in a directory of its own, removed after the environment closes.
+struct TestEnv {
+  TempDir dir;
+  LmdbEnv env;
+  explicit TestEnv(size_t map_size_bytes = size_t{16} << 20)
+      : env(dir.path, Options(map_size_bytes)) {}
+};
+
+struct Outputs {
+  std::vector<float> values;
+  std::vector<int8_t> status;
+  std::vector<int64_t> event_ts;
+  explicit Outputs(size_t n) : values(2 * n), status(n), event_ts(n) {}
+  RecordOutputs View() { return {values.data(), status.data(), event_ts.data()}; }
+};
+
+}  // namespace lmdb_tests
+
+TEST(LmdbKeyEncodingRecordSizeAndCutoff) {
+  using namespace lmdb_tests;
+  const std::string k = Key(42);
+  const unsigned char want[9] = {0x01, 0x80, 0, 0, 0, 0, 0, 0, 0x2a};
+  CHECK(std::memcmp(k.data(), want, 9) == 0);
+  const unsigned char minus_one[9] = {0x01, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+  CHECK(std::memcmp(Key(-1).data(), minus_one, 9) == 0);
+  CHECK(Key(-5) < Key(3) && Key(INT64_MIN) < Key(INT64_MAX));  // byte order = numeric order
+  CHECK_EQ(RecordBytes(2), size_t{32});
+  CHECK_EQ(RecordBytes(3), size_t{32});
+  CHECK_EQ(RecordBytes(9), size_t{56});
+  CHECK_EQ(RecordBytes(0), size_t{16});
+  CHECK_EQ(mlserve::features::ExpiryCutoffNs(100, 30), int64_t{70});
+  CHECK_EQ(mlserve::features::ExpiryCutoffNs(INT64_MIN + 5, 10), INT64_MIN);
+  CHECK_EQ(mlserve::features::ExpiryCutoffNs(INT64_MAX - 5, -10), INT64_MAX);
+}
+
+TEST(LmdbEnvTransactionsCursorAndErrors) {
+  using namespace lmdb_tests;
+  TestEnv test;
+  LmdbEnv& env = test.env;
+  CHECK(!env.OpenDb("absent", /*create=*/false).has_value());
+  const auto dbi = env.OpenDb("view/t/v1", /*create=*/true);
+  CHECK(dbi.has_value());
+  CHECK(env.OpenDb("view/t/v1", false) == dbi);  // the lasting handle, cached
+  {
+    LmdbTxn txn(env, /*write=*/true);
+    txn.Put(*dbi, "b", "2");
+    txn.Put(*dbi, "a", "1");
+    txn.Put(*dbi, "c", "3");
+    CHECK(txn.Delete(*dbi, "c"));
+    CHECK(!txn.Delete(*dbi, "zz"));
+    // Close refuses while a transaction is open.
+    CHECK_THROWS_CODE(env.Close(), ErrorCode::kInvalidInput, {"transaction"});
+    txn.Commit();
+    CHECK(!txn.open());
+    CHECK_THROWS_CODE(txn.Get(*dbi, "a"), ErrorCode::kInvalidInput, {"ended"});
+  }
+  {
+    LmdbTxn aborted(env, true);
+    aborted.Put(*dbi, "x", "never");
+  }  // aborted by the destructor
+  LmdbTxn read(env, /*write=*/false);
+  CHECK(read.Get(*dbi, "a") == std::optional<std::string_view>("1"));
+  CHECK(!read.Get(*dbi, "x").has_value());
+  CHECK_THROWS_CODE(read.Put(*dbi, "y", "1"), ErrorCode::kInvalidInput, {"mdb_put"});
+  std::vector<std::string> seen;
+  {
+    LmdbCursor cursor(read, *dbi);
+    std::string_view k, v;
+    while (cursor.Next(&k, &v)) seen.push_back(std::string(k) + "=" + std::string(v));
+  }
+  CHECK(seen == (std::vector<std::string>{"a=1", "b=2"}));
+  read.Abort();  // kept for reuse: the next read transaction renews it, on a fresh snapshot
+  {
+    LmdbTxn txn(env, true);
+    txn.Put(*dbi, "d", "4");
+    txn.Commit();
+  }
+  for (int i = 0; i < 40; ++i) {  // more than are kept
+    std::vector<std::unique_ptr<LmdbTxn>> readers;
+    for (int j = 0; j < i % 20; ++j) readers.push_back(std::make_unique<LmdbTxn>(env, false));
+    for (const auto& r : readers) CHECK(r->Get(*dbi, "d") == std::optional<std::string_view>("4"));
+  }
+  CHECK_EQ(env.ReaderCheck(), 0);
+  env.Close();
+  CHECK(env.closed());
+  CHECK_THROWS_CODE(LmdbTxn(env, false), ErrorCode::kInvalidInput, {"closed"});
+
+  LmdbOptions read_only = Options(size_t{16} << 20);
+  read_only.read_only = true;
+  LmdbEnv ro(test.dir.path, read_only);
+  CHECK_THROWS_CODE(LmdbTxn(ro, true), ErrorCode::kInvalidInput, {"read-only"});
+  CHECK(ro.OpenDb("view/t/v1", false).has_value());
+  CHECK_THROWS_CODE(LmdbEnv("/nonexistent/mlserve/dir", read_only), ErrorCode::kInvalidInput,
+                    {"mdb_env_open", "/nonexistent/mlserve/dir"});
+}
+
+TEST(LmdbMapFullIsUnavailable) {
+  using namespace lmdb_tests;
+  TestEnv test(size_t{256} << 10);  // 64 pages
+  LmdbEnv& env = test.env;
+  const auto dbi = env.OpenDb("big", true);
+  LmdbTxn txn(env, true);
+  const std::string value(1000, 'v');
+  auto fill = [&] {
+    for (int i = 0; i < 10000; ++i) txn.Put(*dbi, Key(i), value);
+  };
+  CHECK_THROWS_CODE(fill(), ErrorCode::kUnavailable, {"MDB_MAP_FULL"});
+}
+
+TEST(LmdbReadRecordsMissingExpiredNullAndWrongSize) {
+  using namespace lmdb_tests;
+  TestEnv test;
+  LmdbEnv& env = test.env;
+  const auto dbi = env.OpenDb("view/t/v1", true);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  // Keys 1, 2, 3 by int64 value; key 2's second column is null; key 7 is stored as bytes.
+  const std::vector<int64_t> ids = {1, 2, 3};
+  const std::string records = Record(100, 1, 1.5f, 2.5f) + Record(70, 1, 3.0f, nan, 0b10) +
+                              Record(69, 1, 4.0f, 5.0f);
+  {
+    LmdbTxn txn(env, true);
+    KeyBatch keys{ids.size(), ids.data(), nullptr, nullptr};
+    const auto done = mlserve::features::PutNewerRecords(txn, *dbi, keys, records.data(),
+                                                         RecordBytes(2), 0, ids.size());
+    CHECK_EQ(done.first, size_t{3});
+    txn.Commit();
+  }
+  // now 100, ttl 30: cutoff 70 is inclusive (PRESENT), 69 is EXPIRED; 5 is MISSING.
+  const std::vector<int64_t> ask = {3, 5, 1, 2};
+  Outputs out(ask.size());
+  mlserve::features::ReadRecords(env, *dbi, KeyBatch{ask.size(), ask.data(), nullptr, nullptr}, 2,
+                                 mlserve::features::ExpiryCutoffNs(100, 30), out.View(), "db");
+  CHECK(out.status == (std::vector<int8_t>{2, 1, 0, 0}));
+  CHECK(out.event_ts == (std::vector<int64_t>{69, 0, 100, 70}));
+  CHECK(std::isnan(out.values[0]) && std::isnan(out.values[1]));  // expired
+  CHECK(std::isnan(out.values[2]) && std::isnan(out.values[3]));  // missing
+  CHECK_EQ(out.values[4], 1.5f);
+  CHECK_EQ(out.values[5], 2.5f);
+  CHECK_EQ(out.values[6], 3.0f);
+  CHECK(std::isnan(out.values[7]));  // null
+  // Without a cutoff nothing expires; encoded keys read the same records.
+  const std::string blob = Key(3) + Key(1);
+  const std::vector<size_t> offsets = {0, 9, 18};
+  Outputs by_bytes(2);
+  mlserve::features::ReadRecords(env, *dbi, KeyBatch{2, nullptr, blob.data(), offsets.data()}, 2,
+                                 std::nullopt, by_bytes.View(), "db");
+  CHECK(by_bytes.status == (std::vector<int8_t>{0, 0}));
+  CHECK_EQ(by_bytes.values[0], 4.0f);
+  CHECK_EQ(by_bytes.values[2], 1.5f);
+
+  // An older record never replaces a newer one; ties on (event_ts, created_ts) replace.
+  {
+    LmdbTxn txn(env, true);
+    const std::vector<int64_t> again = {1, 2, 3};
+    const std::string older = Record(99, 9, 0, 0) + Record(70, 1, 8.0f, 8.0f) +
+                              Record(69, 2, 9.0f, 9.0f);
+    const auto done = mlserve::features::PutNewerRecords(
+        txn, *dbi, KeyBatch{3, again.data(), nullptr, nullptr}, older.data(), RecordBytes(2), 0, 3);
+    CHECK_EQ(done.first, size_t{2});
+    CHECK_EQ(done.second, size_t{1});
+    txn.Put(*dbi, Key(9), "short");
+    txn.Commit();
+  }
+  Outputs after(3);
+  const std::vector<int64_t> check = {1, 2, 3};
+  mlserve::features::ReadRecords(env, *dbi, KeyBatch{3, check.data(), nullptr, nullptr}, 2,
+                                 std::nullopt, after.View(), "db");
+  CHECK_EQ(after.values[0], 1.5f);  // kept
+  CHECK_EQ(after.values[2], 8.0f);  // tie: replaced
+  CHECK_EQ(after.values[4], 9.0f);  // newer created_ts
+  const std::vector<int64_t> bad = {1, 9};
+  Outputs wrong(2);
+  CHECK_THROWS_CODE(
+      mlserve::features::ReadRecords(env, *dbi, KeyBatch{2, bad.data(), nullptr, nullptr}, 2,
+                                     std::nullopt, wrong.View(), "online database of 't/1'"),
+      ErrorCode::kInternal, {"online database of 't/1'", "wrong size", "32", "row 1", "5"});
+  // A record written for another column count is the wrong size too.
+  Outputs three(1);
+  CHECK_THROWS_CODE(
+      mlserve::features::ReadRecords(env, *dbi, KeyBatch{1, bad.data(), nullptr, nullptr}, 9,
+                                     std::nullopt, three.View(), "db"),
+      ErrorCode::kInternal, {"expected 56 bytes"});
+  CHECK_EQ(static_cast<int>(RowStatus::kExpired), 2);
 }
 
 int main(int argc, char** argv) { return test_harness::RunAllTests(argc > 1 ? argv[1] : nullptr); }

@@ -138,8 +138,8 @@ def make_store(root: str, ttl: int | None) -> FeatureStore:
 @FEW
 @given(histories())
 def test_online_read_equals_offline_point_in_time_row_at_now(case: dict[str, Any]) -> None:
-    # Out of key order, one key twice, 6 never ingested: reads look keys up sorted and in one
-    # call (Cursor.getmulti skips absent keys), then put every row back in request order.
+    # Out of key order, one key twice, 6 never ingested: every row comes back in request order,
+    # the absent key as MISSING.
     keys = [3, 6, 0, 5, 3, 1, 4, 2]
     now = at(case["now"])
     with tempfile.TemporaryDirectory() as root, make_store(root, case["ttl"]) as store:

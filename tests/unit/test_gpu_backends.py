@@ -125,7 +125,6 @@ def test_devices_command_lists_backends(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_mlserve_command_dispatches_the_gpu_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("lmdb", reason="the full command line imports the feature store")
     from mlserve.cli import main
 
     assert main(["devices"]) == 0

@@ -7,8 +7,9 @@ Encoding, per join key in the entity's key order, concatenated:
 - ``string``: the tag byte ``0x02``, then the UTF-8 length as 2 bytes big-endian, then the bytes.
 
 So user 42 is ``01 80 00 00 00 00 00 00 2a``. An encoded key is at most 511 bytes (LMDB's key
-limit); longer string keys are refused with InvalidInput. No pandas here: the server imports it.
-Pure functions; thread-safe.
+limit); longer string keys are refused with InvalidInput. The online store's native read encodes
+int64 keys itself from :func:`int64_key_values` (csrc/features/online_records.cc, the same
+bytes). No pandas here: the server imports it. Pure functions; thread-safe.
 """
 
 from __future__ import annotations
@@ -99,10 +100,7 @@ def _encode_int64(values: Any, key: str) -> list[bytes]:
     return [buf[i:i + width] for i in range(0, len(buf), width)]
 
 
-def encode_keys(entity: Entity, columns: Sequence[Any]) -> list[bytes]:
-    """The LMDB key of each entity row; ``columns`` holds one array-like per join key, all of
-    the same length. Null, non-integral or mistyped keys raise InvalidInput naming the key and
-    the row."""
+def _check_columns(entity: Entity, columns: Sequence[Any]) -> None:
     if len(columns) != len(entity.join_keys):
         raise InvalidInput(f"entity {entity.name!r} has join keys {list(entity.join_keys)}; "
                            f"got {len(columns)} key column(s)")
@@ -111,6 +109,32 @@ def encode_keys(entity: Entity, columns: Sequence[Any]) -> list[bytes]:
         if len(col) != n:
             raise InvalidInput(f"join key {key!r}: {len(col)} values, expected {n} like "
                                f"{entity.join_keys[0]!r}")
+
+
+def int64_key_values(entity: Entity, columns: Sequence[Any]) -> np.ndarray:
+    """For an entity with one int64 join key: its values as an int64 array, which the online
+    store's native read encodes exactly as :func:`encode_keys` does (the lookup hot path: no
+    bytes object per key). Null, non-integral or mistyped keys raise InvalidInput naming the key
+    and the row, as :func:`encode_keys`."""
+    _check_columns(entity, columns)
+    if entity.key_dtypes != ("int64",):
+        raise InvalidInput(f"entity {entity.name!r} has join keys "
+                           f"{list(zip(entity.join_keys, entity.key_dtypes, strict=True))}, not "
+                           "one int64 key")
+    values = columns[0]
+    if isinstance(values, list) and set(map(type, values)) <= _INT:
+        try:  # a list of Python ints: one conversion, range-checked by numpy
+            return np.array(values, dtype=np.int64)
+        except OverflowError:
+            pass  # the checked path below names the row
+    return np.ascontiguousarray(_int64_column(values, entity.join_keys[0]))
+
+
+def encode_keys(entity: Entity, columns: Sequence[Any]) -> list[bytes]:
+    """The LMDB key of each entity row; ``columns`` holds one array-like per join key, all of
+    the same length. Null, non-integral or mistyped keys raise InvalidInput naming the key and
+    the row."""
+    _check_columns(entity, columns)
     if entity.key_dtypes == ("int64",):
         return _encode_int64(columns[0], entity.join_keys[0])  # the hot path of reads
     parts: list[list[bytes]] = []

@@ -1,10 +1,12 @@
 """Online lookups of a feature service: what a model consumes, for a batch of entities.
 
 A :class:`ServiceReader` is prepared once per (service version) — views, column positions,
-join keys — and then reads batches: one LMDB lookup per key and view, values of all views side
-by side in the service's feature order (``<view>__<column>``, the names the training table of
-``historical_features`` has). This is the path the server's entity-keyed requests take; it
-imports neither pandas nor pyarrow. Thread-safe (reads only).
+join keys — and then reads batches: per view one native read of all keys (one LMDB read
+transaction, the GIL released; an int64-keyed entity's values go to it as one int64 array,
+encoded natively), values of all views side by side in the service's feature order
+(``<view>__<column>``, the names the training table of ``historical_features`` has). This is
+the path the server's entity-keyed requests take; it imports neither pandas nor pyarrow.
+Thread-safe (reads only).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from mlserve.errors import InvalidInput
 
 from .definitions import Entity, FeatureService, FeatureView, feature_name
-from .keys import encode_keys
+from .keys import encode_keys, int64_key_values
 from .online import OnlineStore, RowStatus
 
 
@@ -75,8 +77,15 @@ class ServiceReader:
         key), or, for a service with a single join key, the values themselves. ``now_ns``
         enforces TTLs (values older than ``now - ttl`` are EXPIRED)."""
         by_key = self._key_columns(keys)
+        if len(self._parts) == 1:  # the common case: the arrays as read, no copies
+            view, positions = self._parts[0]
+            values, status, event_ts = self.online.read_arrays(
+                view, self._encode(view.resolved_entity, by_key), now_ns=now_ns)
+            n = status.shape[0]
+            return OnlineFeatures(self.names, values if positions is None else values[:, positions],
+                                  self.views, status.reshape(n, 1), event_ts.reshape(n, 1))
         n = len(next(iter(by_key.values())))
-        encoded: dict[str, list[bytes]] = {}
+        encoded: dict[str, list[bytes] | np.ndarray] = {}
         blocks: list[np.ndarray] = []
         status = np.empty((n, len(self._parts)), dtype=np.int8)
         event_ts = np.empty((n, len(self._parts)), dtype=np.int64)
@@ -85,11 +94,10 @@ class ServiceReader:
             enc = encoded.get(entity.name)
             if enc is None:
                 enc = encoded[entity.name] = self._encode(entity, by_key)
-            got = self.online.read(view, enc, now_ns=now_ns)
-            blocks.append(got.values if positions is None else got.values[:, positions])
-            status[:, j] = got.status
-            event_ts[:, j] = got.event_ts
-        values = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+            got_values, status[:, j], event_ts[:, j] = self.online.read_arrays(view, enc,
+                                                                               now_ns=now_ns)
+            blocks.append(got_values if positions is None else got_values[:, positions])
+        values = np.concatenate(blocks, axis=1)
         return OnlineFeatures(self.names, values, self.views, status, event_ts)
 
     def _key_columns(self, keys: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
@@ -97,7 +105,7 @@ class ServiceReader:
             if len(self.join_keys) != 1:
                 raise InvalidInput(f"feature service {self.service.ref!r} needs join keys "
                                    f"{', '.join(self.join_keys)}: pass a mapping key -> values")
-            keys = {self.join_keys[0]: keys}
+            return {self.join_keys[0]: keys}
         missing = [k for k in self.join_keys if k not in keys]
         if missing:
             raise InvalidInput(f"feature service {self.service.ref!r}: missing join key(s) "
@@ -109,5 +117,8 @@ class ServiceReader:
         return columns
 
     @staticmethod
-    def _encode(entity: Entity, by_key: Mapping[str, Any]) -> list[bytes]:
-        return encode_keys(entity, [by_key[k] for k in entity.join_keys])
+    def _encode(entity: Entity, by_key: Mapping[str, Any]) -> list[bytes] | np.ndarray:
+        columns = [by_key[k] for k in entity.join_keys]
+        if entity.key_dtypes == ("int64",):
+            return int64_key_values(entity, columns)
+        return encode_keys(entity, columns)

@@ -13,9 +13,16 @@ A write never replaces a record with an older one: a key keeps its stored record
 one's ``(event_ts, created_ts)`` is greater than the new record's (ties are replaced, so the
 later ingested row wins, as offline).
 
-Thread-safety: an :class:`OnlineStore` may be shared by threads (every read opens its own read
+LMDB is reached through mlserve's own binding (``mlserve._core.LmdbEnv``, the vendored liblmdb
+0.9.36 that py-lmdb bundles too, so either reads the other's stores). A batched read is one
+native call: the keys encoded, every get done in one read transaction with the GIL released, and
+the values, statuses and event times written straight into the output arrays. A batch of writes
+is one native call too (the newer-wins put loop).
+
+Thread-safety: an :class:`OnlineStore` may be shared by threads (every read has its own read
 transaction; the LMDB environment is opened once per process and path and reference-counted,
-since py-lmdb refuses to open one twice). Not fork-safe: open stores after forking.
+since LMDB forbids opening one environment twice in a process). Not fork-safe: open stores after
+forking.
 """
 
 from __future__ import annotations
@@ -24,30 +31,28 @@ import errno
 import fcntl
 import json
 import os
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
-import lmdb
 import numpy as np
 
+from mlserve import _core
 from mlserve.errors import InternalError, InvalidInput, Unavailable
 
 from ._settings import map_size_bytes, test_batch_pause
 from .definitions import FeatureView
 from .records import RecordLayout
 
-_META_DB = b"__meta__"
+_META_DB = "__meta__"
 _MAX_DBS = 4096
-_TS_PAIR = struct.Struct("<qq")
-#: "Exists, but no handle yet": see OnlineStore._db.
-_NOT_YET: Any = object()
+_MAX_READERS = 1024
+_INT64_MAX = (1 << 63) - 1
 
 
 class RowStatus(IntEnum):
@@ -74,49 +79,41 @@ class OnlineRead:
     columns: tuple[str, ...]
 
 
-_PRESENT, _MISSING, _EXPIRED = (int(s) for s in RowStatus)
+_MISSING = int(RowStatus.MISSING)
 
 
 @dataclass(frozen=True)
 class _ReadPlan:
     """What a read of one view version needs, computed once."""
 
-    db: bytes
-    dtype: np.dtype[Any]
+    db: str
     n_columns: int
-    columns: tuple[str, ...]
+    int64_keys: bool
+    """Whether the entity has one int64 join key (reads may pass its values as an array)."""
+    what: str
+    """How errors name the view's database."""
 
 
-def _fetch(get: Callable[[bytes], memoryview | None], keys: Sequence[bytes]
-           ) -> tuple[Sequence[int], bytes]:
-    """(rows found, their values joined). The values are views into the memory map, valid
-    until the read transaction ends: the join (one copy) happens before it does."""
-    bufs = [get(key) for key in keys]
-    if None not in bufs:
-        return range(len(bufs)), b"".join(cast(list[memoryview], bufs))
-    return ([i for i, b in enumerate(bufs) if b is not None],
-            b"".join([b for b in bufs if b is not None]))
-
-
-def db_name(view: FeatureView) -> bytes:
+def db_name(view: FeatureView) -> str:
     if view.version is None:
         raise InvalidInput(f"feature view {view.name!r} is not applied: it has no version")
-    return f"view/{view.name}/v{view.version}".encode()
+    return f"view/{view.name}/v{view.version}"
 
 
 class _Env:
-    """A process-wide, reference-counted LMDB environment (py-lmdb opens a path once)."""
+    """A process-wide, reference-counted LMDB environment (LMDB forbids opening one
+    environment twice in a process) and the handles of its named databases."""
 
     _lock: ClassVar[threading.Lock] = threading.Lock()
     _open: ClassVar[dict[tuple[int, str], _Env]] = {}
 
     def __init__(self, path: str, map_size: int) -> None:
-        self.env = lmdb.open(path, map_size=map_size, max_dbs=_MAX_DBS, subdir=True,
-                             readahead=False, max_readers=1024)
+        self.env = _core.LmdbEnv(path, map_size, max_dbs=_MAX_DBS, max_readers=_MAX_READERS,
+                                 readahead=False)
         self.refs = 0
-        self.dbs: dict[bytes, Any] = {}
-        # mdb_dbi_open calls must not overlap within a process.
-        self.dbi_lock = threading.Lock()
+        # name -> handle; handles live as long as the environment (the core caches them too:
+        # this dict only saves the native call on the read path).
+        self.dbs: dict[str, int] = {}
 
     @classmethod
     def acquire(cls, path: Path, map_size: int) -> _Env:
@@ -136,6 +133,20 @@ class _Env:
             if self.refs == 0:
                 self._open.pop(key, None)
                 self.env.close()
+
+    def db(self, name: str, *, create: bool) -> int | None:
+        """The handle of database ``name``; None when it does not exist and not ``create``.
+        Opening one that exists never waits for a writer (a read transaction); creating one
+        takes a write transaction, so never call it with ``create`` inside a write
+        transaction of this thread."""
+        dbi = self.dbs.get(name)
+        if dbi is None:
+            dbi = self.env.open_db(name, create=False)
+            if dbi is None and create:
+                dbi = self.env.open_db(name, create=True)
+            if dbi is not None:
+                self.dbs[name] = dbi
+        return dbi
 
 
 class OnlineStore:
@@ -166,110 +177,24 @@ class OnlineStore:
 
     # ------------------------------------------------------------------ databases
 
-    def _db(self, name: bytes, *, create: bool) -> Any | None:
-        """A handle that outlives transactions. py-lmdb keeps a handle only when the
-        transaction that opened it is a *write* transaction, which waits for a writer's batch:
-        writers (``create``) open one that way; readers do only while no writer holds the
-        writer lock (checked with a shared ``flock``), and otherwise get ``_NOT_YET`` and open
-        the database inside their read transaction (:meth:`_get_all`). ``None``: no such
-        database."""
-        env = self._env
-        db = env.dbs.get(name)
-        if db is not None:
-            return db
-        with env.dbi_lock:
-            db = env.dbs.get(name)
-            if db is not None:
-                return db
-            if create:
-                with env.env.begin(write=True) as txn:
-                    db = env.env.open_db(name, txn=txn, create=True)
-            else:
-                fd = self._shared_lock()
-                if fd is None:
-                    return _NOT_YET
-                try:
-                    txn = env.env.begin(write=True)
-                    try:
-                        db = env.env.open_db(name, txn=txn, create=False)
-                    except lmdb.NotFoundError:
-                        txn.abort()
-                        return None
-                    txn.commit()
-                finally:
-                    os.close(fd)
-            env.dbs[name] = db
-            return db
-
-    def _shared_lock(self) -> int | None:
-        """An fd holding a shared flock on the writer lock, or None while a writer holds it."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return None
-            raise
-        return fd
-
-    @contextmanager
-    def _snapshot(self, name: bytes) -> Iterator[tuple[Any, Any] | None]:
-        """A read transaction (``buffers=True``) and the handle of database ``name`` in it, or
-        None when there is no such database. Never waits for a writer."""
-        db = self._db(name, create=False)
-        if db is None:
-            yield None
-        elif db is not _NOT_YET:
-            with self._env.env.begin(db=db, buffers=True) as txn:
-                yield txn, db
-        else:
-            # A writer is active and this process has no lasting handle yet: open the database
-            # inside the read transaction. The handle dies with it (abort), and py-lmdb's handle
-            # cache must see no other open meanwhile, hence the lock.
-            with self._env.dbi_lock:
-                txn = self._env.env.begin(buffers=True)
-                try:
-                    try:
-                        db = self._env.env.open_db(name, txn=txn, create=False)
-                    except lmdb.NotFoundError:
-                        db = None
-                    yield None if db is None else (txn, db)
-                finally:
-                    txn.abort()
-
-    def _get_all(self, name: bytes, keys: Sequence[bytes]
-                 ) -> tuple[Sequence[int], bytes] | None:
-        """(rows found, their values joined) for ``keys`` in database ``name``, from one
-        snapshot; None when the database does not exist."""
-        db = self._env.dbs.get(name)
-        if db is not None:  # the hot path: a lasting handle, no context manager
-            with self._env.env.begin(db=db, buffers=True) as txn:
-                return _fetch(txn.get, keys)
-        with self._snapshot(name) as snap:
-            if snap is None:
-                return None
-            txn, db = snap
-            return _fetch(lambda key: txn.get(key, db=db), keys)
-
-    def _meta(self) -> Any:
-        db = self._db(_META_DB, create=True)
+    def _meta(self) -> int:
+        db = self._env.db(_META_DB, create=True)
         assert db is not None
         return db
 
-    def _check_layout(self, view: FeatureView, txn: Any, *, write: bool) -> RecordLayout:
+    def _check_layout(self, view: FeatureView, txn: Any, meta: int, *, write: bool
+                      ) -> RecordLayout:
         layout = RecordLayout(len(view.columns))
         expected = {**layout.describe(), "columns": list(view.column_names),
                     "join_keys": list(view.resolved_entity.join_keys),
                     "key_dtypes": list(view.resolved_entity.key_dtypes)}
-        key = b"layout/" + db_name(view)
-        raw = txn.get(key, db=self._meta())
+        key = f"layout/{db_name(view)}".encode()
+        raw = txn.get(meta, key)
         if raw is None:
             if write:
-                txn.put(key, json.dumps(expected, sort_keys=True).encode(), db=self._meta())
+                txn.put(meta, key, json.dumps(expected, sort_keys=True).encode())
             return layout
-        stored = json.loads(bytes(raw))
+        stored = json.loads(raw)
         if stored != expected:
             raise InternalError(f"online database of {view.ref!r} was written with layout "
                                 f"{stored}, the definition says {expected}; the definitions "
@@ -278,66 +203,61 @@ class OnlineStore:
 
     # ------------------------------------------------------------------ reads
 
-    def read(self, view: FeatureView, keys: Sequence[bytes], *, now_ns: int | None = None
-             ) -> OnlineRead:
-        """Values of ``view`` for encoded ``keys`` (:func:`.keys.encode_keys`), row-aligned.
-        With ``now_ns`` and a TTL, a value with ``event_ts < now_ns - ttl`` is EXPIRED."""
-        n = len(keys)
+    def read(self, view: FeatureView, keys: Sequence[bytes] | np.ndarray, *,
+             now_ns: int | None = None) -> OnlineRead:
+        """Values of ``view`` for ``keys``, row-aligned: encoded keys
+        (:func:`.keys.encode_keys`) or, for an entity with one int64 join key, an int64 array of
+        its values (:func:`.keys.int64_key_values`). With ``now_ns`` and a TTL, a value with
+        ``event_ts < now_ns - ttl`` is EXPIRED (so ``now - ttl`` itself is still PRESENT)."""
+        values, status, event_ts = self.read_arrays(view, keys, now_ns=now_ns)
+        return OnlineRead(values, status, event_ts, view.column_names)
+
+    def read_arrays(self, view: FeatureView, keys: Sequence[bytes] | np.ndarray, *,
+                    now_ns: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`read` as its three fresh arrays (values, status, event_ts): the lookup hot
+        path, one native call (every get in one read transaction, the GIL released)."""
         plan = self._plans.get((view.name, view.version, len(view.columns)))
         if plan is None:
             plan = self._plan(view)
-        got = self._get_all(plan.db, keys) if n else None
-        if got is None or not got[0]:
-            return OnlineRead(np.full((n, plan.n_columns), np.nan, dtype=np.float32),
-                              np.full(n, _MISSING, dtype=np.int8), np.zeros(n, dtype=np.int64),
-                              plan.columns)
-        rows, joined = got
-        if len(joined) != len(rows) * plan.dtype.itemsize:
-            raise InternalError(f"online database of {view.ref!r} holds records of the wrong "
-                                f"size; expected {plan.dtype.itemsize} bytes each")
-        records = np.frombuffer(joined, dtype=plan.dtype)
-        if len(rows) == n:  # every key found: no scatter
-            values = records["values"].copy()
-            event_ts = records["event_ts"].copy()
-            status = np.zeros(n, dtype=np.int8)
-            idx: Any = slice(None)
-        else:
-            values = np.full((n, plan.n_columns), np.nan, dtype=np.float32)
-            event_ts = np.zeros(n, dtype=np.int64)
-            status = np.full(n, _MISSING, dtype=np.int8)
-            idx = np.asarray(rows, dtype=np.intp)
-            values[idx] = records["values"]
-            event_ts[idx] = records["event_ts"]
-            status[idx] = _PRESENT
-        ttl_ns = view.ttl_ns
-        if now_ns is not None and ttl_ns is not None:
-            stale = records["event_ts"] < now_ns - ttl_ns
-            if stale.any():
-                expired = np.arange(n)[idx][stale]
-                status[expired] = _EXPIRED
-                values[expired] = np.nan
-        return OnlineRead(values, status, event_ts, plan.columns)
+        if plan.int64_keys is False and isinstance(keys, np.ndarray):
+            raise InvalidInput(f"feature view {view.ref!r}: its entity's keys are not one int64 "
+                               "join key; pass encoded keys (keys.encode_keys)")
+        dbi = self._env.dbs.get(plan.db)
+        if dbi is None:
+            dbi = self._env.db(plan.db, create=False)
+            if dbi is None:
+                n = len(keys)
+                return (np.full((n, plan.n_columns), np.nan, dtype=np.float32),
+                        np.full(n, _MISSING, dtype=np.int8), np.zeros(n, dtype=np.int64))
+        ttl_ns = view.ttl_ns if now_ns is not None else None
+        return self._env.env.read_records(dbi, keys, plan.n_columns, now_ns,
+                                          None if ttl_ns is None else min(ttl_ns, _INT64_MAX),
+                                          plan.what)
 
     def _plan(self, view: FeatureView) -> _ReadPlan:
-        layout = RecordLayout(len(view.columns))
-        plan = _ReadPlan(db_name(view), layout.dtype, len(view.columns), view.column_names)
+        entity = view.resolved_entity
+        plan = _ReadPlan(db_name(view), len(view.columns), entity.key_dtypes == ("int64",),
+                         f"online database of {view.ref!r}")
         self._plans[(view.name, view.version, len(view.columns))] = plan
         return plan
 
     def scan(self, view: FeatureView) -> list[tuple[bytes, np.ndarray]]:
         """Every (key, record) of ``view`` in key order, from one snapshot (tests, listings)."""
         layout = RecordLayout(len(view.columns))
-        with self._snapshot(db_name(view)) as snap:
-            if snap is None:
-                return []
-            txn, db = snap
-            return [(bytes(k), layout.decode(bytes(v))[0]) for k, v in txn.cursor(db=db)]
+        dbi = self._env.db(db_name(view), create=False)
+        if dbi is None:
+            return []
+        with self._env.env.begin() as txn:
+            return [(k, layout.decode(v)[0]) for k, v in txn.items(dbi)]
 
     def state(self, view: FeatureView) -> dict[str, Any] | None:
         """The materialization state of ``view`` (written by the last incremental run)."""
-        with self._snapshot(_META_DB) as snap:
-            raw = None if snap is None else snap[0].get(b"state/" + db_name(view), db=snap[1])
-            return None if raw is None else dict(json.loads(bytes(raw)))
+        meta = self._env.db(_META_DB, create=False)
+        if meta is None:
+            return None
+        with self._env.env.begin() as txn:
+            raw = txn.get(meta, f"state/{db_name(view)}".encode())
+        return None if raw is None else dict(json.loads(raw))
 
     # ------------------------------------------------------------------ writes
 
@@ -380,33 +300,34 @@ class OnlineStore:
             raise InvalidInput(f"{len(keys)} keys for {len(records)} records")
         if batch_keys < 1:
             raise InvalidInput(f"batch_keys must be >= 1, got {batch_keys}")
-        db = self._db(db_name(view), create=True)
+        # Handles first: opening one inside this thread's write transaction would deadlock.
+        db = self._env.db(db_name(view), create=True)
         meta = self._meta()
-        blob = records.tobytes()
+        assert db is not None
         width = records.dtype.itemsize
-        ts = records[["event_ts", "created_ts"]].tolist() if len(records) else []
+        blob = np.ascontiguousarray(records).view(np.uint8).reshape(-1)
         written = kept = 0
         starts = range(0, len(keys), batch_keys) if len(keys) else range(0, 1)
         for lo in starts:
             hi = min(lo + batch_keys, len(keys))
             try:
                 with self._env.env.begin(write=True) as txn:
-                    layout = self._check_layout(view, txn, write=True)
+                    layout = self._check_layout(view, txn, meta, write=True)
                     if layout.record_bytes != width:
                         raise InvalidInput(f"records of {width} bytes for {view.ref!r}, whose "
                                            f"layout has {layout.record_bytes}")
-                    for i in range(lo, hi):
-                        old = txn.get(keys[i], db=db)
-                        if old is not None and _TS_PAIR.unpack_from(old) > tuple(ts[i]):
-                            kept += 1
-                            continue
-                        txn.put(keys[i], blob[i * width:(i + 1) * width], db=db)
-                        written += 1
+                    if hi > lo:
+                        w, k = txn.put_newer_records(db, keys[lo:hi],
+                                                     blob[lo * width:hi * width], width)
+                        written += w
+                        kept += k
                     if state is not None and hi >= len(keys):
-                        txn.put(b"state/" + db_name(view),
-                                json.dumps(state, sort_keys=True).encode(), db=meta)
+                        txn.put(meta, f"state/{db_name(view)}".encode(),
+                                json.dumps(state, sort_keys=True).encode())
                     test_batch_pause()
-            except lmdb.MapFullError:
+            except Unavailable as exc:
+                if "MDB_MAP_FULL" not in str(exc):
+                    raise
                 raise Unavailable(f"the online store at {self.path} is full; set "
                                   "MLSERVE_FEATURE_STORE_MAP_SIZE to more bytes") from None
         return written, kept
