@@ -91,7 +91,7 @@ DynamicBatcher::~DynamicBatcher() {
 
 std::shared_ptr<Request> DynamicBatcher::Submit(const float* x, int64_t rows, int32_t priority,
                                                 int64_t timeout_us, bool notify_queue,
-                                                std::string tag) {
+                                                std::string tag, bool wake_workers) {
   if (rows < 1 || rows > config_.max_batch_size) {
     ThrowInvalid("request has " + std::to_string(rows) + " rows; this model takes 1.." +
                  std::to_string(config_.max_batch_size) +
@@ -152,8 +152,50 @@ std::shared_ptr<Request> DynamicBatcher::Submit(const float* x, int64_t rows, in
            std::find(preferred.begin(), preferred.end(), queued_rows_) != preferred.end() ||
            (hold_until_queued_ > 0 && queued_requests_ >= hold_until_queued_);
   }
-  if (wake) cv_.notify_one();
+  if (wake && wake_workers) cv_.notify_one();
   return r;
+}
+
+int64_t DynamicBatcher::RunReady(int64_t max_batches, int64_t max_compute_ns) {
+  std::unique_lock<std::mutex> runner(inline_mu_, std::try_to_lock);
+  // preserve_ordering: an inline batch could wait (holding the caller's GIL) for a worker's
+  // earlier batch that needs the GIL to finish; such batchers only run on their workers.
+  bool eligible = runner.owns_lock() && executors_.empty() && !config_.preserve_ordering;
+  if (eligible) {
+    // Over the bound: the workers run this one, and the estimate decays by 1/8, so a model
+    // that got faster (or a one-off slow batch) is tried inline again after a few batches.
+    const int64_t ewma = inline_ewma_ns_;
+    if (ewma > max_compute_ns) {
+      inline_ewma_ns_ = ewma - ewma / 8;
+      eligible = false;
+    }
+  }
+  std::vector<std::shared_ptr<Request>> batch;
+  int64_t ran = 0;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (eligible && ran < max_batches && !stopping_) {
+    const Clock::time_point now = Clock::now();
+    ExpireLocked(now);
+    int64_t rows = 0;
+    Clock::time_point wake;
+    if (!ShouldCutLocked(now, &rows, &wake)) break;
+    TakeBatchLocked(rows, &batch);
+    const uint64_t seq = next_batch_seq_++;
+    lock.unlock();
+    const Clock::time_point t0 = Clock::now();
+    ProcessBatch(batch, seq, &inline_buffer_, nullptr);
+    // EWMA (weight 1/8) of how long an inline batch holds the caller's thread.
+    inline_ewma_ns_ += (Ns(Clock::now() - t0) - inline_ewma_ns_) / 8;
+    batch.clear();
+    ++ran;
+    lock.lock();
+  }
+  // Whatever is still queued is the workers' (not cut yet, not eligible, shutting down),
+  // unless the caller stopped at max_batches and comes back for the rest (RunReady's contract).
+  const bool leftover = queued_requests_ > 0 && ran < max_batches;
+  lock.unlock();
+  if (leftover) cv_.notify_one();
+  return ran > 0 ? ran : -1;
 }
 
 void DynamicBatcher::UnindexLocked(Request& r) {

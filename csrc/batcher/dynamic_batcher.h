@@ -27,7 +27,6 @@
 // queue each hold a reference while they need it, so a caller may drop its handle at any time.
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -132,8 +131,24 @@ class DynamicBatcher {
   // @param tag         the caller's request id, logged with the outputs when the prediction
   //                    log is on (empty: not logged)
   // Throws kInvalidInput (rows out of range, bad priority), kQueueFull, kUnavailable (shut down).
+  // @param wake_workers  false: the caller runs the queue itself soon (RunReady), so no worker
+  //                      is woken for this request
   std::shared_ptr<Request> Submit(const float* x, int64_t rows, int32_t priority,
-                                  int64_t timeout_us, bool notify_queue, std::string tag = {});
+                                  int64_t timeout_us, bool notify_queue, std::string tag = {},
+                                  bool wake_workers = true);
+
+  // Inline execution: runs on the calling thread the batches a worker would cut now (at most
+  // max_batches), exactly as a worker runs them (normalize, execute, record, publish). Returns
+  // how many ran; when that is max_batches the caller must call again soon for what is still
+  // queued (no worker is woken for it). Returns -1 when it ran none and left the queue to the
+  // workers (woken); whenever it stops short of max_batches, what is left goes to them: a batch
+  // cannot be cut yet (max_queue_delay_us, the hold hook), another thread is running inline,
+  // the time an inline batch takes (EWMA over recent inline batches, decaying while refused)
+  // is above max_compute_ns, the batcher preserves ordering, or the backend normalizes on a
+  // device. A thread that can run the backend (for Python backends: a
+  // Python thread holding the GIL) calls it; made for an event loop running tiny models, where
+  // handing each batch to a worker thread costs more than computing it.
+  int64_t RunReady(int64_t max_batches, int64_t max_compute_ns);
 
   // Removes a still-queued request (state kCancelled; nothing is published for it).
   // Returns false when it already left the queue.
@@ -196,6 +211,9 @@ class DynamicBatcher {
   int64_t queued_requests_ = 0;
   int64_t queued_rows_ = 0;   // rows of the queued requests
   int32_t idle_workers_ = 0;  // workers blocked with nothing to wait for but a new request
+  std::mutex inline_mu_;  // one inline runner at a time; guards the two below
+  std::vector<float> inline_buffer_;
+  int64_t inline_ewma_ns_ = 0;  // time an inline batch takes (normalize, execute, publish)
   int64_t hold_until_queued_ = 0;
   bool stopping_ = false;
   bool drain_ = true;

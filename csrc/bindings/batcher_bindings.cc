@@ -103,7 +103,7 @@ void WaitInterruptibly(DynamicBatcher& b, const std::shared_ptr<Request>& r) {
 
 std::shared_ptr<Request> SubmitRows(const std::shared_ptr<DynamicBatcher>& b, const py::object& x,
                                     int32_t priority, int64_t timeout_us, bool notify_queue,
-                                    std::string tag = {}) {
+                                    std::string tag = {}, bool wake_workers = true) {
   FloatArray a = InputRows(x, b->plan());
   const float* data = a.data();
   const int64_t rows = a.shape(0);
@@ -111,7 +111,7 @@ std::shared_ptr<Request> SubmitRows(const std::shared_ptr<DynamicBatcher>& b, co
   // held for bookkeeping, never while waiting for Python), and releasing it here made the event
   // loop re-compete for the GIL with the worker threads on every request (measured under load:
   // 16% of the server's time in this call).
-  return b->Submit(data, rows, priority, timeout_us, notify_queue, std::move(tag));
+  return b->Submit(data, rows, priority, timeout_us, notify_queue, std::move(tag), wake_workers);
 }
 
 // A float32 array of `rows` x `cols` copied from v.
@@ -308,15 +308,25 @@ void BindBatcher(py::module_& m) {
       .def(
           "submit_future",
           [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us, std::string tag,
-             py::object future, py::object loop) {
-            const uint64_t id = SubmitRows(self.get(), x, priority, timeout_us, true, std::move(tag))->id;
+             py::object future, py::object loop, bool run_inline) {
+            const uint64_t id =
+                SubmitRows(self.get(), x, priority, timeout_us, true, std::move(tag), !run_inline)->id;
             self.futures()[id] = PyBatcher::Pending{std::move(future), std::move(loop)};
             return id;
           },
           py::arg("x"), py::arg("priority"), py::arg("timeout_us"), py::arg("tag"), py::arg("future"),
-          py::arg("loop"),
+          py::arg("loop"), py::arg("run_inline") = false,
           "Submit; complete_futures() completes `future` (of asyncio `loop`, or None for a "
-          "concurrent.futures.Future) when the request finishes. Returns the id.")
+          "concurrent.futures.Future) when the request finishes. Returns the id. run_inline: the "
+          "caller will call run_ready() soon, so no worker is woken for this request.")
+      .def(
+          "run_ready",
+          [](PyBatcher& self, int64_t max_batches, int64_t max_compute_ns) {
+            return self.get()->RunReady(max_batches, max_compute_ns);  // GIL held: the backend's
+          },
+          py::arg("max_batches"), py::arg("max_compute_ns"),
+          "Run the batches a worker would cut now on this thread (GIL held); returns how many, "
+          "or -1 when none ran and the workers took the queue (see DynamicBatcher::RunReady).")
       .def("complete_futures", &CompleteFutures, py::arg("loop"),
            "Drain the completions: futures of `loop` are completed here; returns [(future, loop, "
            "result | None, error_class | None, message | None)] of the others.")

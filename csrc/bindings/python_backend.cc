@@ -41,8 +41,16 @@ void UnpinThreadState() {
 }
 
 void PythonBackend::Execute(const float* x, int64_t n, int64_t d, BatchOutput* out) {
+  if (PyGILState_Check() == 1) {  // inline (DynamicBatcher::RunReady) on a thread holding the GIL
+    Call(x, n, d, out);
+    return;
+  }
   py::gil_scoped_acquire gil;
   PinThreadState(gil);
+  Call(x, n, d, out);
+}
+
+void PythonBackend::Call(const float* x, int64_t n, int64_t d, BatchOutput* out) {
   try {
     // A view, no copy: the capsule owns nothing, the buffer outlives the call.
     py::capsule base(x, [](void*) {});

@@ -29,6 +29,9 @@ class PythonBackend final : public Backend {
   void ThreadExit() override;  // frees this worker's Python thread state
 
  private:
+  // Calls fn_ on the batch and copies its result into out. GIL held.
+  void Call(const float* x, int64_t n, int64_t d, BatchOutput* out);
+
   py::object fn_;
   std::string name_;
 };

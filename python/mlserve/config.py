@@ -33,8 +33,17 @@ class BatcherConfig:
     """Worker threads, each executing whole batches (one intra-op thread each for onnxruntime)."""
     normalize_threads: int = 1
     """Threads that split the normalization of one large batch."""
+    inline_max_compute_us: int = 0
+    """For ``Engine.apredict`` (asyncio): run batches on the event loop's own thread, right after
+    the requests that fill them were submitted, while the model's mean batch compute time stays
+    at most this many µs; 0 (the default): always hand batches to the worker threads. For tiny
+    models on few cores the hand-off (a worker wake-up, the GIL moving to the worker and back,
+    the completion wake-up) costs more than the batch itself; a slower model keeps the loop free
+    by running on the workers (the core measures the compute time and decides per batch).
+    Not used by device backends, by ``preserve_ordering`` batchers, or by synchronous callers."""
 
     def core_kwargs(self) -> dict[str, Any]:
         kw = asdict(self)
         kw["preferred_batch_sizes"] = list(self.preferred_batch_sizes)
+        del kw["inline_max_compute_us"]  # the engine's, not the batcher's
         return kw

@@ -44,6 +44,8 @@ BACKENDS = ("python", "onnxruntime", "cpu", "torch", "torch-cuda", "tensorrt", "
             "noop", "rowsum", "normalize-cuda")
 
 _open_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: Batches one inline run may execute before the loop serves other work again.
+_INLINE_MAX_BATCHES = 4
 
 AnyFuture = asyncio.Future[np.ndarray] | concurrent.futures.Future[np.ndarray]
 
@@ -115,6 +117,10 @@ class Engine:
         self._lock = threading.Lock()
         self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._last_loop: asyncio.AbstractEventLoop | None = None
+        #: Inline execution bound in ns (0: off); device backends always run on their workers.
+        self._inline_ns = (self.config.inline_max_compute_us * 1000
+                           if backend not in _GPU_BACKENDS else 0)
+        self._inline_pending: set[asyncio.AbstractEventLoop] = set()
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._closed = False
@@ -267,7 +273,13 @@ class Engine:
                 self._attach(loop)
             self._last_loop = loop
         fut: asyncio.Future[np.ndarray] = loop.create_future()
-        rid = self._submit_async(x, priority, timeout_us, fut, loop, tag)
+        inline = self._inline_ns > 0
+        rid = self._submit_async(x, priority, timeout_us, fut, loop, tag, inline)
+        if inline and loop not in self._inline_pending:
+            # One runner per loop iteration: it runs after the requests already made ready in
+            # this iteration were submitted, so they share its batch.
+            self._inline_pending.add(loop)
+            loop.call_soon(self._run_inline, loop)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -275,14 +287,30 @@ class Engine:
             raise
 
     def _submit_async(self, x: Any, priority: int, timeout_us: int | None, fut: AnyFuture,
-                      loop: asyncio.AbstractEventLoop | None, tag: bytes = b"") -> int:
+                      loop: asyncio.AbstractEventLoop | None, tag: bytes = b"",
+                      inline: bool = False) -> int:
         # The core registers the future in the same call that queues the request (under the
         # GIL), so a completion never arrives unregistered; no Python lock or dict per request.
         if self._closed:
             raise Unavailable(f"engine {self.name!r} is closed")
         rid: int = self._batcher.submit_future(
-            x, priority, -1 if timeout_us is None else timeout_us, tag, fut, loop)
+            x, priority, -1 if timeout_us is None else timeout_us, tag, fut, loop, inline)
         return rid
+
+    def _run_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs the queued batches on this (the loop's) thread, then completes their futures;
+        the core hands them to the workers instead when it cannot or should not
+        (``BatcherConfig.inline_max_compute_us``)."""
+        self._inline_pending.discard(loop)
+        with self._lock:  # close() releases the batcher under this lock
+            if self._closed or self._batcher.closed:
+                return
+            ran = self._batcher.run_ready(_INLINE_MAX_BATCHES, self._inline_ns)
+        self._dispatch()
+        if ran == _INLINE_MAX_BATCHES and loop not in self._inline_pending:
+            # More may be queued: the rest after the loop served its other ready work.
+            self._inline_pending.add(loop)
+            loop.call_soon(self._run_inline, loop)
 
     def _cancel(self, rid: int) -> None:
         with self._lock:

@@ -20,6 +20,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -838,6 +839,122 @@ TEST(BatcherCancel) {
   b->Shutdown(true);
   CHECK(b->DrainCompleted().empty());  // nothing is published for a cancelled request
   CHECK((BatchSizes(*b) == std::map<int64_t, int64_t>{{2, 1}}));
+}
+
+namespace {
+
+// Sums rows like rowsum, records the calling thread, optionally sleeping per batch.
+class ThreadRecordingBackend final : public mlserve::Backend {
+ public:
+  explicit ThreadRecordingBackend(std::chrono::microseconds sleep) : sleep_(sleep) {}
+  void Execute(const float* x, int64_t n, int64_t d, BatchOutput* out) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      threads_.push_back(std::this_thread::get_id());
+    }
+    if (sleep_.count() > 0) std::this_thread::sleep_for(sleep_);
+    rowsum_->Execute(x, n, d, out);
+  }
+  std::string Name() const override { return "thread-recording"; }
+  std::vector<std::thread::id> threads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return threads_;
+  }
+
+ private:
+  std::chrono::microseconds sleep_;
+  std::mutex mu_;
+  std::vector<std::thread::id> threads_;
+  std::unique_ptr<mlserve::Backend> rowsum_ = mlserve::MakeBuiltinBackend("rowsum");
+};
+
+Submitted SubmitQuiet(DynamicBatcher& b, int64_t rows, float tag) {
+  std::vector<float> x = RequestRows(rows, tag);
+  Submitted s;
+  s.want = ExpectedRowSums(b.plan(), x);
+  s.request = b.Submit(x.data(), rows, 0, 0, true, {}, /*wake_workers=*/false);
+  return s;
+}
+
+}  // namespace
+
+TEST(BatcherRunReadyRunsBatchesOnTheCallingThread) {
+  BatcherConfig config;
+  config.max_batch_size = 4;
+  config.max_queue_delay_us = 0;
+  auto backend = std::make_unique<ThreadRecordingBackend>(std::chrono::microseconds(0));
+  ThreadRecordingBackend* rec = backend.get();
+  auto b = MakeBatcher(config, std::move(backend));
+  // Let the worker reach its wait (it is never woken for quiet submits).
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::vector<Submitted> reqs;
+  for (int i = 0; i < 3; ++i) reqs.push_back(SubmitQuiet(*b, 4, 10.0f * (i + 1)));
+  // At most two batches now: the caller comes back for the third, no worker takes it.
+  CHECK_EQ(b->RunReady(2, int64_t{1} << 40), 2);
+  CHECK(reqs[0].request->state == RequestState::kDone);
+  CHECK(reqs[1].request->state == RequestState::kDone);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  {
+    std::lock_guard<std::mutex> g(reqs[2].request->mu);
+    CHECK(reqs[2].request->state == RequestState::kQueued);
+  }
+  CHECK_EQ(b->RunReady(2, int64_t{1} << 40), 1);
+  for (const auto& r : reqs) CheckDone(r);
+  CHECK_EQ(b->RunReady(2, int64_t{1} << 40), -1);  // nothing queued
+  for (std::thread::id t : rec->threads()) CHECK(t == std::this_thread::get_id());
+  CHECK_EQ(static_cast<int64_t>(b->DrainCompleted().size()), 3);  // published as usual
+  b->Shutdown(true);
+  CHECK_EQ(b->Stats().batches, 3);
+}
+
+TEST(BatcherRunReadyLeavesSlowModelsAndDelayedBatchesToTheWorkers) {
+  BatcherConfig config;
+  config.max_queue_delay_us = 0;
+  auto backend = std::make_unique<ThreadRecordingBackend>(std::chrono::microseconds(2000));
+  ThreadRecordingBackend* rec = backend.get();
+  auto b = MakeBatcher(config, std::move(backend));
+  // No estimate yet: the first batch runs here; it takes >= 2 ms, over the 100 µs bound.
+  const Submitted first = SubmitQuiet(*b, 1, 1.0f);
+  CHECK_EQ(b->RunReady(4, 100 * 1000), 1);
+  CheckDone(first);
+  // Now refused: the worker is woken and runs it.
+  const Submitted second = SubmitQuiet(*b, 1, 2.0f);
+  CHECK_EQ(b->RunReady(4, 100 * 1000), -1);
+  CheckDone(second);
+  const auto threads = rec->threads();
+  CHECK_EQ(threads.size(), 2u);
+  CHECK(threads[0] == std::this_thread::get_id());
+  CHECK(threads[1] != std::this_thread::get_id());
+  // The refused estimate decays by 1/8 per refusal: inline again after a few (2 ms -> 100 µs
+  // needs about 23 refusals; each refusal hands one request to the worker).
+  int refused = 0;
+  for (int64_t ran = -1; ran == -1 && refused < 100; ++refused) {
+    const Submitted s = SubmitQuiet(*b, 1, 3.0f);
+    ran = b->RunReady(4, 100 * 1000);
+    CheckDone(s);
+  }
+  CHECK(refused > 5 && refused < 60);
+  b->Shutdown(true);
+
+  // A batch that may not be cut yet (the delay) is the workers': they cut it on time.
+  BatcherConfig delayed;
+  delayed.max_queue_delay_us = 2000;
+  delayed.max_batch_size = 64;
+  auto d = MakeBatcher(delayed);
+  const Submitted late = SubmitQuiet(*d, 1, 4.0f);
+  CHECK_EQ(d->RunReady(4, int64_t{1} << 40), -1);
+  CheckDone(late);
+  d->Shutdown(true);
+
+  // preserve_ordering batchers never run inline.
+  BatcherConfig ordered;
+  ordered.max_queue_delay_us = 0;
+  ordered.preserve_ordering = true;
+  auto o = MakeBatcher(ordered);
+  const Submitted kept = SubmitQuiet(*o, 1, 5.0f);
+  CHECK_EQ(o->RunReady(4, int64_t{1} << 40), -1);
+  CheckDone(kept);
+  o->Shutdown(true);
 }
 
 TEST(BatcherShutdownDrainRunsQueuedRequests) {

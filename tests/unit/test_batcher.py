@@ -960,3 +960,175 @@ def test_predict_many_raises_the_first_error_after_every_request_finished(
     with pytest.raises(InvalidInput):
         engine.predict_many([rows(5), np.zeros((1, tagged_plan.f_in + 1), np.float32)])
     assert settled(engine, 1)["rejected"] == 1  # the bad array is refused before any submit
+
+
+# ---- inline execution on the event loop (BatcherConfig.inline_max_compute_us) ----------------
+
+
+def _gather_on_loop(engine: Engine, xs: list[np.ndarray]) -> tuple[list[np.ndarray], set[str]]:
+    """apredict of every x concurrently on one loop; (results, names of the threads that ran
+    the backend)."""
+    threads: set[str] = set()
+
+    async def main() -> list[np.ndarray]:
+        return list(await asyncio.gather(*(engine.apredict(x) for x in xs)))
+
+    out = asyncio.run(main())
+    return out, threads
+
+
+def test_inline_batches_run_on_the_loop_thread_and_equal_the_reference(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    ran_on: list[str] = []
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        ran_on.append(threading.current_thread().name)
+        return np.asarray(recorder(batch))
+
+    engine = make_engine(tagged_plan, fn, max_queue_delay_us=0, max_batch_size=16,
+                         inline_max_compute_us=100_000)
+    xs = [rows(float(i), n=1 + i % 3) for i in range(40)]
+    got, _ = _gather_on_loop(engine, xs)
+    for x, y in zip(xs, got, strict=True):
+        np.testing.assert_array_equal(y, expected(tagged_plan, x, recorder))
+    # The batches ran on the thread of the event loop (asyncio.run: this thread), and requests
+    # submitted in one loop iteration shared batches. (A worker still running its loop, e.g.
+    # not yet asleep right after start, may take one: it never has to be woken for them.)
+    assert ran_on.count(threading.current_thread().name) >= len(ran_on) - 1
+    stats = settled(engine, len(recorder.sizes))
+    assert stats["completed"] == len(xs)
+    assert max(recorder.sizes) > 1
+    assert all(size <= 16 for size in recorder.sizes)
+
+
+def test_inline_off_by_default_runs_batches_on_the_workers(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    ran_on: list[str] = []
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        ran_on.append(threading.current_thread().name)
+        return np.asarray(recorder(batch))
+
+    engine = make_engine(tagged_plan, fn, max_queue_delay_us=0)
+    got, _ = _gather_on_loop(engine, [rows(1.0), rows(2.0)])
+    assert len(got) == 2
+    assert threading.current_thread().name not in ran_on
+
+
+def test_a_slow_model_leaves_the_loop_to_the_workers_and_is_retried_later(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    """A batch slower than the bound makes the next ones run on the workers; the estimate
+    decays while refused, so an inline batch is tried again now and then."""
+    ran_on: list[str] = []
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        ran_on.append(threading.current_thread().name)
+        time.sleep(0.005)  # 5 ms per batch, bound 0.2 ms
+        return np.asarray(recorder(batch))
+
+    engine = make_engine(tagged_plan, fn, max_queue_delay_us=0, inline_max_compute_us=200)
+    loop_thread = threading.current_thread().name
+
+    async def main() -> None:
+        for i in range(60):  # one request at a time: one batch each
+            y = await engine.apredict(rows(float(i)))
+            np.testing.assert_array_equal(y, expected(tagged_plan, rows(float(i)), recorder))
+
+    asyncio.run(main())
+    inline_runs = ran_on.count(loop_thread)
+    assert ran_on[0] == loop_thread  # no estimate yet: the first batch runs inline
+    assert 2 <= inline_runs <= 10, ran_on  # then mostly the workers, with periodic retries
+    assert len(ran_on) == 60
+
+
+def test_inline_respects_the_queue_delay_and_the_hold_hook(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    """A batch that cannot be cut yet is left to the workers, which cut it on time."""
+    engine = make_engine(tagged_plan, recorder, max_queue_delay_us=20_000, max_batch_size=64,
+                         inline_max_compute_us=100_000)
+    engine.hold_batching(3)
+
+    async def main() -> list[np.ndarray]:
+        first = [asyncio.ensure_future(engine.apredict(rows(float(i)))) for i in range(2)]
+        await asyncio.sleep(SETTLE_S)
+        assert not any(f.done() for f in first)  # held: neither inline nor a worker cut it
+        last = await engine.apredict(rows(2.0))
+        return [*(await asyncio.gather(*first)), last]
+
+    got = asyncio.run(main())
+    for i, y in enumerate(got):
+        np.testing.assert_array_equal(y, expected(tagged_plan, rows(float(i)), recorder))
+    assert sorted(recorder.tags[0]) == [0.0, 1.0, 2.0]
+
+
+def test_preserve_ordering_never_runs_inline(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    ran_on: list[str] = []
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        ran_on.append(threading.current_thread().name)
+        return np.asarray(recorder(batch))
+
+    engine = make_engine(tagged_plan, fn, max_queue_delay_us=0, preserve_ordering=True,
+                         inline_max_compute_us=100_000)
+    _gather_on_loop(engine, [rows(float(i)) for i in range(8)])
+    assert threading.current_thread().name not in ran_on
+
+
+def test_inline_failures_fail_their_batch_only(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    recorder.fail = lambda batch: ValueError("bad batch") if (batch[:, 0] == 13.0).any() else None
+    engine = make_engine(tagged_plan, recorder, max_queue_delay_us=0, max_batch_size=1,
+                         inline_max_compute_us=100_000)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(*(engine.apredict(rows(float(i))) for i in range(20)),
+                                         return_exceptions=True))
+
+    got = asyncio.run(main())
+    for i, y in enumerate(got):
+        if i == 13:
+            assert isinstance(y, InternalError) and "bad batch" in str(y)
+        else:
+            np.testing.assert_array_equal(y, expected(tagged_plan, rows(float(i)), recorder))
+
+
+def test_sync_callers_beside_an_inline_loop_are_served_by_the_workers(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    """predict() from other threads while a loop runs batches inline: nobody waits on the
+    other (a synchronous request wakes the workers as usual)."""
+    engine = make_engine(tagged_plan, recorder, max_queue_delay_us=0, max_batch_size=8,
+                         inline_max_compute_us=100_000)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def sync_client(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            x = rows(100.0 + k * 1000 + i)
+            try:
+                np.testing.assert_array_equal(engine.predict(x),
+                                              expected(tagged_plan, x, recorder))
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+                return
+            i += 1
+
+    threads = [threading.Thread(target=sync_client, args=(k,), daemon=True) for k in range(2)]
+    for t in threads:
+        t.start()
+    xs = [rows(float(i)) for i in range(300)]
+    got, _ = _gather_on_loop(engine, xs)
+    stop.set()
+    for t in threads:
+        t.join(WAIT_S)
+    assert not errors, errors
+    for x, y in zip(xs, got, strict=True):
+        np.testing.assert_array_equal(y, expected(tagged_plan, x, recorder))

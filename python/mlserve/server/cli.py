@@ -74,6 +74,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"batching delay in µs (default {d.max_queue_delay_us})")
     parser.add_argument("--instances", type=int, default=d.instance_count,
                         help="batch-executing threads per model version")
+    parser.add_argument("--inline-max-compute-us", type=int, default=d.inline_max_compute_us,
+                        metavar="US",
+                        help="run a CPU model's batches on the event loop while one takes at "
+                        f"most US µs (default {d.inline_max_compute_us}; 0: always on worker "
+                        "threads, better for models whose batches take milliseconds)")
     parser.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
                         help="seconds allowed for draining on shutdown")
     parser.add_argument("--access-log-sample", type=float, default=d.access_log_sample,
@@ -120,6 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us,
         instance_count=args.instances,
+        inline_max_compute_us=args.inline_max_compute_us,
         shutdown_timeout_s=args.shutdown_timeout,
         access_log_sample=args.access_log_sample,
         access_log_file=args.access_log_file,
