@@ -226,11 +226,11 @@ struct Submitted {
 };
 
 Submitted SubmitTagged(DynamicBatcher& b, int64_t rows, float tag, bool notify_queue = false,
-                       int32_t priority = 0, int64_t timeout_us = 0) {
+                       int32_t priority = 0, int64_t timeout_us = 0, bool wake_workers = true) {
   std::vector<float> x = RequestRows(rows, tag);
   Submitted s;
   s.want = ExpectedRowSums(b.plan(), x);
-  s.request = b.Submit(x.data(), rows, priority, timeout_us, notify_queue);
+  s.request = b.Submit(x.data(), rows, priority, timeout_us, notify_queue, {}, wake_workers);
   return s;
 }
 
@@ -868,12 +868,9 @@ class ThreadRecordingBackend final : public mlserve::Backend {
   std::unique_ptr<mlserve::Backend> rowsum_ = mlserve::MakeBuiltinBackend("rowsum");
 };
 
+// A request for RunReady: no worker is woken for it.
 Submitted SubmitQuiet(DynamicBatcher& b, int64_t rows, float tag) {
-  std::vector<float> x = RequestRows(rows, tag);
-  Submitted s;
-  s.want = ExpectedRowSums(b.plan(), x);
-  s.request = b.Submit(x.data(), rows, 0, 0, true, {}, /*wake_workers=*/false);
-  return s;
+  return SubmitTagged(b, rows, tag, true, 0, 0, /*wake_workers=*/false);
 }
 
 }  // namespace

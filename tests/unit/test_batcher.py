@@ -965,31 +965,36 @@ def test_predict_many_raises_the_first_error_after_every_request_finished(
 # ---- inline execution on the event loop (BatcherConfig.inline_max_compute_us) ----------------
 
 
-def _gather_on_loop(engine: Engine, xs: list[np.ndarray]) -> tuple[list[np.ndarray], set[str]]:
-    """apredict of every x concurrently on one loop; (results, names of the threads that ran
-    the backend)."""
-    threads: set[str] = set()
+def _gather_on_loop(engine: Engine, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """apredict of every x concurrently on one loop (asyncio.run: on this thread)."""
 
     async def main() -> list[np.ndarray]:
         return list(await asyncio.gather(*(engine.apredict(x) for x in xs)))
 
-    out = asyncio.run(main())
-    return out, threads
+    return asyncio.run(main())
+
+
+def _noting_threads(recorder: Any, ran_on: list[str], sleep_s: float = 0.0) -> Any:
+    """The recorder as a backend that also notes the name of the thread running each batch."""
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        ran_on.append(threading.current_thread().name)
+        if sleep_s:
+            time.sleep(sleep_s)
+        return np.asarray(recorder(batch))
+
+    return fn
 
 
 def test_inline_batches_run_on_the_loop_thread_and_equal_the_reference(
     make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
 ) -> None:
     ran_on: list[str] = []
-
-    def fn(batch: np.ndarray) -> np.ndarray:
-        ran_on.append(threading.current_thread().name)
-        return np.asarray(recorder(batch))
-
+    fn = _noting_threads(recorder, ran_on)
     engine = make_engine(tagged_plan, fn, max_queue_delay_us=0, max_batch_size=16,
                          inline_max_compute_us=100_000)
     xs = [rows(float(i), n=1 + i % 3) for i in range(40)]
-    got, _ = _gather_on_loop(engine, xs)
+    got = _gather_on_loop(engine, xs)
     for x, y in zip(xs, got, strict=True):
         np.testing.assert_array_equal(y, expected(tagged_plan, x, recorder))
     # The batches ran on the thread of the event loop (asyncio.run: this thread), and requests
@@ -1006,13 +1011,9 @@ def test_inline_off_by_default_runs_batches_on_the_workers(
     make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
 ) -> None:
     ran_on: list[str] = []
-
-    def fn(batch: np.ndarray) -> np.ndarray:
-        ran_on.append(threading.current_thread().name)
-        return np.asarray(recorder(batch))
-
+    fn = _noting_threads(recorder, ran_on)
     engine = make_engine(tagged_plan, fn, max_queue_delay_us=0)
-    got, _ = _gather_on_loop(engine, [rows(1.0), rows(2.0)])
+    got = _gather_on_loop(engine, [rows(1.0), rows(2.0)])
     assert len(got) == 2
     assert threading.current_thread().name not in ran_on
 
@@ -1023,12 +1024,7 @@ def test_a_slow_model_leaves_the_loop_to_the_workers_and_is_retried_later(
     """A batch slower than the bound makes the next ones run on the workers; the estimate
     decays while refused, so an inline batch is tried again now and then."""
     ran_on: list[str] = []
-
-    def fn(batch: np.ndarray) -> np.ndarray:
-        ran_on.append(threading.current_thread().name)
-        time.sleep(0.005)  # 5 ms per batch, bound 0.2 ms
-        return np.asarray(recorder(batch))
-
+    fn = _noting_threads(recorder, ran_on, sleep_s=0.005)  # 5 ms per batch, bound 0.2 ms
     engine = make_engine(tagged_plan, fn, max_queue_delay_us=0, inline_max_compute_us=200)
     loop_thread = threading.current_thread().name
 
@@ -1069,11 +1065,7 @@ def test_preserve_ordering_never_runs_inline(
     make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
 ) -> None:
     ran_on: list[str] = []
-
-    def fn(batch: np.ndarray) -> np.ndarray:
-        ran_on.append(threading.current_thread().name)
-        return np.asarray(recorder(batch))
-
+    fn = _noting_threads(recorder, ran_on)
     engine = make_engine(tagged_plan, fn, max_queue_delay_us=0, preserve_ordering=True,
                          inline_max_compute_us=100_000)
     _gather_on_loop(engine, [rows(float(i)) for i in range(8)])
@@ -1125,7 +1117,7 @@ def test_sync_callers_beside_an_inline_loop_are_served_by_the_workers(
     for t in threads:
         t.start()
     xs = [rows(float(i)) for i in range(300)]
-    got, _ = _gather_on_loop(engine, xs)
+    got = _gather_on_loop(engine, xs)
     stop.set()
     for t in threads:
         t.join(WAIT_S)
