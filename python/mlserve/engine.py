@@ -302,10 +302,15 @@ class Engine:
         the core hands them to the workers instead when it cannot or should not
         (``BatcherConfig.inline_max_compute_us``)."""
         self._inline_pending.discard(loop)
-        with self._lock:  # close() releases the batcher under this lock
-            if self._closed or self._batcher.closed:
-                return
+        if self._closed:
+            return
+        # Not under self._lock: the backend runs here and may call back into the engine (stats,
+        # close). A close() on another thread meanwhile is safe: the call keeps the core's
+        # batcher alive until it returns, and close() completes the leftover futures.
+        try:
             ran = self._batcher.run_ready(_INLINE_MAX_BATCHES, self._inline_ns)
+        except Unavailable:  # released by close() before the call
+            return
         self._dispatch()
         if ran == _INLINE_MAX_BATCHES and loop not in self._inline_pending:
             # More may be queued: the rest after the loop served its other ready work.

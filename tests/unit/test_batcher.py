@@ -1124,3 +1124,54 @@ def test_sync_callers_beside_an_inline_loop_are_served_by_the_workers(
     assert not errors, errors
     for x, y in zip(xs, got, strict=True):
         np.testing.assert_array_equal(y, expected(tagged_plan, x, recorder))
+
+
+def test_an_inline_backend_may_call_back_into_its_engine(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    """The inline run holds no engine lock while the backend runs: a backend reading the
+    engine's stats (or the drift histograms) from inside a batch does not deadlock."""
+    seen: list[int] = []
+    holder: list[Engine] = []
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        seen.append(holder[0].stats()["requests"])
+        return np.asarray(recorder(batch))
+
+    engine = make_engine(tagged_plan, fn, max_queue_delay_us=0, inline_max_compute_us=100_000)
+    holder.append(engine)
+    xs = [rows(float(i)) for i in range(10)]
+    got = _gather_on_loop(engine, xs)
+    for x, y in zip(xs, got, strict=True):
+        np.testing.assert_array_equal(y, expected(tagged_plan, x, recorder))
+    assert seen and max(seen) == 10
+
+
+def test_close_from_another_thread_during_inline_batches_loses_no_request(
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+) -> None:
+    """close() while the loop runs batches inline: every request either gets its result or
+    Unavailable, none hangs."""
+    recorder.delay_s = 0.002
+    engine = make_engine(tagged_plan, recorder, max_queue_delay_us=0, max_batch_size=4,
+                         inline_max_compute_us=100_000)
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(engine.apredict(rows(float(i)))) for i in range(200)]
+        await asyncio.sleep(0.01)
+        closer = threading.Thread(target=engine.close, kwargs={"drain": False})
+        closer.start()
+        done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)
+        closer.join(WAIT_S)
+        assert not closer.is_alive()
+        return list(done)
+
+    got = asyncio.run(main())
+    ok = 0
+    for i, y in enumerate(got):
+        if isinstance(y, np.ndarray):
+            np.testing.assert_array_equal(y, expected(tagged_plan, rows(float(i)), recorder))
+            ok += 1
+        else:
+            assert isinstance(y, Unavailable), y
+    assert 0 < ok < 200
