@@ -15,7 +15,7 @@ def test_settings_survive_the_environment_round_trip() -> None:
     assert back.inline_max_compute_us == 0
     assert back.batcher_config() == settings.batcher_config()
     assert back.batcher_config().inline_max_compute_us == 0
-    assert ServerSettings.from_env({}).batcher_config().inline_max_compute_us == 250
+    assert ServerSettings.from_env({}).batcher_config().inline_max_compute_us == 1000
 
 
 def test_negative_inline_bound_is_refused() -> None:
