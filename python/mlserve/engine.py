@@ -275,11 +275,8 @@ class Engine:
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         inline = self._inline_ns > 0
         rid = self._submit_async(x, priority, timeout_us, fut, loop, tag, inline)
-        if inline and loop not in self._inline_pending:
-            # One runner per loop iteration: it runs after the requests already made ready in
-            # this iteration were submitted, so they share its batch.
-            self._inline_pending.add(loop)
-            loop.call_soon(self._run_inline, loop)
+        if inline:
+            self._schedule_inline(loop)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -312,8 +309,13 @@ class Engine:
         except Unavailable:  # released by close() before the call
             return
         self._dispatch()
-        if ran == _INLINE_MAX_BATCHES and loop not in self._inline_pending:
-            # More may be queued: the rest after the loop served its other ready work.
+        if ran == _INLINE_MAX_BATCHES:  # more may be queued: after the loop's other ready work
+            self._schedule_inline(loop)
+
+    def _schedule_inline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One pending inline run per loop: it runs after the callbacks already ready in this
+        iteration (the other requests' submits), so they share its batch."""
+        if loop not in self._inline_pending:
             self._inline_pending.add(loop)
             loop.call_soon(self._run_inline, loop)
 
@@ -332,11 +334,7 @@ class Engine:
         with self._lock:
             if self._batcher.closed:
                 return
-            try:
-                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            rest = self._batcher.complete_futures(running)
+            rest = self._batcher.complete_futures(_running_loop())
         for fut, loop, res, cls, msg in rest:
             if loop is None:
                 _complete(fut, res, cls, msg)
@@ -461,10 +459,7 @@ class Engine:
             self._final_stats = self._batcher.stats()
             self._batcher.release()
         message = f"engine {self.name!r} closed before the request ran"
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
+        running = _running_loop()
         for fut, loop in leftover:
             if loop is None or loop is running:
                 _complete(fut, None, Unavailable, message)
@@ -511,14 +506,18 @@ def _complete(fut: AnyFuture, res: Any, cls: Any, msg: Any) -> None:
         pass  # cancelled between the check and the set
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _remove_reader(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     if loop.is_closed():
         return
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
+    if _running_loop() is loop:
         loop.remove_reader(fd)
     else:
         loop.call_soon_threadsafe(loop.remove_reader, fd)

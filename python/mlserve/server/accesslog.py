@@ -86,7 +86,7 @@ class AccessLog:
         host = client[0] if client else ""
         client_json = self._clients.get(host)
         if client_json is None:
-            if len(self._clients) >= _MAX_CACHED_CLIENTS:
+            if len(self._clients) >= _MAX_CACHED:
                 self._clients.clear()
             client_json = self._clients[host] = orjson.dumps(host)
         line = template % (quoted, seconds * 1e3, client_json)
@@ -100,7 +100,7 @@ class AccessLog:
         fixed = [orjson.dumps(v).replace(b"%", b"%%") for v in (model, version, outcome)]
         template = (b'{"request_id":%%b,"model":%b,"version":%b,"status":%d,"outcome":%b,'
                     b'"latency_ms":%%.3f,"client":%%b}' % (fixed[0], fixed[1], status, fixed[2]))
-        if len(self._templates) < _MAX_CACHED_CLIENTS:  # bounded: model names come from URLs
+        if len(self._templates) < _MAX_CACHED:  # bounded: model names come from URLs
             self._templates[(model, version, status, outcome)] = template
         return template
 
@@ -140,8 +140,8 @@ class AccessLog:
 #: Bytes a request id may hold and still be written between quotes as it is (printable ASCII but
 #: the quote and the backslash); anything else goes through orjson's escaping.
 _PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
-#: Bound of the per-client and per-template caches.
-_MAX_CACHED_CLIENTS = 1024
+#: Bound of each of the per-client and per-template caches.
+_MAX_CACHED = 1024
 
 #: Lines are written in blocks of at most this many bytes (unless one line is longer): a write
 #: of up to PIPE_BUF bytes to a pipe is atomic, so the access logs of several worker processes
