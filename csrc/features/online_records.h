@@ -6,8 +6,9 @@
 // (python/mlserve/features/keys.py): an int64 entity key is the tag 0x01 then the 8 bytes of
 // value XOR 2^63 big-endian; other keys arrive encoded.
 //
-// ReadRecords is the lookup hot path: every get of a batch inside one read transaction, the
-// outputs filled in place, no allocation per key. Thread-safe as LmdbEnv is (each call has its
+// ReadRecords is the lookup hot path: the gets of a batch in one read transaction, 64 at a time
+// through mdb_get_batch (interleaved descents, third_party/lmdb/mdb_batch.c), the outputs filled
+// in place, no allocation per key. Thread-safe as LmdbEnv is (each call has its
 // own transaction); callers own the key and output buffers, which must outlive the call.
 #pragma once
 

@@ -36,6 +36,7 @@
 #include "common/latency_histogram.h"
 #include "features/lmdb_env.h"
 #include "features/online_records.h"
+#include "mdb_batch.h"
 #include "monitor/prediction_log.h"
 #include "monitor/row_sampler.h"
 #include "plan/feature_plan.h"
@@ -1576,6 +1577,108 @@ TEST(LmdbMapFullIsUnavailable) {
     for (int i = 0; i < 10000; ++i) txn.Put(*dbi, Key(i), value);
   };
   CHECK_THROWS_CODE(fill(), ErrorCode::kUnavailable, {"MDB_MAP_FULL"});
+}
+
+// mdb_get_batch (third_party/lmdb/mdb_batch.c) answers exactly what mdb_get answers per key:
+// present, absent and empty keys, duplicates, overflow values, a 3-level tree, an empty and a
+// one-page database, batch sizes around its group of 16, and the per-key fallbacks (write
+// transaction, integer keys).
+TEST(LmdbGetBatchEqualsGetPerKey) {
+  using namespace lmdb_tests;
+  TestEnv test(size_t{256} << 20);
+  LmdbEnv& env = test.env;
+  std::mt19937_64 rng(7);
+  auto random_key = [&rng]() {
+    std::string key(1 + rng() % 40, '\0');
+    for (char& c : key) c = static_cast<char>(rng() % 4 == 0 ? 0 : rng() % 256);  // many ties
+    return key;
+  };
+  const auto big = env.OpenDb("big", true), one = env.OpenDb("one", true),
+             empty = env.OpenDb("empty", true);
+  std::vector<std::string> stored;
+  MDB_dbi ints = 0;
+  {
+    LmdbTxn txn(env, true);
+    for (int i = 0; i < 60000; ++i) {
+      std::string key = random_key();
+      // mostly small values; every 500th is larger than half a page (an overflow page)
+      std::string value(i % 500 == 0 ? 5000 + rng() % 3000 : rng() % 40, '\0');
+      for (char& c : value) c = static_cast<char>(rng());
+      txn.Put(*big, key, value);
+      stored.push_back(key);
+    }
+    txn.Put(*one, "a", "1");
+    txn.Put(*one, "c", "3");
+    CHECK_EQ(mdb_dbi_open(txn.get(), "ints", MDB_CREATE | MDB_INTEGERKEY, &ints), 0);
+    for (size_t v = 0; v < 5000; v += 3) {
+      MDB_val k{sizeof v, &v}, d{sizeof v, &v};
+      CHECK_EQ(mdb_put(txn.get(), ints, &k, &d, 0), 0);
+    }
+    txn.Commit();
+  }
+  {
+    LmdbTxn read(env, false);
+    MDB_stat stat;
+    CHECK_EQ(mdb_stat(read.get(), *big, &stat), 0);
+    CHECK(stat.ms_depth >= 3);
+    CHECK(stat.ms_overflow_pages > 0);
+  }
+  // Compares one batch with mdb_get per key, in transaction `txn`.
+  auto check_batch = [](MDB_txn* txn, MDB_dbi dbi, std::vector<std::string> keys) {
+    const size_t n = keys.size();
+    std::vector<MDB_val> mkeys(n), got(n, MDB_val{0, nullptr});
+    std::vector<int> rcs(n, -12345);
+    for (size_t j = 0; j < n; ++j) mkeys[j] = {keys[j].size(), keys[j].data()};
+    CHECK_EQ(mdb_get_batch(txn, dbi, n, mkeys.data(), got.data(), rcs.data()), 0);
+    for (size_t j = 0; j < n; ++j) {
+      MDB_val k{keys[j].size(), keys[j].data()}, want{0, nullptr};
+      const int rc = mdb_get(txn, dbi, &k, &want);
+      CHECK_EQ(rcs[j], rc);
+      if (rc == 0) {
+        CHECK_EQ(got[j].mv_size, want.mv_size);
+        CHECK(got[j].mv_data == want.mv_data);  // the same bytes in the map, not a copy
+      }
+    }
+  };
+  LmdbTxn read(env, false);
+  for (size_t n : {size_t{0}, size_t{1}, size_t{15}, size_t{16}, size_t{17}, size_t{64},
+                   size_t{1000}}) {
+    std::vector<std::string> keys;
+    for (size_t j = 0; j < n; ++j) {
+      const uint64_t pick = rng() % 10;
+      if (pick < 6) {
+        keys.push_back(stored[rng() % stored.size()]);
+      } else if (pick < 8) {
+        keys.push_back(random_key());  // mostly absent
+      } else if (pick == 8 && !keys.empty()) {
+        keys.push_back(keys[rng() % keys.size()]);  // a duplicate in the batch
+      } else {
+        keys.push_back(rng() % 2 ? std::string() : stored[rng() % stored.size()] + "x");
+      }
+    }
+    check_batch(read.get(), *big, keys);
+    check_batch(read.get(), *one, keys);
+    check_batch(read.get(), *one, {"a", "b", "c", "", "d", "A"});
+    check_batch(read.get(), *empty, keys);
+  }
+  // integer keys: the per-key fallback
+  std::vector<std::string> int_keys;
+  for (size_t v : {size_t{0}, size_t{3}, size_t{4}, size_t{4998}, size_t{4999}}) {
+    int_keys.emplace_back(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  check_batch(read.get(), ints, int_keys);
+  read.Abort();
+  {  // a write transaction sees its own uncommitted puts (the per-key fallback)
+    LmdbTxn txn(env, true);
+    txn.Put(*big, "fresh-key", "v");
+    check_batch(txn.get(), *big, {"fresh-key", stored[0], "absent-key"});
+    txn.Abort();
+  }
+  MDB_val k{1, const_cast<char*>("a")}, d;
+  int rc = 0;
+  LmdbTxn again(env, false);
+  CHECK_EQ(mdb_get_batch(again.get(), 9999, 1, &k, &d, &rc), EINVAL);  // no such database
+  CHECK_EQ(mdb_get_batch(again.get(), *one, 1, nullptr, &d, &rc), EINVAL);
 }
 
 TEST(LmdbReadRecordsMissingExpiredNullAndWrongSize) {
