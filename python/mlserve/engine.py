@@ -259,15 +259,20 @@ class Engine:
         return fut
 
     async def apredict(
-        self, x: Any, *, priority: int = 0, timeout_us: int | None = None, tag: bytes = b""
+        self, x: Any, *, priority: int = 0, timeout_us: int | None = None, tag: bytes = b"",
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> np.ndarray:
         """``predict`` for asyncio: awaits the result without blocking the loop.
 
         tag: the caller's id of the request; when the prediction log is on
         (:meth:`configure_monitoring`) the outputs are logged under it for
         :meth:`find_predictions`.
+        loop: the running loop, when the caller holds it (the server does): spares
+        ``asyncio.get_running_loop()``, which on Python 3.11 makes a getpid system call each
+        time. Passing another loop than the running one is an error the engine cannot detect.
         """
-        loop = asyncio.get_running_loop()
+        if loop is None:
+            loop = asyncio.get_running_loop()
         if loop is not self._last_loop:  # a WeakSet lookup only when the loop changes
             if loop not in self._loops:
                 self._attach(loop)
@@ -308,7 +313,7 @@ class Engine:
             ran = self._batcher.run_ready(_INLINE_MAX_BATCHES, self._inline_ns)
         except Unavailable:  # released by close() before the call
             return
-        self._dispatch()
+        self._dispatch(loop)
         if ran == _INLINE_MAX_BATCHES:  # more may be queued: after the loop's other ready work
             self._schedule_inline(loop)
 
@@ -327,14 +332,15 @@ class Engine:
 
     # ---- completion dispatch -------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, running: asyncio.AbstractEventLoop | None = None) -> None:
         """Completes every finished request (runs in a loop reader or the thread): the core
         completes the running loop's futures itself; the others are completed here, each
-        thread-safely."""
+        thread-safely. ``running``: the loop running this call, when the caller knows it
+        (else looked up)."""
         with self._lock:
             if self._batcher.closed:
                 return
-            rest = self._batcher.complete_futures(_running_loop())
+            rest = self._batcher.complete_futures(running or _running_loop())
         for fut, loop, res, cls, msg in rest:
             if loop is None:
                 _complete(fut, res, cls, msg)
@@ -346,7 +352,7 @@ class Engine:
             if self._closed:
                 raise Unavailable(f"engine {self.name!r} is closed")
             if loop not in self._loops:
-                loop.add_reader(self._fd, self._dispatch)
+                loop.add_reader(self._fd, self._dispatch, loop)
                 self._loops.add(loop)
 
     def _ensure_thread(self) -> None:

@@ -965,11 +965,14 @@ def test_predict_many_raises_the_first_error_after_every_request_finished(
 # ---- inline execution on the event loop (BatcherConfig.inline_max_compute_us) ----------------
 
 
-def _gather_on_loop(engine: Engine, xs: list[np.ndarray]) -> list[np.ndarray]:
-    """apredict of every x concurrently on one loop (asyncio.run: on this thread)."""
+def _gather_on_loop(engine: Engine, xs: list[np.ndarray], pass_loop: bool = False
+                    ) -> list[np.ndarray]:
+    """apredict of every x concurrently on one loop (asyncio.run: on this thread); with
+    ``pass_loop`` each call is handed the running loop, as the server does."""
 
     async def main() -> list[np.ndarray]:
-        return list(await asyncio.gather(*(engine.apredict(x) for x in xs)))
+        loop = asyncio.get_running_loop() if pass_loop else None
+        return list(await asyncio.gather(*(engine.apredict(x, loop=loop) for x in xs)))
 
     return asyncio.run(main())
 
@@ -986,15 +989,16 @@ def _noting_threads(recorder: Any, ran_on: list[str], sleep_s: float = 0.0) -> A
     return fn
 
 
+@pytest.mark.parametrize("pass_loop", [False, True])
 def test_inline_batches_run_on_the_loop_thread_and_equal_the_reference(
-    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any
+    make_engine: MakeEngine, tagged_plan: FeaturePlan, recorder: Any, pass_loop: bool
 ) -> None:
     ran_on: list[str] = []
     fn = _noting_threads(recorder, ran_on)
     engine = make_engine(tagged_plan, fn, max_queue_delay_us=0, max_batch_size=16,
                          inline_max_compute_us=100_000)
     xs = [rows(float(i), n=1 + i % 3) for i in range(40)]
-    got = _gather_on_loop(engine, xs)
+    got = _gather_on_loop(engine, xs, pass_loop)
     for x, y in zip(xs, got, strict=True):
         np.testing.assert_array_equal(y, expected(tagged_plan, x, recorder))
     # The batches ran on the thread of the event loop (asyncio.run: this thread), and requests

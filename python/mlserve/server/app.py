@@ -259,6 +259,7 @@ class MlserveApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.manager.expected.update(_model_name(ref) for ref in self.settings.models)
+        self.manager.loop = asyncio.get_running_loop()  # requests run on this loop
         self._startup = asyncio.create_task(self._load_configured())
         publisher = (asyncio.create_task(self._publish_worker_snapshots())
                      if metrics.MULTIPROCESS else None)
@@ -291,6 +292,7 @@ class MlserveApp:
                     metrics.retire_worker_snapshot()
                 except Exception:
                     logger.exception("could not write this worker's final metrics snapshot")
+            self.manager.loop = None
             logger.info("shut down: engines closed")
 
     async def _load_configured(self) -> None:

@@ -494,6 +494,9 @@ class ModelManager:
         #: Model names that should be loaded for the server to be ready.
         self.expected: set[str] = set()
         self.draining = False
+        #: The server's event loop while its lifespan runs (set by the app): handed to
+        #: Engine.apredict, which then skips a get_running_loop (a getpid system call on 3.11).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._loading: dict[str, asyncio.Future[ServedVersion]] = {}
         self._closers: set[asyncio.Future[None]] = set()
         self._registry: Any = None
@@ -576,7 +579,7 @@ class ModelManager:
         served.in_flight += 1
         try:
             return await served.engine.apredict(x, priority=priority, timeout_us=timeout_us,
-                                                tag=tag)
+                                                tag=tag, loop=self.loop)
         finally:
             served.in_flight -= 1
             if served.retired and served.in_flight == 0:
