@@ -4,6 +4,7 @@
 // histograms' bucket bounds in seconds.
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -14,6 +15,7 @@
 #include "batcher/dynamic_batcher.h"
 #include "bindings/common.h"
 #include "bindings/python_backend.h"
+#include "server/msgpack_lane.h"
 
 namespace mlserve::bindings {
 
@@ -57,6 +59,10 @@ class PyBatcher {
   struct Pending {
     py::object future;
     py::object loop;
+    // Set for submit_msgpack: the result is the lane's encoded response, not an array.
+    std::shared_ptr<const server::MsgpackLane> lane;
+    bool has_id = false;
+    std::string id;
   };
   std::unordered_map<uint64_t, Pending>& futures() { return futures_; }
 
@@ -154,6 +160,16 @@ py::object ErrorOf(const Request& r) {
 // rest (concurrent futures, futures of other loops) come back as (future, loop, result,
 // error class, message) for the caller to complete thread-safely. Futures already done
 // (cancelled while queued) and requests without a registered future are skipped. GIL held.
+// The finished request's result: its rows as an array, or for a msgpack-lane request the
+// encoded response body (bytes). Raises the request's error when it failed. GIL held.
+py::object PendingResult(const Request& r, const PyBatcher::Pending& p) {
+  if (!p.lane || r.state != RequestState::kDone) return Result(r);
+  const BatchOutput& o = *r.output;
+  const std::string body = p.lane->Encode(o.data.data() + r.row_offset * o.width, r.rows,
+                                          o.width, p.has_id, p.id);
+  return py::bytes(body);
+}
+
 py::list CompleteFutures(PyBatcher& self, const py::object& loop) {
   std::vector<std::shared_ptr<Request>> done = self.get()->DrainCompleted();
   static PyObject* const done_name = PyUnicode_InternFromString("done");
@@ -169,7 +185,7 @@ py::list CompleteFutures(PyBatcher& self, const py::object& loop) {
     const bool ok = r->state == RequestState::kDone;
     if (loop.is_none() || !p.loop.is(loop)) {
       if (ok) {
-        rest.append(py::make_tuple(p.future, p.loop, Result(*r), py::none(), py::none()));
+        rest.append(py::make_tuple(p.future, p.loop, PendingResult(*r, p), py::none(), py::none()));
       } else {
         rest.append(py::make_tuple(p.future, p.loop, py::none(), py::handle(ErrorClass(r->error_code)),
                                    r->error_message));
@@ -179,7 +195,7 @@ py::list CompleteFutures(PyBatcher& self, const py::object& loop) {
     py::object is_done = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(p.future.ptr(), done_name));
     if (!is_done) throw py::error_already_set();
     if (PyObject_IsTrue(is_done.ptr()) == 1) continue;
-    py::object value = ok ? Result(*r) : ErrorOf(*r);
+    py::object value = ok ? PendingResult(*r, p) : ErrorOf(*r);
     py::object set = py::reinterpret_steal<py::object>(
         PyObject_CallMethodOneArg(p.future.ptr(), ok ? set_result_name : set_exception_name, value.ptr()));
     if (!set) throw py::error_already_set();
@@ -189,7 +205,57 @@ py::list CompleteFutures(PyBatcher& self, const py::object& loop) {
 
 }  // namespace
 
+void BindMsgpackLane(py::module_& m) {
+  py::class_<server::MsgpackLane, std::shared_ptr<server::MsgpackLane>>(
+      m, "MsgpackLane",
+      "The msgpack fast lane of one served model version (csrc/server/msgpack_lane.h): parses "
+      "the common one-matrix request and encodes its response from the cached pieces.")
+      .def(py::init([](int64_t f_in, std::vector<bool> non_nullable, const py::bytes& head,
+                       const py::bytes& head_with_id, const py::bytes& output,
+                       const py::bytes& data_key) {
+             if (f_in < 1) ThrowInvalid("f_in must be >= 1");
+             if (static_cast<int64_t>(non_nullable.size()) != f_in) {
+               ThrowInvalid("non_nullable needs one flag per input column");
+             }
+             return std::make_shared<server::MsgpackLane>(
+                 f_in, std::move(non_nullable), std::string(head), std::string(head_with_id),
+                 std::string(output), std::string(data_key));
+           }),
+           py::arg("f_in"), py::arg("non_nullable"), py::arg("head"), py::arg("head_with_id"),
+           py::arg("output"), py::arg("data_key"))
+      .def_property_readonly("f_in", &server::MsgpackLane::f_in)
+      .def(
+          "parse",
+          [](const server::MsgpackLane& lane, const py::bytes& body) -> py::object {
+            const std::string_view view(body);
+            server::FastRequest req;
+            std::vector<float> rows;
+            if (!lane.Parse(view, &req, &rows)) return py::none();
+            py::array_t<float> x({static_cast<py::ssize_t>(req.rows),
+                                  static_cast<py::ssize_t>(lane.f_in())});
+            std::copy(rows.begin(), rows.end(), x.mutable_data());
+            py::dict params;
+            if (req.has_priority) params["priority"] = req.priority;
+            if (req.has_timeout) params["timeout"] = req.timeout_us;
+            py::object id = req.has_id ? py::object(py::str(std::string(req.id))) : py::none();
+            return py::make_tuple(x, id, params);
+          },
+          py::arg("body"),
+          "(rows float32 [n, f_in], id | None, {priority, timeout present}) of a lane request, "
+          "or None when the lane declines it (tests; serving uses DynamicBatcher.submit_msgpack).")
+      .def(
+          "encode",
+          [](const server::MsgpackLane& lane, const FloatArray& y, const py::object& id) {
+            if (y.ndim() != 2) ThrowInvalid("encode takes a [rows, width] array");
+            std::string id_s;
+            if (!id.is_none()) id_s = id.cast<std::string>();
+            return py::bytes(lane.Encode(y.data(), y.shape(0), y.shape(1), !id.is_none(), id_s));
+          },
+          py::arg("y"), py::arg("id"), "The response body for outputs y and request id (tests).");
+}
+
 void BindBatcher(py::module_& m) {
+  BindMsgpackLane(m);
   py::tuple bounds(kLatencyBoundsNs.size());
   for (size_t k = 0; k < kLatencyBoundsNs.size(); ++k) {
     bounds[k] = static_cast<double>(kLatencyBoundsNs[k]) / 1e9;
@@ -319,6 +385,45 @@ void BindBatcher(py::module_& m) {
           "Submit; complete_futures() completes `future` (of asyncio `loop`, or None for a "
           "concurrent.futures.Future) when the request finishes. Returns the id. run_inline: the "
           "caller will call run_ready() soon, so no worker is woken for this request.")
+      .def(
+          "submit_msgpack",
+          [](PyBatcher& self, const py::handle& body, std::shared_ptr<const server::MsgpackLane> lane,
+             std::string tag, py::object future, py::object loop, bool run_inline) -> py::object {
+            char* data = nullptr;
+            Py_ssize_t size = 0;
+            if (!lane || !PyBytes_Check(body.ptr()) ||
+                PyBytes_AsStringAndSize(body.ptr(), &data, &size) != 0) {
+              return py::none();
+            }
+            if (lane->f_in() != self.get()->plan().f_in()) {
+              ThrowInvalid("msgpack lane of " + std::to_string(lane->f_in()) +
+                           " columns for a model of " + std::to_string(self.get()->plan().f_in()));
+            }
+            thread_local std::vector<float> rows;  // reused: Submit copies the rows
+            server::FastRequest req;
+            if (!lane->Parse(std::string_view(data, static_cast<size_t>(size)), &req, &rows)) {
+              return py::none();
+            }
+            if (req.has_priority && (req.priority < INT32_MIN || req.priority > INT32_MAX)) {
+              return py::none();  // the Python path says what is wrong with it
+            }
+            const int32_t priority = static_cast<int32_t>(req.priority);
+            const int64_t timeout_us = req.has_timeout ? req.timeout_us : -1;
+            const uint64_t id = self.get()
+                                    ->Submit(rows.data(), req.rows, priority, timeout_us, true,
+                                             std::move(tag), !run_inline)
+                                    ->id;
+            PyBatcher::Pending pending{std::move(future), std::move(loop), std::move(lane),
+                                       req.has_id, std::string(req.id)};
+            self.futures()[id] = std::move(pending);
+            return py::int_(id);
+          },
+          py::arg("body"), py::arg("lane"), py::arg("tag"), py::arg("future"), py::arg("loop"),
+          py::arg("run_inline") = false,
+          "The msgpack fast lane: parses `body` (bytes) with `lane` and submits its rows as "
+          "submit_future does; complete_futures() then completes `future` with the encoded "
+          "response body (bytes). Returns the id, or None when the body is not the lane's "
+          "request (nothing was submitted: take the general path). Raises as submit_future.")
       .def(
           "run_ready",
           [](PyBatcher& self, int64_t max_batches, int64_t max_compute_ns) {

@@ -73,6 +73,18 @@ class Request:
     @property
     def queue_ns(self) -> int: ...
 
+class MsgpackLane:
+    def __init__(
+        self, f_in: int, non_nullable: Sequence[bool], head: bytes, head_with_id: bytes,
+        output: bytes, data_key: bytes,
+    ) -> None: ...
+    @property
+    def f_in(self) -> int: ...
+    def parse(
+        self, body: bytes
+    ) -> tuple[np.ndarray, str | None, dict[str, int]] | None: ...
+    def encode(self, y: Any, id: str | None) -> bytes: ...
+
 class DynamicBatcher:
     def __init__(
         self,
@@ -107,6 +119,10 @@ class DynamicBatcher:
         self, x: Any, priority: int, timeout_us: int, tag: bytes | str, future: Any, loop: Any,
         run_inline: bool = False,
     ) -> int: ...
+    def submit_msgpack(
+        self, body: bytes, lane: MsgpackLane, tag: bytes | str, future: Any, loop: Any,
+        run_inline: bool = False,
+    ) -> int | None: ...
     def run_ready(self, max_batches: int, max_compute_ns: int) -> int: ...
     def complete_futures(
         self, loop: Any

@@ -23,7 +23,7 @@ import select
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from mlserve.gpu import canonical_backend, require_device
 from mlserve.plan import FeaturePlan, PlanSource
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Backends built into the core (no model): host rows, and the GPU pipeline's own output.
 _CORE_BACKENDS = ("noop", "rowsum", "normalize-cuda")
@@ -271,22 +272,53 @@ class Engine:
         ``asyncio.get_running_loop()``, which on Python 3.11 makes a getpid system call each
         time. Passing another loop than the running one is an error the engine cannot detect.
         """
+        loop = self._serving_loop(loop)
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
+        inline = self._inline_ns > 0
+        rid = self._submit_async(x, priority, timeout_us, fut, loop, tag, inline)
+        if inline:
+            self._schedule_inline(loop)
+        return await self._result(fut, rid)
+
+    async def apredict_msgpack(
+        self, body: bytes, lane: Any, *, tag: bytes = b"",
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> bytes | None:
+        """The server's msgpack fast lane: ``lane`` (a ``_core.MsgpackLane`` of this model)
+        parses, checks and submits ``body`` in the core, and the result is the encoded response
+        body. None, with nothing submitted, when the body is not the lane's request (the caller
+        decodes it itself). Raises as :meth:`apredict`."""
+        loop = self._serving_loop(loop)
+        if self._closed:
+            raise Unavailable(f"engine {self.name!r} is closed")
+        fut: asyncio.Future[bytes] = loop.create_future()
+        inline = self._inline_ns > 0
+        rid = self._batcher.submit_msgpack(body, lane, tag, fut, loop, inline)
+        if rid is None:
+            return None
+        if inline:
+            self._schedule_inline(loop)
+        return await self._result(fut, rid)
+
+    async def _result(self, fut: asyncio.Future[_T], rid: int) -> _T:
+        """The result of submitted request ``rid``; a cancelled caller takes it out of the
+        queue (or lets its running batch finish without it)."""
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._cancel(rid)
+            raise
+
+    def _serving_loop(self, loop: asyncio.AbstractEventLoop | None
+                      ) -> asyncio.AbstractEventLoop:
+        """``loop`` (else the running loop), attached to this engine's completions."""
         if loop is None:
             loop = asyncio.get_running_loop()
         if loop is not self._last_loop:  # a WeakSet lookup only when the loop changes
             if loop not in self._loops:
                 self._attach(loop)
             self._last_loop = loop
-        fut: asyncio.Future[np.ndarray] = loop.create_future()
-        inline = self._inline_ns > 0
-        rid = self._submit_async(x, priority, timeout_us, fut, loop, tag, inline)
-        if inline:
-            self._schedule_inline(loop)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            self._cancel(rid)
-            raise
+        return loop
 
     def _submit_async(self, x: Any, priority: int, timeout_us: int | None, fut: AnyFuture,
                       loop: asyncio.AbstractEventLoop | None, tag: bytes = b"",

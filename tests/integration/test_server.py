@@ -5,6 +5,7 @@ the repository API, a hot swap under traffic and a SIGTERM under traffic."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -776,6 +777,19 @@ def test_msgpack_fast_lane_equals_the_general_path(trained: Trained) -> None:
             np.testing.assert_allclose(y, want[:n], rtol=1e-6)
             general = codecs.encode_msgpack_response(served.response(y, request))
             assert served.msgpack_response(y, fast[1]) == general
+            # The core's lane: the same rows and bytes, served end to end by the engine; it
+            # declines the non-ASCII id (the Python lane above serves that one).
+            lane = served.msgpack_lane
+            got = lane.parse(body)
+            ran = asyncio.run(engine.apredict_msgpack(body, lane, tag=b"t"))
+            if request_id is not None and not request_id.isascii():
+                assert got is None and ran is None
+            else:
+                assert got is not None
+                np.testing.assert_array_equal(got[0], fast[0])
+                assert got[1] == fast[1]
+                assert lane.encode(y, fast[1]) == general
+                assert ran == general
             as_json = orjson.dumps({**({"id": request_id} if request_id is not None else {}),
                                     "inputs": [{"name": "input", "datatype": "FP32",
                                                 "shape": [n, x.shape[1]],
@@ -793,3 +807,4 @@ def test_msgpack_fast_lane_equals_the_general_path(trained: Trained) -> None:
         request = codecs.InferRequest(id="big", inputs=[])
         general = codecs.encode_msgpack_response(served.response(big, request))
         assert served.msgpack_response(big, "big") == general
+        assert served.msgpack_lane.encode(big, "big") == general

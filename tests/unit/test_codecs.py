@@ -816,3 +816,137 @@ def test_json_fast_lane_takes_the_common_request() -> None:
     np.testing.assert_array_equal(fast[0], np.array([[1, 2.5], [-3, 4]], dtype=np.float32))
     assert fast[1:] == ("a", {})
     assert fast_json_rows(b"{not json", 2) is None
+
+
+# ---- the core's msgpack lane (csrc/server/msgpack_lane.h) --------------------------------------
+
+
+def _core_lane(f_in: int, non_nullable: list[bool] | None = None) -> Any:
+    """A _core.MsgpackLane whose response pieces follow the documented layout for model
+    ``m``/``7`` with one output ``probability``."""
+    from mlserve import _core
+
+    names = b"".join(msgpack.packb(v) for v in ("model_name", "m", "model_version", "7"))
+    output = b"".join([msgpack.packb("outputs"), b"\x91\x84"]
+                      + [msgpack.packb(v) for v in ("name", "probability", "datatype", "FP32",
+                                                    "shape")])
+    return _core.MsgpackLane(f_in, non_nullable or [False] * f_in, b"\x83" + names,
+                             b"\x84" + names + msgpack.packb("id"), output,
+                             msgpack.packb("data"))
+
+
+def _assert_core_lane_subset(got: Any, body: bytes, f_in: int) -> None:
+    """The core lane's parse ``got`` of ``body`` is None or exactly what the Python fast lane
+    finds (rows bit for bit, id, the priority/timeout it would apply)."""
+    from mlserve.server.codecs import fast_msgpack_rows, unpack_msgpack
+
+    if got is None:
+        return
+    fast = fast_msgpack_rows(unpack_msgpack(body), f_in)  # must not raise: the lane accepted
+    assert fast is not None
+    rows, request_id, params = got
+    assert rows.tobytes() == fast[0].tobytes() and rows.shape == fast[0].shape
+    assert request_id == fast[1]
+    assert params.get("priority") == fast[2].get("priority")
+    assert params.get("timeout") == fast[2].get("timeout")
+
+
+@FAST
+@given(data=st.data(), f_in=st.integers(1, 6))
+def test_core_lane_accepts_only_what_the_python_fast_lane_accepts_alike(
+    data: st.DataObject, f_in: int
+) -> None:
+    body = msgpack.packb(data.draw(_fast_lane_objects(f_in)))
+    lane = _core_lane(f_in)
+    _assert_core_lane_subset(lane.parse(body), body, f_in)
+    # byte-level damage: truncation, a changed byte, trailing bytes
+    cut = data.draw(st.integers(0, len(body)))
+    at = data.draw(st.integers(0, len(body) - 1))
+    flipped = body[:at] + bytes([body[at] ^ data.draw(st.integers(1, 255))]) + body[at + 1:]
+    for damaged in (body[:cut], flipped, body + b"\xc0"):
+        try:
+            msgpack.unpackb(damaged, raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            assert lane.parse(damaged) is None
+            continue
+        _assert_core_lane_subset(lane.parse(damaged), damaged, f_in)
+
+
+@FAST
+@given(
+    rows=hnp.arrays(np.float32, st.tuples(st.integers(1, 40), st.just(3)),
+                    elements=st.floats(width=32, allow_nan=True)),
+    request_id=st.none() | st.text(alphabet=st.characters(max_codepoint=127), max_size=300),
+    priority=st.none() | st.integers(-(2**40), 2**40),
+    timeout=st.sampled_from(["absent", None]) | st.integers(-(2**62), 2**62),
+    parameters_nil=st.booleans(),
+)
+def test_core_lane_takes_the_common_request(
+    rows: np.ndarray, request_id: str | None, priority: int | None, timeout: Any,
+    parameters_nil: bool,
+) -> None:
+    """Valid requests with ASCII ids and integer parameters: the lane takes them all, with the
+    rows, id and parameters the Python fast lane finds; NaN declines only in a non-nullable
+    column."""
+    params: dict[str, Any] = {}
+    if priority is not None:
+        params["priority"] = priority
+    if timeout != "absent":
+        params["timeout"] = timeout
+    obj: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32",
+                                       "shape": [rows.shape[0], 3], "data": rows.tobytes()}]}
+    if request_id is not None:
+        obj["id"] = request_id
+    if params or parameters_nil:
+        obj["parameters"] = params or None
+    body = msgpack.packb(obj)
+    got = _core_lane(3).parse(body)
+    assert got is not None
+    _assert_core_lane_subset(got, body, 3)
+    nan_in_first = bool(np.isnan(rows[:, 0]).any())
+    assert (_core_lane(3, [True, False, False]).parse(body) is None) == nan_in_first
+
+
+def test_core_lane_declines_duplicates_trailing_bytes_and_odd_types() -> None:
+    x = np.ones((1, 2), dtype=np.float32).tobytes()
+    item = {"name": "input", "datatype": "FP32", "shape": [1, 2], "data": x}
+    lane = _core_lane(2)
+    assert lane.parse(msgpack.packb({"inputs": [item]})) is not None
+    # a duplicate key (Python keeps the last one), built by hand: fixmap of 2 entries
+    dup = b"\x82" + msgpack.packb("id") + msgpack.packb("a") + msgpack.packb("id") + \
+        msgpack.packb("b")
+    assert lane.parse(dup) is None
+    declined = [
+        msgpack.packb({"inputs": [item]}) + b"\x00",                      # trailing bytes
+        msgpack.packb({"inputs": [item], "id": "ü"}),                     # non-ASCII id
+        msgpack.packb({"inputs": [item], "parameters": {"priority": 1.0}}),
+        msgpack.packb({"inputs": [item], "parameters": {"priority": None}}),
+        msgpack.packb({"inputs": [item], "parameters": {"priority": True}}),
+        msgpack.packb({"inputs": [{**item, "data": list(np.ones(2))}]}),  # a list, not bin
+        msgpack.packb({"inputs": [{**item, "shape": [1, 3]}]}),
+        msgpack.packb({"inputs": [{**item, "shape": [0, 2], "data": b""}]}),
+        msgpack.packb({"inputs": [{**item, "datatype": b"FP32"}]}),       # bin, not str
+        msgpack.packb({"inputs": [item], "outputs": [{"name": "p"}]}),
+        msgpack.packb({"inputs": [item, item]}),
+        msgpack.packb({"id": "only"}),
+        b"",
+    ]
+    for body in declined:
+        assert lane.parse(body) is None, body
+
+
+@FAST
+@given(
+    y=hnp.arrays(np.float32, st.tuples(st.integers(1, 300), st.integers(1, 70)),
+                 elements=st.floats(width=32, allow_nan=True)),
+    request_id=st.none() | st.text(alphabet=st.characters(max_codepoint=127), max_size=70_000),
+)
+def test_core_lane_response_is_what_msgpack_packs(y: np.ndarray, request_id: str | None) -> None:
+    """The encoded response equals msgpack.packb of the response object (an independent
+    encoder): fixstr/str8/str16/str32 ids, fixint/uint8/uint16 shapes, bin8/bin16/bin32 data."""
+    head: dict[str, Any] = {"model_name": "m", "model_version": "7"}
+    if request_id is not None:
+        head["id"] = request_id
+    want = msgpack.packb({**head, "outputs": [{"name": "probability", "datatype": "FP32",
+                                               "shape": list(y.shape), "data": y.tobytes()}]})
+    assert _core_lane(3).encode(y, request_id) == want

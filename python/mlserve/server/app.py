@@ -191,14 +191,21 @@ class MlserveApp:
             if content_type not in _MSGPACK_TYPES and content_type is not None:
                 content_type = content_type.split(b";")[0].strip().lower()
             if content_type in _MSGPACK_TYPES:
-                obj = codecs.unpack_msgpack(body)
-                served = self.manager.get(model, version)
-                fast = served.fast_rows(obj)
                 out = None
-                if fast is not None:  # the common request: no general decoding, cached encoding
-                    y = await self.manager.run(served, fast[0], fast[2], tag)
-                    out = served.msgpack_response(y, fast[1])
-                    version_label = served.version
+                lane = self.manager.find(model, version)
+                if lane is not None and lane.msgpack_lane is not None:
+                    # The common request, decoded, checked, run and encoded by the core; None:
+                    # another request (nothing ran), decoded below.
+                    out = await self.manager.run_msgpack(lane, body, tag)
+                    version_label = lane.version
+                if out is None:
+                    obj = codecs.unpack_msgpack(body)
+                    served = self.manager.get(model, version)
+                    fast = served.fast_rows(obj)
+                    if fast is not None:  # the one-matrix request: cached encoding
+                        y = await self.manager.run(served, fast[0], fast[2], tag)
+                        out = served.msgpack_response(y, fast[1])
+                        version_label = served.version
                 if out is None:
                     request = codecs.msgpack_request_from_object(obj)
                     response = await self.manager.infer(model, version, request, tag)

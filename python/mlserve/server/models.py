@@ -35,7 +35,7 @@ import msgpack
 import numpy as np
 import orjson
 
-from mlserve import metrics
+from mlserve import _core, metrics
 from mlserve.categories import CategoryEncoder
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
@@ -139,6 +139,15 @@ class ServedVersion:
             output_name = orjson.dumps(str(self.outputs[0]["name"]))
             self._json_output = (b',"outputs":[{"name":' + output_name
                                  + b',"datatype":"FP32","shape":')
+        #: The msgpack fast lane in the core (csrc/server/msgpack_lane.h: parse, check and
+        #: submit in one call, the response encoded at completion), for the models whose matrix
+        #: form needs no Python check: one output, no categorical codes to police.
+        self.msgpack_lane: Any = None
+        if self.fast_matrix and not self._policed and self._msgpack_output is not None:
+            self.msgpack_lane = _core.MsgpackLane(
+                self.f_in, [not c.nullable for c in self.columns], b"\x83" + self._msgpack_names,
+                b"\x84" + self._msgpack_names + _MSGPACK_ID_KEY, self._msgpack_output,
+                _MSGPACK_DATA_KEY)
         self.in_flight = 0
         self.ready = False
         self.retired = False
@@ -514,6 +523,13 @@ class ModelManager:
             return False
         return all(name in self.models for name in self.expected)
 
+    def find(self, name: str, version: str | None = None) -> ServedVersion | None:
+        """:meth:`get`, or None where it raises."""
+        model = self.models.get(name)
+        if model is None:
+            return None
+        return model.versions.get(model.default if version is None else version)
+
     def get(self, name: str, version: str | None = None) -> ServedVersion:
         """The version serving ``name`` (its default when ``version`` is None)."""
         model = self.models.get(name)
@@ -580,6 +596,19 @@ class ModelManager:
         try:
             return await served.engine.apredict(x, priority=priority, timeout_us=timeout_us,
                                                 tag=tag, loop=self.loop)
+        finally:
+            served.in_flight -= 1
+            if served.retired and served.in_flight == 0:
+                self._close_later(served)
+
+    async def run_msgpack(self, served: ServedVersion, body: bytes, tag: bytes = b""
+                          ) -> bytes | None:
+        """:meth:`run` for a msgpack body through ``served``'s fast lane: the response body,
+        or None when the body is not the lane's request (nothing ran; decode it in Python)."""
+        served.in_flight += 1
+        try:
+            return await served.engine.apredict_msgpack(body, served.msgpack_lane, tag=tag,
+                                                        loop=self.loop)
         finally:
             served.in_flight -= 1
             if served.retired and served.in_flight == 0:
