@@ -29,6 +29,7 @@ using features::LmdbTxn;
 // bytes keys (copied, so that the GIL can be released while LMDB reads them).
 struct OwnedKeys {
   py::array_t<int64_t> ints;
+  std::vector<int64_t> list_ints;  // a list of Python ints, converted
   std::string bytes;
   std::vector<size_t> offsets;
   KeyBatch batch;
@@ -56,6 +57,25 @@ OwnedKeys Keys(const py::handle& keys) {
   }
   const auto seq = py::reinterpret_borrow<py::sequence>(keys);
   const size_t n = py::len(seq);
+  if (PyList_CheckExact(keys.ptr()) && n > 0 && PyLong_CheckExact(PyList_GET_ITEM(keys.ptr(), 0))) {
+    // Entity values as a list of Python ints (the lookup hot path: no numpy conversion). Any
+    // other item -- a bool, a float, a numpy int, None -- or a value beyond int64 raises
+    // TypeError, so that the caller converts the list with its checks and precise errors.
+    out.list_ints.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      PyObject* item = PyList_GET_ITEM(keys.ptr(), static_cast<Py_ssize_t>(i));
+      int overflow = 0;
+      const long long v = PyLong_CheckExact(item) ? PyLong_AsLongLongAndOverflow(item, &overflow)
+                                                  : (overflow = 1, 0);
+      if (overflow != 0) {
+        throw py::type_error("keys: row " + std::to_string(i) + " is not an int64 key");
+      }
+      out.list_ints[i] = static_cast<int64_t>(v);
+    }
+    out.batch.n = n;
+    out.batch.int64_values = out.list_ints.data();
+    return out;
+  }
   out.offsets.reserve(n + 1);
   out.offsets.push_back(0);
   for (size_t i = 0; i < n; ++i) {
@@ -176,8 +196,9 @@ void BindLmdb(py::module_& m) {
       .def("read_records", &ReadRecords, py::arg("dbi"), py::arg("keys"), py::arg("n_columns"),
            py::arg("now_ns"), py::arg("ttl_ns"), py::arg("what"),
            "(values float32 [n, n_columns], status int8 [n], event_ts int64 [n]) of the "
-           "fixed-width records (mlserve.features.records) under `keys` (an int64 array of "
-           "entity values, encoded here, or a list of encoded bytes keys), read in one read "
+           "fixed-width records (mlserve.features.records) under `keys` (an int64 array or a list "
+           "of Python ints of entity values, encoded here, or a list of encoded bytes keys; "
+           "TypeError for a list of ints holding anything else), read in one read "
            "transaction with the GIL released. With now_ns and ttl_ns, event_ts < now - ttl is "
            "EXPIRED. InternalError (starting with `what`) on a record of the wrong size.");
 

@@ -187,12 +187,45 @@ def test_int64_key_values_checks_rows_like_encode_keys() -> None:
         int64_key_values(USER, [[1], [2]])
 
 
+def test_lists_of_ints_read_like_arrays_and_odd_lists_get_the_checked_errors(
+    tmp_path: Path,
+) -> None:
+    """A list of Python ints goes to the core as is (the lookup hot path); a list holding
+    anything else falls back to int64_key_values: integral floats and numpy ints still read,
+    the rest raise its errors naming the row."""
+    with make_store(tmp_path) as store:
+        view = store.view("v")
+        layout = RecordLayout(2)
+        recs = layout.encode(np.array([5, 6]), np.array([0, 0]),
+                             np.array([[1.0, 2.0], [3.0, 4.0]]), np.zeros((2, 2), bool))
+        put_raw(store, view, dict(zip(encode_keys(USER, [[-3, 2**62]]),
+                                      (r.tobytes() for r in recs), strict=True)))
+        want = store.online.read_arrays(view, np.array([2**62, 7, -3]))
+        reader = store.service_reader("svc")
+        for keys in ([2**62, 7, -3], [2**62, 7.0, -3], [2**62, np.int64(7), -3]):
+            got = store.online.read_arrays(view, keys)  # type: ignore[arg-type]
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(reader.read(keys).values, want[0])  # type: ignore
+        for keys, message in [([1, 1.5], "row 1 is 1.5"), ([1, None], "row 1 is None"),
+                              ([1, True], "row 1 is True"), ([1, 2**63], "row 1 is 9223"),
+                              ([1, "7"], "row 1 is '7'")]:
+            with pytest.raises(InvalidInput, match=message):
+                store.online.read_arrays(view, keys)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInput, match=message):
+                reader.read(keys)
+        with pytest.raises(InvalidInput, match="row 1 is not bytes"):
+            store.online.read_arrays(view, [b"\x01" + bytes(8), 3])  # type: ignore[list-item]
+
+
 def test_arrays_are_refused_for_string_keyed_views(tmp_path: Path) -> None:
     code = Entity("code", "code", "string")
     with FeatureStore(tmp_path) as store:
         store.apply([code, FeatureView("c", code, {"x": "float"}), FeatureService("s", ["c"])])
         with pytest.raises(InvalidInput, match="pass encoded keys"):
             store.online.read(store.view("c"), np.array([1]))
+        with pytest.raises(InvalidInput, match="pass encoded keys"):
+            store.online.read(store.view("c"), [1])  # type: ignore[list-item]
         assert store.online_features("s", ["a"]).status.tolist() == [[RowStatus.MISSING]]
 
 

@@ -120,5 +120,8 @@ class ServiceReader:
     def _encode(entity: Entity, by_key: Mapping[str, Any]) -> list[bytes] | np.ndarray:
         columns = [by_key[k] for k in entity.join_keys]
         if entity.key_dtypes == ("int64",):
+            values = columns[0]
+            if type(values) is list and values and type(values[0]) is int:
+                return values  # converted, and checked, by the core (OnlineStore.read_arrays)
             return int64_key_values(entity, columns)
         return encode_keys(entity, columns)

@@ -47,6 +47,7 @@ from mlserve.errors import InternalError, InvalidInput, Unavailable
 
 from ._settings import map_size_bytes, test_batch_pause
 from .definitions import FeatureView
+from .keys import int64_key_values
 from .records import RecordLayout
 
 _META_DB = "__meta__"
@@ -215,24 +216,36 @@ class OnlineStore:
     def read_arrays(self, view: FeatureView, keys: Sequence[bytes] | np.ndarray, *,
                     now_ns: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`read` as its three fresh arrays (values, status, event_ts): the lookup hot
-        path, one native call (every get in one read transaction, the GIL released)."""
+        path, one native call (every get in one read transaction, the GIL released). ``keys``
+        may also be a list of Python ints (entity values): the core converts it, and anything
+        it cannot take goes through :func:`.keys.int64_key_values` (its checks and errors)."""
         plan = self._plans.get((view.name, view.version, len(view.columns)))
         if plan is None:
             plan = self._plan(view)
-        if plan.int64_keys is False and isinstance(keys, np.ndarray):
+        values_given = isinstance(keys, np.ndarray) or (
+            type(keys) is list and len(keys) > 0 and type(keys[0]) is int)
+        if values_given and not plan.int64_keys:
             raise InvalidInput(f"feature view {view.ref!r}: its entity's keys are not one int64 "
                                "join key; pass encoded keys (keys.encode_keys)")
         dbi = self._env.dbs.get(plan.db)
         if dbi is None:
             dbi = self._env.db(plan.db, create=False)
             if dbi is None:
+                if type(keys) is list and values_given:
+                    int64_key_values(view.resolved_entity, [keys])  # its checks still apply
                 n = len(keys)
                 return (np.full((n, plan.n_columns), np.nan, dtype=np.float32),
                         np.full(n, _MISSING, dtype=np.int8), np.zeros(n, dtype=np.int64))
-        ttl_ns = view.ttl_ns if now_ns is not None else None
-        return self._env.env.read_records(dbi, keys, plan.n_columns, now_ns,
-                                          None if ttl_ns is None else min(ttl_ns, _INT64_MAX),
-                                          plan.what)
+        ttl_ns = None if now_ns is None or view.ttl_ns is None else min(view.ttl_ns, _INT64_MAX)
+        try:
+            return self._env.env.read_records(dbi, keys, plan.n_columns, now_ns, ttl_ns,
+                                              plan.what)
+        except TypeError:
+            if not values_given:
+                raise
+        # a list of ints holding a bool, float, numpy int or out-of-range value
+        ints = int64_key_values(view.resolved_entity, [keys])
+        return self._env.env.read_records(dbi, ints, plan.n_columns, now_ns, ttl_ns, plan.what)
 
     def _plan(self, view: FeatureView) -> _ReadPlan:
         entity = view.resolved_entity
