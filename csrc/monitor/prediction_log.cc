@@ -31,17 +31,56 @@ void PredictionLog::Configure(int64_t max_entries, int64_t max_age_ns) {
   ring_.shrink_to_fit();
   ring_.resize(static_cast<size_t>(max_entries));
   first_seq_ = next_seq_ = 0;
-  index_.clear();
-  index_.reserve(static_cast<size_t>(max_entries));
+  size_t slots = 16;
+  while (slots < 2 * static_cast<size_t>(max_entries)) slots *= 2;  // at most half full
+  index_.assign(max_entries > 0 ? slots : 0, IndexSlot{0, 0});
+  index_.shrink_to_fit();
+  index_mask_ = max_entries > 0 ? slots - 1 : 0;
   enabled_.store(max_entries > 0, std::memory_order_relaxed);
+}
+
+void PredictionLog::IndexPutLocked(uint64_t hash, uint64_t seq) {
+  for (uint64_t i = hash & index_mask_;; i = (i + 1) & index_mask_) {
+    IndexSlot& slot = index_[i];
+    if (slot.seq1 == 0 || slot.hash == hash) {  // empty, or the same tag hash logged again
+      slot = IndexSlot{hash, seq + 1};
+      return;
+    }
+  }
+}
+
+const PredictionLog::IndexSlot* PredictionLog::IndexFindLocked(uint64_t hash) const {
+  if (index_.empty()) return nullptr;
+  for (uint64_t i = hash & index_mask_;; i = (i + 1) & index_mask_) {
+    const IndexSlot& slot = index_[i];
+    if (slot.seq1 == 0) return nullptr;
+    if (slot.hash == hash) return &slot;
+  }
+}
+
+void PredictionLog::IndexEraseLocked(uint64_t hash, uint64_t seq) {
+  const IndexSlot* found = IndexFindLocked(hash);
+  if (found == nullptr || found->seq1 != seq + 1) return;  // logged again later: keep it
+  // Backward-shift deletion: move later members of the probe run into the hole when their home
+  // slot does not lie cyclically in (hole, j], so every run stays contiguous (no tombstones).
+  uint64_t hole = static_cast<uint64_t>(found - index_.data());
+  for (uint64_t j = (hole + 1) & index_mask_;; j = (j + 1) & index_mask_) {
+    const IndexSlot slot = index_[j];
+    if (slot.seq1 == 0) break;
+    const uint64_t home = slot.hash & index_mask_;
+    if (((j - home) & index_mask_) >= ((j - hole) & index_mask_)) {
+      index_[hole] = slot;
+      hole = j;
+    }
+  }
+  index_[hole] = IndexSlot{0, 0};
 }
 
 void PredictionLog::EvictLocked(int64_t now_ns, uint64_t room) {
   while (first_seq_ < next_seq_ &&
          (next_seq_ - first_seq_ + room > ring_.size() ||
           (max_age_ns_ > 0 && now_ns - SlotLocked(first_seq_).unix_ns > max_age_ns_))) {
-    auto it = index_.find(TagHash(SlotLocked(first_seq_).tag));
-    if (it != index_.end() && it->second == first_seq_) index_.erase(it);
+    IndexEraseLocked(TagHash(SlotLocked(first_seq_).tag), first_seq_);
     ++first_seq_;
   }
 }
@@ -61,7 +100,7 @@ void PredictionLog::Record(const std::vector<std::shared_ptr<Request>>& batch, c
       e.width = out.width;
       const float* first = out.data.data() + row * out.width;
       e.outputs.assign(first, first + r->rows * out.width);
-      index_[TagHash(e.tag)] = next_seq_++;
+      IndexPutLocked(TagHash(e.tag), next_seq_++);
     }
     row += r->rows;
   }
@@ -73,11 +112,11 @@ std::vector<std::optional<LoggedPrediction>> PredictionLog::Find(const std::vect
   std::vector<std::optional<LoggedPrediction>> out;
   out.reserve(tags.size());
   for (const auto& tag : tags) {
-    auto it = index_.find(TagHash(tag));
-    if (it == index_.end() || SlotLocked(it->second).tag != tag) {
+    const IndexSlot* slot = IndexFindLocked(TagHash(tag));
+    if (slot == nullptr || SlotLocked(slot->seq1 - 1).tag != tag) {
       out.emplace_back(std::nullopt);
     } else {
-      out.emplace_back(SlotLocked(it->second));
+      out.emplace_back(SlotLocked(slot->seq1 - 1));
     }
   }
   return out;

@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -1278,6 +1279,42 @@ TEST(PredictionLogFindsTaggedRequestsWithinRetention) {
   CHECK_EQ(log.size(), 0);
   CHECK(!log.Find({"req-1"})[0].has_value());
   CHECK_THROWS_CODE(log.Configure(-1, 0), ErrorCode::kInvalidInput, {"max_entries"});
+}
+
+// Against a reference model (the newest max_entries requests, a tag logged again answering
+// with its newest entry): tags re-logged many times, so the flat index overwrites, skips stale
+// removals and shifts probe runs back on removal; several capacities, batches of 1..7.
+TEST(PredictionLogIndexMatchesAReferenceUnderChurn) {
+  std::mt19937 rng(11);
+  for (int64_t capacity : {1, 2, 7, 37, 200}) {
+    PredictionLog log;
+    log.Configure(capacity, 0);
+    std::vector<std::pair<std::string, float>> logged;  // every (tag, output), in order
+    std::vector<std::string> pool;
+    for (int t = 0; t < 3 * capacity + 5; ++t) pool.push_back("t" + std::to_string(t * 7919));
+    for (int round = 0; round < 400; ++round) {
+      FakeBatch batch = MakeFakeBatch(round * 10, 1 + static_cast<int64_t>(rng() % 7));
+      for (size_t i = 0; i < batch.requests.size(); ++i) {
+        batch.requests[i]->tag = pool[rng() % pool.size()];
+        batch.out.data[i] = static_cast<float>(logged.size());
+        logged.emplace_back(batch.requests[i]->tag, batch.out.data[i]);
+      }
+      log.Record(batch.requests, batch.out);
+      const size_t kept = std::min(logged.size(), static_cast<size_t>(capacity));
+      CHECK_EQ(log.size(), static_cast<int64_t>(kept));
+      const auto found = log.Find(pool);
+      for (size_t t = 0; t < pool.size(); ++t) {
+        std::optional<float> want;  // the newest retained entry of the tag
+        for (size_t k = logged.size() - kept; k < logged.size(); ++k) {
+          if (logged[k].first == pool[t]) want = logged[k].second;
+        }
+        CHECK_EQ(found[t].has_value(), want.has_value());
+        if (found[t].has_value() && want.has_value()) {
+          CHECK(found[t]->outputs == std::vector<float>{*want});
+        }
+      }
+    }
+  }
 }
 
 TEST(BatcherLogsPredictionsBeforePublishing) {
