@@ -232,10 +232,13 @@ def fast_json_rows(body: bytes, f_in: int) -> tuple[Array, str | None, dict[str,
     values = np.asarray(data)
     if values.dtype.kind not in "iuf" or values.ndim != 1:  # bools, strings, nesting, null
         return None
-    if values.dtype.kind == "f" and (
-        float(values.min()) <= -_OVERFLOW_AT["FP32"] or float(values.max()) >= _OVERFLOW_AT["FP32"]
-    ):
-        return None  # the general path names the value that is out of range
+    if values.dtype.kind == "f":  # beyond float32's range: the general path names the value
+        limit = _OVERFLOW_AT["FP32"]
+        if len(data) <= 64:  # the builtins on a few numbers beat two numpy reductions (~2 µs)
+            if max(data) >= limit or min(data) <= -limit:
+                return None
+        elif float(values.min()) <= -limit or float(values.max()) >= limit:
+            return None
     return values.astype(_F4).reshape(n, f_in), request_id, parameters
 
 
