@@ -192,12 +192,12 @@ class MlserveApp:
                 content_type = content_type.split(b";")[0].strip().lower()
             if content_type in _MSGPACK_TYPES:
                 out = None
-                lane = self.manager.find(model, version)
-                if lane is not None and lane.msgpack_lane is not None:
+                found = self.manager.find(model, version)  # None: get() below says why
+                if found is not None and found.msgpack_lane is not None:
                     # The common request, decoded, checked, run and encoded by the core; None:
                     # another request (nothing ran), decoded below.
-                    out = await self.manager.run_msgpack(lane, body, tag)
-                    version_label = lane.version
+                    out = await self.manager.run_msgpack(found, body, tag)
+                    version_label = found.version
                 if out is None:
                     obj = codecs.unpack_msgpack(body)
                     served = self.manager.get(model, version)
