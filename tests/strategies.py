@@ -302,3 +302,21 @@ def plans_with_inputs(
 ) -> tuple[dict[str, Any], np.ndarray]:
     spec = draw(plan_specs())
     return spec, draw(plan_inputs(spec, n))
+
+
+#: A numeric histogram with more edges than the warp-ballot form takes (kJitBallotMaxEdges = 30):
+#: the generated code binary-searches an edge table instead.
+WIDE_EDGES_SPEC: dict[str, Any] = {
+    "features": [
+        {
+            "name": "amount",
+            "kind": "numeric",
+            "ops": [{"op": "clip", "lo": -100.0, "hi": 100.0}, {"op": "log1p"}],
+            "histogram": {"edges": [-INF, *np.linspace(-50.0, 50.0, 38).tolist(), INF]},
+        },
+        {"name": "code", "kind": "categorical", "ops": [{"op": "hash_bucket", "n": 7}],
+         "histogram": True},
+        {"name": "unused", "kind": "numeric", "ops": [], "histogram": {"edges": [0.0, 1.0]}},
+    ],
+    "output_order": ["code", "amount"],
+}

@@ -9,6 +9,7 @@
 #include "bindings/dlpack.h"
 #include "bindings/python_device_model.h"
 #include "cuda/cuda_runtime.h"
+#include "cuda/nvrtc.h"
 
 namespace mlserve::bindings {
 namespace {
@@ -183,6 +184,24 @@ py::object WrapDeviceBatch(const DeviceBatch& batch, std::shared_ptr<std::atomic
 void BindDevice(py::module_& m) {
   m.def("cuda_driver_version", &CudaDriverVersion,
         "Newest CUDA version the installed NVIDIA driver supports (e.g. 13000); 0 without one.");
+  m.def("set_nvrtc_candidates", &SetNvrtcCandidates, py::arg("paths"),
+        "Library paths tried for NVRTC before the loader's search path (cuda/nvrtc.h).");
+  m.def(
+      "nvrtc_status",
+      []() {
+        std::string where;
+        py::dict d;
+        bool ok = false;
+        {
+          py::gil_scoped_release release;  // dlopen
+          ok = NvrtcAvailable(&where);
+        }
+        d["available"] = ok;
+        d["detail"] = where;  // the library loaded, or why none did
+        d["version"] = ok ? py::object(py::str(NvrtcVersion())) : py::object(py::none());
+        return d;
+      },
+      "Whether NVRTC (for the JIT normalize kernels) loads: {'available', 'detail', 'version'}.");
 
   py::class_<DeviceArray>(m, "DeviceArray", R"doc(
 A float32 [rows, cols] array the core lends to a backend call (DLPack producer: torch.from_dlpack,

@@ -6,7 +6,9 @@
 #include "bindings/common.h"
 #include "cuda/cuda_benchmark.h"
 #include "cuda/cuda_normalizer.h"
+#include "cuda/jit_compile.h"
 #include "plan/feature_plan.h"
+#include "plan/plan_codegen.h"
 
 namespace mlserve::bindings {
 namespace {
@@ -182,7 +184,8 @@ wraps this with file/string loading.)doc")
           "count histograms.")
       .def(
           "transform_cuda",
-          [](const FeaturePlan& plan, const py::object& x, int device, bool histograms) {
+          [](const FeaturePlan& plan, const py::object& x, int device, bool histograms,
+             const std::string& kernel) {
             FloatArray a = InputRows(x, plan);
             const int64_t n = a.shape(0);
             py::array_t<float> out({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(plan.f_out())});
@@ -190,24 +193,27 @@ wraps this with file/string loading.)doc")
             float* o = out.mutable_data();
             {
               py::gil_scoped_release release;  // device work and copies; no Python inside
-              CudaNormalizer normalizer(plan, device);
+              CudaNormalizer normalizer(plan, device, kernel);
               normalizer.Transform(in, n, o, histograms);
             }
             return out;
           },
           py::arg("x"), py::arg("device") = 0, py::arg("histograms") = false,
-          "transform() on a GPU; raises mlserve.errors.Unavailable without a CUDA build or GPU.")
+          py::arg("kernel") = "",
+          "transform() on a GPU; raises mlserve.errors.Unavailable without a CUDA build or GPU. "
+          "kernel: 'generic', 'jit' (the plan's NVRTC-specialized kernel; Unavailable when it "
+          "cannot be built) or 'auto'; '' reads MLSERVE_CUDA_KERNEL (default generic).")
       .def(
           "benchmark_cuda",
           [](const FeaturePlan& plan, const py::object& x, int device, int iterations,
-             bool histograms) {
+             bool histograms, const std::string& kernel) {
             FloatArray a = InputRows(x, plan);
             const int64_t n = a.shape(0);
             const float* in = a.data();
             CudaNormalizeTiming t;
             {
               py::gil_scoped_release release;  // device work only
-              t = TimeCudaNormalize(plan, in, n, device, iterations, histograms);
+              t = TimeCudaNormalize(plan, in, n, device, iterations, histograms, kernel);
             }
             py::dict d;
             d["rows"] = n;
@@ -218,12 +224,62 @@ wraps this with file/string loading.)doc")
             d["blocks_per_sm"] = t.blocks_per_sm;
             d["max_blocks"] = t.max_blocks;
             d["buffer_sets"] = t.buffer_sets;
+            d["kernel"] = t.kernel;
+            d["jit_compile_ms"] = t.jit_compile_ms;
             return d;
           },
           py::arg("x"), py::arg("device") = 0, py::arg("iterations") = 50,
-          py::arg("histograms") = true,
+          py::arg("histograms") = true, py::arg("kernel") = "",
           "Benchmark hook: median times of the normalize kernel over x's rows (on the device) and "
           "of a device-to-device copy of the same bytes; the plan's counters are not touched.")
+      .def(
+          "cuda_jit_source",
+          [](const FeaturePlan& plan, int tile_rows, bool kernel) {
+            const int rows = tile_rows > 0 ? tile_rows : DefaultJitTileRows(plan);
+            return GenerateNormalizeSource(plan, JitKernelShape{rows}, kernel);
+          },
+          py::arg("tile_rows") = 0, py::arg("kernel") = true,
+          "The plan's specialized normalizer source (plan/plan_codegen.h): C++ for the host "
+          "(mls_jit_row) and, with kernel=True, the CUDA kernels NVRTC compiles. tile_rows 0: "
+          "the default tile.")
+      .def(
+          "compile_cuda_jit",
+          [](const FeaturePlan& plan, const std::string& arch, int tile_rows) {
+            JitBinary bin;
+            {
+              py::gil_scoped_release release;
+              bin = CompileJitNormalizeKernel(plan, arch, tile_rows);
+            }
+            py::dict d;
+            d["arch"] = arch;
+            d["tile_rows"] = bin.tile_rows;
+            d["bytes"] = bin.output->binary.size();
+            d["compile_ms"] = bin.output->compile_ms;
+            d["cached"] = bin.cached;
+            d["log"] = bin.output->log;
+            d["binary"] = py::bytes(bin.output->binary.data(), bin.output->binary.size());
+            return d;
+          },
+          py::arg("arch") = "sm_90", py::arg("tile_rows") = 0,
+          "Compiles the plan's JIT normalize kernels with NVRTC for arch ('sm_90': CUBIN, "
+          "'compute_90': PTX) without a GPU; raises Unavailable without NVRTC.")
+      .def(
+          "merge_counters",
+          [](const FeaturePlan& plan, const py::array_t<int64_t, py::array::c_style>& counters,
+             int64_t rows) {
+            if (counters.ndim() != 1 || counters.shape(0) != plan.view().n_counters) {
+              ThrowInvalid("counters must be a 1-d int64 array of the plan's " +
+                           std::to_string(plan.view().n_counters) + " counters");
+            }
+            if (rows < 0) ThrowInvalid("rows must be >= 0");
+            plan.MergeCounters(counters.data(), rows);
+          },
+          py::arg("counters"), py::arg("rows"),
+          "Adds externally computed counters (the plan's flat counter layout, "
+          "compiled_plan.h) for `rows` rows to the histograms.")
+      .def_property_readonly(
+          "n_counters", [](const FeaturePlan& plan) { return plan.view().n_counters; },
+          "Length of the plan's flat histogram counter array.")
       .def("histograms", &HistogramsToDict, py::arg("reset") = false,
            "Counters since the last reset; reset=True reads and zeroes them atomically.");
 }

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "cuda/cuda_runtime.h"
+#include "cuda/jit_compile.h"
 
 #ifdef MLSERVE_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -62,7 +63,9 @@ double TimeMedian(TimingStream& ts, int iterations, Enqueue enqueue) {
 }  // namespace
 
 CudaNormalizeTiming TimeCudaNormalize(const FeaturePlan& plan, const float* host_in, int64_t n,
-                                      int device, int iterations, bool histograms) {
+                                      int device, int iterations, bool histograms,
+                                      const std::string& kernel) {
+  const NormalizeKernelChoice choice = ParseNormalizeKernelChoice(kernel);
   if (n < 1 || iterations < 1) ThrowInvalid("benchmark needs n >= 1 rows and iterations >= 1");
   RequireCudaDevice(device);
   CudaSetDevice(device);
@@ -70,15 +73,23 @@ CudaNormalizeTiming TimeCudaNormalize(const FeaturePlan& plan, const float* host
   CudaCheck(cudaStreamCreateWithFlags(&ts.stream, cudaStreamNonBlocking), "cudaStreamCreate");
   CudaCheck(cudaEventCreate(&ts.start), "cudaEventCreate");
   CudaCheck(cudaEventCreate(&ts.stop), "cudaEventCreate");
-  DevicePlan dp(plan, device);
+  DevicePlan dp(plan, device, choice);
 
   const size_t in_count = static_cast<size_t>(n) * dp.f_in();
   const size_t out_count = static_cast<size_t>(n) * dp.f_out();
   CudaNormalizeTiming t;
   t.bytes = static_cast<int64_t>((in_count + out_count) * sizeof(float));
-  t.tile_rows = dp.launch().tile_rows;
-  t.blocks_per_sm = dp.launch().blocks_per_sm;
-  t.max_blocks = dp.launch().max_blocks;
+  t.kernel = dp.kernel_name();
+  if (const JitNormalizeKernel* jit = dp.jit(); jit != nullptr) {
+    t.tile_rows = jit->tile_rows();
+    t.blocks_per_sm = jit->blocks_per_sm();
+    t.max_blocks = jit->max_blocks();
+    t.jit_compile_ms = jit->compile_ms();
+  } else {
+    t.tile_rows = dp.launch().tile_rows;
+    t.blocks_per_sm = dp.launch().blocks_per_sm;
+    t.max_blocks = dp.launch().max_blocks;
+  }
   // Enough sets that one round over them (>= 256 MiB) cannot stay in L2 (50-60 MB on Hopper).
   const int64_t round_bytes = int64_t{256} << 20;
   const int sets = static_cast<int>(std::clamp<int64_t>((round_bytes + t.bytes - 1) / t.bytes, 1, 16));
@@ -118,7 +129,8 @@ CudaNormalizeTiming TimeCudaNormalize(const FeaturePlan& plan, const float* host
 
 CudaNormalizeTiming TimeCudaNormalize(const FeaturePlan& /*plan*/, const float* /*host_in*/,
                                       int64_t /*n*/, int device, int /*iterations*/,
-                                      bool /*histograms*/) {
+                                      bool /*histograms*/, const std::string& kernel) {
+  ParseNormalizeKernelChoice(kernel);
   RequireCudaDevice(device);  // always throws Error(kUnavailable) in a CPU-only build
   return {};
 }

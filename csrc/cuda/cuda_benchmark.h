@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "plan/feature_plan.h"
 
@@ -18,10 +19,14 @@ struct CudaNormalizeTiming {
   int32_t blocks_per_sm = 0;
   int32_t max_blocks = 0;
   int32_t buffer_sets = 0;  // rotated input/output sets
+  std::string kernel;       // "jit" or "generic": the kernel that ran
+  double jit_compile_ms = 0.0;  // NVRTC time of the JIT kernel (0: generic, or from the cache)
 };
 
 // Times `iterations` launches over the n rows at host_in (n * f_in floats).
+// kernel: "generic" | "jit" | "auto" (cuda/jit_compile.h); "": $MLSERVE_CUDA_KERNEL, else generic.
 CudaNormalizeTiming TimeCudaNormalize(const FeaturePlan& plan, const float* host_in, int64_t n,
-                                      int device, int iterations, bool histograms);
+                                      int device, int iterations, bool histograms,
+                                      const std::string& kernel = "");
 
 }  // namespace mlserve

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "cuda/cuda_runtime.h"
+#include "cuda/jit_compile.h"
 
 #ifdef MLSERVE_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -49,8 +50,9 @@ struct CudaNormalizer::Impl {
   }
 };
 
-CudaNormalizer::CudaNormalizer(const FeaturePlan& plan, int device)
+CudaNormalizer::CudaNormalizer(const FeaturePlan& plan, int device, const std::string& kernel)
     : plan_(plan), impl_(std::make_unique<Impl>()) {
+  const NormalizeKernelChoice choice = ParseNormalizeKernelChoice(kernel);
   RequireCudaDevice(device);
   Impl& impl = *impl_;
   impl.device = device;
@@ -58,11 +60,13 @@ CudaNormalizer::CudaNormalizer(const FeaturePlan& plan, int device)
   CudaSetDevice(device);
   impl.device_set = true;
   CudaCheck(cudaStreamCreateWithFlags(&impl.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  impl.plan = std::make_unique<DevicePlan>(plan, device);
+  impl.plan = std::make_unique<DevicePlan>(plan, device, choice);
   impl.host_counters.assign(static_cast<size_t>(impl.plan->n_counters()), 0);
 }
 
 CudaNormalizer::~CudaNormalizer() = default;
+
+std::string CudaNormalizer::kernel_name() const { return impl_->plan->kernel_name(); }
 
 void CudaNormalizer::Transform(const float* host_in, int64_t n, float* host_out,
                                bool histograms) {
@@ -114,11 +118,15 @@ void CudaNormalizer::Transform(const float* host_in, int64_t n, float* host_out,
 
 struct CudaNormalizer::Impl {};
 
-CudaNormalizer::CudaNormalizer(const FeaturePlan& plan, int device) : plan_(plan) {
+CudaNormalizer::CudaNormalizer(const FeaturePlan& plan, int device, const std::string& kernel)
+    : plan_(plan) {
+  ParseNormalizeKernelChoice(kernel);  // the same argument errors as a CUDA build
   RequireCudaDevice(device);  // always throws Error(kUnavailable) in a CPU-only build
 }
 
 CudaNormalizer::~CudaNormalizer() = default;
+
+std::string CudaNormalizer::kernel_name() const { return "generic"; }
 
 void CudaNormalizer::Transform(const float* /*host_in*/, int64_t /*n*/, float* /*host_out*/,
                                bool /*histograms*/) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "plan/feature_plan.h"
 
@@ -15,7 +16,10 @@ namespace mlserve {
 
 class CudaNormalizer {
  public:
-  CudaNormalizer(const FeaturePlan& plan, int device);
+  // kernel: "generic" | "jit" | "auto"; "": $MLSERVE_CUDA_KERNEL, else generic (jit_compile.h).
+  CudaNormalizer(const FeaturePlan& plan, int device, const std::string& kernel = "");
+  // "jit" or "generic": the kernel this normalizer runs (where the JIT one accepts a launch).
+  std::string kernel_name() const;
   ~CudaNormalizer();
   CudaNormalizer(const CudaNormalizer&) = delete;
   CudaNormalizer& operator=(const CudaNormalizer&) = delete;

@@ -124,7 +124,8 @@ CudaBatchPipeline::CudaBatchPipeline(const FeaturePlan& plan, const CudaPipeline
   CudaSetDevice(options.device);
   impl.device_set = true;
   CudaCheck(cudaStreamCreateWithFlags(&impl.stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  impl.plan = std::make_unique<DevicePlan>(plan, options.device);
+  impl.plan = std::make_unique<DevicePlan>(plan, options.device,
+                                           ParseNormalizeKernelChoice(options.normalize_kernel));
   const size_t rows = static_cast<size_t>(options.max_rows);
   impl.staging.Reserve(rows * plan.f_in(), "cudaHostAlloc (staging rows)");
   impl.raw.Reserve(rows * plan.f_in(), "cudaMalloc (batch rows)");

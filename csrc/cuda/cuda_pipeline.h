@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "plan/feature_plan.h"
 
@@ -33,6 +34,9 @@ struct CudaPipelineOptions {
   int64_t max_rows = 1;        // largest batch (rows); buffers are sized for it
   bool cuda_graphs = true;     // capture the per-batch-size sequence into CUDA graphs
   int32_t max_graphs = 64;     // distinct (size, histograms) graphs kept; later sizes launch plainly
+  // Normalize kernel: "generic" | "jit" | "auto" (cuda/jit_compile.h); "": $MLSERVE_CUDA_KERNEL,
+  // else generic.
+  std::string normalize_kernel;
 };
 
 struct CudaPipelineStats {

@@ -1,6 +1,7 @@
 // DevicePlan and the CUDA buffers (device_plan.h). CUDA builds only.
 #include "cuda/device_plan.h"
 
+#include "common/error.h"
 #include "cuda/cuda_check.h"
 
 namespace mlserve {
@@ -36,7 +37,8 @@ template class CudaBuffer<MlsOp, false>;
 template class CudaBuffer<float, true>;
 template class CudaBuffer<int64_t, true>;
 
-DevicePlan::DevicePlan(const FeaturePlan& plan, int device) : plan_(plan) {
+DevicePlan::DevicePlan(const FeaturePlan& plan, int device, NormalizeKernelChoice kernel)
+    : plan_(plan) {
   const MlsPlanView& host = plan.view();
   const size_t nf = static_cast<size_t>(host.n_features);
   const size_t no = static_cast<size_t>(host.n_ops);
@@ -67,10 +69,23 @@ DevicePlan::DevicePlan(const FeaturePlan& plan, int device) : plan_(plan) {
   view_.edges = edges;
   CudaCheck(static_cast<cudaError_t>(mls_cuda_normalize_config(&view_, device, &launch_)),
             "normalize kernel configuration");
+  if (kernel == NormalizeKernelChoice::kGeneric) return;
+  try {
+    jit_ = std::make_unique<JitNormalizeKernel>(plan, device);
+  } catch (const Error& e) {
+    if (kernel == NormalizeKernelChoice::kJit) throw;
+    jit_status_ = e.what();  // auto: the generic kernel runs
+  }
 }
 
 void DevicePlan::Enqueue(const float* d_in, int64_t n, float* d_out, bool histograms,
                          cudaStream_t stream) const {
+  const bool counting = histograms && view_.n_counters > 0;
+  if (jit_ != nullptr && n > 0 && jit_->Accepts(d_in, n, d_out, counting)) {
+    CudaCheck(jit_->Launch(d_in, n, d_out, counting ? counters_.get() : nullptr, stream),
+              "JIT normalize kernel launch");
+    return;
+  }
   CudaCheck(static_cast<cudaError_t>(mls_cuda_normalize(
                 &view_, &launch_, d_in, n, d_out, histograms ? counters_.get() : nullptr, stream)),
             "normalize kernel launch");

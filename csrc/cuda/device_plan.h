@@ -13,7 +13,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string>
 
+#include "cuda/jit_compile.h"
+#include "cuda/jit_kernel.h"
 #include "normalize.h"
 #include "plan/feature_plan.h"
 
@@ -50,8 +54,11 @@ using PinnedBuffer = CudaBuffer<T, true>;
 class DevicePlan {
  public:
   // Uploads the plan's program, edges and zeroed counters to the current device (`device`) and
-  // picks the kernel configuration. Throws Error with CUDA's message.
-  DevicePlan(const FeaturePlan& plan, int device);
+  // picks the kernel configuration; with kJit/kAuto also builds the plan's JIT kernel
+  // (jit_kernel.h). Throws Error with CUDA's message, or, with kJit, the reason the JIT kernel
+  // could not be built (kAuto falls back to the generic kernel and keeps the reason).
+  DevicePlan(const FeaturePlan& plan, int device,
+             NormalizeKernelChoice kernel = NormalizeKernelChoice::kGeneric);
   DevicePlan(const DevicePlan&) = delete;
   DevicePlan& operator=(const DevicePlan&) = delete;
 
@@ -65,9 +72,16 @@ class DevicePlan {
   // Device histogram counters (n_counters int64); the normalizers keep them zero between batches.
   int64_t* counters() const { return counters_.get(); }
 
+  // "jit" when the plan's JIT kernel was built (launches it accepts run it), else "generic".
+  const char* kernel_name() const { return jit_ != nullptr ? "jit" : "generic"; }
+  // Why the JIT kernel is not used ("" when it is, or when the generic kernel was asked for).
+  const std::string& jit_status() const { return jit_status_; }
+  const JitNormalizeKernel* jit() const { return jit_.get(); }
+
   // Enqueues the fused kernel over n rows (d_in: n * f_in, d_out: n * f_out device floats),
-  // counting into counters() when `histograms`. Capture-safe (no device queries). Throws Error
-  // for a failed launch.
+  // counting into counters() when `histograms`: the JIT kernel where it was built and accepts
+  // the launch, else the generic one (same results). Capture-safe (no device queries). Throws
+  // Error for a failed launch.
   void Enqueue(const float* d_in, int64_t n, float* d_out, bool histograms,
                cudaStream_t stream) const;
 
@@ -79,6 +93,8 @@ class DevicePlan {
   DeviceBuffer<int64_t> counters_;
   MlsPlanView view_{};
   MlsCudaLaunch launch_{};
+  std::unique_ptr<JitNormalizeKernel> jit_;
+  std::string jit_status_;
 };
 
 }  // namespace mlserve

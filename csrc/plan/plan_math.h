@@ -51,7 +51,9 @@ MLS_HOST_DEVICE static inline float mls_log1pf(float x) {
   const float kLn2Hi = 6.9313812256e-01f, kLn2Lo = 9.0580006145e-06f;
   const float kLg1 = 0.66666662693f, kLg2 = 0.40000972152f, kLg3 = 0.28498786688f,
               kLg4 = 0.24279078841f;
-  const float kInf = __builtin_huge_valf();
+  // Bit patterns, not __builtin_huge_valf/__builtin_nanf: NVRTC (which compiles this file into
+  // the JIT kernels, plan/plan_codegen.h) has no GCC builtins. Same constants.
+  const float kInf = mls_bits_float(0x7f800000u);
   const float u = 1.0f + x;
   uint32_t iu = mls_float_bits(u);
   iu += 0x3f800000u - 0x3f3504f3u;
@@ -71,7 +73,7 @@ MLS_HOST_DEVICE static inline float mls_log1pf(float x) {
   // Bitwise | (not ||): no short-circuit branches, so the selects become blends.
   y = ((x == kInf) | (x == 0.0f)) ? x : y;  // keeps -0.0
   y = x == -1.0f ? -kInf : y;
-  y = ((x < -1.0f) | (x != x)) ? __builtin_nanf("") : y;
+  y = ((x < -1.0f) | (x != x)) ? mls_bits_float(0x7fc00000u) : y;  // quiet NaN
   return y;
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ class FeaturePlan(_core.FeaturePlan):
 
     Methods (from the core): ``transform(x, histograms=False, num_threads=1)`` maps float32
     ``[n, f_in]`` to ``[n, f_out]``; ``histograms(reset=False)`` reads the drift counters;
-    ``transform_cuda(x, device=0, histograms=False)`` does the same on a GPU.
+    ``transform_cuda(x, device=0, histograms=False, kernel="")`` does the same on a GPU, with
+    the generic kernel or the plan's NVRTC-specialized one (``kernel="jit"``, docs/gpu.md);
+    ``cuda_jit_source()`` / ``compile_cuda_jit(arch)`` give that kernel's source and binary.
     Attributes: ``f_in``, ``f_out``, ``input_names``, ``output_names``, ``spec``.
     """
 
@@ -68,6 +71,31 @@ class FeaturePlan(_core.FeaturePlan):
 def cuda_built() -> bool:
     """Whether this build of the core includes the CUDA kernels."""
     return bool(_core.cuda_built())
+
+
+def nvrtc_library_candidates(paths: list[str] | None = None) -> list[str]:
+    """libnvrtc files of NVIDIA's wheels on ``paths`` (default sys.path), newest CUDA first.
+
+    The nvidia-cuda-nvrtc wheel (a dependency of CUDA builds of torch) puts the library in
+    ``site-packages/nvidia/cu13/lib`` (CUDA 13) or ``nvidia/cuda_nvrtc/lib`` (CUDA 12), which the
+    dynamic loader does not search; the core tries these before its own search path.
+    """
+    found: list[str] = []
+    for base in paths if paths is not None else sys.path:
+        for sub, name in (("cu13", "libnvrtc.so.13"), ("cuda_nvrtc", "libnvrtc.so.12")):
+            lib = os.path.join(base or ".", "nvidia", sub, "lib", name)
+            if os.path.isfile(lib) and lib not in found:
+                found.append(lib)
+    found.sort(key=lambda p: not p.endswith(".13"))
+    return found
+
+
+def nvrtc_status() -> dict[str, Any]:
+    """Whether NVRTC loads (needed for ``kernel="jit"``): ``{available, detail, version}``."""
+    return dict(_core.nvrtc_status())
+
+
+_core.set_nvrtc_candidates(nvrtc_library_candidates())
 
 
 def cuda_devices() -> list[dict[str, Any]]:

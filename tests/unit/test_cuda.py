@@ -27,7 +27,7 @@ from mlserve.errors import InvalidInput, Unavailable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reference import reference_histograms
-from strategies import plan_specs, random_input
+from strategies import WIDE_EDGES_SPEC, plan_specs, random_input
 
 HAVE_GPU = bool(mlserve.cuda_devices())
 needs_gpu = pytest.mark.skipif(not HAVE_GPU, reason="no CUDA device visible (or a CPU-only build)")
@@ -117,6 +117,8 @@ def test_transform_cuda_without_gpu_raises_unavailable() -> None:
         assert "no usable GPU" in message
     else:
         assert "built without CUDA" in message
+    with pytest.raises(InvalidInput, match="'generic', 'jit' or 'auto'"):
+        plan.transform_cuda(x, kernel="fast")  # a bad argument is the caller's error first
     # The failed attempt leaves the plan (and its counters) usable on the CPU.
     plan.transform(x, histograms=True)
     assert plan.histograms()["rows"] == 3
@@ -160,12 +162,13 @@ def _assert_same_histograms(got: dict[str, Any], want: dict[str, Any]) -> None:
                 assert int(g[key]) == int(w[key]), f"{name}: {key}"
 
 
-def _check_plan(spec: dict[str, Any], sizes: tuple[int, ...], seed: int) -> None:
+def _check_plan(spec: dict[str, Any], sizes: tuple[int, ...], seed: int,
+                kernel: str = "generic") -> None:
     cpu_plan, gpu_plan = FeaturePlan(spec), FeaturePlan(spec)
     for n in sizes:
         x = random_input(spec, n, seed=seed + n)
         cpu_out = cpu_plan.transform(x, histograms=True)
-        gpu_out = gpu_plan.transform_cuda(x, histograms=True)
+        gpu_out = gpu_plan.transform_cuda(x, histograms=True, kernel=kernel)
         _assert_same_output(spec, x, gpu_out, cpu_out)
         _assert_same_histograms(gpu_plan.histograms(reset=True), cpu_plan.histograms(reset=True))
 
@@ -183,11 +186,57 @@ def test_transform_cuda_matches_cpu_on_random_plans(spec: dict[str, Any]) -> Non
     _check_plan(spec, SIZES, seed=11)
 
 
+def _jit_or_skip(spec: dict[str, Any]) -> bool:
+    """Whether the plan's JIT kernel builds here (False: rows too wide for it)."""
+    if not mlserve.plan.nvrtc_status()["available"]:
+        pytest.skip("NVRTC not installed: the JIT kernel cannot be built")
+    try:
+        FeaturePlan(spec).compile_cuda_jit("compute_90")
+    except Unavailable as e:
+        assert "too wide" in str(e)
+        return False
+    return True
+
+
 @pytest.mark.gpu
 @needs_gpu
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(plan_specs())
+def test_jit_kernel_matches_cpu_on_random_plans(spec: dict[str, Any]) -> None:
+    # The plan-specialized kernel (NVRTC): the same bits and counts as the CPU plan.
+    if _jit_or_skip(spec):
+        _check_plan(spec, SIZES, seed=13, kernel="jit")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("kernel", ["generic", "jit", "auto"])
 @pytest.mark.parametrize("spec", [SMALL_SPEC, BIG_SPEC], ids=["shared-counters", "global-counters"])
-def test_transform_cuda_matches_cpu_fixed_plans(spec: dict[str, Any]) -> None:
-    _check_plan(spec, SIZES, seed=5)
+def test_transform_cuda_matches_cpu_fixed_plans(spec: dict[str, Any], kernel: str) -> None:
+    if kernel == "jit" and not _jit_or_skip(spec):
+        with pytest.raises(Unavailable, match="too wide"):
+            FeaturePlan(spec).transform_cuda(random_input(spec, 4, seed=1), kernel="jit")
+        return
+    _check_plan(spec, SIZES, seed=5, kernel=kernel)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_jit_kernel_on_the_realistic_plan_and_wide_edges() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.plans import realistic_plan_spec
+
+    for spec in (realistic_plan_spec(), WIDE_EDGES_SPEC):
+        if _jit_or_skip(spec):
+            _check_plan(spec, (1, 31, 32, 33, 4097, 100_001), seed=17, kernel="jit")
+    t = FeaturePlan(realistic_plan_spec()).benchmark_cuda(
+        random_input(realistic_plan_spec(), 4096, seed=1), iterations=3, kernel="jit")
+    assert t["kernel"] == "jit" and t["tile_rows"] == 32
 
 
 @pytest.mark.gpu
@@ -218,6 +267,8 @@ def test_transform_cuda_input_conversion_and_errors() -> None:
         plan.transform_cuda(np.zeros((4, plan.f_in + 1), dtype=np.float32))
     with pytest.raises(Unavailable, match="device"):
         plan.transform_cuda(x, device=len(mlserve.cuda_devices()))
+    with pytest.raises(InvalidInput, match="'generic', 'jit' or 'auto'"):
+        plan.transform_cuda(x, kernel="fast")
     np.testing.assert_array_equal(plan.transform_cuda(x), want)  # still usable after errors
 
 

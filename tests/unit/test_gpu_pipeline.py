@@ -71,9 +71,14 @@ def check_normalized_engine(spec: dict[str, Any], sizes: list[int], **engine_kw:
                 assert got_h["features"][name][key] == w[key], (name, key)
 
 
+@pytest.mark.parametrize("kernel", ["generic", "jit"])
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
 @pytest.mark.parametrize("instances", [1, 2])
-def test_pipeline_output_equals_the_cpu_plan(graphs: bool, instances: int) -> None:
+def test_pipeline_output_equals_the_cpu_plan(graphs: bool, instances: int, kernel: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pipeline reads MLSERVE_CUDA_KERNEL when it is built: "jit" runs the plan's
+    # NVRTC-compiled kernel (inside the captured graphs too) and fails if it cannot be built.
+    monkeypatch.setenv("MLSERVE_CUDA_KERNEL", kernel)
     check_normalized_engine(SMALL_SPEC, [1, 7, 3, 64, 1, 33, 2], cuda_graphs=graphs,
                             instances=instances)
 

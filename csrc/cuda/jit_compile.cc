@@ -1,0 +1,77 @@
+// CompileJitNormalizeKernel (jit_compile.h).
+#include "cuda/jit_compile.h"
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "common/error.h"
+#include "plan/plan_codegen.h"
+
+namespace mlserve {
+
+namespace {
+
+constexpr int kJitTileBytes = 16 * 1024;
+
+std::mutex g_cache_mu;
+// (arch, source) -> compiled output; guarded by g_cache_mu. Plans are few per process (one per
+// served model version), so entries are never evicted.
+std::map<std::pair<std::string, std::string>, std::shared_ptr<const NvrtcOutput>> g_cache;
+
+}  // namespace
+
+NormalizeKernelChoice ParseNormalizeKernelChoice(const std::string& name) {
+  std::string value = name;
+  if (value.empty()) {
+    const char* env = std::getenv("MLSERVE_CUDA_KERNEL");
+    value = env != nullptr && *env != '\0' ? env : "generic";
+  }
+  if (value == "generic") return NormalizeKernelChoice::kGeneric;
+  if (value == "jit") return NormalizeKernelChoice::kJit;
+  if (value == "auto") return NormalizeKernelChoice::kAuto;
+  ThrowInvalid("normalize kernel must be 'generic', 'jit' or 'auto' (argument or "
+               "MLSERVE_CUDA_KERNEL), got '" + value + "'");
+}
+
+int DefaultJitTileRows(const FeaturePlan& plan) { return JitTileRows(plan.view(), kJitTileBytes); }
+
+JitBinary CompileJitNormalizeKernel(const FeaturePlan& plan, const std::string& arch,
+                                    int tile_rows) {
+  const MlsPlanView& v = plan.view();
+  if (v.f_in <= 0) {
+    throw Error(ErrorCode::kUnavailable, "the JIT normalize kernel needs a plan with inputs");
+  }
+  JitBinary out;
+  out.tile_rows = tile_rows > 0 ? tile_rows : DefaultJitTileRows(plan);
+  if (out.tile_rows < 32) {
+    throw Error(ErrorCode::kUnavailable,
+                "rows of this plan (" + std::to_string(v.f_in) + " inputs + " +
+                    std::to_string(v.f_out) +
+                    " outputs) are too wide for the JIT kernel's 32-row tiles; the generic "
+                    "kernel runs it");
+  }
+  const std::string source = GenerateNormalizeSource(plan, JitKernelShape{out.tile_rows}, true);
+  auto key = std::make_pair(arch, source);
+  {
+    std::lock_guard<std::mutex> lock(g_cache_mu);
+    auto it = g_cache.find(key);
+    if (it != g_cache.end()) {
+      out.output = it->second;
+      out.cached = true;
+      return out;
+    }
+  }
+  // Same float semantics as the generic kernel: no FMA contraction, IEEE division and square
+  // root, denormals kept (NVRTC's defaults except --fmad).
+  auto compiled = std::make_shared<NvrtcOutput>(NvrtcCompile(
+      source, "mlserve_normalize_jit.cu", JitHeaders(), arch,
+      {"--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false", "--std=c++17"}));
+  out.output = compiled;
+  std::lock_guard<std::mutex> lock(g_cache_mu);
+  g_cache.emplace(std::move(key), std::move(compiled));
+  return out;
+}
+
+}  // namespace mlserve

@@ -1,0 +1,42 @@
+// Compiling a plan's specialized normalize kernels (plan/plan_codegen.h) with NVRTC, with a
+// per-process cache. Builds in every configuration: compiling needs NVRTC, not a GPU or the
+// CUDA runtime, so tests check the generated code on machines without either.
+//
+// Thread-safety: any thread; concurrent compiles of the same key may both compile (the first
+// result stays cached).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "cuda/nvrtc.h"
+#include "plan/feature_plan.h"
+
+namespace mlserve {
+
+// Which normalize kernel a DevicePlan runs: the generic one (interprets the plan), the JIT one
+// (specialized, compiled by NVRTC: construction fails when it cannot be built), or auto (the JIT
+// one when it builds, else the generic one, with the reason kept).
+enum class NormalizeKernelChoice { kGeneric, kJit, kAuto };
+
+// "generic" | "jit" | "auto"; "" is the default: $MLSERVE_CUDA_KERNEL when set, else generic.
+// Throws Error(kInvalidInput) for anything else.
+NormalizeKernelChoice ParseNormalizeKernelChoice(const std::string& name);
+
+struct JitBinary {
+  std::shared_ptr<const NvrtcOutput> output;  // CUBIN (sm_XX) or PTX (compute_XX), log, time
+  bool cached = false;                        // taken from the cache, not compiled by this call
+  int tile_rows = 0;
+};
+
+// Tile the JIT kernel uses for a plan when none is given: the largest multiple of 32 rows that
+// fits 16 KiB of shared memory, as the generic kernel's tile; 0 when 32 rows do not fit.
+int DefaultJitTileRows(const FeaturePlan& plan);
+
+// Generates and compiles the plan's kernels for `arch` ("sm_90" or "compute_90") with `tile_rows`
+// (0: DefaultJitTileRows). Throws Error(kUnavailable) when the plan does not suit the JIT kernel
+// or NVRTC is missing, Error(kInternal) with the compiler's log when it fails to compile.
+JitBinary CompileJitNormalizeKernel(const FeaturePlan& plan, const std::string& arch,
+                                    int tile_rows = 0);
+
+}  // namespace mlserve

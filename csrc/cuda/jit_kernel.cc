@@ -1,0 +1,97 @@
+// JitNormalizeKernel (jit_kernel.h). CUDA builds only.
+#include "cuda/jit_kernel.h"
+
+#include <string>
+
+#include "common/error.h"
+#include "cuda/cuda_check.h"
+#include "cuda/jit_compile.h"
+
+namespace mlserve {
+
+namespace {
+
+constexpr int kThreads = 256;          // MLS_JIT_THREADS in kernels/normalize_jit.cuh
+constexpr int kMaxSharedCounters = 4096;  // as the generic kernel: 16 KiB of uint32 counters
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+size_t SharedBytes(int tile_rows, int f_in, int f_out, int counters) {
+  return static_cast<size_t>(tile_rows) * (f_in + f_out) * sizeof(float) +
+         static_cast<size_t>(counters) * sizeof(unsigned int);
+}
+
+}  // namespace
+
+JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device) {
+  const MlsPlanView& v = plan.view();
+  f_in_ = v.f_in;
+  f_out_ = v.f_out;
+  n_counters_ = v.n_counters <= kMaxSharedCounters ? v.n_counters : 0;
+  int major = 0;
+  int minor = 0;
+  int sms = 0;
+  CudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+            "cudaDeviceGetAttribute (compute capability)");
+  CudaCheck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+            "cudaDeviceGetAttribute (compute capability)");
+  CudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+            "cudaDeviceGetAttribute (multiprocessors)");
+  arch_ = "sm_" + std::to_string(major) + std::to_string(minor);
+
+  const JitBinary bin = CompileJitNormalizeKernel(plan, arch_);
+  tile_rows_ = bin.tile_rows;
+  compile_ms_ = bin.cached ? 0.0 : bin.output->compile_ms;
+  CudaCheck(cudaLibraryLoadData(&library_, bin.output->binary.data(), nullptr, nullptr, 0, nullptr,
+                                nullptr, 0),
+            "cudaLibraryLoadData (JIT normalize kernel)");
+  try {
+    CudaCheck(cudaLibraryGetKernel(&plain_, library_, "mls_jit_normalize"),
+              "cudaLibraryGetKernel (mls_jit_normalize)");
+    CudaCheck(cudaLibraryGetKernel(&counted_, library_, "mls_jit_normalize_counted"),
+              "cudaLibraryGetKernel (mls_jit_normalize_counted)");
+    // Occupancy of the counting kernel (the larger shared footprint) sizes the persistent grid.
+    int per_sm = 0;
+    CudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                  &per_sm, reinterpret_cast<const void*>(counted_), kThreads,
+                  SharedBytes(tile_rows_, f_in_, f_out_, n_counters_)),
+              "cudaOccupancyMaxActiveBlocksPerMultiprocessor (JIT normalize kernel)");
+    blocks_per_sm_ = per_sm > 0 ? per_sm : 1;
+    max_blocks_ = blocks_per_sm_ * (sms > 0 ? sms : 1);
+  } catch (...) {
+    cudaLibraryUnload(library_);
+    throw;
+  }
+}
+
+JitNormalizeKernel::~JitNormalizeKernel() {
+  if (library_ != nullptr) cudaLibraryUnload(library_);  // errors ignored: teardown
+}
+
+bool JitNormalizeKernel::Accepts(const float* d_in, int64_t n, const float* d_out,
+                                 bool counting) const {
+  if (!Aligned16(d_in) || (d_out != nullptr && !Aligned16(d_out))) return false;
+  if (d_out == nullptr && f_out_ > 0) return false;
+  if (!counting) return true;
+  // Private 32-bit counts cannot overflow below 2^32 elements in the whole launch.
+  return n_counters_ > 0 && n * static_cast<int64_t>(f_in_) < (int64_t{1} << 32);
+}
+
+cudaError_t JitNormalizeKernel::Launch(const float* d_in, int64_t n, float* d_out,
+                                       int64_t* d_counters, cudaStream_t stream) const {
+  if (n <= 0) return cudaSuccess;
+  const bool counting = d_counters != nullptr;
+  const int64_t tiles = (n + tile_rows_ - 1) / tile_rows_;
+  const unsigned int blocks =
+      static_cast<unsigned int>(tiles < max_blocks_ ? tiles : max_blocks_);
+  const size_t shared = SharedBytes(tile_rows_, f_in_, f_out_, counting ? n_counters_ : 0);
+  const float* in = d_in;
+  long long rows = n;
+  float* out = d_out;
+  int64_t* counters = d_counters;
+  void* args[] = {&in, &rows, &out, &counters};
+  return cudaLaunchKernel(reinterpret_cast<const void*>(counting ? counted_ : plain_),
+                          dim3(blocks), dim3(kThreads), args, shared, stream);
+}
+
+}  // namespace mlserve

@@ -1,0 +1,175 @@
+"""The plan-specialized ("JIT") normalizer source (csrc/plan/plan_codegen.h) without a GPU.
+
+The generated source is compiled twice here:
+- with the host C++ compiler (its ``mls_jit_row`` entry point, through ctypes), and run against
+  ``FeaturePlan.transform`` (the CPU plan) on random plans and nasty inputs: every output must be
+  bit-identical and the histogram counters equal to an independent numpy reference. This checks
+  what the generator writes: each op's constants and order, the onehot/hash slots, the counter of
+  every edge (linear and binary-search forms), output columns and counter offsets;
+- with NVRTC for sm_90 (the CUDA kernels around the same code), where NVRTC is installed (the
+  nvidia-cuda-nvrtc wheel): the code the GPU machine will load must compile.
+The GPU tests (tests/unit/test_cuda.py) run the compiled kernel itself against the CPU plan.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from mlserve import FeaturePlan
+from mlserve.errors import InvalidInput, Unavailable
+from mlserve.plan import nvrtc_library_candidates, nvrtc_status
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference import reference_histograms
+from strategies import WIDE_EDGES_SPEC, plan_specs, random_input
+
+ROOT = Path(__file__).resolve().parents[2]
+CXX = shutil.which("c++") or shutil.which("g++")
+needs_cxx = pytest.mark.skipif(CXX is None, reason="no host C++ compiler")
+HAVE_NVRTC = bool(nvrtc_status()["available"])
+needs_nvrtc = pytest.mark.skipif(not HAVE_NVRTC, reason="NVRTC not installed (nvidia-cuda-nvrtc)")
+
+def _build_host_library(plan: FeaturePlan, tmp: Path) -> ctypes.CDLL:
+    source = plan.cuda_jit_source(kernel=False)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    src = tmp / f"jit_{digest}.cc"
+    lib = tmp / f"jit_{digest}.so"
+    if not lib.exists():
+        src.write_text(source)
+        # -ffp-contract=off: no FMA, as the CPU normalizer (and --fmad=false on the GPU).
+        cmd = [CXX, "-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC",
+               f"-I{ROOT / 'csrc'}", "-o", str(lib), str(src)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"generated source does not compile:\n{done.stderr}\n{source}"
+    so = ctypes.CDLL(str(lib))
+    so.mls_jit_row.restype = None
+    so.mls_jit_row.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return so
+
+
+def _run_host(plan: FeaturePlan, so: ctypes.CDLL, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = np.zeros((x.shape[0], plan.f_out), dtype=np.float32)
+    counters = np.zeros(plan.n_counters, dtype=np.int64)
+    for i in range(x.shape[0]):
+        row = np.ascontiguousarray(x[i])
+        so.mls_jit_row(row.ctypes.data, out[i].ctypes.data, counters.ctypes.data)
+    return out, counters
+
+
+def _check(spec: dict[str, Any], tmp: Path, sizes: tuple[int, ...], seed: int) -> None:
+    plan = FeaturePlan(spec)
+    so = _build_host_library(plan, tmp)
+    for n in sizes:
+        x = random_input(spec, n, seed=seed + n)
+        got, counters = _run_host(plan, so, x)
+        want = plan.transform(x)
+        # Bit-identical, NaNs included (same quiet NaN on both sides).
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32),
+                                      err_msg=f"spec {spec}")
+        counted = FeaturePlan(spec)
+        counted.merge_counters(counters, n)
+        ref = reference_histograms(spec, x)
+        got_h = counted.histograms()
+        assert got_h["rows"] == ref["rows"] == n
+        for name, w in ref["features"].items():
+            g = got_h["features"][name]
+            np.testing.assert_array_equal(np.asarray(g["counts"]), np.asarray(w["counts"]),
+                                          err_msg=name)
+            for key in ("underflow", "overflow", "nan", "missing"):
+                if key in w:
+                    assert int(g[key]) == int(w[key]), f"{name}: {key}"
+
+
+@needs_cxx
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(spec=plan_specs())
+def test_generated_code_equals_cpu_plan_on_random_plans(spec: dict[str, Any],
+                                                        tmp_path: Path) -> None:
+    _check(spec, tmp_path, (0, 1, 300), seed=3)
+
+
+@needs_cxx
+def test_generated_code_equals_cpu_plan_realistic_and_wide_edges(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.plans import realistic_plan_spec
+
+    _check(realistic_plan_spec(), tmp_path, (2000,), seed=1)
+    _check(WIDE_EDGES_SPEC, tmp_path, (2000,), seed=2)
+    assert "mls_jit_edges_0" in FeaturePlan(WIDE_EDGES_SPEC).cuda_jit_source()
+
+
+def test_source_is_deterministic_and_names_the_kernels() -> None:
+    plan = FeaturePlan(WIDE_EDGES_SPEC)
+    src = plan.cuda_jit_source(tile_rows=64)
+    assert src == FeaturePlan(WIDE_EDGES_SPEC).cuda_jit_source(tile_rows=64)
+    assert "#define MLS_JIT_TILE_ROWS 64" in src and '#include "normalize_jit.cuh"' in src
+    host_only = plan.cuda_jit_source(kernel=False)
+    assert "mls_jit_row" in host_only and "normalize_jit.cuh" not in host_only
+    with pytest.raises(InvalidInput, match="multiple of 32"):
+        plan.cuda_jit_source(tile_rows=48)
+
+
+def test_nvrtc_candidates_come_from_nvidia_wheel_folders(tmp_path: Path) -> None:
+    for sub, name in (("cu13", "libnvrtc.so.13"), ("cuda_nvrtc", "libnvrtc.so.12")):
+        lib = tmp_path / "nvidia" / sub / "lib" / name
+        lib.parent.mkdir(parents=True)
+        lib.write_bytes(b"")
+    found = nvrtc_library_candidates([str(tmp_path), str(tmp_path / "nothing")])
+    assert found == [str(tmp_path / "nvidia/cu13/lib/libnvrtc.so.13"),
+                     str(tmp_path / "nvidia/cuda_nvrtc/lib/libnvrtc.so.12")]
+    status = nvrtc_status()
+    assert set(status) == {"available", "detail", "version"}
+    if not status["available"]:
+        assert "nvidia-cuda-nvrtc" in status["detail"]  # says how to get it
+
+
+@needs_nvrtc
+def test_nvrtc_compiles_the_realistic_plan_and_caches_it() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.plans import realistic_plan_spec
+
+    plan = FeaturePlan(realistic_plan_spec())
+    first = plan.compile_cuda_jit("sm_90")
+    assert first["tile_rows"] == 32 and first["bytes"] > 1000
+    assert first["binary"][:4] == b"\x7fELF"  # a CUBIN
+    again = FeaturePlan(realistic_plan_spec()).compile_cuda_jit("sm_90")
+    assert again["cached"] and again["binary"] == first["binary"]
+    ptx = plan.compile_cuda_jit("compute_90")["binary"]
+    assert b".entry mls_jit_normalize_counted" in ptx and b".entry mls_jit_normalize(" in ptx
+    with pytest.raises(InvalidInput, match="sm_XX or compute_XX"):
+        plan.compile_cuda_jit("hopper")
+
+
+@needs_nvrtc
+@settings(max_examples=6, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(plan_specs())
+def test_nvrtc_compiles_random_plans(spec: dict[str, Any]) -> None:
+    plan = FeaturePlan(spec)
+    try:
+        out = plan.compile_cuda_jit("sm_90")
+    except Unavailable as e:  # rows too wide for a 32-row tile: the generic kernel runs those
+        assert "too wide" in str(e)
+        return
+    assert out["bytes"] > 0
+
+
+def test_plans_too_wide_for_the_jit_tile_say_so() -> None:
+    wide = {"features": [{"name": "item", "kind": "categorical",
+                          "ops": [{"op": "onehot", "size": 5000}]}]}
+    if not HAVE_NVRTC:
+        pytest.skip("NVRTC not installed")
+    with pytest.raises(Unavailable, match="too wide"):
+        FeaturePlan(wide).compile_cuda_jit("sm_90")
