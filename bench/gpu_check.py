@@ -109,7 +109,7 @@ def environment(results: Results) -> None:
 
 #: (name, benchmark_cuda kernel=, histograms): the interpreting kernel and the plan's JIT one.
 KERNEL_VARIANTS = (("generic", "generic", True), ("jit", "jit", True),
-                   ("jit-nohist", "jit", False))
+                   ("jit-tma", "jit-tma", True), ("jit-nohist", "jit", False))
 
 
 def kernel(results: Results, rows: tuple[int, ...], iterations: int) -> None:

@@ -202,7 +202,8 @@ wraps this with file/string loading.)doc")
           py::arg("kernel") = "",
           "transform() on a GPU; raises mlserve.errors.Unavailable without a CUDA build or GPU. "
           "kernel: 'generic', 'jit' (the plan's NVRTC-specialized kernel; Unavailable when it "
-          "cannot be built) or 'auto'; '' reads MLSERVE_CUDA_KERNEL (default generic).")
+          "cannot be built), 'jit-tma' (the same with Hopper bulk copies) or 'auto'; '' reads "
+          "MLSERVE_CUDA_KERNEL (default generic).")
       .def(
           "benchmark_cuda",
           [](const FeaturePlan& plan, const py::object& x, int device, int iterations,
@@ -234,21 +235,21 @@ wraps this with file/string loading.)doc")
           "of a device-to-device copy of the same bytes; the plan's counters are not touched.")
       .def(
           "cuda_jit_source",
-          [](const FeaturePlan& plan, int tile_rows, bool kernel) {
+          [](const FeaturePlan& plan, int tile_rows, bool kernel, bool tma) {
             const int rows = tile_rows > 0 ? tile_rows : DefaultJitTileRows(plan);
-            return GenerateNormalizeSource(plan, JitKernelShape{rows}, kernel);
+            return GenerateNormalizeSource(plan, JitKernelShape{rows, tma}, kernel);
           },
-          py::arg("tile_rows") = 0, py::arg("kernel") = true,
+          py::arg("tile_rows") = 0, py::arg("kernel") = true, py::arg("tma") = false,
           "The plan's specialized normalizer source (plan/plan_codegen.h): C++ for the host "
           "(mls_jit_row) and, with kernel=True, the CUDA kernels NVRTC compiles. tile_rows 0: "
           "the default tile.")
       .def(
           "compile_cuda_jit",
-          [](const FeaturePlan& plan, const std::string& arch, int tile_rows) {
+          [](const FeaturePlan& plan, const std::string& arch, int tile_rows, bool tma) {
             JitBinary bin;
             {
               py::gil_scoped_release release;
-              bin = CompileJitNormalizeKernel(plan, arch, tile_rows);
+              bin = CompileJitNormalizeKernel(plan, arch, tile_rows, tma);
             }
             py::dict d;
             d["arch"] = arch;
@@ -260,7 +261,7 @@ wraps this with file/string loading.)doc")
             d["binary"] = py::bytes(bin.output->binary.data(), bin.output->binary.size());
             return d;
           },
-          py::arg("arch") = "sm_90", py::arg("tile_rows") = 0,
+          py::arg("arch") = "sm_90", py::arg("tile_rows") = 0, py::arg("tma") = false,
           "Compiles the plan's JIT normalize kernels with NVRTC for arch ('sm_90': CUBIN, "
           "'compute_90': PTX) without a GPU; raises Unavailable without NVRTC.")
       .def(

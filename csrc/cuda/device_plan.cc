@@ -71,9 +71,10 @@ DevicePlan::DevicePlan(const FeaturePlan& plan, int device, NormalizeKernelChoic
             "normalize kernel configuration");
   if (kernel == NormalizeKernelChoice::kGeneric) return;
   try {
-    jit_ = std::make_unique<JitNormalizeKernel>(plan, device);
+    jit_ = std::make_unique<JitNormalizeKernel>(plan, device,
+                                                kernel == NormalizeKernelChoice::kJitTma);
   } catch (const Error& e) {
-    if (kernel == NormalizeKernelChoice::kJit) throw;
+    if (kernel != NormalizeKernelChoice::kAuto) throw;
     jit_status_ = e.what();  // auto: the generic kernel runs
   }
 }

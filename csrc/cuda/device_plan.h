@@ -72,8 +72,11 @@ class DevicePlan {
   // Device histogram counters (n_counters int64); the normalizers keep them zero between batches.
   int64_t* counters() const { return counters_.get(); }
 
-  // "jit" when the plan's JIT kernel was built (launches it accepts run it), else "generic".
-  const char* kernel_name() const { return jit_ != nullptr ? "jit" : "generic"; }
+  // "jit" / "jit-tma" when the plan's JIT kernel was built (launches it accepts run it), else
+  // "generic".
+  const char* kernel_name() const {
+    return jit_ == nullptr ? "generic" : jit_->tma() ? "jit-tma" : "jit";
+  }
   // Why the JIT kernel is not used ("" when it is, or when the generic kernel was asked for).
   const std::string& jit_status() const { return jit_status_; }
   const JitNormalizeKernel* jit() const { return jit_.get(); }

@@ -30,15 +30,16 @@ NormalizeKernelChoice ParseNormalizeKernelChoice(const std::string& name) {
   }
   if (value == "generic") return NormalizeKernelChoice::kGeneric;
   if (value == "jit") return NormalizeKernelChoice::kJit;
+  if (value == "jit-tma") return NormalizeKernelChoice::kJitTma;
   if (value == "auto") return NormalizeKernelChoice::kAuto;
-  ThrowInvalid("normalize kernel must be 'generic', 'jit' or 'auto' (argument or "
+  ThrowInvalid("normalize kernel must be 'generic', 'jit', 'jit-tma' or 'auto' (argument or "
                "MLSERVE_CUDA_KERNEL), got '" + value + "'");
 }
 
 int DefaultJitTileRows(const FeaturePlan& plan) { return JitTileRows(plan.view(), kJitTileBytes); }
 
 JitBinary CompileJitNormalizeKernel(const FeaturePlan& plan, const std::string& arch,
-                                    int tile_rows) {
+                                    int tile_rows, bool tma) {
   const MlsPlanView& v = plan.view();
   if (v.f_in <= 0) {
     throw Error(ErrorCode::kUnavailable, "the JIT normalize kernel needs a plan with inputs");
@@ -52,7 +53,16 @@ JitBinary CompileJitNormalizeKernel(const FeaturePlan& plan, const std::string& 
                     " outputs) are too wide for the JIT kernel's 32-row tiles; the generic "
                     "kernel runs it");
   }
-  const std::string source = GenerateNormalizeSource(plan, JitKernelShape{out.tile_rows}, true);
+  if (tma) {
+    // sm_XX / compute_XX with XX >= 90: the bulk copies are Hopper instructions.
+    const size_t digits = arch.find_first_of("0123456789");
+    if (digits == std::string::npos || std::stoi(arch.substr(digits)) < 90) {
+      throw Error(ErrorCode::kUnavailable,
+                  "the jit-tma kernel needs sm_90 or newer (bulk copies), not " + arch);
+    }
+  }
+  const std::string source =
+      GenerateNormalizeSource(plan, JitKernelShape{out.tile_rows, tma}, true);
   auto key = std::make_pair(arch, source);
   {
     std::lock_guard<std::mutex> lock(g_cache_mu);

@@ -17,9 +17,11 @@ namespace mlserve {
 // Which normalize kernel a DevicePlan runs: the generic one (interprets the plan), the JIT one
 // (specialized, compiled by NVRTC: construction fails when it cannot be built), or auto (the JIT
 // one when it builds, else the generic one, with the reason kept).
-enum class NormalizeKernelChoice { kGeneric, kJit, kAuto };
+// kJitTma: the JIT kernel moving its tiles with Hopper's bulk copies (sm_90+).
+enum class NormalizeKernelChoice { kGeneric, kJit, kJitTma, kAuto };
 
-// "generic" | "jit" | "auto"; "" is the default: $MLSERVE_CUDA_KERNEL when set, else generic.
+// "generic" | "jit" | "jit-tma" | "auto"; "" is the default: $MLSERVE_CUDA_KERNEL when set, else
+// generic.
 // Throws Error(kInvalidInput) for anything else.
 NormalizeKernelChoice ParseNormalizeKernelChoice(const std::string& name);
 
@@ -37,6 +39,6 @@ int DefaultJitTileRows(const FeaturePlan& plan);
 // (0: DefaultJitTileRows). Throws Error(kUnavailable) when the plan does not suit the JIT kernel
 // or NVRTC is missing, Error(kInternal) with the compiler's log when it fails to compile.
 JitBinary CompileJitNormalizeKernel(const FeaturePlan& plan, const std::string& arch,
-                                    int tile_rows = 0);
+                                    int tile_rows = 0, bool tma = false);
 
 }  // namespace mlserve

@@ -16,14 +16,17 @@ constexpr int kMaxSharedCounters = 4096;  // as the generic kernel: 16 KiB of ui
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-size_t SharedBytes(int tile_rows, int f_in, int f_out, int counters) {
-  return static_cast<size_t>(tile_rows) * (f_in + f_out) * sizeof(float) +
-         static_cast<size_t>(counters) * sizeof(unsigned int);
+// Shared memory of one block (kernels/normalize_jit.cuh): the tiles (double-buffered, after two
+// 8-byte mbarriers padded to 16 bytes, with tma) and the counters.
+size_t SharedBytes(bool tma, int tile_rows, int f_in, int f_out, int counters) {
+  const size_t tiles = static_cast<size_t>(tile_rows) * (f_in + f_out) * sizeof(float);
+  return (tma ? 16 + 2 * tiles : tiles) + static_cast<size_t>(counters) * sizeof(unsigned int);
 }
 
 }  // namespace
 
-JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device) {
+JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device, bool tma)
+    : tma_(tma) {
   const MlsPlanView& v = plan.view();
   f_in_ = v.f_in;
   f_out_ = v.f_out;
@@ -39,7 +42,7 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device) {
             "cudaDeviceGetAttribute (multiprocessors)");
   arch_ = "sm_" + std::to_string(major) + std::to_string(minor);
 
-  const JitBinary bin = CompileJitNormalizeKernel(plan, arch_);
+  const JitBinary bin = CompileJitNormalizeKernel(plan, arch_, 0, tma_);
   tile_rows_ = bin.tile_rows;
   compile_ms_ = bin.cached ? 0.0 : bin.output->compile_ms;
   CudaCheck(cudaLibraryLoadData(&library_, bin.output->binary.data(), nullptr, nullptr, 0, nullptr,
@@ -51,10 +54,18 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device) {
     CudaCheck(cudaLibraryGetKernel(&counted_, library_, "mls_jit_normalize_counted"),
               "cudaLibraryGetKernel (mls_jit_normalize_counted)");
     // Occupancy of the counting kernel (the larger shared footprint) sizes the persistent grid.
+    const size_t shared = SharedBytes(tma_, tile_rows_, f_in_, f_out_, n_counters_);
+    if (shared > 48 * 1024) {  // past the default dynamic limit (jit-tma's double buffers)
+      for (cudaKernel_t k : {plain_, counted_}) {
+        CudaCheck(cudaFuncSetAttribute(reinterpret_cast<const void*>(k),
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(shared)),
+                  "cudaFuncSetAttribute (JIT normalize kernel shared memory)");
+      }
+    }
     int per_sm = 0;
     CudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                  &per_sm, reinterpret_cast<const void*>(counted_), kThreads,
-                  SharedBytes(tile_rows_, f_in_, f_out_, n_counters_)),
+                  &per_sm, reinterpret_cast<const void*>(counted_), kThreads, shared),
               "cudaOccupancyMaxActiveBlocksPerMultiprocessor (JIT normalize kernel)");
     blocks_per_sm_ = per_sm > 0 ? per_sm : 1;
     max_blocks_ = blocks_per_sm_ * (sms > 0 ? sms : 1);
@@ -84,7 +95,8 @@ cudaError_t JitNormalizeKernel::Launch(const float* d_in, int64_t n, float* d_ou
   const int64_t tiles = (n + tile_rows_ - 1) / tile_rows_;
   const unsigned int blocks =
       static_cast<unsigned int>(tiles < max_blocks_ ? tiles : max_blocks_);
-  const size_t shared = SharedBytes(tile_rows_, f_in_, f_out_, counting ? n_counters_ : 0);
+  const size_t shared =
+      SharedBytes(tma_, tile_rows_, f_in_, f_out_, counting ? n_counters_ : 0);
   const float* in = d_in;
   long long rows = n;
   float* out = d_out;

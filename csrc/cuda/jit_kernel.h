@@ -28,7 +28,8 @@ class JitNormalizeKernel {
   // which must be current. Throws Error(kUnavailable) when the plan does not suit it (rows too
   // wide for a 32-row tile, or no output and no histograms) or NVRTC is missing, and
   // Error(kInternal) when compiling or loading fails, with the reason.
-  JitNormalizeKernel(const FeaturePlan& plan, int device);
+  // tma: the variant with Hopper's bulk copies (sm_90+; Unavailable on older devices).
+  JitNormalizeKernel(const FeaturePlan& plan, int device, bool tma = false);
   ~JitNormalizeKernel();
   JitNormalizeKernel(const JitNormalizeKernel&) = delete;
   JitNormalizeKernel& operator=(const JitNormalizeKernel&) = delete;
@@ -48,6 +49,7 @@ class JitNormalizeKernel {
   int max_blocks() const { return max_blocks_; }
   double compile_ms() const { return compile_ms_; }  // 0 when the binary came from the cache
   const std::string& arch() const { return arch_; }
+  bool tma() const { return tma_; }
 
  private:
   int f_in_ = 0;
@@ -57,6 +59,7 @@ class JitNormalizeKernel {
   int blocks_per_sm_ = 0;
   int max_blocks_ = 0;
   double compile_ms_ = 0.0;
+  bool tma_ = false;
   std::string arch_;
   cudaLibrary_t library_ = nullptr;
   cudaKernel_t plain_ = nullptr;    // mls_jit_normalize

@@ -186,6 +186,7 @@ std::string GenerateNormalizeSource(const FeaturePlan& plan, const JitKernelShap
     << "#define MLS_JIT_F_IN " << v.f_in << "\n#define MLS_JIT_F_OUT " << v.f_out << "\n"
     << "#define MLS_JIT_TILE_ROWS " << shape.tile_rows << "\n"
     << "#define MLS_JIT_N_COUNTERS " << v.n_counters << "\n"
+    << "#define MLS_JIT_TMA " << (shape.tma ? 1 : 0) << "\n"
     << "#include \"normalize_jit.cuh\"\n";
   for (int c = 0; c < v.n_features; ++c) {
     const MlsFeature& f = v.features[c];

@@ -37,6 +37,9 @@ namespace mlserve {
 // 32 (each warp task is one feature on 32 rows of the tile).
 struct JitKernelShape {
   int tile_rows = 32;
+  // Tiles moved by Hopper's bulk copies (cp.async.bulk, sm_90+), double-buffered, instead of by
+  // every thread (kernels/normalize_jit.cuh, MLS_JIT_TMA).
+  bool tma = false;
 };
 
 // Numeric histograms with at most this many edges are counted warp-wide by one ballot per edge

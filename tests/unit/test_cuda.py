@@ -20,6 +20,7 @@ import mlserve
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mlserve import FeaturePlan
 from mlserve.errors import InvalidInput, Unavailable
 
@@ -117,7 +118,7 @@ def test_transform_cuda_without_gpu_raises_unavailable() -> None:
         assert "no usable GPU" in message
     else:
         assert "built without CUDA" in message
-    with pytest.raises(InvalidInput, match="'generic', 'jit' or 'auto'"):
+    with pytest.raises(InvalidInput, match="'generic', 'jit', 'jit-tma' or 'auto'"):
         plan.transform_cuda(x, kernel="fast")  # a bad argument is the caller's error first
     # The failed attempt leaves the plan (and its counters) usable on the CPU.
     plan.transform(x, histograms=True)
@@ -206,21 +207,21 @@ def _jit_or_skip(spec: dict[str, Any]) -> bool:
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(plan_specs())
-def test_jit_kernel_matches_cpu_on_random_plans(spec: dict[str, Any]) -> None:
-    # The plan-specialized kernel (NVRTC): the same bits and counts as the CPU plan.
+@given(plan_specs(), st.sampled_from(["jit", "jit-tma"]))
+def test_jit_kernel_matches_cpu_on_random_plans(spec: dict[str, Any], kernel: str) -> None:
+    # The plan-specialized kernels (NVRTC): the same bits and counts as the CPU plan.
     if _jit_or_skip(spec):
-        _check_plan(spec, SIZES, seed=13, kernel="jit")
+        _check_plan(spec, SIZES, seed=13, kernel=kernel)
 
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("kernel", ["generic", "jit", "auto"])
+@pytest.mark.parametrize("kernel", ["generic", "jit", "jit-tma", "auto"])
 @pytest.mark.parametrize("spec", [SMALL_SPEC, BIG_SPEC], ids=["shared-counters", "global-counters"])
 def test_transform_cuda_matches_cpu_fixed_plans(spec: dict[str, Any], kernel: str) -> None:
-    if kernel == "jit" and not _jit_or_skip(spec):
+    if kernel.startswith("jit") and not _jit_or_skip(spec):
         with pytest.raises(Unavailable, match="too wide"):
-            FeaturePlan(spec).transform_cuda(random_input(spec, 4, seed=1), kernel="jit")
+            FeaturePlan(spec).transform_cuda(random_input(spec, 4, seed=1), kernel=kernel)
         return
     _check_plan(spec, SIZES, seed=5, kernel=kernel)
 
@@ -231,12 +232,17 @@ def test_jit_kernel_on_the_realistic_plan_and_wide_edges() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench.plans import realistic_plan_spec
 
-    for spec in (realistic_plan_spec(), WIDE_EDGES_SPEC):
-        if _jit_or_skip(spec):
-            _check_plan(spec, (1, 31, 32, 33, 4097, 100_001), seed=17, kernel="jit")
-    t = FeaturePlan(realistic_plan_spec()).benchmark_cuda(
-        random_input(realistic_plan_spec(), 4096, seed=1), iterations=3, kernel="jit")
-    assert t["kernel"] == "jit" and t["tile_rows"] == 32
+    # Sizes: one row; under, at and over one 32-row tile; more tiles than the grid has blocks
+    # (each block walks several, through both halves of the jit-tma double buffers), with a
+    # partial last tile and without one.
+    sizes = (1, 31, 32, 33, 4097, 100_001, 32 * 20_000)
+    for kernel in ("jit", "jit-tma"):
+        for spec in (realistic_plan_spec(), WIDE_EDGES_SPEC):
+            if _jit_or_skip(spec):
+                _check_plan(spec, sizes, seed=17, kernel=kernel)
+        t = FeaturePlan(realistic_plan_spec()).benchmark_cuda(
+            random_input(realistic_plan_spec(), 4096, seed=1), iterations=3, kernel=kernel)
+        assert t["kernel"] == kernel and t["tile_rows"] == 32
 
 
 @pytest.mark.gpu
@@ -267,7 +273,7 @@ def test_transform_cuda_input_conversion_and_errors() -> None:
         plan.transform_cuda(np.zeros((4, plan.f_in + 1), dtype=np.float32))
     with pytest.raises(Unavailable, match="device"):
         plan.transform_cuda(x, device=len(mlserve.cuda_devices()))
-    with pytest.raises(InvalidInput, match="'generic', 'jit' or 'auto'"):
+    with pytest.raises(InvalidInput, match="'generic', 'jit', 'jit-tma' or 'auto'"):
         plan.transform_cuda(x, kernel="fast")
     np.testing.assert_array_equal(plan.transform_cuda(x), want)  # still usable after errors
 

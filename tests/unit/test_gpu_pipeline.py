@@ -71,7 +71,7 @@ def check_normalized_engine(spec: dict[str, Any], sizes: list[int], **engine_kw:
                 assert got_h["features"][name][key] == w[key], (name, key)
 
 
-@pytest.mark.parametrize("kernel", ["generic", "jit"])
+@pytest.mark.parametrize("kernel", ["generic", "jit", "jit-tma"])
 @pytest.mark.parametrize("graphs", [True, False], ids=["graphs", "no-graphs"])
 @pytest.mark.parametrize("instances", [1, 2])
 def test_pipeline_output_equals_the_cpu_plan(graphs: bool, instances: int, kernel: str,

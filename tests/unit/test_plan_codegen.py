@@ -148,6 +148,15 @@ def test_nvrtc_compiles_the_realistic_plan_and_caches_it() -> None:
     assert again["cached"] and again["binary"] == first["binary"]
     ptx = plan.compile_cuda_jit("compute_90")["binary"]
     assert b".entry mls_jit_normalize_counted" in ptx and b".entry mls_jit_normalize(" in ptx
+    assert b"cp.async.bulk" not in ptx
+    # The Hopper variant: tiles moved by bulk copies (ptxas accepted them for sm_90 above).
+    tma = plan.compile_cuda_jit("sm_90", tma=True)
+    assert tma["binary"][:4] == b"\x7fELF" and tma["binary"] != first["binary"]
+    tma_ptx = plan.compile_cuda_jit("compute_90", tma=True)["binary"]
+    assert b"cp.async.bulk.shared::cluster.global.mbarrier" in tma_ptx
+    assert b"cp.async.bulk.global.shared::cta.bulk_group" in tma_ptx
+    with pytest.raises(Unavailable, match="sm_90 or newer"):
+        plan.compile_cuda_jit("sm_80", tma=True)
     with pytest.raises(InvalidInput, match="sm_XX or compute_XX"):
         plan.compile_cuda_jit("hopper")
 
@@ -164,6 +173,7 @@ def test_nvrtc_compiles_random_plans(spec: dict[str, Any]) -> None:
         assert "too wide" in str(e)
         return
     assert out["bytes"] > 0
+    assert plan.compile_cuda_jit("sm_90", tma=True)["bytes"] > 0
 
 
 def test_plans_too_wide_for_the_jit_tile_say_so() -> None:
