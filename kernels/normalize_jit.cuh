@@ -139,8 +139,26 @@ __device__ __forceinline__ void mls_jit_staged(const float* __restrict__ in, lon
 // it). A partial last tile (whose byte counts need not be multiples of 16) uses the threads'
 // copies. Shared layout: 2 mbarriers (16 B) | 2 input tiles | 2 output tiles | counters.
 
+// The bulk-copy primitives. With MLS_JIT_HOST_EMU (tests/emu/cuda_host_emu.h, the host
+// emulation the tests run without a GPU) they are the emulator's synchronous equivalents, so the
+// pipeline's buffer and barrier-phase logic runs there too.
+#ifdef MLS_JIT_HOST_EMU
+#define mls_jit_bar_init mls_emu_bar_init
+#define mls_jit_bulk_load mls_emu_bulk_load
+#define mls_jit_bulk_wait mls_emu_bulk_wait
+#define mls_jit_bulk_store mls_emu_bulk_store
+#define mls_jit_bulk_wait_read1() ((void)0)
+#define mls_jit_bulk_wait_all() ((void)0)
+#define mls_jit_fence_proxy_async() ((void)0)
+#else
 __device__ __forceinline__ unsigned mls_jit_smem(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// One thread, before the block's first __syncthreads: a barrier completing on one arrival.
+__device__ __forceinline__ void mls_jit_bar_init(unsigned long long* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(mls_jit_smem(bar)) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 
 // One thread: expects `bytes` on the barrier and starts the bulk load of them into shared memory.
@@ -166,6 +184,29 @@ __device__ __forceinline__ void mls_jit_bulk_wait(unsigned long long* bar, unsig
       "}\n" :: "r"(mls_jit_smem(bar)), "r"(parity) : "memory");
 }
 
+// One thread: starts the bulk store of `bytes` of shared memory, as one bulk_group.
+__device__ __forceinline__ void mls_jit_bulk_store(void* dst, const void* src, unsigned bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
+               :: "l"(dst), "r"(mls_jit_smem(src)), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+
+// The storing thread: waits until all but its newest bulk_group have read their shared memory.
+__device__ __forceinline__ void mls_jit_bulk_wait_read1() {
+  asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
+}
+
+// The storing thread: waits until all its bulk_groups completed.
+__device__ __forceinline__ void mls_jit_bulk_wait_all() {
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
+
+// Every thread that wrote shared memory the copy engine will read (the async proxy).
+__device__ __forceinline__ void mls_jit_fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+#endif
+
 template <bool kCount>
 __device__ __forceinline__ void mls_jit_staged_tma(const float* __restrict__ in, long long n,
                                                    float* __restrict__ out,
@@ -185,10 +226,8 @@ __device__ __forceinline__ void mls_jit_staged_tma(const float* __restrict__ in,
   const long long tiles = (n + kRows - 1) / kRows;
   const long long full_tiles = n / kRows;
   if (tid == 0) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(mls_jit_smem(bars)) : "memory");
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(mls_jit_smem(bars + 1))
-                 : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    mls_jit_bar_init(bars);
+    mls_jit_bar_init(bars + 1);
     if (blockIdx.x < full_tiles) {
       mls_jit_bulk_load(s_in0, in + (long long)blockIdx.x * kRows * kFIn, kInBytes, bars);
     }
@@ -212,7 +251,7 @@ __device__ __forceinline__ void mls_jit_staged_tma(const float* __restrict__ in,
                           bars + (b ^ 1));
       }
       // This output buffer's last store (two tiles ago) must have read it before it is zeroed.
-      asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
+      mls_jit_bulk_wait_read1();
     }
     __syncthreads();
     mls_jit_zero_tile(s_out);
@@ -226,14 +265,9 @@ __device__ __forceinline__ void mls_jit_staged_tma(const float* __restrict__ in,
     if (full) {
       // The threads' shared writes become visible to the copy engine (async proxy), then one
       // thread stores the tile.
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      mls_jit_fence_proxy_async();
       __syncthreads();
-      if (tid == 0) {
-        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
-                     :: "l"(out + row0 * kFOut), "r"(mls_jit_smem(s_out)), "r"(kOutBytes)
-                     : "memory");
-        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-      }
+      if (tid == 0) mls_jit_bulk_store(out + row0 * kFOut, s_out, kOutBytes);
     } else {
       __syncthreads();
       mls_jit_copy<kRows * kFOut>(out + row0 * kFOut, s_out, m * kFOut);
@@ -241,7 +275,7 @@ __device__ __forceinline__ void mls_jit_staged_tma(const float* __restrict__ in,
     }
   }
   // Shared memory must outlive the stores that read it.
-  if (tid == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+  if (tid == 0) mls_jit_bulk_wait_all();
   if (kCount) mls_jit_merge_counts(s_counts, counters);
 }
 #define MLS_JIT_STAGED mls_jit_staged_tma

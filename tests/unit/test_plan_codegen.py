@@ -8,7 +8,13 @@ The generated source is compiled twice here:
   every edge (linear and binary-search forms), output columns and counter offsets;
 - with NVRTC for sm_90 (the CUDA kernels around the same code), where NVRTC is installed (the
   nvidia-cuda-nvrtc wheel): the code the GPU machine will load must compile.
-The GPU tests (tests/unit/test_cuda.py) run the compiled kernel itself against the CPU plan.
+- with the host compiler again, kernels included, under tests/emu/cuda_host_emu.h: each CUDA
+  thread of a block a host thread, __syncthreads and the warp collectives (ballot, match_any)
+  barriers, Hopper's bulk copies synchronous copies on an emulated mbarrier. The kernels' own
+  code (warp tasks, partial tiles, the ballot histograms, the jit-tma double buffers and barrier
+  phases, the counter merge) then runs against the CPU plan without a GPU. What this cannot
+  show: timing, and ordering bugs the GPU's asynchrony would expose.
+The GPU tests (tests/unit/test_cuda.py) run the compiled kernels themselves against the CPU plan.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mlserve import FeaturePlan
 from mlserve.errors import InvalidInput, Unavailable
 from mlserve.plan import nvrtc_library_candidates, nvrtc_status
@@ -78,16 +85,7 @@ def _check(spec: dict[str, Any], tmp: Path, sizes: tuple[int, ...], seed: int) -
                                       err_msg=f"spec {spec}")
         counted = FeaturePlan(spec)
         counted.merge_counters(counters, n)
-        ref = reference_histograms(spec, x)
-        got_h = counted.histograms()
-        assert got_h["rows"] == ref["rows"] == n
-        for name, w in ref["features"].items():
-            g = got_h["features"][name]
-            np.testing.assert_array_equal(np.asarray(g["counts"]), np.asarray(w["counts"]),
-                                          err_msg=name)
-            for key in ("underflow", "overflow", "nan", "missing"):
-                if key in w:
-                    assert int(g[key]) == int(w[key]), f"{name}: {key}"
+        _assert_histograms(counted.histograms(), reference_histograms(spec, x))
 
 
 @needs_cxx
@@ -108,6 +106,100 @@ def test_generated_code_equals_cpu_plan_realistic_and_wide_edges(tmp_path: Path)
     _check(realistic_plan_spec(), tmp_path, (2000,), seed=1)
     _check(WIDE_EDGES_SPEC, tmp_path, (2000,), seed=2)
     assert "mls_jit_edges_0" in FeaturePlan(WIDE_EDGES_SPEC).cuda_jit_source()
+
+
+# ---- the kernels, emulated on the host -------------------------------------------------------
+
+EMU = ROOT / "tests" / "emu"
+
+
+def _build_emulated_kernel(plan: FeaturePlan, tma: bool, tmp: Path) -> Path:
+    source = plan.cuda_jit_source(tma=tma)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    exe = tmp / f"emu_{digest}"
+    if not exe.exists():
+        src = tmp / f"emu_{digest}.cc"
+        src.write_text(source)
+        cmd = [CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-Wno-unknown-pragmas",
+               "-include", str(EMU / "cuda_host_emu.h"), "-D__CUDACC__", "-D__CUDA_ARCH__=900",
+               f"-I{ROOT / 'csrc'}", f"-I{ROOT / 'kernels'}", str(src),
+               str(EMU / "jit_kernel_driver.cc"), "-o", str(exe)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"emulated kernel does not compile:\n{done.stderr}"
+    return exe
+
+
+def _run_emulated(plan: FeaturePlan, exe: Path, x: np.ndarray, grid: int, counted: bool,
+                  tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    n = x.shape[0]
+    paths = [tmp / "in.bin", tmp / "out.bin", tmp / "counters.bin"]
+    np.ascontiguousarray(x, dtype=np.float32).tofile(paths[0])
+    # A kernel that waits for a barrier phase that never comes, or a lane that skips a warp
+    # collective, hangs: the time limit turns that into a failure.
+    done = subprocess.run([str(exe), *map(str, paths), str(n), str(plan.f_in), str(plan.f_out),
+                           str(plan.n_counters), str(grid), str(int(counted))],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = np.fromfile(paths[1], dtype=np.float32).reshape(n, plan.f_out)
+    return out, np.fromfile(paths[2], dtype=np.int64)
+
+
+def _check_emulated(spec: dict[str, Any], tma: bool, tmp: Path,
+                    runs: tuple[tuple[int, int], ...], seed: int) -> None:
+    plan = FeaturePlan(spec)
+    if plan.f_in + plan.f_out > 128:
+        return  # rows too wide for a 32-row tile: the generic kernel runs such plans
+    exe = _build_emulated_kernel(plan, tma, tmp)
+    for n, grid in runs:
+        x = random_input(spec, n, seed=seed + n)
+        want = plan.transform(x)
+        for counted in (True, False):
+            got, counters = _run_emulated(plan, exe, x, grid, counted, tmp)
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32),
+                                          err_msg=f"n={n} grid={grid} tma={tma} spec {spec}")
+            if not counted:
+                assert not counters.any()
+                continue
+            counted_plan = FeaturePlan(spec)
+            counted_plan.merge_counters(counters, n)
+            _assert_histograms(counted_plan.histograms(), reference_histograms(spec, x))
+
+
+def _assert_histograms(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["rows"] == want["rows"]
+    for name, w in want["features"].items():
+        g = got["features"][name]
+        np.testing.assert_array_equal(np.asarray(g["counts"]), np.asarray(w["counts"]),
+                                      err_msg=name)
+        for key in ("underflow", "overflow", "nan", "missing"):
+            if key in w:
+                assert int(g[key]) == int(w[key]), f"{name}: {key}"
+
+
+#: (rows, blocks): one row; a partial tile; whole tiles with blocks walking several (both halves
+#: of jit-tma's double buffers, twice); many tiles with a partial last one.
+EMULATED_RUNS = ((1, 1), (33, 2), (32 * 9, 2), (1000, 3))
+
+
+@needs_cxx
+@pytest.mark.parametrize("tma", [False, True], ids=["jit", "jit-tma"])
+def test_emulated_kernels_equal_cpu_plan_realistic_and_wide_edges(tma: bool,
+                                                                  tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.plans import realistic_plan_spec
+
+    _check_emulated(realistic_plan_spec(), tma, tmp_path, EMULATED_RUNS, seed=4)
+    _check_emulated(WIDE_EDGES_SPEC, tma, tmp_path, EMULATED_RUNS, seed=5)
+
+
+@needs_cxx
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(spec=plan_specs(), tma=st.booleans())
+def test_emulated_kernels_equal_cpu_plan_on_random_plans(spec: dict[str, Any], tma: bool,
+                                                         tmp_path: Path) -> None:
+    _check_emulated(spec, tma, tmp_path, ((45, 1), (300, 2)), seed=6)
 
 
 def test_source_is_deterministic_and_names_the_kernels() -> None:
