@@ -90,7 +90,15 @@ def torch_fn(model: str | os.PathLike[str]) -> BatchFn:
     return run
 
 
-def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0) -> DeviceFn:
+#: Batch sizes whose model launches one instance keeps as CUDA graphs; others run eagerly.
+MAX_MODEL_GRAPHS = 64
+#: Eager runs of a batch size before it is captured (TorchScript's profiling executor optimizes
+#: the module over its first runs; capturing earlier would record the unoptimized launches).
+GRAPH_WARMUP_RUNS = 3
+
+
+def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0, *,
+                  cuda_graphs: bool = True) -> DeviceFn:
     """A TorchScript module on CUDA device ``device``, fed the core's device batch.
 
     Per batch: ``torch.from_dlpack(batch)`` views the normalized rows in place (no copy), the
@@ -98,13 +106,49 @@ def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0) -> DeviceFn:
     stream (``torch.cuda.ExternalStream``), and the float32 result tensor is returned as is; the
     core copies it to the host on the same stream and keeps the tensor until the batch ended.
     Raises Unavailable (no GPU, CPU-only torch) before loading anything onto the device.
+
+    With ``cuda_graphs``, the module's launches for a batch size are captured into a CUDA graph
+    (``torch.cuda.CUDAGraph``, thread-local capture on the instance stream, one memory pool per
+    instance) after GRAPH_WARMUP_RUNS eager runs of that size, and replayed from then on: one
+    launch instead of the module's kernel launches and TorchScript's interpreter, which is most
+    of a small batch's time. A graph reads its input from the address it was captured with, so
+    graphs are keyed by (stream, input address, rows): the pipeline's normalized buffer is
+    allocated once per instance, so that address is stable. The graph's output tensor is
+    rewritten by its next replay; the core has copied it to the host and synchronized the
+    stream before the instance's next batch. Up to MAX_MODEL_GRAPHS sizes per instance; a
+    failed capture turns graphs off for this model (eager from then on, with a warning).
     """
     from mlserve.gpu import import_torch_cuda
 
     torch = import_torch_cuda(device)
     target = torch.device("cuda", device)
     module = _load_torchscript(torch, model, target, "torch-cuda")
-    streams: dict[int, Any] = {}  # one ExternalStream object per instance stream (GIL-guarded)
+    # Per instance stream (all GIL-guarded): its ExternalStream, graph memory pool, graphs.
+    streams: dict[int, Any] = {}
+    pools: dict[int, Any] = {}
+    graphs: dict[tuple[int, int, int], tuple[Any, Any]] = {}  # key -> (graph, output)
+    eager_runs: dict[tuple[int, int, int], int] = {}
+    graphs_on = [cuda_graphs]
+
+    def capture(stream_key: int, x: Any) -> tuple[Any, Any] | None:
+        graph = torch.cuda.CUDAGraph()
+        pool = pools.get(stream_key)
+        if pool is None:
+            pool = pools[stream_key] = torch.cuda.graph_pool_handle()
+        try:
+            # Thread-local mode: the other instances' threads may keep launching meanwhile.
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+            try:
+                out = module(x).float().contiguous()
+            finally:
+                graph.capture_end()
+        except Exception as e:  # torch raises RuntimeError for ops it cannot capture
+            graphs_on[0] = False
+            graphs.clear()
+            warnings.warn(f"torch-cuda: CUDA graph capture failed ({e}); running the model "
+                          "eagerly", RuntimeWarning, stacklevel=2)
+            return None
+        return graph, out
 
     def run(batch: Any) -> Any:
         stream = streams.get(batch.stream)
@@ -112,9 +156,26 @@ def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0) -> DeviceFn:
             stream = torch.cuda.ExternalStream(batch.stream, device=target)
             streams[batch.stream] = stream
         with torch.cuda.stream(stream), torch.inference_mode():
-            y = module(torch.from_dlpack(batch))
+            x = torch.from_dlpack(batch)
+            if graphs_on[0]:
+                key = (batch.stream, x.data_ptr(), x.shape[0])
+                entry = graphs.get(key)
+                if entry is None and len(graphs) < MAX_MODEL_GRAPHS * len(streams):
+                    runs = eager_runs.get(key, 0)
+                    if runs >= GRAPH_WARMUP_RUNS:
+                        entry = capture(batch.stream, x)
+                        if entry is not None:
+                            graphs[key] = entry
+                            eager_runs.pop(key, None)
+                    else:
+                        eager_runs[key] = runs + 1
+                if entry is not None:
+                    entry[0].replay()  # on the current (instance) stream
+                    return entry[1]
+            y = module(x)
             return y.float().contiguous()
 
+    run.graphs = graphs  # type: ignore[attr-defined]  # for tests and stats
     return run
 
 

@@ -71,7 +71,8 @@ class Engine:
         histograms: count drift histograms while normalizing (features that declare one).
         name, version: labels for stats and errors.
         device: CUDA device of the GPU backends.
-        cuda_graphs: capture each batch size's copy + normalize sequence into a CUDA graph.
+        cuda_graphs: capture each batch size's copy + normalize sequence into a CUDA graph (and,
+            on ``torch-cuda``, the model's launches too: see backends.torch_cuda_fn).
     """
 
     def __init__(
@@ -99,7 +100,9 @@ class Engine:
         self.device = device if backend in _GPU_BACKENDS else None
         if self.device is not None:
             require_device(device, backend=backend)  # before loading anything onto a GPU
+        self.cuda_graphs = cuda_graphs
         fn = self._make_fn(canonical_backend(backend), model)
+        self._fn = fn  # the backend callable (None for the core's own backends)
         if backend in _CORE_BACKENDS:
             core_backend = backend
         else:
@@ -210,7 +213,9 @@ class Engine:
         if backend in ("torch", "torch-cuda"):
             if model is None:
                 raise InvalidInput(f"backend {backend!r} needs the path of a TorchScript .pt model")
-            return torch_fn(model) if backend == "torch" else torch_cuda_fn(model, self.device or 0)
+            if backend == "torch":
+                return torch_fn(model)
+            return torch_cuda_fn(model, self.device or 0, cuda_graphs=self.cuda_graphs)
         if backend == "tensorrt":
             if model is None:
                 raise InvalidInput("backend 'tensorrt' needs the path of a TensorRT engine")

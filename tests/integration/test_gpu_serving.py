@@ -97,6 +97,27 @@ def test_torch_cuda_engine_equals_the_cpu_engine(trained: Trained, graphs: bool)
         np.testing.assert_array_equal(histograms["features"][name]["counts"], want["counts"])
 
 
+@needs_torch_cuda
+def test_torch_cuda_model_graphs_replay_new_inputs(trained: Trained) -> None:
+    # One request per batch (no queue delay, one instance): sizes 1 and 8 run eagerly a few
+    # times, are then captured as CUDA graphs and replayed, each time on new rows, which must
+    # give the CPU engine's answers (a replay that read stale input would not).
+    config = BatcherConfig(max_batch_size=64, max_queue_delay_us=0, instance_count=1)
+    with Engine.from_registry("fraud@champion", registry=trained.registry, backend="torch-cuda",
+                              config=config) as gpu, \
+         Engine.from_registry("fraud@champion", registry=trained.registry, backend="cpu",
+                              config=config) as cpu:
+        start = 0
+        for _ in range(8):
+            for size in (1, 8):
+                x = trained.x[start : start + size]
+                start += size
+                np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), rtol=1e-5, atol=1e-5)
+        graphs = gpu._fn.graphs  # type: ignore[union-attr]
+        assert sorted(key[2] for key in graphs) == [1, 8]
+        assert gpu.stats()["failed"] == 0
+
+
 @needs_tensorrt
 def test_build_engine_then_serve_on_tensorrt(trained: Trained) -> None:
     from mlserve.gpu_cli import main
