@@ -120,8 +120,7 @@ if (( built == 1 && lim > 0 )); then
   $PY -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout=150)
   timeout "$lim" $PY -m pytest -q -p no:cacheprovider -rs ${extra[@]+"${extra[@]}"} \
     -W "ignore::DeprecationWarning" -W "ignore::FutureWarning" -W "ignore::UserWarning" \
-    tests/unit/test_cuda.py tests/unit/test_plan_codegen.py tests/unit/test_gpu_pipeline.py \
-    tests/unit/test_gpu_backends.py \
+    tests/unit/test_cuda.py tests/unit/test_gpu_pipeline.py tests/unit/test_gpu_backends.py \
     tests/integration/test_gpu_serving.py > "$LOG/tests.log" 2>&1
   status=$?
   tail -25 "$LOG/tests.log"
