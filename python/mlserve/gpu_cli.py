@@ -10,6 +10,7 @@ the command line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -69,6 +70,16 @@ def _devices() -> int:
     print("execution backends:")
     for name, status in backend_status().items():
         print(f"  {name:<11} {status}")
+    from mlserve.plan import nvrtc_status
+
+    nvrtc = nvrtc_status()
+    kernel = os.environ.get("MLSERVE_CUDA_KERNEL") or "generic"
+    print(f"normalize kernel: {kernel} (MLSERVE_CUDA_KERNEL: generic, jit, jit-tma or auto)")
+    if nvrtc["available"]:
+        print(f"  NVRTC {nvrtc['version']} for the jit kernels: {nvrtc['detail']}")
+    else:
+        print("  NVRTC not found: the jit kernels cannot be built; "
+              + nvrtc["detail"].splitlines()[0])
     return 0
 
 

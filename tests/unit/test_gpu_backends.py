@@ -122,6 +122,7 @@ def test_devices_command_lists_backends(capsys: pytest.CaptureFixture[str]) -> N
     assert "CUDA kernels built" in out
     for name in ("cpu", "torch-cuda", "tensorrt"):
         assert f"  {name}" in out
+    assert "normalize kernel: " in out and "NVRTC" in out
 
 
 def test_mlserve_command_dispatches_the_gpu_commands(capsys: pytest.CaptureFixture[str]) -> None:
