@@ -98,9 +98,14 @@ def import_tensorrt(device: int = 0) -> ModuleType:
     """The ``tensorrt`` module, imported only after GPU ``device`` was found usable."""
     require_device(device, backend="tensorrt")
     try:
-        return importlib.import_module("tensorrt")
+        module = importlib.import_module("tensorrt")
     except ImportError as e:
         raise Unavailable(f"backend 'tensorrt' needs the tensorrt package: {TENSORRT_HINT}") from e
+    if not hasattr(module, "Runtime"):
+        # A namespace package: only the type stubs (tensorrt-stubs) are installed, not TensorRT.
+        raise Unavailable(f"backend 'tensorrt' needs the tensorrt package (only its type stubs "
+                          f"are installed): {TENSORRT_HINT}")
+    return module
 
 
 def backend_status() -> dict[str, str]:

@@ -18,9 +18,11 @@ The TensorRT 10 Python API is used exactly as documented by NVIDIA (``Builder``,
 ``INetworkDefinition`` via ``create_network(0)``, ``OnnxParser``, ``IBuilderConfig`` with
 ``set_memory_pool_limit`` / ``add_optimization_profile``, ``build_serialized_network``,
 ``Runtime.deserialize_cuda_engine``, ``IExecutionContext.set_input_shape`` /
-``set_tensor_address`` / ``execute_async_v3``). TensorRT publishes no type stubs (its wheels
-hold only the compiled module), so the subset used here is typed by the Protocols below, written
-from the signatures embedded in tensorrt 10.16's module, and mypy checks the calls against them.
+``set_tensor_address`` / ``execute_async_v3``). NVIDIA's wheels hold only the compiled module;
+mypy checks every call here against the published type stubs of TensorRT's bindings
+(``tensorrt-stubs`` 10.13, generated from the compiled module; ``make setup`` installs them
+without their runtime dependencies, TensorRT itself), imported under TYPE_CHECKING as
+``trt_api``. At run time ``tensorrt`` is imported lazily, after the GPU check.
 Every entry point checks for a usable GPU (mlserve.gpu) before it creates any TensorRT object:
 TensorRT's runtime crashes the process when created without one.
 """
@@ -29,88 +31,23 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any
 
 from mlserve import _core
 from mlserve.errors import InternalError, InvalidInput, Unavailable
 from mlserve.gpu import import_tensorrt, require_device
 from mlserve.plan import FeaturePlan
 
+if TYPE_CHECKING:
+    import tensorrt as trt_api  # the published stubs (tensorrt-stubs): types only
+
 #: Artifact name of the engine in a bundle, unless build-engine is told another.
 PLAN_ARTIFACT = "model.plan"
 DEFAULT_WORKSPACE_BYTES = 1 << 30
-
-
-# ---- the TensorRT API subset used here -----------------------------------------------------------
-
-
-class _Dims(Protocol):
-    def __len__(self) -> int: ...
-    def __getitem__(self, index: int) -> int: ...
-
-
-class _Tensor(Protocol):
-    name: str
-    shape: _Dims
-
-
-class _Network(Protocol):
-    num_inputs: int
-    num_outputs: int
-
-    def get_input(self, index: int) -> _Tensor: ...
-    def get_output(self, index: int) -> _Tensor: ...
-
-
-class _Parser(Protocol):
-    num_errors: int
-
-    def parse(self, model: bytes) -> bool: ...
-    def get_error(self, index: int) -> object: ...
-
-
-class _Profile(Protocol):
-    def set_shape(self, input: str, min: Sequence[int], opt: Sequence[int],
-                  max: Sequence[int]) -> None: ...
-
-
-class _BuilderConfig(Protocol):
-    def set_memory_pool_limit(self, pool: object, pool_size: int) -> None: ...
-    def set_flag(self, flag: object) -> None: ...
-    def add_optimization_profile(self, profile: _Profile) -> int: ...
-
-
-class _Builder(Protocol):
-    def create_network(self, flags: int = 0) -> _Network: ...
-    def create_builder_config(self) -> _BuilderConfig: ...
-    def create_optimization_profile(self) -> _Profile: ...
-    def build_serialized_network(self, network: _Network, config: _BuilderConfig) -> Any: ...
-
-
-class _Context(Protocol):
-    def set_input_shape(self, name: str, shape: Sequence[int]) -> bool: ...
-    def set_tensor_address(self, name: str, memory: int) -> bool: ...
-    def get_tensor_shape(self, name: str) -> _Dims: ...
-    def execute_async_v3(self, stream_handle: int) -> bool: ...
-
-
-class _Engine(Protocol):
-    num_io_tensors: int
-
-    def get_tensor_name(self, index: int) -> str: ...
-    def get_tensor_mode(self, name: str) -> object: ...
-    def get_tensor_dtype(self, name: str) -> object: ...
-    def get_tensor_shape(self, name: str) -> _Dims: ...
-    def get_tensor_profile_shape(self, name: str, profile_index: int) -> Sequence[_Dims]: ...
-    def create_execution_context(self) -> _Context | None: ...
-
-
-class _Runtime(Protocol):
-    def deserialize_cuda_engine(self, serialized_engine: bytes) -> _Engine | None: ...
 
 
 # ---- building ------------------------------------------------------------------------------------
@@ -174,9 +111,9 @@ def build_engine(onnx_model: bytes, *, f_out: int, device: int = 0,
     gpu = require_device(device, backend="tensorrt")  # before any TensorRT object
     trt = import_tensorrt(device)
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = cast(_Builder, trt.Builder(logger))
+    builder: trt_api.Builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = cast(_Parser, trt.OnnxParser(network, logger))
+    parser: trt_api.OnnxParser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_model):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise InvalidInput(f"TensorRT cannot parse the ONNX model: {errors or 'unknown error'}")
@@ -198,8 +135,8 @@ def build_engine(onnx_model: bytes, *, f_out: int, device: int = 0,
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
     shapes = builder.create_optimization_profile()
-    shapes.set_shape(tensor.name, (profile.min_batch, f_out), (profile.opt_batch, f_out),
-                     (profile.max_batch, f_out))
+    shapes.set_shape(tensor.name, trt.Dims2(profile.min_batch, f_out),
+                     trt.Dims2(profile.opt_batch, f_out), trt.Dims2(profile.max_batch, f_out))
     config.add_optimization_profile(shapes)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -273,7 +210,7 @@ def tensorrt_fn(plan: str | os.PathLike[str], *, f_out: int, max_batch_size: int
     require_device(device, backend="tensorrt")  # before any TensorRT object
     trt = import_tensorrt(device)
     logger = trt.Logger(trt.Logger.WARNING)
-    runtime = cast(_Runtime, trt.Runtime(logger))
+    runtime: trt_api.Runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise InvalidInput(
@@ -308,9 +245,9 @@ def tensorrt_fn(plan: str | os.PathLike[str], *, f_out: int, max_batch_size: int
             f"forms batches of up to {max_batch_size}: rebuild with --max-batch "
             f"{max_batch_size} or lower max_batch_size"
         )
-    contexts: dict[int, _Context] = {}  # one per instance (GIL-guarded)
+    contexts: dict[int, trt_api.IExecutionContext] = {}  # one per instance (GIL-guarded)
 
-    def context(instance: int) -> _Context:
+    def context(instance: int) -> trt_api.IExecutionContext:
         ctx = contexts.get(instance)
         if ctx is None:
             ctx = engine.create_execution_context()

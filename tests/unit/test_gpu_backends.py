@@ -116,6 +116,14 @@ def test_require_device_and_imports_say_what_is_missing() -> None:
     assert status["torch-cuda"] != "ok" and status["tensorrt"] != "ok"
 
 
+def test_tensorrt_type_stubs_alone_are_not_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # tensorrt-stubs makes `import tensorrt` find an empty namespace package; without the stubs
+    # the import fails. Either way the backend is unavailable and says what to install.
+    monkeypatch.setattr(gpu, "require_device", lambda device=0, backend="": FAKE_GPU)
+    with pytest.raises(Unavailable, match="needs the tensorrt package"):
+        gpu.import_tensorrt(0)
+
+
 def test_devices_command_lists_backends(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["devices"]) == 0
     out = capsys.readouterr().out
@@ -269,6 +277,7 @@ class FakeTensorRT:
         self.BuilderFlag = ns(FP16="fp16")
         self.TensorIOMode = ns(INPUT="in", OUTPUT="out")
         self.DataType = ns(FLOAT="float", HALF="half")
+        self.Dims2 = lambda d0, d1: (d0, d1)
 
         class Network:
             num_inputs, num_outputs = 1, 1
