@@ -53,6 +53,13 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device, bool
               "cudaLibraryGetKernel (mls_jit_normalize)");
     CudaCheck(cudaLibraryGetKernel(&counted_, library_, "mls_jit_normalize_counted"),
               "cudaLibraryGetKernel (mls_jit_normalize_counted)");
+    // Load both kernels onto the device now (with lazy loading, a library kernel is loaded at its
+    // first use, which must not be the pipeline's stream capture).
+    for (cudaKernel_t k : {plain_, counted_}) {
+      cudaFuncAttributes attributes{};
+      CudaCheck(cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(k)),
+                "cudaFuncGetAttributes (JIT normalize kernel)");
+    }
     // Occupancy of the counting kernel (the larger shared footprint) sizes the persistent grid.
     const size_t shared = SharedBytes(tma_, tile_rows_, f_in_, f_out_, n_counters_);
     if (shared > 48 * 1024) {  // past the default dynamic limit (jit-tma's double buffers)
