@@ -42,7 +42,8 @@ class Results:
 
     def __init__(self, out: Path) -> None:
         self.path = out / RESULTS
-        self.data: dict[str, Any] = {"env": {}, "kernel": [], "engine": [], "errors": []}
+        self.data: dict[str, Any] = {"env": {}, "kernel": [], "sweep": [], "engine": [],
+                                     "errors": []}
         out.mkdir(parents=True, exist_ok=True)
         self.save()
 
@@ -160,6 +161,41 @@ def kernel(results: Results, rows: tuple[int, ...], iterations: int) -> None:
             except Exception as exc:
                 results.error(f"kernel {variant} {n} rows", exc)
         results.add("kernel", row)
+    sweep(results, plan, x, max(5, iterations // 3))
+
+
+#: JIT kernel shapes timed at the largest batch: (kernel, tile rows, launch-bounds min blocks).
+#: The defaults (32 rows, no bound: the registers decide the blocks per SM) against bigger tiles
+#: (more bytes in flight per block) and bounds that trade register spills for resident blocks.
+SWEEP = (("jit", 32, 0), ("jit", 32, 6), ("jit", 32, 8), ("jit", 64, 0), ("jit", 64, 4),
+         ("jit", 96, 0), ("jit-tma", 32, 0), ("jit-tma", 32, 6), ("jit-tma", 64, 0),
+         ("jit-tma", 64, 3))
+
+
+def sweep(results: Results, plan: Any, x: np.ndarray, iterations: int) -> None:
+    """The JIT kernel's tuning variables (MLSERVE_CUDA_JIT_TILE_ROWS / _MIN_BLOCKS) at one size."""
+    gb = x.shape[0] * (plan.f_in + plan.f_out) * 4 / 1e9
+    try:
+        for kern, tile_rows, min_blocks in SWEEP:
+            os.environ["MLSERVE_CUDA_JIT_TILE_ROWS"] = str(tile_rows)
+            os.environ["MLSERVE_CUDA_JIT_MIN_BLOCKS"] = str(min_blocks)
+            name = f"{kern} tile {tile_rows} min_blocks {min_blocks}"
+            try:
+                t = plan.benchmark_cuda(x, iterations=iterations, histograms=True, kernel=kern)
+                row = {"kernel": kern, "tile_rows": t["tile_rows"], "min_blocks": min_blocks,
+                       "rows": x.shape[0], "kernel_gbs": gb / (t["kernel_ms"] / 1e3),
+                       "copy_gbs": gb / (t["copy_ms"] / 1e3), "blocks_per_sm": t["blocks_per_sm"],
+                       "registers": t["registers"], "local_bytes": t["local_bytes"]}
+                row["of_copy"] = row["kernel_gbs"] / row["copy_gbs"]
+                results.add("sweep", row)
+                log(f"sweep {name}: {row['kernel_gbs']:.0f} GB/s = {row['of_copy']:.0%} of copy, "
+                    f"{row['blocks_per_sm']} blocks/SM, {row['registers']} registers, "
+                    f"{row['local_bytes']} B local")
+            except Exception as exc:
+                results.error(f"sweep {name}", exc)
+    finally:
+        os.environ.pop("MLSERVE_CUDA_JIT_TILE_ROWS", None)
+        os.environ.pop("MLSERVE_CUDA_JIT_MIN_BLOCKS", None)
 
 
 # ---- model and engine ----------------------------------------------------------------------------
@@ -285,6 +321,15 @@ def table(path: Path, phases: Path | None = None) -> str:
                      + (f" {compile_ms:>9.0f}ms" if compile_ms else f" {'-':>11}"))
     if not data.get("kernel"):
         lines.append("  (no kernel measurements)")
+    if data.get("sweep"):
+        lines.append(f"JIT kernel shapes at {data['sweep'][0]['rows']} rows (histograms on): "
+                     "kernel, tile rows, launch-bounds min blocks")
+        lines.append(f"{'kernel':>8} {'tile':>5} {'minblk':>6} {'GB/s':>7} {'/copy':>6} "
+                     f"{'blocks/SM':>9} {'regs':>5} {'spill B':>7}")
+        for r in data["sweep"]:
+            lines.append(f"{r['kernel']:>8} {r['tile_rows']:>5} {r['min_blocks']:>6} "
+                         f"{r['kernel_gbs']:>7.0f} {r['of_copy']:>6.0%} {r['blocks_per_sm']:>9} "
+                         f"{r['registers']:>5} {r['local_bytes']:>7}")
     lines.append("")
     lines.append("Engine.predict, one client, back-to-back requests of <batch> rows "
                  "(max_queue_delay_us=0)")

@@ -1,7 +1,8 @@
 // The staged normalize kernel, specialized for one plan: included by the source that
 // plan/plan_codegen.cc generates for a plan and compiled at run time by NVRTC (never by nvcc at
 // build time; the build embeds this file as text). The generated code defines, before including
-// it, MLS_JIT_F_IN, MLS_JIT_F_OUT, MLS_JIT_TILE_ROWS (a multiple of 32) and MLS_JIT_N_COUNTERS,
+// it, MLS_JIT_F_IN, MLS_JIT_F_OUT, MLS_JIT_TILE_ROWS (a multiple of 32), MLS_JIT_N_COUNTERS,
+// MLS_JIT_TMA (bulk-copy variant) and MLS_JIT_MIN_BLOCKS (launch bounds, 0: none),
 // and, after it, mls_jit_task<kCount>(): one feature's ops, output block and histogram count for
 // the 32 rows of a warp.
 //
@@ -22,6 +23,11 @@
 
 #define MLS_JIT_THREADS 256
 #define MLS_JIT_FULL_MASK 0xffffffffu
+#if MLS_JIT_MIN_BLOCKS > 0
+#define MLS_JIT_BOUNDS __launch_bounds__(MLS_JIT_THREADS, MLS_JIT_MIN_BLOCKS)
+#else
+#define MLS_JIT_BOUNDS __launch_bounds__(MLS_JIT_THREADS)
+#endif
 
 // Counts one value per lane (counter -1: none); lanes that hit the same counter add together,
 // one shared atomic per distinct counter. Called by all 32 lanes of the warp.
@@ -285,13 +291,13 @@ __device__ __forceinline__ void mls_jit_staged_tma(const float* __restrict__ in,
 
 // Shared memory per block: the input and output tiles (two of each with MLS_JIT_TMA, plus 16
 // bytes of barriers), plus the counters when counting.
-extern "C" __global__ void __launch_bounds__(MLS_JIT_THREADS)
+extern "C" __global__ void MLS_JIT_BOUNDS
     mls_jit_normalize(const float* __restrict__ in, long long n, float* __restrict__ out,
                       unsigned long long* __restrict__ counters) {
   MLS_JIT_STAGED<false>(in, n, out, counters);
 }
 
-extern "C" __global__ void __launch_bounds__(MLS_JIT_THREADS)
+extern "C" __global__ void MLS_JIT_BOUNDS
     mls_jit_normalize_counted(const float* __restrict__ in, long long n, float* __restrict__ out,
                               unsigned long long* __restrict__ counters) {
   MLS_JIT_STAGED<true>(in, n, out, counters);

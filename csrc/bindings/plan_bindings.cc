@@ -227,6 +227,8 @@ wraps this with file/string loading.)doc")
             d["buffer_sets"] = t.buffer_sets;
             d["kernel"] = t.kernel;
             d["jit_compile_ms"] = t.jit_compile_ms;
+            d["registers"] = t.registers;
+            d["local_bytes"] = t.local_bytes;
             return d;
           },
           py::arg("x"), py::arg("device") = 0, py::arg("iterations") = 50,
@@ -235,21 +237,23 @@ wraps this with file/string loading.)doc")
           "of a device-to-device copy of the same bytes; the plan's counters are not touched.")
       .def(
           "cuda_jit_source",
-          [](const FeaturePlan& plan, int tile_rows, bool kernel, bool tma) {
+          [](const FeaturePlan& plan, int tile_rows, bool kernel, bool tma, int min_blocks) {
             const int rows = tile_rows > 0 ? tile_rows : DefaultJitTileRows(plan);
-            return GenerateNormalizeSource(plan, JitKernelShape{rows, tma}, kernel);
+            return GenerateNormalizeSource(plan, JitKernelShape{rows, tma, min_blocks}, kernel);
           },
           py::arg("tile_rows") = 0, py::arg("kernel") = true, py::arg("tma") = false,
+          py::arg("min_blocks") = 0,
           "The plan's specialized normalizer source (plan/plan_codegen.h): C++ for the host "
           "(mls_jit_row) and, with kernel=True, the CUDA kernels NVRTC compiles. tile_rows 0: "
           "the default tile.")
       .def(
           "compile_cuda_jit",
-          [](const FeaturePlan& plan, const std::string& arch, int tile_rows, bool tma) {
+          [](const FeaturePlan& plan, const std::string& arch, int tile_rows, bool tma,
+             int min_blocks) {
             JitBinary bin;
             {
               py::gil_scoped_release release;
-              bin = CompileJitNormalizeKernel(plan, arch, tile_rows, tma);
+              bin = CompileJitNormalizeKernel(plan, arch, JitKernelShape{tile_rows, tma, min_blocks});
             }
             py::dict d;
             d["arch"] = arch;
@@ -262,6 +266,7 @@ wraps this with file/string loading.)doc")
             return d;
           },
           py::arg("arch") = "sm_90", py::arg("tile_rows") = 0, py::arg("tma") = false,
+          py::arg("min_blocks") = 0,
           "Compiles the plan's JIT normalize kernels with NVRTC for arch ('sm_90': CUBIN, "
           "'compute_90': PTX) without a GPU; raises Unavailable without NVRTC.")
       .def(

@@ -85,6 +85,8 @@ CudaNormalizeTiming TimeCudaNormalize(const FeaturePlan& plan, const float* host
     t.blocks_per_sm = jit->blocks_per_sm();
     t.max_blocks = jit->max_blocks();
     t.jit_compile_ms = jit->compile_ms();
+    t.registers = jit->registers();
+    t.local_bytes = jit->local_bytes();
   } else {
     t.tile_rows = dp.launch().tile_rows;
     t.blocks_per_sm = dp.launch().blocks_per_sm;

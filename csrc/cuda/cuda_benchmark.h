@@ -21,6 +21,8 @@ struct CudaNormalizeTiming {
   int32_t buffer_sets = 0;  // rotated input/output sets
   std::string kernel;       // "jit" or "generic": the kernel that ran
   double jit_compile_ms = 0.0;  // NVRTC time of the JIT kernel (0: generic, or from the cache)
+  int32_t registers = 0;    // JIT kernel: registers per thread (0: generic kernel, not queried)
+  int32_t local_bytes = 0;  // JIT kernel: local memory per thread (register spills)
 };
 
 // Times `iterations` launches over the n rows at host_in (n * f_in floats).

@@ -38,8 +38,29 @@ NormalizeKernelChoice ParseNormalizeKernelChoice(const std::string& name) {
 
 int DefaultJitTileRows(const FeaturePlan& plan) { return JitTileRows(plan.view(), kJitTileBytes); }
 
+JitKernelShape JitShapeFromEnv(bool tma) {
+  JitKernelShape shape;
+  shape.tma = tma;
+  shape.tile_rows = 0;
+  for (auto [name, field] : {std::pair<const char*, int*>{"MLSERVE_CUDA_JIT_TILE_ROWS",
+                                                          &shape.tile_rows},
+                             {"MLSERVE_CUDA_JIT_MIN_BLOCKS", &shape.min_blocks}}) {
+    const char* env = std::getenv(name);
+    if (env == nullptr || *env == '\0') continue;
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (*end != '\0' || value < 0 || value > 4096) {
+      ThrowInvalid(std::string(name) + " must be a non-negative integer, got '" + env + "'");
+    }
+    *field = static_cast<int>(value);
+  }
+  return shape;
+}
+
 JitBinary CompileJitNormalizeKernel(const FeaturePlan& plan, const std::string& arch,
-                                    int tile_rows, bool tma) {
+                                    JitKernelShape shape) {
+  const int tile_rows = shape.tile_rows;
+  const bool tma = shape.tma;
   const MlsPlanView& v = plan.view();
   if (v.f_in <= 0) {
     throw Error(ErrorCode::kUnavailable, "the JIT normalize kernel needs a plan with inputs");
@@ -61,8 +82,8 @@ JitBinary CompileJitNormalizeKernel(const FeaturePlan& plan, const std::string& 
                   "the jit-tma kernel needs sm_90 or newer (bulk copies), not " + arch);
     }
   }
-  const std::string source =
-      GenerateNormalizeSource(plan, JitKernelShape{out.tile_rows, tma}, true);
+  shape.tile_rows = out.tile_rows;
+  const std::string source = GenerateNormalizeSource(plan, shape, true);
   auto key = std::make_pair(arch, source);
   {
     std::lock_guard<std::mutex> lock(g_cache_mu);

@@ -11,6 +11,7 @@
 
 #include "cuda/nvrtc.h"
 #include "plan/feature_plan.h"
+#include "plan/plan_codegen.h"
 
 namespace mlserve {
 
@@ -35,10 +36,17 @@ struct JitBinary {
 // fits 16 KiB of shared memory, as the generic kernel's tile; 0 when 32 rows do not fit.
 int DefaultJitTileRows(const FeaturePlan& plan);
 
-// Generates and compiles the plan's kernels for `arch` ("sm_90" or "compute_90") with `tile_rows`
-// (0: DefaultJitTileRows). Throws Error(kUnavailable) when the plan does not suit the JIT kernel
-// or NVRTC is missing, Error(kInternal) with the compiler's log when it fails to compile.
+// Generates and compiles the plan's kernels for `arch` ("sm_90" or "compute_90") in `shape`
+// (tile_rows 0: DefaultJitTileRows). Throws Error(kUnavailable) when the plan does not suit the
+// JIT kernel or NVRTC is missing, Error(kInvalidInput) for a bad shape, Error(kInternal) with the
+// compiler's log when it fails to compile.
 JitBinary CompileJitNormalizeKernel(const FeaturePlan& plan, const std::string& arch,
-                                    int tile_rows = 0, bool tma = false);
+                                    JitKernelShape shape);
+
+// The shape a DevicePlan's JIT kernel is built with: the default tile, unless the tuning
+// variables MLSERVE_CUDA_JIT_TILE_ROWS / MLSERVE_CUDA_JIT_MIN_BLOCKS say otherwise (for
+// benchmarks: bench/gpu_check.py sweeps them). Throws Error(kInvalidInput) for values that are
+// not integers.
+JitKernelShape JitShapeFromEnv(bool tma);
 
 }  // namespace mlserve

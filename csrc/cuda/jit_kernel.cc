@@ -42,7 +42,9 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device, bool
             "cudaDeviceGetAttribute (multiprocessors)");
   arch_ = "sm_" + std::to_string(major) + std::to_string(minor);
 
-  const JitBinary bin = CompileJitNormalizeKernel(plan, arch_, 0, tma_);
+  const JitKernelShape shape = JitShapeFromEnv(tma_);
+  min_blocks_ = shape.min_blocks;
+  const JitBinary bin = CompileJitNormalizeKernel(plan, arch_, shape);
   tile_rows_ = bin.tile_rows;
   compile_ms_ = bin.cached ? 0.0 : bin.output->compile_ms;
   CudaCheck(cudaLibraryLoadData(&library_, bin.output->binary.data(), nullptr, nullptr, 0, nullptr,
@@ -59,6 +61,10 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device, bool
       cudaFuncAttributes attributes{};
       CudaCheck(cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(k)),
                 "cudaFuncGetAttributes (JIT normalize kernel)");
+      registers_ = attributes.numRegs > registers_ ? attributes.numRegs : registers_;
+      local_bytes_ = attributes.localSizeBytes > local_bytes_
+                         ? static_cast<int>(attributes.localSizeBytes)
+                         : local_bytes_;
     }
     // Occupancy of the counting kernel (the larger shared footprint) sizes the persistent grid.
     const size_t shared = SharedBytes(tma_, tile_rows_, f_in_, f_out_, n_counters_);

@@ -28,7 +28,8 @@ class JitNormalizeKernel {
   // which must be current. Throws Error(kUnavailable) when the plan does not suit it (rows too
   // wide for a 32-row tile, or no output and no histograms) or NVRTC is missing, and
   // Error(kInternal) when compiling or loading fails, with the reason.
-  // tma: the variant with Hopper's bulk copies (sm_90+; Unavailable on older devices).
+  // tma: the variant with Hopper's bulk copies (sm_90+; Unavailable on older devices). The tile
+  // and launch bounds come from JitShapeFromEnv (defaults unless tuning variables are set).
   JitNormalizeKernel(const FeaturePlan& plan, int device, bool tma = false);
   ~JitNormalizeKernel();
   JitNormalizeKernel(const JitNormalizeKernel&) = delete;
@@ -50,6 +51,9 @@ class JitNormalizeKernel {
   double compile_ms() const { return compile_ms_; }  // 0 when the binary came from the cache
   const std::string& arch() const { return arch_; }
   bool tma() const { return tma_; }
+  int min_blocks() const { return min_blocks_; }
+  int registers() const { return registers_; }      // per thread, the larger of the two kernels
+  int local_bytes() const { return local_bytes_; }  // per thread (register spills)
 
  private:
   int f_in_ = 0;
@@ -60,6 +64,9 @@ class JitNormalizeKernel {
   int max_blocks_ = 0;
   double compile_ms_ = 0.0;
   bool tma_ = false;
+  int min_blocks_ = 0;
+  int registers_ = 0;
+  int local_bytes_ = 0;
   std::string arch_;
   cudaLibrary_t library_ = nullptr;
   cudaKernel_t plain_ = nullptr;    // mls_jit_normalize

@@ -103,9 +103,13 @@ int JitTileRows(const MlsPlanView& plan, int tile_bytes) {
 std::string GenerateNormalizeSource(const FeaturePlan& plan, const JitKernelShape& shape,
                                     bool kernel) {
   const MlsPlanView& v = plan.view();
-  if (kernel && (shape.tile_rows < 32 || shape.tile_rows % 32 != 0)) {
-    ThrowInvalid("JIT kernel tile_rows must be a positive multiple of 32, got " +
+  if (kernel && (shape.tile_rows < 32 || shape.tile_rows % 32 != 0 || shape.tile_rows > 256)) {
+    ThrowInvalid("JIT kernel tile_rows must be a multiple of 32 in [32, 256], got " +
                  std::to_string(shape.tile_rows));
+  }
+  if (shape.min_blocks < 0 || shape.min_blocks > 32) {
+    ThrowInvalid("JIT kernel min_blocks must be in [0, 32], got " +
+                 std::to_string(shape.min_blocks));
   }
   std::ostringstream s;
   s << kPrelude;
@@ -187,6 +191,7 @@ std::string GenerateNormalizeSource(const FeaturePlan& plan, const JitKernelShap
     << "#define MLS_JIT_TILE_ROWS " << shape.tile_rows << "\n"
     << "#define MLS_JIT_N_COUNTERS " << v.n_counters << "\n"
     << "#define MLS_JIT_TMA " << (shape.tma ? 1 : 0) << "\n"
+    << "#define MLS_JIT_MIN_BLOCKS " << shape.min_blocks << "\n"
     << "#include \"normalize_jit.cuh\"\n";
   for (int c = 0; c < v.n_features; ++c) {
     const MlsFeature& f = v.features[c];

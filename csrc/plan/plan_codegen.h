@@ -40,6 +40,9 @@ struct JitKernelShape {
   // Tiles moved by Hopper's bulk copies (cp.async.bulk, sm_90+), double-buffered, instead of by
   // every thread (kernels/normalize_jit.cuh, MLS_JIT_TMA).
   bool tma = false;
+  // __launch_bounds__'s minimum resident blocks per SM (0: none): caps registers per thread so
+  // that many blocks fit, at the price of spills. A tuning knob (MLSERVE_CUDA_JIT_MIN_BLOCKS).
+  int min_blocks = 0;
 };
 
 // Numeric histograms with at most this many edges are counted warp-wide by one ballot per edge

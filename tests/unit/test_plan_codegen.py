@@ -211,6 +211,10 @@ def test_source_is_deterministic_and_names_the_kernels() -> None:
     assert "mls_jit_row" in host_only and "normalize_jit.cuh" not in host_only
     with pytest.raises(InvalidInput, match="multiple of 32"):
         plan.cuda_jit_source(tile_rows=48)
+    assert "#define MLS_JIT_MIN_BLOCKS 0" in src
+    assert "#define MLS_JIT_MIN_BLOCKS 8" in plan.cuda_jit_source(min_blocks=8)
+    with pytest.raises(InvalidInput, match="min_blocks"):
+        plan.cuda_jit_source(min_blocks=-1)
 
 
 def test_nvrtc_candidates_come_from_nvidia_wheel_folders(tmp_path: Path) -> None:
@@ -249,6 +253,12 @@ def test_nvrtc_compiles_the_realistic_plan_and_caches_it() -> None:
     assert b"cp.async.bulk.global.shared::cta.bulk_group" in tma_ptx
     with pytest.raises(Unavailable, match="sm_90 or newer"):
         plan.compile_cuda_jit("sm_80", tma=True)
+    # The tuning shapes gpu_check sweeps compile too (bigger tiles, launch bounds).
+    for tile_rows, min_blocks in ((64, 0), (32, 8), (64, 6)):
+        for tma in (False, True):
+            shaped = plan.compile_cuda_jit("sm_90", tile_rows=tile_rows, tma=tma,
+                                           min_blocks=min_blocks)
+            assert shaped["tile_rows"] == tile_rows and shaped["bytes"] > 0
     with pytest.raises(InvalidInput, match="sm_XX or compute_XX"):
         plan.compile_cuda_jit("hopper")
 
