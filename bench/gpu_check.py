@@ -114,6 +114,8 @@ KERNEL_VARIANTS = (("generic", "generic", True), ("jit", "jit", True),
 
 
 def kernel(results: Results, rows: tuple[int, ...], iterations: int) -> None:
+    """Each kernel variant over every size, the generic kernel first: a JIT kernel that faulted
+    (a sticky CUDA error ends the process's use of the GPU) then costs only its own figures."""
     from mlserve import FeaturePlan
 
     from bench.plans import make_rows, realistic_plan_spec
@@ -122,6 +124,7 @@ def kernel(results: Results, rows: tuple[int, ...], iterations: int) -> None:
     plan = FeaturePlan(spec)
     base = make_rows(spec, min(max(rows), 1 << 20), seed=1)
     threads = os.cpu_count() or 1
+    batches: list[tuple[np.ndarray, dict[str, Any]]] = []
     for n in rows:
         x = base[:n] if n <= len(base) else np.tile(base, (-(-n // len(base)), 1))[:n]
         x = np.ascontiguousarray(x)
@@ -136,10 +139,15 @@ def kernel(results: Results, rows: tuple[int, ...], iterations: int) -> None:
         gb = n * (plan.f_in + plan.f_out) * 4 / 1e9
         row: dict[str, Any] = {"rows": n, "bytes": int(gb * 1e9), "cpu_ms": cpu_ms,
                                "cpu_gbs": gb / (cpu_ms / 1e3), "cpu_threads": threads}
-        # The generic kernel and the plan's JIT kernel (NVRTC), each timed against its own D2D
-        # copy in the same call; "jit-nohist" shows what the histograms cost it.
-        its = iterations if n <= (1 << 20) else max(5, iterations // 3)
-        for variant, kern, hist in KERNEL_VARIANTS:
+        results.add("kernel", row)
+        batches.append((x, row))
+    # The generic kernel and the plan's JIT kernels (NVRTC), each timed against its own D2D
+    # copy in the same call; "jit-nohist" shows what the histograms cost.
+    for variant, kern, hist in KERNEL_VARIANTS:
+        for x, row in batches:
+            n = x.shape[0]
+            gb = row["bytes"] / 1e9
+            its = iterations if n <= (1 << 20) else max(5, iterations // 3)
             try:
                 t = plan.benchmark_cuda(x, iterations=its, histograms=hist, kernel=kern)
                 if t["kernel"] != kern:
@@ -150,18 +158,19 @@ def kernel(results: Results, rows: tuple[int, ...], iterations: int) -> None:
                     "copy_gbs": gb / (t["copy_ms"] / 1e3),
                     "tile_rows": t["tile_rows"], "blocks_per_sm": t["blocks_per_sm"],
                     "buffer_sets": t["buffer_sets"], "jit_compile_ms": t["jit_compile_ms"],
+                    "registers": t["registers"], "local_bytes": t["local_bytes"],
                 }
                 v["of_copy"] = v["kernel_gbs"] / v["copy_gbs"]
                 v["vs_cpu"] = v["kernel_gbs"] / row["cpu_gbs"]
                 row[variant] = v
+                results.save()
                 log(f"kernel {variant} {n} rows: {v['kernel_gbs']:.0f} GB/s = "
                     f"{v['of_copy']:.0%} of copy ({v['copy_gbs']:.0f} GB/s), "
                     f"{v['vs_cpu']:.1f}x CPU, {t['blocks_per_sm']} blocks/SM, tile "
                     f"{t['tile_rows']} rows")
             except Exception as exc:
                 results.error(f"kernel {variant} {n} rows", exc)
-        results.add("kernel", row)
-    sweep(results, plan, x, max(5, iterations // 3))
+    sweep(results, plan, batches[-1][0], max(5, iterations // 3))
 
 
 #: JIT kernel shapes timed at the largest batch: (kernel, tile rows, launch-bounds min blocks).
@@ -377,13 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = Results(args.out)
     phase(results, "environment", lambda: environment(results))
-    if "kernel" not in args.skip:
-        phase(results, "kernel", lambda: kernel(results, tuple(args.kernel_rows),
-                                                args.iterations))
+    # Engines first: the kernel phase runs the JIT kernels, and a kernel that faulted would leave
+    # this process's CUDA context unusable for what comes after it.
     if "engine" not in args.skip:
         with tempfile.TemporaryDirectory(prefix="mlserve-gpu-check-") as tmp:
             phase(results, "engine", lambda: engines(results, Path(tmp), args.train_rows,
                                                      args.epochs, args.seconds_per_batch))
+    if "kernel" not in args.skip:
+        phase(results, "kernel", lambda: kernel(results, tuple(args.kernel_rows),
+                                                args.iterations))
     return 0
 
 
