@@ -273,7 +273,7 @@ __device__ __forceinline__ void mls_jit_staged_tma(const float* __restrict__ in,
       // thread stores the tile.
       mls_jit_fence_proxy_async();
       __syncthreads();
-      if (tid == 0) mls_jit_bulk_store(out + row0 * kFOut, s_out, kOutBytes);
+      if (tid == 0 && kOutBytes > 0) mls_jit_bulk_store(out + row0 * kFOut, s_out, kOutBytes);
     } else {
       __syncthreads();
       mls_jit_copy<kRows * kFOut>(out + row0 * kFOut, s_out, m * kFOut);
