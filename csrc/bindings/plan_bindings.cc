@@ -242,7 +242,7 @@ wraps this with file/string loading.)doc")
             return GenerateNormalizeSource(plan, JitKernelShape{rows, tma, min_blocks}, kernel);
           },
           py::arg("tile_rows") = 0, py::arg("kernel") = true, py::arg("tma") = false,
-          py::arg("min_blocks") = 0,
+          py::arg("min_blocks") = kJitDefaultMinBlocks,
           "The plan's specialized normalizer source (plan/plan_codegen.h): C++ for the host "
           "(mls_jit_row) and, with kernel=True, the CUDA kernels NVRTC compiles. tile_rows 0: "
           "the default tile.")
@@ -266,7 +266,7 @@ wraps this with file/string loading.)doc")
             return d;
           },
           py::arg("arch") = "sm_90", py::arg("tile_rows") = 0, py::arg("tma") = false,
-          py::arg("min_blocks") = 0,
+          py::arg("min_blocks") = kJitDefaultMinBlocks,
           "Compiles the plan's JIT normalize kernels with NVRTC for arch ('sm_90': CUBIN, "
           "'compute_90': PTX) without a GPU; raises Unavailable without NVRTC.")
       .def(

@@ -33,6 +33,13 @@
 
 namespace mlserve {
 
+// Default minimum blocks per SM for the JIT kernels' launch bounds. Unbounded, ptxas gives the
+// realistic plan's kernel 62 registers a thread: 4 blocks of 256 threads per SM. Bounded to 5
+// blocks it fits 48 registers without spills (sm_90, CUDA 13.0). On the H200 the generic kernel
+// lost 12% going from 8 to 4 blocks per SM (docs/gpu.md), so resident warps matter here; the
+// GPU check sweeps 0, 5, 6 and 8.
+inline constexpr int kJitDefaultMinBlocks = 5;
+
 // Tile shape the generated kernel is built for. tile_rows: rows per block tile, a multiple of
 // 32 (each warp task is one feature on 32 rows of the tile).
 struct JitKernelShape {
@@ -42,7 +49,7 @@ struct JitKernelShape {
   bool tma = false;
   // __launch_bounds__'s minimum resident blocks per SM (0: none): caps registers per thread so
   // that many blocks fit, at the price of spills. A tuning knob (MLSERVE_CUDA_JIT_MIN_BLOCKS).
-  int min_blocks = 0;
+  int min_blocks = kJitDefaultMinBlocks;
 };
 
 // Numeric histograms with at most this many edges are counted warp-wide by one ballot per edge

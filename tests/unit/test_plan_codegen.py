@@ -211,7 +211,7 @@ def test_source_is_deterministic_and_names_the_kernels() -> None:
     assert "mls_jit_row" in host_only and "normalize_jit.cuh" not in host_only
     with pytest.raises(InvalidInput, match="multiple of 32"):
         plan.cuda_jit_source(tile_rows=48)
-    assert "#define MLS_JIT_MIN_BLOCKS 0" in src
+    assert "#define MLS_JIT_MIN_BLOCKS 5" in src  # the default launch bounds
     assert "#define MLS_JIT_MIN_BLOCKS 8" in plan.cuda_jit_source(min_blocks=8)
     with pytest.raises(InvalidInput, match="min_blocks"):
         plan.cuda_jit_source(min_blocks=-1)
