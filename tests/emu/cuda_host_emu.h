@@ -47,8 +47,9 @@ struct EmuBlock {
 };
 inline EmuBlock g_emu;
 
-// The kernel's `extern __shared__` array (one block at a time): 64 KiB.
-alignas(16) inline float4 mls_jit_shared4[4096];
+// The kernel's `extern __shared__` array (one block at a time): 227 KiB, Hopper's most dynamic
+// shared memory per block.
+alignas(16) inline float4 mls_jit_shared4[227 * 1024 / 16];
 
 inline void __syncthreads() { g_emu.block->arrive_and_wait(); }
 

@@ -247,6 +247,31 @@ def test_jit_kernel_on_the_realistic_plan_and_wide_edges() -> None:
 
 @pytest.mark.gpu
 @needs_gpu
+def test_jit_tuning_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.plans import realistic_plan_spec
+
+    spec = realistic_plan_spec()
+    if not _jit_or_skip(spec):
+        return
+    plan = FeaturePlan(spec)
+    x = random_input(spec, 1000, seed=3)
+    monkeypatch.setenv("MLSERVE_CUDA_JIT_TILE_ROWS", "64")
+    monkeypatch.setenv("MLSERVE_CUDA_JIT_MIN_BLOCKS", "0")
+    for kernel in ("jit", "jit-tma"):
+        t = plan.benchmark_cuda(x, iterations=2, kernel=kernel)
+        assert t["tile_rows"] == 64 and t["registers"] > 0
+        _check_plan(spec, (1, 65, 1000), seed=19, kernel=kernel)
+    monkeypatch.setenv("MLSERVE_CUDA_JIT_TILE_ROWS", "sixty")
+    with pytest.raises(InvalidInput, match="MLSERVE_CUDA_JIT_TILE_ROWS"):
+        plan.transform_cuda(x, kernel="jit")
+    monkeypatch.setenv("MLSERVE_CUDA_JIT_TILE_ROWS", "48")
+    with pytest.raises(InvalidInput, match="multiple of 32"):
+        plan.transform_cuda(x, kernel="jit")
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_transform_cuda_histograms_match_reference_and_accumulate() -> None:
     plan = FeaturePlan(BIG_SPEC)
     x1 = random_input(BIG_SPEC, 4099, seed=1)

@@ -113,8 +113,8 @@ def test_generated_code_equals_cpu_plan_realistic_and_wide_edges(tmp_path: Path)
 EMU = ROOT / "tests" / "emu"
 
 
-def _build_emulated_kernel(plan: FeaturePlan, tma: bool, tmp: Path) -> Path:
-    source = plan.cuda_jit_source(tma=tma)
+def _build_emulated_kernel(plan: FeaturePlan, tma: bool, tmp: Path, tile_rows: int = 0) -> Path:
+    source = plan.cuda_jit_source(tma=tma, tile_rows=tile_rows)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     exe = tmp / f"emu_{digest}"
     if not exe.exists():
@@ -145,11 +145,11 @@ def _run_emulated(plan: FeaturePlan, exe: Path, x: np.ndarray, grid: int, counte
 
 
 def _check_emulated(spec: dict[str, Any], tma: bool, tmp: Path,
-                    runs: tuple[tuple[int, int], ...], seed: int) -> None:
+                    runs: tuple[tuple[int, int], ...], seed: int, tile_rows: int = 0) -> None:
     plan = FeaturePlan(spec)
     if plan.f_in + plan.f_out > 128:
         return  # rows too wide for a 32-row tile: the generic kernel runs such plans
-    exe = _build_emulated_kernel(plan, tma, tmp)
+    exe = _build_emulated_kernel(plan, tma, tmp, tile_rows)
     for n, grid in runs:
         x = random_input(spec, n, seed=seed + n)
         want = plan.transform(x)
@@ -190,6 +190,10 @@ def test_emulated_kernels_equal_cpu_plan_realistic_and_wide_edges(tma: bool,
 
     _check_emulated(realistic_plan_spec(), tma, tmp_path, EMULATED_RUNS, seed=4)
     _check_emulated(WIDE_EDGES_SPEC, tma, tmp_path, EMULATED_RUNS, seed=5)
+    # A 96-row tile (MLSERVE_CUDA_JIT_TILE_ROWS, swept by gpu_check): three 32-row warp tasks per
+    # feature and tile.
+    _check_emulated(realistic_plan_spec(), tma, tmp_path, ((95, 1), (96 * 5 + 7, 2)), seed=7,
+                    tile_rows=96)
 
 
 @needs_cxx
