@@ -93,6 +93,7 @@ std::unique_ptr<RawBatchExecutor> CudaBackend::NewExecutor(const FeaturePlan& pl
   options.max_rows = max_rows;
   options.cuda_graphs = options_.cuda_graphs;
   options.max_graphs = options_.max_graphs;
+  options.normalize_kernel = options_.normalize_kernel;
   return std::make_unique<CudaExecutor>(plan, *model_, instance, options);
 }
 

@@ -62,6 +62,8 @@ struct CudaBackendOptions {
   int device = 0;
   bool cuda_graphs = true;
   int32_t max_graphs = 64;  // per instance
+  // "generic" | "jit" | "jit-tma" | "auto"; "": $MLSERVE_CUDA_KERNEL, else generic.
+  std::string normalize_kernel;
 };
 
 class CudaBackend final : public Backend {

@@ -273,7 +273,8 @@ void BindBatcher(py::module_& m) {
                        int64_t max_queue_delay_us, int64_t max_queue_size, int64_t default_timeout_us,
                        int32_t priority_levels, int32_t default_priority_level, bool preserve_ordering,
                        int32_t instance_count, int32_t normalize_threads, bool histograms,
-                       int device, bool cuda_graphs, const std::string& name) {
+                       int device, bool cuda_graphs, const std::string& name,
+                       const std::string& normalize_kernel) {
              if (!plan) ThrowInvalid("batcher needs a FeaturePlan");
              BatcherConfig cfg;
              cfg.max_batch_size = max_batch_size;
@@ -287,7 +288,8 @@ void BindBatcher(py::module_& m) {
              cfg.instance_count = instance_count;
              cfg.normalize_threads = normalize_threads;
              cfg.histograms = histograms;
-             std::unique_ptr<Backend> be = MakeBackend(backend, fn, name, device, cuda_graphs);
+             std::unique_ptr<Backend> be =
+                 MakeBackend(backend, fn, name, device, cuda_graphs, normalize_kernel);
              // A GPU backend makes its per-instance pipelines (device buffers, streams) here.
              py::gil_scoped_release release;
              return std::make_unique<PyBatcher>(std::move(plan), std::move(be), std::move(cfg));
@@ -297,7 +299,8 @@ void BindBatcher(py::module_& m) {
            py::arg("max_queue_size") = 0, py::arg("default_timeout_us") = 0, py::arg("priority_levels") = 1,
            py::arg("default_priority_level") = 0, py::arg("preserve_ordering") = false,
            py::arg("instance_count") = 1, py::arg("normalize_threads") = 1, py::arg("histograms") = true,
-           py::arg("device") = 0, py::arg("cuda_graphs") = true, py::arg("name") = "")
+           py::arg("device") = 0, py::arg("cuda_graphs") = true, py::arg("name") = "",
+           py::arg("normalize_kernel") = "")
       .def(
           "predict",
           [](PyBatcher& self, const py::object& x, int32_t priority, int64_t timeout_us) {

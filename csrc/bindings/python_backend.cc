@@ -81,7 +81,8 @@ void PythonBackend::Call(const float* x, int64_t n, int64_t d, BatchOutput* out)
 void PythonBackend::ThreadExit() { UnpinThreadState(); }
 
 std::unique_ptr<Backend> MakeBackend(const std::string& backend, const py::object& fn,
-                                     const std::string& label, int device, bool cuda_graphs) {
+                                     const std::string& label, int device, bool cuda_graphs,
+                                     const std::string& normalize_kernel) {
   const std::string name = label.empty() ? backend : label;
   auto need_fn = [&] {
     if (fn.is_none() || !PyCallable_Check(fn.ptr())) {
@@ -95,6 +96,7 @@ std::unique_ptr<Backend> MakeBackend(const std::string& backend, const py::objec
   CudaBackendOptions options;
   options.device = device;
   options.cuda_graphs = cuda_graphs;
+  options.normalize_kernel = normalize_kernel;
   if (backend == "python-cuda") {
     need_fn();
     return std::make_unique<CudaBackend>(std::make_unique<PythonDeviceModel>(fn, name), options);

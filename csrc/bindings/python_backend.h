@@ -43,6 +43,7 @@ class PythonBackend final : public Backend {
 // for an unknown name or a missing fn; a GPU backend's device is checked when the batcher makes
 // its executors.
 std::unique_ptr<Backend> MakeBackend(const std::string& backend, const py::object& fn,
-                                     const std::string& label, int device, bool cuda_graphs);
+                                     const std::string& label, int device, bool cuda_graphs,
+                                     const std::string& normalize_kernel = "");
 
 }  // namespace mlserve::bindings

@@ -123,6 +123,7 @@ class DynamicBatcher:
         device: int = 0,
         cuda_graphs: bool = True,
         name: str = "",
+        normalize_kernel: str = "",
     ) -> None: ...
     def predict(self, x: Any, priority: int = 0, timeout_us: int = -1) -> np.ndarray: ...
     def predict_many(

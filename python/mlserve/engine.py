@@ -41,6 +41,8 @@ _T = TypeVar("_T")
 _CORE_BACKENDS = ("noop", "rowsum", "normalize-cuda")
 #: Backends that run on the core's CUDA pipeline (the batch is normalized on the GPU).
 _GPU_BACKENDS = ("torch-cuda", "tensorrt", "python-cuda", "normalize-cuda")
+#: Engine(normalize_kernel=...): the GPU normalize kernels (docs/gpu.md).
+NORMALIZE_KERNELS = ("", "generic", "jit", "jit-tma", "auto")
 BACKENDS = ("python", "onnxruntime", "cpu", "torch", "torch-cuda", "tensorrt", "python-cuda",
             "noop", "rowsum", "normalize-cuda")
 
@@ -73,6 +75,10 @@ class Engine:
         device: CUDA device of the GPU backends.
         cuda_graphs: capture each batch size's copy + normalize sequence into a CUDA graph (and,
             on ``torch-cuda``, the model's launches too: see backends.torch_cuda_fn).
+        normalize_kernel: the GPU normalize kernel, ``"generic"``, ``"jit"`` (the plan compiled
+            by NVRTC at load; fails when it cannot be), ``"jit-tma"`` (the same with Hopper bulk
+            copies) or ``"auto"`` (jit where it builds); ``""`` reads MLSERVE_CUDA_KERNEL, else
+            generic (docs/gpu.md).
     """
 
     def __init__(
@@ -87,6 +93,7 @@ class Engine:
         version: str = "1",
         device: int = 0,
         cuda_graphs: bool = True,
+        normalize_kernel: str = "",
     ) -> None:
         self.plan = plan if isinstance(plan, FeaturePlan) else FeaturePlan(plan)
         self.config = config or BatcherConfig()
@@ -101,6 +108,9 @@ class Engine:
         if self.device is not None:
             require_device(device, backend=backend)  # before loading anything onto a GPU
         self.cuda_graphs = cuda_graphs
+        if normalize_kernel not in NORMALIZE_KERNELS:
+            raise InvalidInput(f"normalize_kernel must be one of {', '.join(NORMALIZE_KERNELS)} "
+                               f"(or '' for MLSERVE_CUDA_KERNEL), got {normalize_kernel!r}")
         fn = self._make_fn(canonical_backend(backend), model)
         self._fn = fn  # the backend callable (None for the core's own backends)
         if backend in _CORE_BACKENDS:
@@ -115,6 +125,7 @@ class Engine:
             device=device,
             cuda_graphs=cuda_graphs,
             name=backend,
+            normalize_kernel=normalize_kernel,
             **self.config.core_kwargs(),
         )
         self._fd: int = self._batcher.completion_fd()
@@ -144,6 +155,7 @@ class Engine:
         histograms: bool = True,
         device: int = 0,
         cuda_graphs: bool = True,
+        normalize_kernel: str = "",
     ) -> Engine:
         """Serves a bundle directory (docs/bundle.md) after verifying its checksums.
 
@@ -173,6 +185,7 @@ class Engine:
             version=str(bundle.version if bundle.version is not None else 0),
             device=device,
             cuda_graphs=cuda_graphs,
+            normalize_kernel=normalize_kernel,
         )
         engine.bundle = bundle
         return engine
@@ -188,6 +201,7 @@ class Engine:
         histograms: bool = True,
         device: int = 0,
         cuda_graphs: bool = True,
+        normalize_kernel: str = "",
     ) -> Engine:
         """Serves a registered model: ``NAME`` (latest ready), ``NAME/3`` or ``NAME@alias``.
 
@@ -199,7 +213,8 @@ class Engine:
         reg = registry if isinstance(registry, Registry) else Registry(registry)
         version = reg.resolve(ref)
         return cls.from_bundle(version.path, backend=backend, config=config, histograms=histograms,
-                               device=device, cuda_graphs=cuda_graphs)
+                               device=device, cuda_graphs=cuda_graphs,
+                               normalize_kernel=normalize_kernel)
 
     def _make_fn(self, backend: str, model: Any) -> Callable[[Any], Any] | None:
         if backend == "python":

@@ -73,6 +73,20 @@ def test_cpu_is_onnxruntime(bundle: Path, small_rows: Any, rng: np.random.Genera
         np.testing.assert_array_equal(a.predict(x), b.predict(x))
 
 
+def test_unknown_normalize_kernel_is_invalid_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidInput, match="normalize_kernel must be one of"):
+        Engine(FeaturePlan(SMALL_SPEC), lambda b: b[:, :1], backend="python",
+               normalize_kernel="fast")
+    if mlserve.cuda_devices():
+        return
+    # Without a GPU the GPU pipeline is never built: a bad MLSERVE_CUDA_KERNEL surfaces where it
+    # is read, as the caller's error, with the names that work.
+    monkeypatch.setenv("MLSERVE_CUDA_KERNEL", "fast")
+    with pytest.raises(InvalidInput, match="'generic', 'jit', 'jit-tma' or 'auto'"):
+        plan = FeaturePlan(SMALL_SPEC)
+        plan.transform_cuda(np.zeros((1, plan.f_in), dtype=np.float32))
+
+
 def test_unknown_backend_is_invalid_input(bundle: Path) -> None:
     with pytest.raises(InvalidInput, match="unknown backend 'cuda'"):
         Engine(FeaturePlan(SMALL_SPEC), None, backend="cuda")

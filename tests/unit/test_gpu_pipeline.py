@@ -76,11 +76,16 @@ def check_normalized_engine(spec: dict[str, Any], sizes: list[int], **engine_kw:
 @pytest.mark.parametrize("instances", [1, 2])
 def test_pipeline_output_equals_the_cpu_plan(graphs: bool, instances: int, kernel: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    # The pipeline reads MLSERVE_CUDA_KERNEL when it is built: "jit" runs the plan's
-    # NVRTC-compiled kernel (inside the captured graphs too) and fails if it cannot be built.
-    monkeypatch.setenv("MLSERVE_CUDA_KERNEL", kernel)
-    check_normalized_engine(SMALL_SPEC, [1, 7, 3, 64, 1, 33, 2], cuda_graphs=graphs,
-                            instances=instances)
+    # "jit" runs the plan's NVRTC-compiled kernel (inside the captured graphs too) and fails if
+    # it cannot be built. Given to the Engine, or read from MLSERVE_CUDA_KERNEL when the pipeline
+    # is built (both ways, one each).
+    if instances == 1:
+        check_normalized_engine(SMALL_SPEC, [1, 7, 3, 64, 1, 33, 2], cuda_graphs=graphs,
+                                instances=instances, normalize_kernel=kernel)
+    else:
+        monkeypatch.setenv("MLSERVE_CUDA_KERNEL", kernel)
+        check_normalized_engine(SMALL_SPEC, [1, 7, 3, 64, 1, 33, 2], cuda_graphs=graphs,
+                                instances=instances)
 
 
 @settings(max_examples=12, deadline=None, derandomize=True,
