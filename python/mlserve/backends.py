@@ -130,6 +130,12 @@ def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0, *,
     eager_runs: dict[tuple[int, int, int], int] = {}
     graphs_on = [cuda_graphs]
 
+    def graphs_off(why: str) -> None:
+        graphs_on[0] = False
+        graphs.clear()
+        warnings.warn(f"torch-cuda: {why}; running the model eagerly from now on",
+                      RuntimeWarning, stacklevel=3)
+
     def capture(stream_key: int, x: Any) -> tuple[Any, Any] | None:
         graph = torch.cuda.CUDAGraph()
         pool = pools.get(stream_key)
@@ -143,10 +149,7 @@ def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0, *,
             finally:
                 graph.capture_end()
         except Exception as e:  # torch raises RuntimeError for ops it cannot capture
-            graphs_on[0] = False
-            graphs.clear()
-            warnings.warn(f"torch-cuda: CUDA graph capture failed ({e}); running the model "
-                          "eagerly", RuntimeWarning, stacklevel=2)
+            graphs_off(f"CUDA graph capture failed ({e})")
             return None
         return graph, out
 
@@ -170,8 +173,11 @@ def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0, *,
                     else:
                         eager_runs[key] = runs + 1
                 if entry is not None:
-                    entry[0].replay()  # on the current (instance) stream
-                    return entry[1]
+                    try:
+                        entry[0].replay()  # on the current (instance) stream
+                        return entry[1]
+                    except Exception as e:  # the eager run below reports a broken context
+                        graphs_off(f"CUDA graph replay failed ({e})")
             y = module(x)
             return y.float().contiguous()
 
