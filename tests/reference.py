@@ -307,6 +307,21 @@ def add_histograms(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]
     return {"rows": a["rows"] + b["rows"], "features": features}
 
 
+def assert_same_histograms(got: Mapping[str, Any], want: Mapping[str, Any]) -> None:
+    """Two snapshots (FeaturePlan.histograms() or reference_histograms) count the same."""
+    assert int(got["rows"]) == int(want["rows"])
+    assert sorted(got["features"]) == sorted(want["features"])
+    for name, w in want["features"].items():
+        g = got["features"][name]
+        assert g["kind"] == w["kind"], name
+        np.testing.assert_array_equal(
+            np.asarray(g["counts"]), np.asarray(w["counts"]), err_msg=f"{name}: counts"
+        )
+        for key in ("underflow", "overflow", "nan", "missing"):
+            if key in w:
+                assert int(g[key]) == int(w[key]), f"{name}: {key}"
+
+
 def encoded_column_mask(spec: Spec) -> np.ndarray:
     """Per output column: True for onehot/hash_bucket columns (exactly 0.0 or 1.0)."""
     by_name = _features_by_name(spec)

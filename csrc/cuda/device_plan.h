@@ -56,7 +56,7 @@ class DevicePlan {
   // Uploads the plan's program, edges and zeroed counters to the current device (`device`) and
   // picks the kernel configuration; with kJit/kAuto also builds the plan's JIT kernel
   // (jit_kernel.h). Throws Error with CUDA's message, or, with kJit, the reason the JIT kernel
-  // could not be built (kAuto falls back to the generic kernel and keeps the reason).
+  // could not be built (kAuto falls back to the generic kernel; kernel="jit" says why).
   DevicePlan(const FeaturePlan& plan, int device,
              NormalizeKernelChoice kernel = NormalizeKernelChoice::kGeneric);
   DevicePlan(const DevicePlan&) = delete;
@@ -77,8 +77,6 @@ class DevicePlan {
   const char* kernel_name() const {
     return jit_ == nullptr ? "generic" : jit_->tma() ? "jit-tma" : "jit";
   }
-  // Why the JIT kernel is not used ("" when it is, or when the generic kernel was asked for).
-  const std::string& jit_status() const { return jit_status_; }
   const JitNormalizeKernel* jit() const { return jit_.get(); }
 
   // Enqueues the fused kernel over n rows (d_in: n * f_in, d_out: n * f_out device floats),
@@ -97,7 +95,6 @@ class DevicePlan {
   MlsPlanView view_{};
   MlsCudaLaunch launch_{};
   std::unique_ptr<JitNormalizeKernel> jit_;
-  std::string jit_status_;
 };
 
 }  // namespace mlserve

@@ -17,7 +17,7 @@ namespace mlserve {
 
 // Which normalize kernel a DevicePlan runs: the generic one (interprets the plan), the JIT one
 // (specialized, compiled by NVRTC: construction fails when it cannot be built), or auto (the JIT
-// one when it builds, else the generic one, with the reason kept).
+// one when it builds, else the generic one; asking for kJit shows why it does not build).
 // kJitTma: the JIT kernel moving its tiles with Hopper's bulk copies (sm_90+).
 enum class NormalizeKernelChoice { kGeneric, kJit, kJitTma, kAuto };
 

@@ -27,7 +27,7 @@ from mlserve.errors import InvalidInput, Unavailable
 # tests/ holds the shared reference and strategies; it is not a package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reference import reference_histograms
+from reference import assert_same_histograms, reference_histograms
 from strategies import WIDE_EDGES_SPEC, plan_specs, random_input
 
 HAVE_GPU = bool(mlserve.cuda_devices())
@@ -149,20 +149,6 @@ def _assert_same_output(
     )
 
 
-def _assert_same_histograms(got: dict[str, Any], want: dict[str, Any]) -> None:
-    assert int(got["rows"]) == int(want["rows"])
-    assert sorted(got["features"]) == sorted(want["features"])
-    for name, w in want["features"].items():
-        g = got["features"][name]
-        assert g["kind"] == w["kind"], name
-        np.testing.assert_array_equal(
-            np.asarray(g["counts"]), np.asarray(w["counts"]), err_msg=f"{name}: counts"
-        )
-        for key in ("underflow", "overflow", "nan", "missing"):
-            if key in w:
-                assert int(g[key]) == int(w[key]), f"{name}: {key}"
-
-
 def _check_plan(spec: dict[str, Any], sizes: tuple[int, ...], seed: int,
                 kernel: str = "generic") -> None:
     cpu_plan, gpu_plan = FeaturePlan(spec), FeaturePlan(spec)
@@ -171,7 +157,7 @@ def _check_plan(spec: dict[str, Any], sizes: tuple[int, ...], seed: int,
         cpu_out = cpu_plan.transform(x, histograms=True)
         gpu_out = gpu_plan.transform_cuda(x, histograms=True, kernel=kernel)
         _assert_same_output(spec, x, gpu_out, cpu_out)
-        _assert_same_histograms(gpu_plan.histograms(reset=True), cpu_plan.histograms(reset=True))
+        assert_same_histograms(gpu_plan.histograms(reset=True), cpu_plan.histograms(reset=True))
 
 
 @pytest.mark.gpu
@@ -281,7 +267,7 @@ def test_transform_cuda_histograms_match_reference_and_accumulate() -> None:
     plan.transform_cuda(x2, histograms=True)
     plan.transform_cuda(x1, histograms=False)  # not counted
     want = reference_histograms(BIG_SPEC, np.concatenate([x1, x2, x2]))
-    _assert_same_histograms(plan.histograms(reset=True), want)
+    assert_same_histograms(plan.histograms(reset=True), want)
     assert plan.histograms()["rows"] == 0
 
 

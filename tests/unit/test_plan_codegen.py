@@ -37,7 +37,7 @@ from mlserve.plan import nvrtc_library_candidates, nvrtc_status
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reference import reference_histograms
+from reference import assert_same_histograms, reference_histograms
 from strategies import WIDE_EDGES_SPEC, plan_specs, random_input
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ def _check(spec: dict[str, Any], tmp: Path, sizes: tuple[int, ...], seed: int) -
                                       err_msg=f"spec {spec}")
         counted = FeaturePlan(spec)
         counted.merge_counters(counters, n)
-        _assert_histograms(counted.histograms(), reference_histograms(spec, x))
+        assert_same_histograms(counted.histograms(), reference_histograms(spec, x))
 
 
 @needs_cxx
@@ -162,18 +162,7 @@ def _check_emulated(spec: dict[str, Any], tma: bool, tmp: Path,
                 continue
             counted_plan = FeaturePlan(spec)
             counted_plan.merge_counters(counters, n)
-            _assert_histograms(counted_plan.histograms(), reference_histograms(spec, x))
-
-
-def _assert_histograms(got: dict[str, Any], want: dict[str, Any]) -> None:
-    assert got["rows"] == want["rows"]
-    for name, w in want["features"].items():
-        g = got["features"][name]
-        np.testing.assert_array_equal(np.asarray(g["counts"]), np.asarray(w["counts"]),
-                                      err_msg=name)
-        for key in ("underflow", "overflow", "nan", "missing"):
-            if key in w:
-                assert int(g[key]) == int(w[key]), f"{name}: {key}"
+            assert_same_histograms(counted_plan.histograms(), reference_histograms(spec, x))
 
 
 #: (rows, blocks): one row; a partial tile; whole tiles with blocks walking several (both halves
