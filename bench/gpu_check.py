@@ -257,6 +257,9 @@ def engine_rows(results: Results, registry: Any, x: np.ndarray, backend: str,
                     f"p50 {row['p50_us']:.0f} us, p99 {row['p99_us']:.0f} us")
             except Exception as exc:
                 results.error(f"engine {backend} batch {batch}", exc)
+        gpu = engine.stats().get("gpu")
+        if gpu:
+            results.data.setdefault("engine_gpu", {})[backend] = gpu
 
 
 def engines(results: Results, root: Path, rows: int, epochs: int,
@@ -355,6 +358,11 @@ def table(path: Path, phases: Path | None = None) -> str:
         lines.append(f"{batch:>6} " + " ".join(cells))
     if not data.get("engine"):
         lines.append("  (no engine measurements)")
+    for b, gpu in data.get("engine_gpu", {}).items():
+        lines.append(f"  {b}: normalize kernel {gpu['normalize_kernel']}; "
+                     f"{gpu['graph_launches']:,} of {gpu['batches']:,} batches were one CUDA graph "
+                     f"launch ({gpu['graphs']} graphs, capture failed on "
+                     f"{gpu['graphs_disabled']} instances)")
     for e in data.get("errors", []):
         lines.append(f"ERROR in {e['phase']}: {e['error']}")
     return "\n".join(lines)

@@ -24,6 +24,16 @@ struct BatchOutput {
 
 class FeaturePlan;
 
+// What GPU executors report in the batcher's stats, summed over instances (Engine.stats()'s
+// "gpu" entry).
+struct ExecutorStats {
+  std::string normalize_kernel;  // the kernel built for the plan: "generic" | "jit" | "jit-tma"
+  int64_t batches = 0;           // batches finished on the device
+  int64_t graph_launches = 0;    // batches whose H2D copy + normalize was one CUDA graph launch
+  int64_t graphs = 0;            // CUDA graphs instantiated
+  int32_t graphs_disabled = 0;   // instances whose capture failed (plain launches from then on)
+};
+
 // The executor of one worker ("instance") of a backend that normalizes batches itself, e.g. on a
 // GPU (backends/cuda_backend.h). Owned by the batcher, used by that worker's thread only.
 class RawBatchExecutor {
@@ -37,6 +47,8 @@ class RawBatchExecutor {
   // and fills `out` (out->rows must equal n). Throws like Backend::Execute; either fails only
   // this batch.
   virtual void Run(int64_t n, bool histograms, BatchOutput* out) = 0;
+  // Adds this executor's counters to *stats. Called from any thread, concurrently with Run.
+  virtual void AddStats(ExecutorStats* /*stats*/) const {}
 };
 
 class Backend {

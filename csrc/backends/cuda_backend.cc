@@ -47,6 +47,15 @@ class CudaExecutor final : public RawBatchExecutor {
     }
   }
 
+  void AddStats(ExecutorStats* stats) const override {
+    const CudaPipelineStats s = pipeline_.stats();
+    stats->normalize_kernel = s.normalize_kernel;
+    stats->batches += s.batches;
+    stats->graph_launches += s.graph_launches;
+    stats->graphs += s.graphs;
+    stats->graphs_disabled += s.graphs_disabled ? 1 : 0;
+  }
+
  private:
   const FeaturePlan& plan_;
   DeviceModel& model_;

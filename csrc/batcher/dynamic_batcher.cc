@@ -564,9 +564,15 @@ BatcherStats DynamicBatcher::Stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     queued = queued_requests_;
   }
-  std::lock_guard<std::mutex> s(stats_mu_);
-  BatcherStats out = stats_;
+  BatcherStats out;
+  {
+    std::lock_guard<std::mutex> s(stats_mu_);
+    out = stats_;
+  }
   out.queued = queued;
+  // executors_ is fixed from construction to destruction; AddStats is thread-safe.
+  out.executors = static_cast<int32_t>(executors_.size());
+  for (const auto& executor : executors_) executor->AddStats(&out.executor);
   return out;
 }
 

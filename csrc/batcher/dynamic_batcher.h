@@ -114,6 +114,9 @@ struct BatcherStats {
   // Per batch: gathering + normalizing its rows, and the backend call.
   LatencyHistogram normalize;
   LatencyHistogram compute;
+  // Backends with per-instance executors (GPU): how many, and their counters summed.
+  int32_t executors = 0;
+  ExecutorStats executor;
 };
 
 class DynamicBatcher {

@@ -507,6 +507,16 @@ void BindBatcher(py::module_& m) {
             d["request_seconds"] = HistogramToDict(s.request);
             d["normalize_seconds"] = HistogramToDict(s.normalize);
             d["compute_seconds"] = HistogramToDict(s.compute);
+            if (s.executors > 0) {
+              py::dict gpu;
+              gpu["instances"] = s.executors;
+              gpu["normalize_kernel"] = s.executor.normalize_kernel;
+              gpu["batches"] = s.executor.batches;
+              gpu["graph_launches"] = s.executor.graph_launches;
+              gpu["graphs"] = s.executor.graphs;
+              gpu["graphs_disabled"] = s.executor.graphs_disabled;
+              d["gpu"] = gpu;
+            }
             return d;
           })
       .def(

@@ -10,6 +10,7 @@
 #ifdef MLSERVE_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstring>
 #include <unordered_map>
 
@@ -36,7 +37,11 @@ struct CudaBatchPipeline::Impl {
   PinnedBuffer<float> result;          // the batch's result (host)
 
   std::unordered_map<int64_t, cudaGraphExec_t> graphs;  // key: n * 2 + histograms
-  CudaPipelineStats stats;
+  // Written by the pipeline's thread, read by stats() from any.
+  std::atomic<int64_t> batches{0};
+  std::atomic<int64_t> graph_launches{0};
+  std::atomic<int64_t> graphs_made{0};
+  std::atomic<bool> graphs_disabled{false};
   // The batch in flight (between Normalize and Finish/Abort).
   bool in_batch = false;
   int64_t batch_rows = 0;
@@ -76,7 +81,7 @@ struct CudaBatchPipeline::Impl {
   // The instantiated graph of EnqueueHead(n, count), captured on first use; nullptr when graphs
   // are off, the cache is full, or capture failed (then graphs stay off for this pipeline).
   cudaGraphExec_t GraphFor(int64_t n, bool count) {
-    if (!options.cuda_graphs || stats.graphs_disabled) return nullptr;
+    if (!options.cuda_graphs || graphs_disabled.load(std::memory_order_relaxed)) return nullptr;
     const int64_t key = n * 2 + (count ? 1 : 0);
     const auto found = graphs.find(key);
     if (found != graphs.end()) return found->second;
@@ -85,7 +90,7 @@ struct CudaBatchPipeline::Impl {
     // Thread-local capture mode: other instances' threads may keep making any CUDA call.
     if (cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
       cudaGetLastError();
-      stats.graphs_disabled = true;
+      graphs_disabled.store(true, std::memory_order_relaxed);
       return nullptr;
     }
     bool captured = true;
@@ -104,11 +109,11 @@ struct CudaBatchPipeline::Impl {
     if (graph != nullptr) cudaGraphDestroy(graph);
     if (made != cudaSuccess) {
       cudaGetLastError();
-      stats.graphs_disabled = true;
+      graphs_disabled.store(true, std::memory_order_relaxed);
       return nullptr;
     }
     graphs.emplace(key, exec);
-    ++stats.graphs;
+    graphs_made.fetch_add(1, std::memory_order_relaxed);
     return exec;
   }
 };
@@ -140,7 +145,16 @@ float* CudaBatchPipeline::staging() const { return impl_->staging.get(); }
 int64_t CudaBatchPipeline::max_rows() const { return impl_->options.max_rows; }
 int CudaBatchPipeline::device() const { return impl_->options.device; }
 void* CudaBatchPipeline::stream() const { return impl_->stream; }
-CudaPipelineStats CudaBatchPipeline::stats() const { return impl_->stats; }
+CudaPipelineStats CudaBatchPipeline::stats() const {
+  const Impl& impl = *impl_;
+  CudaPipelineStats out;
+  out.normalize_kernel = impl.plan->kernel_name();
+  out.batches = impl.batches.load(std::memory_order_relaxed);
+  out.graph_launches = impl.graph_launches.load(std::memory_order_relaxed);
+  out.graphs = impl.graphs_made.load(std::memory_order_relaxed);
+  out.graphs_disabled = impl.graphs_disabled.load(std::memory_order_relaxed);
+  return out;
+}
 
 const float* CudaBatchPipeline::Normalize(int64_t n, bool histograms) {
   Impl& impl = *impl_;
@@ -161,7 +175,7 @@ const float* CudaBatchPipeline::Normalize(int64_t n, bool histograms) {
   }
   if (cudaGraphExec_t exec = impl.GraphFor(n, count)) {
     CudaCheck(cudaGraphLaunch(exec, impl.stream), "cudaGraphLaunch (batch to device + normalize)");
-    ++impl.stats.graph_launches;
+    impl.graph_launches.fetch_add(1, std::memory_order_relaxed);
   } else {
     impl.EnqueueHead(n, count);
   }
@@ -196,7 +210,7 @@ void CudaBatchPipeline::Finish(const float* d_result, int64_t count, float* host
   if (bytes > 0) std::memcpy(host_out, result, bytes);
   impl.in_batch = false;
   impl.batch_counts = false;
-  ++impl.stats.batches;
+  impl.batches.fetch_add(1, std::memory_order_relaxed);
 }
 
 void CudaBatchPipeline::Abort() noexcept {

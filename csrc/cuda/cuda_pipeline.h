@@ -17,7 +17,8 @@
 // kInternal otherwise) with CUDA's message; construction in a CPU-only build or without a
 // usable device throws kUnavailable. After a throw, call Abort() before the next batch.
 //
-// Thread-safety: none; a pipeline belongs to one worker thread. The FeaturePlan must outlive it.
+// Thread-safety: a pipeline belongs to one worker thread; stats() may be called from any thread.
+// The FeaturePlan must outlive it.
 // This header does not include CUDA's: streams are passed as void* (a cudaStream_t).
 #pragma once
 
@@ -40,6 +41,7 @@ struct CudaPipelineOptions {
 };
 
 struct CudaPipelineStats {
+  const char* normalize_kernel = "";  // "generic" | "jit" | "jit-tma": what the plan got built
   int64_t batches = 0;
   int64_t graph_launches = 0;  // batches whose Normalize was one graph launch
   int64_t graphs = 0;          // graphs instantiated

@@ -69,7 +69,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -253,6 +258,18 @@ def engine_families(engines: Iterable[tuple[str, str, dict[str, Any]]]) -> list[
                                   labels=_LABELS)
     latencies = {k: HistogramMetricFamily(n, d, labels=_LABELS) for k, (n, d) in
                  _ENGINE_LATENCIES.items()}
+    # GPU engines only (stats["gpu"]): which normalize kernel the plan got, CUDA graph use.
+    gpu_info = InfoMetricFamily("mlserve_engine_gpu",
+                                "Engine placed on a GPU: the normalize kernel built for its plan.",
+                                labels=_LABELS)
+    graph_launches = CounterMetricFamily(
+        "mlserve_engine_cuda_graph_launches",
+        "GPU batches whose copy-in and normalization ran as one CUDA graph launch.",
+        labels=_LABELS)
+    graphs_disabled = GaugeMetricFamily(
+        "mlserve_engine_cuda_graphs_disabled",
+        "GPU instances whose CUDA graph capture failed (plain launches from then on).",
+        labels=_LABELS)
     for model, version, stats in engines:
         lv = [model, version]
         for key, fam in counters.items():
@@ -266,7 +283,13 @@ def engine_families(engines: Iterable[tuple[str, str, dict[str, Any]]]) -> list[
             hist = stats[key]
             latency.add_metric(lv, _buckets(LATENCY_BUCKETS, hist["buckets"]),
                                sum_value=float(hist["sum"]))
-    return [*counters.values(), queued, batch, *latencies.values()]
+        gpu = stats.get("gpu")
+        if gpu:
+            gpu_info.add_metric(lv, {"normalize_kernel": str(gpu["normalize_kernel"])})
+            graph_launches.add_metric(lv, float(gpu["graph_launches"]))
+            graphs_disabled.add_metric(lv, float(gpu["graphs_disabled"]))
+    return [*counters.values(), queued, batch, *latencies.values(), gpu_info, graph_launches,
+            graphs_disabled]
 
 
 def _buckets(bounds: Iterable[float], cumulative: list[int]) -> list[tuple[str, float]]:

@@ -1384,11 +1384,17 @@ class StagingExecutor final : public mlserve::RawBatchExecutor {
     std::vector<float> norm(static_cast<size_t>(n * plan_.f_out()));
     plan_.Transform(staging_.data(), n, plan_.f_in(), norm.data(), histograms);
     rowsum_->Execute(norm.data(), n, plan_.f_out(), out);
+    runs_.fetch_add(1);
+  }
+  void AddStats(mlserve::ExecutorStats* stats) const override {
+    stats->normalize_kernel = "host";
+    stats->batches += runs_.load();
   }
 
  private:
   const FeaturePlan& plan_;
   StagingBackend& backend_;
+  std::atomic<int64_t> runs_{0};
   std::vector<float> staging_;
   std::unique_ptr<mlserve::Backend> rowsum_ = mlserve::MakeBuiltinBackend("rowsum");
 };
@@ -1435,6 +1441,11 @@ TEST(BatcherExecutorPathGathersRawRowsPerInstance) {
   CHECK_EQ(b->Stats().completed, 4);
   CHECK_EQ(b->Stats().failed, 1);
   CHECK_EQ(b->plan().Snapshot(false).rows, 9 + 5);  // the executor counted the histograms
+  // The executors' own counters, summed over both instances: the batches that ran to the end.
+  const mlserve::BatcherStats stats = b->Stats();
+  CHECK_EQ(stats.executors, 2);
+  CHECK(stats.executor.normalize_kernel == "host");
+  CHECK_EQ(stats.executor.batches, stats.batches - 1);
 }
 
 TEST(BatcherExecutorCreationFailureReachesTheCaller) {

@@ -50,11 +50,15 @@ def chunks(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return out
 
 
-def check_normalized_engine(spec: dict[str, Any], sizes: list[int], **engine_kw: Any) -> None:
+def check_normalized_engine(spec: dict[str, Any], sizes: list[int], kernel: str = "generic",
+                            **engine_kw: Any) -> None:
+    """The GPU engine's outputs and histograms equal the CPU plan's, and its stats say which
+    normalize kernel ran (`kernel`) and how many batches were CUDA graph launches."""
     cpu_plan, gpu_plan = FeaturePlan(copy.deepcopy(spec)), FeaturePlan(copy.deepcopy(spec))
     x = random_input(spec, sum(sizes), seed=len(sizes))
+    instances = engine_kw.pop("instances", 1)
     config = BatcherConfig(max_batch_size=max(64, max(sizes)), max_queue_delay_us=2000,
-                           instance_count=engine_kw.pop("instances", 1))
+                           instance_count=instances)
     with Engine(gpu_plan, backend="normalize-cuda", config=config, **engine_kw) as engine:
         got = engine.predict_many(chunks(x, sizes))  # requests share batches
         stats = engine.stats()
@@ -62,6 +66,13 @@ def check_normalized_engine(spec: dict[str, Any], sizes: list[int], **engine_kw:
     for part, expected in zip(got, chunks(want, sizes), strict=True):
         np.testing.assert_array_equal(part, expected)
     assert stats["completed"] == len(sizes) and stats["device"] == 0
+    gpu = stats["gpu"]
+    assert gpu["instances"] == instances and gpu["normalize_kernel"] == kernel, gpu
+    assert gpu["batches"] == stats["batches"] and gpu["graphs_disabled"] == 0, gpu
+    if engine_kw.get("cuda_graphs", True):
+        assert gpu["graph_launches"] == gpu["batches"] and 1 <= gpu["graphs"] <= gpu["batches"], gpu
+    else:
+        assert gpu["graph_launches"] == gpu["graphs"] == 0, gpu
     got_h, want_h = gpu_plan.histograms(), cpu_plan.histograms()
     assert got_h["rows"] == want_h["rows"] == (len(x) if cpu_plan.has_histograms else 0)
     for name, w in want_h["features"].items():
@@ -82,11 +93,11 @@ def test_pipeline_output_equals_the_cpu_plan(graphs: bool, instances: int, kerne
     # it cannot be built. Given to the Engine, or read from MLSERVE_CUDA_KERNEL when the pipeline
     # is built (both ways, one each).
     if instances == 1:
-        check_normalized_engine(SMALL_SPEC, [1, 7, 3, 64, 1, 33, 2], cuda_graphs=graphs,
+        check_normalized_engine(SMALL_SPEC, [1, 7, 3, 64, 1, 33, 2], kernel, cuda_graphs=graphs,
                                 instances=instances, normalize_kernel=kernel)
     else:
         monkeypatch.setenv("MLSERVE_CUDA_KERNEL", kernel)
-        check_normalized_engine(SMALL_SPEC, [1, 7, 3, 64, 1, 33, 2], cuda_graphs=graphs,
+        check_normalized_engine(SMALL_SPEC, [1, 7, 3, 64, 1, 33, 2], kernel, cuda_graphs=graphs,
                                 instances=instances)
 
 
@@ -106,6 +117,8 @@ def test_same_batch_size_replays_its_graph() -> None:
             np.testing.assert_array_equal(engine.predict(x), first)
         x2 = random_input(SMALL_SPEC, 8, seed=4)  # same size, new data: the graph copies it anew
         np.testing.assert_array_equal(engine.predict(x2), FeaturePlan(SMALL_SPEC).transform(x2))
+        gpu = engine.stats()["gpu"]
+    assert gpu["batches"] == gpu["graph_launches"] == 7 and gpu["graphs"] == 1, gpu
 
 
 def test_torch_sees_the_device_batch_without_a_copy_on_the_instance_stream() -> None:

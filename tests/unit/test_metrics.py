@@ -147,6 +147,32 @@ def test_add_stats_sums_counters_batch_sizes_and_buckets() -> None:
         add_stats([1, 2], [1])
 
 
+def test_gpu_entry_is_exported_only_for_gpu_engines() -> None:
+    """A CPU engine has no "gpu" stats and no GPU samples; a GPU engine's entry (as two workers'
+    snapshots sum it) becomes the kernel info, the graph launches and the disabled instances."""
+    with Engine(SPEC, backend="rowsum", name="m", version="1",
+                config=BatcherConfig(max_batch_size=8, max_queue_delay_us=0)) as engine:
+        run_batches(engine, [[1, 2]])
+    cpu = engine.stats()
+    assert "gpu" not in cpu
+    got = samples(render(lambda: [("m", "1", cpu)])[0])
+    gpu_names = ("mlserve_engine_gpu", "mlserve_engine_cuda")
+    assert not any(name.startswith(gpu_names) for name, _ in got)
+
+    def worker(launches: int, disabled: int) -> dict[str, Any]:
+        gpu = {"instances": 2, "normalize_kernel": "jit", "batches": launches + 1,
+               "graph_launches": launches, "graphs": 3, "graphs_disabled": disabled}
+        return {**cpu, "gpu": gpu}
+
+    both = add_stats(worker(5, 0), worker(7, 1))
+    assert both["gpu"]["instances"] == 4 and both["gpu"]["normalize_kernel"] == "jit"
+    got = samples(render(lambda: [("m", "1", both)])[0])
+    lv = frozenset({("model", "m"), ("version", "1")})
+    assert got[("mlserve_engine_gpu_info", lv | {("normalize_kernel", "jit")})] == 1
+    assert got[("mlserve_engine_cuda_graph_launches_total", lv)] == 12
+    assert got[("mlserve_engine_cuda_graphs_disabled", lv)] == 1
+
+
 def test_worker_snapshots_keep_counts_of_exited_workers(tmp_path: Path) -> None:
     """A real child process writes its snapshot and exits: the first reader retires it once;
     its counters stay, its queue depth and process metrics go."""
