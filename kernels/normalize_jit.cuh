@@ -161,10 +161,13 @@ __device__ __forceinline__ unsigned mls_jit_smem(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
-// One thread, before the block's first __syncthreads: a barrier completing on one arrival.
+// One thread, before the block's first __syncthreads: a barrier completing on one arrival. The
+// fences make the initialized barrier visible to the other threads (as CUTLASS does) and to the
+// copy engine (the async proxy; as the CUDA programming guide's bulk-copy example does).
 __device__ __forceinline__ void mls_jit_bar_init(unsigned long long* bar) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(mls_jit_smem(bar)) : "memory");
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
 // One thread: expects `bytes` on the barrier and starts the bulk load of them into shared memory.

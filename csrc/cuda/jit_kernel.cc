@@ -55,8 +55,7 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device, bool
               "cudaLibraryGetKernel (mls_jit_normalize)");
     CudaCheck(cudaLibraryGetKernel(&counted_, library_, "mls_jit_normalize_counted"),
               "cudaLibraryGetKernel (mls_jit_normalize_counted)");
-    // Load both kernels onto the device now (with lazy loading, a library kernel is loaded at its
-    // first use, which must not be the pipeline's stream capture).
+    // Registers and spills per thread (benchmark_cuda and gpu_check report them).
     for (cudaKernel_t k : {plain_, counted_}) {
       cudaFuncAttributes attributes{};
       CudaCheck(cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(k)),
@@ -68,6 +67,17 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device, bool
     }
     // Occupancy of the counting kernel (the larger shared footprint) sizes the persistent grid.
     const size_t shared = SharedBytes(tma_, tile_rows_, f_in_, f_out_, n_counters_);
+    int shared_limit = 0;
+    CudaCheck(cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                     device),
+              "cudaDeviceGetAttribute (shared memory per block)");
+    if (shared > static_cast<size_t>(shared_limit)) {
+      throw Error(ErrorCode::kUnavailable,
+                  "JIT normalize kernel: a tile of " + std::to_string(tile_rows_) + " rows needs " +
+                      std::to_string(shared) + " bytes of shared memory per block; the device "
+                      "allows " + std::to_string(shared_limit) +
+                      " (lower MLSERVE_CUDA_JIT_TILE_ROWS)");
+    }
     if (shared > 48 * 1024) {  // past the default dynamic limit (jit-tma's double buffers)
       for (cudaKernel_t k : {plain_, counted_}) {
         CudaCheck(cudaFuncSetAttribute(reinterpret_cast<const void*>(k),
@@ -82,10 +92,34 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device, bool
               "cudaOccupancyMaxActiveBlocksPerMultiprocessor (JIT normalize kernel)");
     blocks_per_sm_ = per_sm > 0 ? per_sm : 1;
     max_blocks_ = blocks_per_sm_ * (sms > 0 ? sms : 1);
+    Preload();
   } catch (...) {
     cudaLibraryUnload(library_);
     throw;
   }
+}
+
+void JitNormalizeKernel::Preload() const {
+  // One block over no rows: the kernels zero and merge nothing and write no global memory.
+  cudaStream_t stream = nullptr;
+  CudaCheck(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+            "cudaStreamCreate (JIT normalize kernel preload)");
+  const float* in = nullptr;
+  long long rows = 0;
+  float* out = nullptr;
+  int64_t* counters = nullptr;
+  void* args[] = {&in, &rows, &out, &counters};
+  cudaError_t err = cudaLaunchKernel(reinterpret_cast<const void*>(plain_), dim3(1),
+                                     dim3(kThreads), args,
+                                     SharedBytes(tma_, tile_rows_, f_in_, f_out_, 0), stream);
+  // The counting kernel zeroes its compiled-in counters: only where they fit (n_counters_ > 0).
+  if (err == cudaSuccess && n_counters_ > 0) {
+    err = cudaLaunchKernel(reinterpret_cast<const void*>(counted_), dim3(1), dim3(kThreads), args,
+                           SharedBytes(tma_, tile_rows_, f_in_, f_out_, n_counters_), stream);
+  }
+  const cudaError_t synced = cudaStreamSynchronize(stream);
+  cudaStreamDestroy(stream);
+  CudaCheck(err != cudaSuccess ? err : synced, "JIT normalize kernel (first launch, no rows)");
 }
 
 JitNormalizeKernel::~JitNormalizeKernel() {

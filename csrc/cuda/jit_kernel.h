@@ -26,7 +26,8 @@ class JitNormalizeKernel {
  public:
   // Generates, compiles (or takes from the cache) and loads the plan's kernels on `device`,
   // which must be current. Throws Error(kUnavailable) when the plan does not suit it (rows too
-  // wide for a 32-row tile, or no output and no histograms) or NVRTC is missing, and
+  // wide for a 32-row tile, or no output and no histograms), the tile does not fit the device's
+  // shared memory, or NVRTC is missing, and
   // Error(kInternal) when compiling or loading fails, with the reason.
   // tma: the variant with Hopper's bulk copies (sm_90+; Unavailable on older devices). The tile
   // and launch bounds come from JitShapeFromEnv (defaults unless tuning variables are set).
@@ -56,6 +57,12 @@ class JitNormalizeKernel {
   int local_bytes() const { return local_bytes_; }  // per thread (register spills)
 
  private:
+  // Launches both kernels over no rows and waits: loads them into the context now (with lazy
+  // loading a library kernel is loaded at its first launch, which would be inside the pipeline's
+  // stream capture), and a launch configuration the device refuses fails at model load (where
+  // kernel="auto" falls back to the generic kernel) instead of on every batch.
+  void Preload() const;
+
   int f_in_ = 0;
   int f_out_ = 0;
   int n_counters_ = 0;

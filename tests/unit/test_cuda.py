@@ -254,6 +254,12 @@ def test_jit_tuning_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSERVE_CUDA_JIT_TILE_ROWS", "48")
     with pytest.raises(InvalidInput, match="multiple of 32"):
         plan.transform_cuda(x, kernel="jit")
+    # jit-tma double-buffers: two 256-row tiles of 117 floats (240 KB) exceed Hopper's 227 KB of
+    # shared memory per block. It says so at load; "auto" (the plain JIT kernel, 120 KB) runs.
+    monkeypatch.setenv("MLSERVE_CUDA_JIT_TILE_ROWS", "256")
+    with pytest.raises(Unavailable, match=r"shared memory.*MLSERVE_CUDA_JIT_TILE_ROWS"):
+        plan.transform_cuda(x, kernel="jit-tma")
+    _check_plan(spec, (1, 1000), seed=23, kernel="auto")
 
 
 @pytest.mark.gpu
