@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "cuda/cuda_check.h"
 #include "cuda/jit_compile.h"
+#include "cuda/nvrtc.h"
 
 namespace mlserve {
 
@@ -47,9 +48,18 @@ JitNormalizeKernel::JitNormalizeKernel(const FeaturePlan& plan, int device, bool
   const JitBinary bin = CompileJitNormalizeKernel(plan, arch_, shape);
   tile_rows_ = bin.tile_rows;
   compile_ms_ = bin.cached ? 0.0 : bin.output->compile_ms;
-  CudaCheck(cudaLibraryLoadData(&library_, bin.output->binary.data(), nullptr, nullptr, 0, nullptr,
-                                nullptr, 0),
-            "cudaLibraryLoadData (JIT normalize kernel)");
+  const cudaError_t loaded = cudaLibraryLoadData(&library_, bin.output->binary.data(), nullptr,
+                                                 nullptr, 0, nullptr, nullptr, 0);
+  if (loaded != cudaSuccess) {
+    // The usual cause: an NVRTC newer than the driver (its CUBIN needs a newer driver).
+    int driver = 0;
+    cudaDriverGetVersion(&driver);
+    cudaGetLastError();
+    CudaCheck(loaded, ("cudaLibraryLoadData (JIT normalize kernel compiled by NVRTC " +
+                       NvrtcVersion() + "; the driver supports CUDA " +
+                       std::to_string(driver / 1000) + "." + std::to_string(driver % 1000 / 10) +
+                       ")").c_str());
+  }
   try {
     CudaCheck(cudaLibraryGetKernel(&plain_, library_, "mls_jit_normalize"),
               "cudaLibraryGetKernel (mls_jit_normalize)");
