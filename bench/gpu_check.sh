@@ -83,9 +83,12 @@ t=$SECONDS
 built=0
 lim=$(limit 240)
 if (( lim > 0 )); then
-  MLSERVE_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) timeout "$lim" \
-    $PY -m pip install --no-build-isolation --no-deps --no-cache-dir -v \
-    -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=90-real;90-virtual" . > "$LOG/build.log" 2>&1
+  # The build tools the machine provides (scikit-build-core >= 0.11 and pybind11 >= 2.13 needed).
+  $PY -m pip list 2>/dev/null | grep -iE '^(scikit-build-core|pybind11|cmake|ninja|torch) ' \
+    > "$LOG/build.log"
+  MLSERVE_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) timeout -k 5 "$lim" \
+    $PY -m pip install --no-build-isolation --no-deps --no-index --no-cache-dir -v \
+    -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=90-real;90-virtual" . >> "$LOG/build.log" 2>&1
   status=$?
   if (( status == 0 )) && gpu=$(timeout 60 $PY -c "
 import mlserve
@@ -124,15 +127,20 @@ if (( built == 1 && lim > 0 )); then
   summary=""
   status=0
   for select in "not (jit or auto)" "jit or auto"; do
-    timeout "$lim" $PY -m pytest -q -p no:cacheprovider -rs ${extra[@]+"${extra[@]}"} \
+    touch "$LOG/tests.log"
+    start=$(wc -l < "$LOG/tests.log")
+    timeout -k 5 "$lim" $PY -m pytest -q -p no:cacheprovider -rs ${extra[@]+"${extra[@]}"} \
       -W "ignore::DeprecationWarning" -W "ignore::FutureWarning" -W "ignore::UserWarning" \
       -k "$select" \
       tests/unit/test_cuda.py tests/unit/test_gpu_pipeline.py tests/unit/test_gpu_backends.py \
       tests/integration/test_gpu_serving.py >> "$LOG/tests.log" 2>&1
     rc=$?
     (( rc != 0 && status != 124 )) && status=$rc
-    part=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error)|(passed|failed|error).* in [0-9.]+s' \
-      "$LOG/tests.log" | tail -1 | sed 's/=//g; s/^ *//')
+    # This run's summary line only (both runs append to tests.log).
+    part=$(tail -n +$((start + 1)) "$LOG/tests.log" \
+      | grep -E '^(=+ )?[0-9]+ (passed|failed|error)|(passed|failed|error).* in [0-9.]+s' \
+      | tail -1 | sed 's/=//g; s/^ *//')
+    (( rc > 1 )) && part="${part:+$part, }exit $rc"
     summary="${summary:+$summary; }[$select] ${part:-no summary (exit $rc)}"
     lim=$(limit 120)
     (( lim > 0 )) || break
@@ -150,7 +158,7 @@ lim=$(limit 200)
 if (( built == 1 && lim > 0 )); then
   secs=1.0
   (( lim < 90 )) && secs=0.3
-  timeout "$lim" $PY -m bench.gpu_check --out "$LOG" --seconds-per-batch "$secs" \
+  timeout -k 5 "$lim" $PY -m bench.gpu_check --out "$LOG" --seconds-per-batch "$secs" \
     > "$LOG/bench.log" 2>&1
   status=$?
   grep -E '^\[gpu_check' "$LOG/bench.log" | tail -40

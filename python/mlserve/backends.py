@@ -13,6 +13,7 @@ The core's own backends ("noop", "rowsum", "normalize-cuda") and plain callables
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +96,9 @@ MAX_MODEL_GRAPHS = 64
 #: Eager runs of a batch size before it is captured (TorchScript's profiling executor optimizes
 #: the module over its first runs; capturing earlier would record the unoptimized launches).
 GRAPH_WARMUP_RUNS = 3
+#: One capture at a time in the process: torch registers each graph with its shared CUDA
+#: generator state, which is not guarded for concurrent captures from several instances' threads.
+_CAPTURE_LOCK = threading.Lock()
 
 
 def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0, *,
@@ -127,12 +131,15 @@ def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0, *,
     streams: dict[int, Any] = {}
     pools: dict[int, Any] = {}
     graphs: dict[tuple[int, int, int], tuple[Any, Any]] = {}  # key -> (graph, output)
+    per_stream: dict[int, int] = {}  # graphs kept per instance stream
     eager_runs: dict[tuple[int, int, int], int] = {}
     graphs_on = [cuda_graphs]
 
     def graphs_off(why: str) -> None:
         graphs_on[0] = False
-        graphs.clear()
+        with _CAPTURE_LOCK:
+            graphs.clear()
+            per_stream.clear()
         warnings.warn(f"torch-cuda: {why}; running the model eagerly from now on",
                       RuntimeWarning, stacklevel=3)
 
@@ -143,11 +150,12 @@ def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0, *,
             pool = pools[stream_key] = torch.cuda.graph_pool_handle()
         try:
             # Thread-local mode: the other instances' threads may keep launching meanwhile.
-            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
-            try:
-                out = module(x).float().contiguous()
-            finally:
-                graph.capture_end()
+            with _CAPTURE_LOCK:
+                graph.capture_begin(pool=pool, capture_error_mode="thread_local")
+                try:
+                    out = module(x).float().contiguous()
+                finally:
+                    graph.capture_end()
         except Exception as e:  # torch raises RuntimeError for ops it cannot capture
             graphs_off(f"CUDA graph capture failed ({e})")
             return None
@@ -163,12 +171,13 @@ def torch_cuda_fn(model: str | os.PathLike[str], device: int = 0, *,
             if graphs_on[0]:
                 key = (batch.stream, x.data_ptr(), x.shape[0])
                 entry = graphs.get(key)
-                if entry is None and len(graphs) < MAX_MODEL_GRAPHS * len(streams):
+                if entry is None and per_stream.get(batch.stream, 0) < MAX_MODEL_GRAPHS:
                     runs = eager_runs.get(key, 0)
                     if runs >= GRAPH_WARMUP_RUNS:
                         entry = capture(batch.stream, x)
                         if entry is not None:
                             graphs[key] = entry
+                            per_stream[batch.stream] = per_stream.get(batch.stream, 0) + 1
                             eager_runs.pop(key, None)
                     else:
                         eager_runs[key] = runs + 1
