@@ -84,7 +84,7 @@ built=0
 lim=$(limit 240)
 if (( lim > 0 )); then
   # The build tools the machine provides (scikit-build-core >= 0.11 and pybind11 >= 2.13 needed).
-  $PY -m pip list 2>/dev/null | grep -iE '^(scikit-build-core|pybind11|cmake|ninja|torch) ' \
+  $PY -m pip list 2>/dev/null | grep -iE '^(scikit[-_]build[-_]core|pybind11|cmake|ninja|torch) ' \
     > "$LOG/build.log"
   MLSERVE_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) timeout -k 5 "$lim" \
     $PY -m pip install --no-build-isolation --no-deps --no-index --no-cache-dir -v \
@@ -138,7 +138,7 @@ if (( built == 1 && lim > 0 )); then
     (( rc != 0 && status != 124 )) && status=$rc
     # This run's summary line only (both runs append to tests.log).
     part=$(tail -n +$((start + 1)) "$LOG/tests.log" \
-      | grep -E '^(=+ )?[0-9]+ (passed|failed|error)|(passed|failed|error).* in [0-9.]+s' \
+      | grep -E '^(=+ )?[0-9]+ (passed|failed|errors?|skipped)|[0-9]+ [a-z]+.* in [0-9.]+s' \
       | tail -1 | sed 's/=//g; s/^ *//')
     (( rc > 1 )) && part="${part:+$part, }exit $rc"
     summary="${summary:+$summary; }[$select] ${part:-no summary (exit $rc)}"
