@@ -10,6 +10,9 @@
    installed, ``tensorrt`` (engine built with ``mlserve build-engine``'s code); per batch size
    1..4096: one client sending requests of that many rows back to back: rows/s, p50 and p99
    latency of ``Engine.predict``.
+3. Row gather: a batch's request rows gathered on the host (one memcpy each into page-locked
+   staging, one H2D copy: what the pipeline does) vs one H2D copy per request (the least a
+   device-side gather would need), for a few (requests, rows) shapes.
 
 Every measurement is appended to ``DIR/gpu_check.json`` as soon as it is made, so that a run
 cut short still leaves its numbers; ``--table`` prints the table from that file (the shell
@@ -43,7 +46,7 @@ class Results:
     def __init__(self, out: Path) -> None:
         self.path = out / RESULTS
         self.data: dict[str, Any] = {"env": {}, "kernel": [], "sweep": [], "engine": [],
-                                     "errors": []}
+                                     "gather": [], "errors": []}
         out.mkdir(parents=True, exist_ok=True)
         self.save()
 
@@ -208,6 +211,75 @@ def sweep(results: Results, plan: Any, x: np.ndarray, iterations: int) -> None:
         os.environ.pop("MLSERVE_CUDA_JIT_MIN_BLOCKS", None)
 
 
+# ---- row gather ----------------------------------------------------------------------------------
+
+#: (requests, rows per request) of one batch, for the row-gather comparison.
+GATHER_SHAPES = ((64, 1), (256, 1), (16, 64), (4, 1024))
+
+
+def gather(results: Results, f_in: int, iterations: int) -> None:
+    """Where a batch's request rows are gathered. "host": what the pipeline does, one memcpy per
+    request into a page-locked staging buffer, then one H2D copy of the batch. "per-request": one
+    H2D copy per request (from page-locked memory, the best case) into the device batch buffer,
+    which is the least any device-side gather must do before its kernel runs. Both through
+    torch on one stream, timed to the stream's synchronization; each checks its device buffer."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("torch cannot use CUDA here")
+    dev = torch.device("cuda", 0)
+    stream = torch.cuda.Stream(dev)
+    for k, r in GATHER_SHAPES:
+        row = _gather_shape(torch, dev, stream, k, r, f_in, iterations)
+        results.add("gather", row)
+        log(f"gather {k} requests x {r} rows: host {row['host_us']:.1f} us, per-request copies "
+            f"{row['per_request_us']:.1f} us")
+
+
+def _gather_shape(torch: Any, dev: Any, stream: Any, k: int, r: int, f_in: int,
+                  iterations: int) -> dict[str, Any]:
+    reqs = [np.random.default_rng(i).standard_normal((r, f_in)).astype(np.float32)
+            for i in range(k)]
+    want = torch.from_numpy(np.concatenate(reqs)).to(dev)
+    torch.cuda.synchronize(dev)  # `want` was copied on the default stream
+    n = k * r
+    pinned = torch.empty((n, f_in), dtype=torch.float32, pin_memory=True)
+    staging = pinned.numpy()
+    pinned_reqs = [torch.from_numpy(a).pin_memory() for a in reqs]
+    d = torch.empty((n, f_in), dtype=torch.float32, device=dev)
+
+    def host() -> None:
+        off = 0
+        for a in reqs:
+            staging[off : off + len(a)] = a
+            off += len(a)
+        d.copy_(pinned, non_blocking=True)
+        stream.synchronize()
+
+    def per_request() -> None:
+        off = 0
+        for t in pinned_reqs:
+            d[off : off + len(t)].copy_(t, non_blocking=True)
+            off += len(t)
+        stream.synchronize()
+
+    row: dict[str, Any] = {"requests": k, "rows": r}
+    with torch.cuda.stream(stream):
+        for name, fn in (("host", host), ("per_request", per_request)):
+            d.zero_()
+            for _ in range(10):
+                fn()
+            if not torch.equal(d, want):
+                raise RuntimeError(f"gather {name} {k}x{r}: wrong rows on the device")
+            lat = []
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                fn()
+                lat.append(time.perf_counter() - t0)
+            row[f"{name}_us"] = float(np.median(lat)) * 1e6
+    return row
+
+
 # ---- model and engine ----------------------------------------------------------------------------
 
 
@@ -363,6 +435,14 @@ def table(path: Path, phases: Path | None = None) -> str:
                      f"{gpu['graph_launches']:,} of {gpu['batches']:,} batches were one CUDA graph "
                      f"launch ({gpu['graphs']} graphs, capture failed on "
                      f"{gpu['graphs_disabled']} instances)")
+    if data.get("gather"):
+        lines.append("")
+        lines.append("row gather of one batch (f_in 20), median us to the stream's sync: host "
+                     "memcpy per request + one H2D (the pipeline) vs one H2D per request")
+        lines.append(f"{'requests':>8} {'rows':>5} {'host us':>8} {'per-request us':>14}")
+        for g in data["gather"]:
+            lines.append(f"{g['requests']:>8} {g['rows']:>5} {g['host_us']:>8.1f} "
+                         f"{g['per_request_us']:>14.1f}")
     for e in data.get("errors", []):
         lines.append(f"ERROR in {e['phase']}: {e['error']}")
     return "\n".join(lines)
@@ -388,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seconds-per-batch", type=float, default=1.0,
                    help="time spent timing each (backend, batch size)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["kernel", "engine"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["kernel", "engine", "gather"])
     args = p.parse_args(argv)
     if args.table:
         print(table(args.out / RESULTS, args.phases))
@@ -401,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mlserve-gpu-check-") as tmp:
             phase(results, "engine", lambda: engines(results, Path(tmp), args.train_rows,
                                                      args.epochs, args.seconds_per_batch))
+    if "gather" not in args.skip:
+        phase(results, "gather", lambda: gather(results, 20, 200))
     if "kernel" not in args.skip:
         phase(results, "kernel", lambda: kernel(results, tuple(args.kernel_rows),
                                                 args.iterations))
