@@ -16,7 +16,10 @@ errors (status >= 400 or socket errors) at each concurrency, interleaved by roun
 msgpack body to a second server with monitoring on (drift sample, prediction log, a monitoring
 tick every second), so ``msgpack+monitoring/msgpack`` is the hot-path cost of monitoring
 (target: at most 5% fewer req/s). That server is stopped (SIGSTOP) outside its own target, so its
-ticks take no CPU from the others. Without wrk
+ticks take no CPU from the others. Each closed-loop run also records the server's own CPU time
+per answered request (its process tree's threads, from /proc), so
+``msgpack/msgpack+monitoring server CPU per request`` measures the same cost without depending
+on how the cores were shared with the load generator. Without wrk
 the scenario says so and uses a Python asyncio closed-loop client instead (slower: its figures
 are bounded by the client).
 
@@ -570,6 +573,37 @@ def _wrk(
     return report
 
 
+def _tree_cpu_ns(pid: int) -> int:
+    """CPU time (ns) used so far by process ``pid`` and its descendants, summed over their live
+    threads (``/proc/PID/task/TID/schedstat``, nanosecond resolution); 0 without /proc."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return 0
+    for name in entries:
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+        children.setdefault(ppid, []).append(int(name))
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        stack += children.get(p, [])
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                total += int(Path(f"/proc/{p}/task/{t}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
 # ---- /metrics --------------------------------------------------------------------------------
 
 _METRIC_SUMS = (
@@ -618,7 +652,8 @@ def _metrics_snapshot(port: int) -> dict[str, Any]:
 
 
 def _median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("requests_per_s", "p50_us", "p90_us", "p99_us", "p999_us", "mean_us")
+    keys = ("requests_per_s", "p50_us", "p90_us", "p99_us", "p999_us", "mean_us",
+            "server_cpu_us_per_request")
     out: dict[str, Any] = {k: timing.median([float(r[k]) for r in runs]) for k in keys}
     out["max_us"] = max(float(r["max_us"]) for r in runs)
     out["errors"] = int(sum(r["errors"] for r in runs))
@@ -706,16 +741,28 @@ def run(level: str) -> dict[str, Any]:
                     "echo": (echo_port, _INFER_PATH, bodies["msgpack"], _MSGPACK),
                 }
 
+                procs = {"msgpack": server_proc, "json": server_proc,
+                         "msgpack+monitoring": monitored_proc, "echo": echo_proc}
+
                 def closed(target: str, c: int, dur: int) -> dict[str, Any]:
                     p, path, body_file, ctype = targets[target]
                     # The monitored server runs only during its own target: its monitoring
                     # thread (1 s ticks over a window of earlier traffic) would otherwise take
                     # CPU from the other targets on a small machine.
                     with _resumed(monitored_proc, target == "msgpack+monitoring"):
+                        # The server's own CPU per answered request: steadier than req/s on a
+                        # machine the generator shares (it does not depend on who got the cores).
+                        cpu0 = _tree_cpu_ns(procs[target].pid)
                         if wrk is not None:
-                            return _wrk(wrk, p, path, body_file, ctype, c, dur)
-                        request = _raw_request(p, path, body_file.read_bytes(), ctype)
-                        return _py_closed(p, request, c, float(dur), min(0.5, dur / 4))
+                            r = _wrk(wrk, p, path, body_file, ctype, c, dur)
+                        else:
+                            request = _raw_request(p, path, body_file.read_bytes(), ctype)
+                            r = _py_closed(p, request, c, float(dur), min(0.5, dur / 4))
+                        cpu_ns = _tree_cpu_ns(procs[target].pid) - cpu0
+                    r["server_cpu_us_per_request"] = (
+                        cpu_ns / 1e3 / r["requests"] if cpu_ns > 0 and r["requests"] else
+                        float("nan"))
+                    return r
 
                 _pause(monitored_proc, True)
 
@@ -815,6 +862,12 @@ def _result(
         ratios[f"msgpack+monitoring/msgpack req/s c={c}"] = (
             closed_m[("msgpack+monitoring", c)]["requests_per_s"]
             / closed_m[("msgpack", c)]["requests_per_s"])
+        # Monitoring's cost as server CPU per request (plain over monitored: 0.95 = 5% more).
+        cpu_plain = closed_m[("msgpack", c)]["server_cpu_us_per_request"]
+        cpu_monitored = closed_m[("msgpack+monitoring", c)]["server_cpu_us_per_request"]
+        if np.isfinite(cpu_plain) and np.isfinite(cpu_monitored) and cpu_monitored > 0:
+            ratios[f"msgpack/msgpack+monitoring server CPU per request c={c}"] = (
+                cpu_plain / cpu_monitored)
     mp_open = [o for o in open_m if o["target"] == "msgpack"]
     half = min(mp_open, key=lambda o: abs(o["fraction"] - _HALF_LOAD))
     for o in mp_open:
@@ -851,6 +904,7 @@ def _result(
             closed_m[(t, c)]["p999_us"],
             closed_m[(t, c)]["errors"],
             ratios.get(f"{t}/echo req/s c={c}", 1.0),
+            closed_m[(t, c)]["server_cpu_us_per_request"],
         ]
         for c in conc
         for t in _TARGETS
@@ -893,6 +947,10 @@ def _result(
         if cost < _MONITORING_TARGET:
             notes.append(f"monitoring cost {1 - cost:.1%} of the msgpack req/s at c={c} "
                          f"(target: at most {1 - _MONITORING_TARGET:.0%}).")
+        cpu = ratios.get(f"msgpack/msgpack+monitoring server CPU per request c={c}")
+        if cpu is not None and cpu < _MONITORING_TARGET:
+            notes.append(f"monitoring costs {1 / cpu - 1:.1%} more server CPU per request at "
+                         f"c={c} (target: at most {1 / _MONITORING_TARGET - 1:.0%}).")
     notes += [
         f"monitoring: `{setup['monitored_serve_command']}` serves 'msgpack+monitoring' (row "
         "sample, prediction histogram and prediction log per batch in the core, one "
@@ -973,6 +1031,7 @@ def _result(
                     "p99.9 µs",
                     "errors",
                     "req/s / echo",
+                    "server CPU µs/req",
                 ],
                 "rows": closed_rows,
             },
