@@ -116,6 +116,23 @@ def test_wasserstein_matches_scipy(pair: tuple[list[float], list[float]]) -> Non
                                                                abs=EXACT)
 
 
+@given(sample_pairs)
+@settings(max_examples=300, deadline=None)
+def test_ks_and_wasserstein_in_one_pass(pair: tuple[list[float], list[float]]) -> None:
+    """The monitor's combined pass gives exactly the separate functions' values, and scipy's."""
+    a, b = np.array(pair[0]), np.array(pair[1])
+    d, p, w = stats.ks_and_wasserstein(a, b)
+    assert (d, p) == stats.ks_test(a, b)
+    assert w == stats.wasserstein_normalized(a, b)
+    scale = max(float(np.std(a)), stats.WASSERSTEIN_MIN_SCALE)
+    want = float(sps.wasserstein_distance(a, b)) / scale
+    assert w == pytest.approx(want, rel=EXACT, abs=EXACT * max(1, want))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's n = m = 1 corner
+        assert d == pytest.approx(float(sps.ks_2samp(a, b, method="asymp").statistic),
+                                  rel=EXACT, abs=EXACT)
+
+
 @given(counts_pairs)
 @settings(max_examples=300, deadline=None)
 def test_chi_squared_matches_scipy(pair: tuple[list[int], list[int]]) -> None:
@@ -139,5 +156,7 @@ def test_empty_inputs_are_errors() -> None:
         stats.ks_test(np.array([]), np.array([1.0]))
     with pytest.raises(ValueError):
         stats.wasserstein(np.array([1.0]), np.array([]))
+    with pytest.raises(ValueError, match="both samples"):
+        stats.ks_and_wasserstein(np.array([1.0]), np.array([]))
     with pytest.raises(ValueError, match="no current values"):
         stats.chi_squared(np.array([0.5, 0.5]), np.array([0, 0]))

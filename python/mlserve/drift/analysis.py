@@ -178,8 +178,8 @@ def compare(reference: FeatureReference, counts: np.ndarray, sample: np.ndarray 
                 result.quality_issues.append("out_of_range")
         if has_sample and current.size:
             assert reference.sample is not None
-            result.ks_statistic, result.ks_pvalue = stats.ks_test(reference.sample, current)
-            result.wasserstein = stats.wasserstein_normalized(reference.sample, current)
+            result.ks_statistic, result.ks_pvalue, result.wasserstein = \
+                stats.ks_and_wasserstein(reference.sample, current)
     result.value = {"ks": result.ks_pvalue, "wasserstein": result.wasserstein, "js": result.js,
                     "psi": result.psi, "chi2": result.chi2_pvalue}[test]
     result.drifted = _verdict(test, threshold, result.value, total >= config.min_rows)

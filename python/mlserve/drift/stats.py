@@ -126,6 +126,25 @@ def wasserstein(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.sum(np.abs(fa - fb) * deltas))
 
 
+def ks_and_wasserstein(reference: np.ndarray, current: np.ndarray
+                       ) -> tuple[float, float, float]:
+    """``(*ks_test(reference, current), wasserstein_normalized(reference, current))`` with the
+    same values, from one pooled sort and one pair of empirical CDFs (the monitor's per-feature
+    work every interval; the separate functions sort the samples twice)."""
+    n, m = np.asarray(reference).size, np.asarray(current).size
+    if n == 0 or m == 0:
+        raise ValueError("ks_and_wasserstein: both samples need at least one value")
+    pooled, fa, fb = _ecdfs(reference, current)
+    gaps = np.abs(fa - fb)
+    d = float(np.max(gaps))
+    big, small = max(n, m), min(n, m)
+    effective = max(float(np.round(big * small / (big + small))), 1.0)
+    p = min(max(float(_scipy_stats().kstwo.sf(d, effective)), 0.0), 1.0)
+    w = float(np.sum(gaps[:-1] * np.diff(pooled)))
+    scale = max(float(np.std(np.asarray(reference, dtype=np.float64))), WASSERSTEIN_MIN_SCALE)
+    return d, p, w / scale
+
+
 def wasserstein_normalized(reference: np.ndarray, current: np.ndarray) -> float:
     """Wasserstein-1 distance divided by the reference's standard deviation (at least
     ``WASSERSTEIN_MIN_SCALE``)."""
