@@ -305,6 +305,60 @@ def test_tumbling_windows_close_once() -> None:
     assert [c.rows if c else None for c in closed] == [None, None, 120, None, None, 120]
 
 
+@st.composite
+def _chunk_runs(draw: st.DrawFn) -> list[Chunk]:
+    """Consecutive chunks whose features, shapes, dtypes and prediction histograms mostly stay
+    the same and sometimes change (a reloaded plan, a float count, no prediction)."""
+    layouts = [{"a": 3, "b": 2}, {"a": 3}, {"a": 4, "b": 2}]
+    out, t = [], 0.0
+    for _ in range(draw(st.integers(1, 25))):
+        layout = layouts[draw(st.sampled_from([0, 0, 0, 0, 1, 2]))]
+        as_float = draw(st.integers(0, 9)) == 0
+        counts = {}
+        for name, size in layout.items():
+            values = np.array(draw(st.lists(st.integers(0, 10**12), min_size=size,
+                                            max_size=size)), dtype=np.int64)
+            counts[name] = values.astype(np.float64) if as_float else values
+        prediction = draw(st.sampled_from([None, 2, 2, 2, 3]))
+        pred = None if prediction is None else np.array(
+            draw(st.lists(st.integers(0, 10**9), min_size=prediction, max_size=prediction)),
+            dtype=np.int64)
+        rows = int(draw(st.integers(0, 10**6)))
+        step = draw(st.sampled_from([0.5, 1.0, 3.0]))
+        out.append(Chunk(rows=rows, counts=counts, prediction_counts=pred,
+                         inputs=np.zeros((1, 1), np.float32), outputs=np.zeros((1, 1), np.float32),
+                         start=t, end=t + step, sample_seen=max(rows, 1)))
+        t += step
+    return out
+
+
+@given(_chunk_runs(), st.sampled_from([WindowSpec("sliding", "time", 5.0),
+                                       WindowSpec("sliding", "rows", 2 * 10**6)]))
+@settings(max_examples=200, deadline=None)
+def test_sliding_window_totals_equal_a_full_merge(chunks: list[Chunk], spec: WindowSpec) -> None:
+    """The running totals a sliding window keeps give exactly what merging its chunks gives."""
+    w = Windows(spec)
+    for chunk in chunks:
+        try:
+            got = w.add(chunk)
+        except (KeyError, ValueError) as exc:  # chunks that cannot merge (a feature missing
+            with pytest.raises(type(exc)):       # or reshaped) fail as a plain merge fails
+                w.merge(list(w._chunks))
+            continue
+        assert got is not None
+        want = w.merge(list(w._chunks))
+        assert (got.rows, got.start, got.end) == (want.rows, want.start, want.end)
+        assert got.counts.keys() == want.counts.keys()
+        for name, counts in want.counts.items():
+            assert got.counts[name].dtype == counts.dtype
+            np.testing.assert_array_equal(got.counts[name], counts)
+        if want.prediction_counts is None:
+            assert got.prediction_counts is None
+        else:
+            assert got.prediction_counts is not None
+            np.testing.assert_array_equal(got.prediction_counts, want.prediction_counts)
+
+
 def test_merged_sample_is_uniform_over_the_window() -> None:
     w = Windows(WindowSpec("sliding", "time", 100.0), sample_rows=10_000)
     w.add(_chunk(0, 1, 1000, value=1.0, sample=100))  # sampled at 10%

@@ -50,6 +50,11 @@ class Chunk(WindowData):
     sample_seen: int = 0
 
 
+#: The layout entry that marks a chunk with non-integer counts (merged from the chunks, never from
+#: running totals).
+_INEXACT: tuple[str, tuple[int, ...]] = ("", (-1,))
+
+
 class Windows:
     """The chunks of the current window(s) under ``spec``; ``add`` one chunk per interval.
     Merged samples hold at most ``sample_rows`` rows."""
@@ -60,21 +65,28 @@ class Windows:
         self._chunks: deque[Chunk] = deque()
         self._tumbling_id: int | None = None
         self._rng = np.random.default_rng(seed)
+        # Running totals of the sliding window's chunks (a sliding window is merged every
+        # interval; re-adding hundreds of chunks' counts was most of a tick's merge): rows, the
+        # counts per (feature, shape), the prediction counts per shape, and how many chunks have
+        # each set of features and shapes (totals answer only while that set is the same for all).
+        self._rows = 0
+        self._totals: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._prediction_totals: dict[tuple[int, ...], np.ndarray] = {}
+        self._layouts: dict[tuple[tuple[str, tuple[int, ...]], ...], int] = {}
 
     def add(self, chunk: Chunk) -> WindowData | None:
         """Adds one interval. Returns the window to evaluate now: for sliding windows the latest
         one (every call), for tumbling windows one that just closed (else None)."""
         spec = self.spec
         if spec.kind == "sliding":
-            self._chunks.append(chunk)
+            self._push(chunk)
             if spec.by == "time":
                 while self._chunks and self._chunks[0].end <= chunk.end - spec.size:
-                    self._chunks.popleft()
+                    self._pop()
             else:
-                while (len(self._chunks) > 1
-                       and sum(c.rows for c in self._chunks) - self._chunks[0].rows >= spec.size):
-                    self._chunks.popleft()
-            return self.merge(list(self._chunks))
+                while len(self._chunks) > 1 and self._rows - self._chunks[0].rows >= spec.size:
+                    self._pop()
+            return self._sliding_window()
         if spec.by == "time":
             window_id = math.floor((chunk.start + chunk.end) / 2.0 / spec.size)
             closed = None
@@ -90,6 +102,67 @@ class Windows:
             self._chunks.clear()
             return closed
         return None
+
+    @staticmethod
+    def _layout(chunk: Chunk) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """A chunk's features with their shapes; non-integer counts (whose running sums would
+        not be exact) make a layout of their own that the totals never answer for."""
+        layout = tuple((name, np.shape(v)) for name, v in chunk.counts.items())
+        exact = all(np.asarray(v).dtype.kind in "iu" for v in chunk.counts.values()) and (
+            chunk.prediction_counts is None
+            or np.asarray(chunk.prediction_counts).dtype.kind in "iu")
+        return layout if exact else (*layout, _INEXACT)
+
+    def _push(self, chunk: Chunk) -> None:
+        self._chunks.append(chunk)
+        self._account(chunk, 1)
+
+    def _pop(self) -> None:
+        self._account(self._chunks.popleft(), -1)
+
+    def _account(self, chunk: Chunk, sign: int) -> None:
+        """Adds (sign 1) or takes away (sign -1) a chunk's rows and counts from the totals
+        (integer counts only: the totals are int64 and exact)."""
+        self._rows += sign * chunk.rows
+        layout = self._layout(chunk)
+        left = self._layouts.get(layout, 0) + sign
+        if left:
+            self._layouts[layout] = left
+        else:
+            self._layouts.pop(layout, None)
+        if layout and layout[-1] == _INEXACT:
+            return
+        for key, v in zip(layout, chunk.counts.values(), strict=True):
+            total = self._totals.get(key)
+            if total is None:
+                total = self._totals[key] = np.zeros(key[1], dtype=np.int64)
+            total += sign * np.asarray(v, dtype=np.int64)
+        if chunk.prediction_counts is not None:
+            shape = np.shape(chunk.prediction_counts)
+            total = self._prediction_totals.get(shape)
+            if total is None:
+                total = self._prediction_totals[shape] = np.zeros(shape, dtype=np.int64)
+            total += sign * np.asarray(chunk.prediction_counts, dtype=np.int64)
+        if not self._chunks:  # nothing left: drop the keys of layouts that came and went
+            self._totals.clear()
+            self._prediction_totals.clear()
+
+    def _sliding_window(self) -> WindowData:
+        """merge(self._chunks), with the counts from the running totals when every chunk has the
+        same features and shapes (else merged from the chunks)."""
+        chunks = list(self._chunks)
+        if len(self._layouts) != 1 or _INEXACT in next(iter(self._layouts)):
+            return self.merge(chunks)
+        first = chunks[0]
+        counts = {name: self._totals[(name, np.shape(v))].astype(np.asarray(v).dtype)
+                  for name, v in first.counts.items()}
+        prediction = None
+        if first.prediction_counts is not None:
+            prediction = self._prediction_totals[np.shape(first.prediction_counts)].astype(
+                np.asarray(first.prediction_counts).dtype)
+        inputs, outputs = self._merge_samples(chunks)
+        return WindowData(rows=self._rows, counts=counts, prediction_counts=prediction,
+                          inputs=inputs, outputs=outputs, start=first.start, end=chunks[-1].end)
 
     def pending_rows(self) -> int:
         """Rows in the chunks held now (a tumbling window's rows so far)."""
