@@ -452,6 +452,66 @@ def test_bad_requests_map_to_clear_errors(client: httpx.Client, trained: Trained
             "",
         ),
         ("too large", {"content": b"x" * (MAX_BODY + 1)}, 413, ""),
+        (
+            "datatype not a string",
+            {"json": {"inputs": [{**matrix_request(x[:1])["inputs"][0], "datatype": []}]}},
+            400,
+            "unknown datatype",
+        ),
+        (
+            "ragged data of the right length (JSON fast lane)",
+            {"json": {"inputs": [{**matrix_request(x[:1])["inputs"][0],
+                                  "data": [[1.0, 2.0], [3.0], *([1.0] * (f_in - 2))]}]}},
+            400,
+            "regularly nested",
+        ),
+        (
+            "FP64 beyond float32 (matrix)",
+            {"json": {"inputs": [{**matrix_request(x[:1])["inputs"][0], "datatype": "FP64",
+                                  "data": [1e300, *x[0, 1:].tolist()]}]}},
+            400,
+            "out of FP32 range",
+        ),
+        (
+            "FP64 beyond float32 (one column)",
+            {"json": {"inputs": [*(v for k, v in one.items() if k != "amount"),
+                                 {"name": "amount", "datatype": "FP64", "shape": [1],
+                                  "data": [-1e300]}]}},
+            400,
+            "out of FP32 range",
+        ),
+        *[
+            (
+                f"{key} {value!r} (JSON)",
+                {"content": b'{"inputs":' + orjson.dumps(matrix_request(x[:1])["inputs"])
+                 + b',"parameters":{"' + key.encode() + b'":' + value + b"}}"},
+                400,
+                key,
+            )
+            for key, value in (("priority", b"2147483648"), ("priority", b"1e300"),
+                               ("timeout", b"9223372036854775808"), ("timeout", b"-5"))
+        ],
+        *[
+            (
+                f"{key} {value!r} (msgpack)",
+                {"content": msgpack.packb({
+                    "inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, f_in],
+                                "data": x[:1].astype("<f4").tobytes()}],
+                    "parameters": {key: value}}),
+                 "headers": {"Content-Type": "application/msgpack"}},
+                400,
+                key,
+            )
+            for key, value in (("priority", float("inf")), ("priority", float("nan")),
+                               ("priority", 2**40), ("priority", 2**64 - 1),
+                               ("timeout", 2**63), ("timeout", float("inf")))
+        ],
+        (
+            "JSON sent as msgpack",
+            {"json": matrix_request(x[:1]), "headers": {"Content-Type": "application/msgpack"}},
+            400,
+            "looks like JSON",
+        ),
     ]
     for label, kwargs, status, needle in cases:
         r = client.post(INFER, **kwargs)
@@ -462,6 +522,9 @@ def test_bad_requests_map_to_clear_errors(client: httpx.Client, trained: Trained
         assert_good(client, trained)
 
     r = client.post("/v2/models/nope/infer", json=matrix_request(x[:1]))
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    r = client.post("/v2/models/nope/infer", content=b"\xc1",  # the model is looked up first
+                    headers={"Content-Type": "application/msgpack"})
     assert r.status_code == 404 and "nope" in r.json()["error"]
     assert (
         client.post("/v2/models/fraud/versions/7/infer", json=matrix_request(x[:1])).status_code

@@ -480,6 +480,10 @@ BAD_JSON_REQUESTS: dict[str, tuple[tuple[bytes, int | None], str]] = {
     "duplicate input": (_doc(_json("FP32", [1], [1]), _json("FP32", [1], [2])), "given twice"),
     "unknown datatype": (_doc(_json("FP8", [1], [1])), "input 'x': unknown datatype 'FP8'"),
     "missing datatype": (_doc({"name": "x", "shape": [1], "data": [1]}), "unknown datatype None"),
+    "datatype a list": (_doc({"name": "x", "datatype": [], "shape": [1], "data": [1]}),
+                        r"unknown datatype \[\]"),
+    "datatype an object": (_doc({"name": "x", "datatype": {}, "shape": [1], "data": [1]}),
+                           "unknown datatype"),
     "shape not list": (_doc(_json("FP32", 3, [1, 2, 3])), "'shape' must be a list"),
     "negative dim": (_doc(_json("FP32", [-1], [1])), "negative dimension"),
     "float dim": (_doc(_json("FP32", [1.0], [1])), "non-integer"),
@@ -496,7 +500,12 @@ BAD_JSON_REQUESTS: dict[str, tuple[tuple[bytes, int | None], str]] = {
     "null in numeric": (_doc(_json("FP64", [2], [1, None])), "got null or non-numeric"),
     "object in numeric": (_doc(_json("INT8", [1], [{"a": 1}])), "non-numeric"),
     "float in integer": (_doc(_json("INT32", [2], [1, 2.5])), "must be integers"),
-    "int in BOOL": (_doc(_json("BOOL", [2], [0, 1])), "must be booleans"),
+    "int in BOOL": (_doc(_json("BOOL", [2], [0, 1])), "must be booleans, got integers"),
+    "float in BOOL": (_doc(_json("BOOL", [1], [1.0])), "must be booleans, got numbers"),
+    "INT64 past 2^64": ((b'{"inputs":[{"name":"x","datatype":"INT64","shape":[1],'
+                         b'"data":[18446744073709551616]}]}', None), "out of INT64 range"),
+    "non-UTF-8 binary without header": ((orjson.dumps({"inputs": [_json("FP32", [1], [1])]})
+                               + b"\xff\xfe\x00\x80", None), "needs the Inference-Header"),
     "UINT8 overflow": (_doc(_json("UINT8", [2], [1, 256])), "256 is out of UINT8 range"),
     "UINT32 negative": (_doc(_json("UINT32", [1], [-1])), "-1 is out of UINT32 range"),
     "INT64 overflow": (_doc(_json("INT64", [1], [2**63])), "out of INT64 range"),
@@ -608,7 +617,11 @@ def _packed(*inputs: dict[str, Any], **extra: Any) -> bytes:
 
 
 BAD_MSGPACK_REQUESTS: dict[str, tuple[bytes, str]] = {
-    "not msgpack": (b"\xc1", "not valid msgpack"),
+    "not msgpack": (b"\xc1", "not valid msgpack: .+"),
+    "too deep": (b"\x91" * 100_000, "not valid msgpack: .+"),
+    "JSON sent as msgpack": (b'{"inputs": []}', "looks like JSON"),
+    "datatype a list": (_packed({"name": "x", "datatype": [], "shape": [1], "data": b"\x00"}),
+                        "unknown datatype"),
     "truncated": (_packed(_json("FP32", [1], b"\x00" * 4))[:-2], "not valid msgpack"),
     "trailing bytes": (_packed(_json("FP32", [1], b"\x00" * 4)) + b"\x00", "trailing bytes"),
     "not a map": (msgpack.packb([1, 2]), "must be a msgpack object"),
@@ -804,6 +817,22 @@ def test_json_fast_lane_never_accepts_what_the_general_path_refuses(
         assert fast is None
         return
     _assert_fast_lane_agrees(fast, request, f_in)
+
+
+def test_json_fast_lane_declines_ragged_and_deep_data() -> None:
+    """Data of the right length that is not a flat list goes to the general path (which says
+    what is wrong) instead of raising from the fast lane."""
+    from mlserve.server.codecs import fast_json_rows
+
+    deep: Any = 1
+    for _ in range(70):
+        deep = [deep]
+    for data in ([[1, 2], [3], 1, 1], [deep, 1, 1, 1]):
+        body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
+                                         "data": data}]})
+        assert fast_json_rows(body, 4) is None
+        with pytest.raises(InvalidInput):
+            decode_json_request(body, None)
 
 
 def test_json_fast_lane_takes_the_common_request() -> None:

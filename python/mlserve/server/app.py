@@ -199,8 +199,8 @@ class MlserveApp:
                     out = await self.manager.run_msgpack(found, body, tag)
                     version_label = found.version
                 if out is None:
+                    served = self.manager.get(model, version)  # an unknown model: 404 first
                     obj = codecs.unpack_msgpack(body)
-                    served = self.manager.get(model, version)
                     fast = served.fast_rows(obj)
                     if fast is not None:  # the one-matrix request: cached encoding
                         y = await self.manager.run(served, fast[0], fast[2], tag)

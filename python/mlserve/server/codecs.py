@@ -63,6 +63,8 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 #: Magnitudes from which a float64 rounds to infinity when cast (round to nearest even):
 #: the largest finite value plus half an ulp.
 _OVERFLOW_AT = {"FP16": 65520.0, "FP32": 2.0**128 - 2.0**103}
+#: The smallest magnitude that a cast to float32 turns into infinity.
+FP32_OVERFLOW = _OVERFLOW_AT["FP32"]
 _BY_KIND = {(dt.kind, dt.itemsize): name for name, dt in _DTYPES.items() if name != "BYTES"}
 _MAX_NDIM = 32
 _MAX_ELEMENTS = sys.maxsize // 16
@@ -181,7 +183,7 @@ def decode_json_request(
         obj = orjson.loads(memoryview(body)[:json_end])
     except orjson.JSONDecodeError as exc:
         hint = ""
-        if header_length is None and "after document" in str(exc):
+        if header_length is None and ("after document" in str(exc) or "UTF-8" in str(exc)):
             hint = f" (binary data after the JSON needs the {HEADER_LENGTH} header)"
         raise InvalidInput(f"the request is not valid JSON: {exc}{hint}") from None
     cursor = _Cursor(body, json_end, header_length is not None)
@@ -204,9 +206,12 @@ def unpack_msgpack(body: bytes) -> Any:
     try:
         return msgpack.unpackb(body, raw=False)
     except msgpack.ExtraData:
-        raise InvalidInput("trailing bytes after the msgpack request object") from None
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise InvalidInput(f"the request is not valid msgpack: {exc}") from None
+        hint = (" (the body looks like JSON: send it as application/json)"
+                if body[:1] in (b"{", b"[") else "")
+        raise InvalidInput(f"trailing bytes after the msgpack request object{hint}") from None
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+        why = str(exc) or type(exc).__name__
+        raise InvalidInput(f"the request is not valid msgpack: {why}") from None
 
 
 def msgpack_request_from_object(obj: Any) -> InferRequest:
@@ -229,7 +234,10 @@ def fast_json_rows(body: bytes, f_in: int) -> tuple[Array, str | None, dict[str,
     n, data, request_id, parameters = fields
     if len(data) != n * f_in:
         return None
-    values = np.asarray(data)
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):  # ragged or too deep
+        return None
     if values.dtype.kind not in "iuf" or values.ndim != 1:  # bools, strings, nesting, null
         return None
     if values.dtype.kind == "f":  # beyond float32's range: the general path names the value
@@ -338,7 +346,7 @@ def _decode_request_object(
             raise InvalidInput(f"input {name!r} is given twice")
         seen.add(name)
         datatype = item.get("datatype")
-        if datatype not in _DTYPES:
+        if not isinstance(datatype, str) or datatype not in _DTYPES:
             raise InvalidInput(
                 f"input {name!r}: unknown datatype {datatype!r}; "
                 f"expected one of {', '.join(_DTYPES)}"
@@ -551,7 +559,9 @@ def _numeric_from_json(name: str, datatype: str, shape: list[int], count: int, d
     else:
         allowed, wanted = "biuf", "numbers"
     if kind not in allowed:
-        found = {"f": "non-integer numbers", "U": "strings"}.get(kind, "null or non-numeric values")
+        found = {"f": "numbers" if datatype == "BOOL" else "non-integer numbers",
+                 "i": "integers", "u": "integers", "U": "strings"}.get(
+                     kind, "null or non-numeric values")
         raise InvalidInput(f"input {name!r}: {datatype} data must be {wanted}, got {found}")
     if dtype.kind in "iu" and kind in "iu":
         info = np.iinfo(dtype)
@@ -571,12 +581,16 @@ def _numeric_from_json(name: str, datatype: str, shape: list[int], count: int, d
 
 def _integers_from_json(name: str, datatype: str, shape: list[int], data: Any) -> Array:
     values = np.asarray(data, dtype=object).reshape(-1).tolist()
-    if not all(type(v) in (int, bool) for v in values):
-        found = (
-            "non-integer numbers" if float in map(type, values) else "null or non-numeric values"
-        )
-        raise InvalidInput(f"input {name!r}: {datatype} data must be integers, got {found}")
     info = np.iinfo(_DTYPES[datatype])
+    if not all(type(v) in (int, bool) for v in values):
+        floats = [v for v in values if type(v) is float]
+        # A whole number past 2^64 parses as a float (orjson): name it as out of range.
+        huge = [v for v in floats if math.isfinite(v) and v == math.floor(v)
+                and not info.min <= v <= info.max]
+        if huge:
+            raise InvalidInput(f"input {name!r}: value {huge[0]:.17g} is out of {datatype} range")
+        found = "non-integer numbers" if floats else "null or non-numeric values"
+        raise InvalidInput(f"input {name!r}: {datatype} data must be integers, got {found}")
     for v in (min(values), max(values)):
         if not info.min <= v <= info.max:
             raise InvalidInput(f"input {name!r}: value {v} is out of {datatype} range")

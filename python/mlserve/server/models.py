@@ -44,6 +44,7 @@ from mlserve.features import FeatureStore, ServiceReader
 from mlserve.features._settings import ROOT_ENV, configured_root
 from mlserve.gpu import canonical_backend
 from mlserve.server.codecs import (
+    FP32_OVERFLOW,
     InferRequest,
     InferResponse,
     Tensor,
@@ -164,7 +165,7 @@ class ServedVersion:
         """
         if len(tensors) == 1 and self._is_matrix(tensors[0]):
             t = tensors[0]
-            x = np.ascontiguousarray(t.data, dtype=np.float32).reshape(t.shape[0], self.f_in)
+            x = _as_float32(t.name, t.datatype, t.data).reshape(t.shape[0], self.f_in)
             if self._policed:
                 x = self._police_codes(x)
             self._check_nulls(x)
@@ -250,7 +251,9 @@ class ServedVersion:
                 raise InvalidInput(
                     f"input '{column.name}' holds category codes: got non-integer values"
                 )
-        return data if encoder is None else encoder.check_codes(data)
+        if encoder is None:
+            return _as_float32(column.name, t.datatype, data)
+        return encoder.check_codes(data)
 
     def _police_codes(self, x: np.ndarray) -> np.ndarray:
         """The matrix form's category codes under each input's unknown-category policy."""
@@ -803,8 +806,29 @@ def _version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (1 << 62, version)
 
 
+#: The ranges of the integer request parameters (the engine's priority is an int32, its timeout
+#: in µs an int64).
+_INT_PARAM_RANGES = {"priority": (-(2**31), 2**31 - 1), "timeout": (0, 2**63 - 1)}
+
+
 def _int_param(params: dict[str, Any], key: str, default: int) -> int:
     value = params.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value)) or value != int(value)):
         raise InvalidInput(f"parameter '{key}' must be an integer, got {value!r}")
+    low, high = _INT_PARAM_RANGES.get(key, (-(2**63), 2**63 - 1))
+    if not low <= int(value) <= high:
+        raise InvalidInput(f"parameter '{key}' must be in {low}..{high}, got {value!r}")
     return int(value)
+
+
+def _as_float32(name: str, datatype: str, data: Any) -> np.ndarray:
+    """A numeric tensor's values as float32 (the plan's input type): FP64 values beyond
+    float32's range are refused, as for FP32 data, rather than silently becoming infinities."""
+    values = np.asarray(data)
+    if datatype == "FP64" and values.size:
+        big = np.abs(values) >= FP32_OVERFLOW
+        if bool(big.any()) and bool(np.isfinite(values[big]).any()):
+            raise InvalidInput(f"input {name!r}: a value is out of FP32 range (the model "
+                               "computes in float32)")
+    return np.ascontiguousarray(values, dtype=np.float32)
