@@ -407,7 +407,8 @@ void BindBatcher(py::module_& m) {
             if (!lane->Parse(std::string_view(data, static_cast<size_t>(size)), &req, &rows)) {
               return py::none();
             }
-            if (req.has_priority && (req.priority < INT32_MIN || req.priority > INT32_MAX)) {
+            if ((req.has_priority && (req.priority < INT32_MIN || req.priority > INT32_MAX)) ||
+                (req.has_timeout && req.timeout_us < 0)) {
               return py::none();  // the Python path says what is wrong with it
             }
             const int32_t priority = static_cast<int32_t>(req.priority);

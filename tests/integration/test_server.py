@@ -504,7 +504,7 @@ def test_bad_requests_map_to_clear_errors(client: httpx.Client, trained: Trained
             )
             for key, value in (("priority", float("inf")), ("priority", float("nan")),
                                ("priority", 2**40), ("priority", 2**64 - 1),
-                               ("timeout", 2**63), ("timeout", float("inf")))
+                               ("timeout", 2**63), ("timeout", float("inf")), ("timeout", -5))
         ],
         (
             "JSON sent as msgpack",
