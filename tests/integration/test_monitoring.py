@@ -240,6 +240,16 @@ def test_feedback_joins_labels_to_logged_predictions(server: ServerProcess,
     assert wrong.status_code == 400 and "not a class" in wrong.text
     assert httpx.post(server.url + "/v2/models/nope/feedback",
                       json={"ids": [], "labels": []}).status_code == 404
+    # Feedback again for a labelled request, or twice in one call, replaces its labels: the
+    # label count stays, and the metrics use the newest labels.
+    with Client(server.url) as client:
+        flipped = [1 - v for v in labels[0]]
+        again = client.feedback("fraud", [ids[0], ids[0]], [labels[0], flipped])
+        assert again["matched"] == 1 and again["unmatched"] == 0
+        performance = client.monitoring("fraud")["versions"][0]["performance"]
+    truth[:4] = flipped
+    assert performance["labels"] == 401
+    assert performance["accuracy"] == pytest.approx(float(np.mean((p >= 0.5) == truth)))
 
 
 def test_monitoring_off(trained: Trained, tmp_path: Path) -> None:

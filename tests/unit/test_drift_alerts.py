@@ -137,7 +137,7 @@ def test_online_performance_metrics_and_retention() -> None:
     got = perf.metrics(now=60.0)
     assert got["labels"] == 5 and got["accuracy"] == pytest.approx(3 / 5)
     perf.add(60.0, np.array([[0.1]]), perf.label_codes([0]))
-    assert perf.metrics(now=60.0)["labels"] == 5  # max_rows drops the oldest
+    assert perf.metrics(now=60.0)["labels"] == 4  # max_rows drops the oldest request (2 rows)
     assert perf.metrics(now=155.0)["labels"] == 1  # window: predictions older than 100 s
     assert perf.metrics(now=155.0)["roc_auc"] is None  # one class only: undefined
     with pytest.raises(InvalidInput, match="not a class"):
@@ -145,6 +145,25 @@ def test_online_performance_metrics_and_retention() -> None:
     reg = OnlinePerformance("regression")
     reg.add(0.0, np.array([[1.0], [3.0]]), reg.label_codes([2.0, 3.0]))
     assert reg.metrics(0.0)["rmse"] == pytest.approx(np.sqrt(0.5))
+    for bad in ([None], [[1.0]], [float("nan")], [True], ["2"]):
+        with pytest.raises(InvalidInput, match="finite numbers"):
+            reg.label_codes(bad)
+
+
+def test_online_performance_counts_a_request_once() -> None:
+    """Labels sent again for a request id replace the earlier ones (a correction), so neither
+    a retry nor a duplicate inflates the metrics."""
+    perf = OnlinePerformance("binary", [0, 1])
+    perf.add(0.0, np.array([[0.9], [0.8]]), perf.label_codes([0, 0]), request_id="a")
+    perf.add(0.0, np.array([[0.2]]), perf.label_codes([0]), request_id="b")
+    got = perf.metrics(1.0)
+    assert got["labels"] == 3 and got["accuracy"] == pytest.approx(1 / 3)
+    perf.add(0.0, np.array([[0.9], [0.8]]), perf.label_codes([1, 1]), request_id="a")
+    got = perf.metrics(1.0)
+    assert got["labels"] == 3 and got["accuracy"] == pytest.approx(1.0)
+    perf.add(0.0, np.array([[0.3]]), perf.label_codes([0]))  # no id: always its own entry
+    perf.add(0.0, np.array([[0.3]]), perf.label_codes([0]))
+    assert perf.metrics(1.0)["labels"] == 5
 
 
 def test_server_monitoring_settings(tmp_path: Path) -> None:

@@ -234,8 +234,11 @@ class ServerMonitoring:
         self.sync()
         order = [served_model.default, *(v for v in served_model.versions
                                          if v != served_model.default)]
-        pending = {i: str(ident) for i, ident in enumerate(ids)}
-        joined: list[tuple[_Watched, float, Any, Any]] = []
+        # An id given twice counts once, with its last labels (as feedback sent again later
+        # replaces the earlier labels).
+        last = {str(ident): i for i, ident in enumerate(ids)}
+        pending = {i: ident for ident, i in sorted(last.items(), key=lambda kv: kv[1])}
+        joined: list[tuple[_Watched, str, float, Any, Any]] = []
         for version in order:
             w = self.watched.get((model, version))
             if w is None or not pending:
@@ -250,11 +253,12 @@ class ServerMonitoring:
                 if len(label) != len(outputs):
                     raise InvalidInput(f"feedback for id {pending[i]!r}: {len(label)} labels "
                                        f"for a request of {len(outputs)} rows")
-                joined.append((w, predicted_at, outputs, w.performance.label_codes(label)))
+                joined.append((w, pending[i], predicted_at, outputs,
+                               w.performance.label_codes(label)))
                 del pending[i]
         # Validated as a whole first: a bad label refuses the request without adding any.
-        for w, predicted_at, outputs, codes in joined:
-            w.performance.add(predicted_at, outputs, codes)
+        for w, ident, predicted_at, outputs, codes in joined:
+            w.performance.add(predicted_at, outputs, codes, request_id=ident)
             w.performance.matched += 1
         matched = len(joined)
         if pending and (w := self.watched.get((model, served_model.default))) is not None:
