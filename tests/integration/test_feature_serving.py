@@ -245,6 +245,25 @@ def test_key_of_the_wrong_datatype_is_a_clear_400(server: ServerProcess, value: 
     assert "entity key 'merchant_id': expected a BYTES tensor" in str(err.value)
 
 
+def test_too_many_keys_are_refused_before_the_store_read(server: ServerProcess) -> None:
+    def keys_read() -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(server.url + "/metrics").text
+        return sum(s.value for f in text_string_to_metric_families(text)
+                   if f.name == "mlserve_feature_keys" for s in f.samples
+                   if s.name == "mlserve_feature_keys_total")
+
+    n = 100_000  # far past the server's max_batch_size (256)
+    request = {"user_id": np.arange(n), "merchant_id": [MERCHANTS[0]] * n,
+               "amount": np.ones(n, np.float32), "channel": ["pos"] * n}
+    before = keys_read()
+    with Client(server.url, codec="msgpack") as client:
+        with pytest.raises(InvalidInput, match=f"request has {n} rows.*max_batch_size"):
+            client.infer("scorer", request)
+    assert keys_read() == before  # refused before any store read
+
+
 def test_missing_key_or_request_input_is_named(server: ServerProcess) -> None:
     with Client(server.url, codec="json") as client:
         with pytest.raises(InvalidInput, match="missing entity keys: merchant_id"):

@@ -507,6 +507,13 @@ def test_bad_requests_map_to_clear_errors(client: httpx.Client, trained: Trained
                                ("timeout", 2**63), ("timeout", float("inf")), ("timeout", -5))
         ],
         (
+            "header length not decimal",
+            {"content": orjson.dumps(matrix_request(x[:1])),
+             "headers": {"Inference-Header-Content-Length": "5_0"}},
+            400,
+            "decimal integer",
+        ),
+        (
             "JSON sent as msgpack",
             {"json": matrix_request(x[:1]), "headers": {"Content-Type": "application/msgpack"}},
             400,

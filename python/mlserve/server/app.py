@@ -544,13 +544,12 @@ def _request_id(scope: Scope) -> bytes:
 
 
 def _parse_length(raw: bytes) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput("Inference-Header-Content-Length must be an integer") from None
-    if value < 0:
+    if raw[:1] == b"-" and raw[1:].isdigit():
         raise InvalidInput("Inference-Header-Content-Length must not be negative")
-    return value
+    if not raw.isdigit() or len(raw) > 18:  # int() would also take "5_0", " 5" or "+5"
+        raise InvalidInput("Inference-Header-Content-Length must be a decimal integer, got "
+                           f"{raw[:40]!r}")
+    return int(raw)
 
 
 async def _read_body(receive: Receive, declared: bytes | None, limit: int,

@@ -427,6 +427,10 @@ class FeatureServedVersion(ServedVersion):
                 f"{', '.join(join.join_keys)} and the request-time inputs ({request_inputs}); "
                 f"feature service {join.service} provides the others)")
         keys, n = join.keys(given)
+        limit = self.engine.config.max_batch_size
+        if n > limit:  # before the store read, which runs on the event loop
+            raise InvalidInput(f"request has {n} rows; this model takes 1..{limit} rows per "
+                               "request (max_batch_size); split larger inputs")
         x = np.empty((n, self.f_in), dtype=np.float32)
         values, status = join.fetch(keys, n)
         x[:, join.store_index] = values
