@@ -140,6 +140,33 @@ def test_ttl_edge_is_inclusive_to_the_nanosecond(tmp_path: Path) -> None:
     assert out["stats__count"].iloc[3] is pd.NA
 
 
+def test_ttl_past_int64_means_no_expiry(tmp_path: Path) -> None:
+    """A TTL longer than int64 nanoseconds (~292 years) is clamped, as the online read does."""
+    store = _store(tmp_path, ttl_seconds=1e11)
+    store.ingest("stats", pd.DataFrame({
+        "user_id": [1], "event_ts": [BASE], "amount": [2.5], "count": [3]}))
+    out = store.historical_features(pd.DataFrame({
+        "user_id": [1, 1], "event_ts": [BASE - pd.Timedelta(1, "ns"),
+                                        BASE + pd.Timedelta(days=36500)]}), ["stats"])
+    assert np.isnan(out["stats__amount"].iloc[0]) and out["stats__amount"].iloc[1] == 2.5
+
+
+def test_nullable_integer_keys_past_2_53_join_exactly(tmp_path: Path) -> None:
+    """An Int64 key column with nulls is not read through float64: 2^53 + 1 must not join the
+    features of 2^53."""
+    store = _store(tmp_path)
+    big = 2**53
+    store.ingest("stats", pd.DataFrame({
+        "user_id": [big, big + 2], "event_ts": [BASE] * 2, "amount": [1.0, 3.0],
+        "count": [1, 3]}))
+    later = BASE + pd.Timedelta(seconds=1)
+    out = store.historical_features(pd.DataFrame({
+        "user_id": pd.array([big + 1, None, big + 2, big], dtype="Int64"),
+        "event_ts": [later] * 4}), ["stats"])
+    got = out["stats__amount"].tolist()
+    assert np.isnan(got[0]) and np.isnan(got[1]) and got[2:] == [3.0, 1.0]
+
+
 def test_output_keeps_rows_index_and_columns(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.ingest("stats", pd.DataFrame({

@@ -65,6 +65,46 @@ def test_string_keys_keep_their_text(store: FeatureStore, tmp_path: Path) -> Non
     assert pq.read_table(part).column("code").to_pylist() == ["007"]
 
 
+def test_integers_past_2_53_stay_exact(store: FeatureStore, tmp_path: Path) -> None:
+    """Keys and int features past float64's 2^53 are read exactly (CSV cells are text, object
+    columns hold Python ints): rounding them would join another entity's rows."""
+    big = 2**53 + 1
+    csv = tmp_path / "big.csv"
+    csv.write_text(f"user_id,event_ts,amount,count,country\n"
+                   f"{big},2026-01-01T00:00:00Z,1.5,{big},US\n"
+                   f"{2**63 - 1},2026-01-01T00:00:00Z,2.5,-{2**63},GB\n")
+    table = pq.read_table(store.ingest("stats", csv).part).to_pandas()
+    assert table["user_id"].tolist() == [big, 2**63 - 1]
+    assert table["count"].tolist() == [big, -(2**63)]
+    frame = pd.DataFrame({"user_id": pd.Series([big + 2], dtype=object),
+                          "event_ts": ["2026-01-01"], "amount": [1.0],
+                          "count": pd.Series([big], dtype=object), "country": ["US"]})
+    table = pq.read_table(store.ingest("stats", frame).part).to_pandas()
+    assert table["user_id"].tolist() == [big + 2] and table["count"].tolist() == [big]
+    with pytest.raises(InvalidInput, match=f"expected integers, got row 0: '{2**63}'"):
+        store.ingest("stats", pd.DataFrame({"user_id": [1], "event_ts": ["2026-01-01"],
+                                            "amount": [1.0], "count": [str(2**63)],
+                                            "country": ["US"]}))
+
+
+def test_csv_text_that_looks_like_na(store: FeatureStore, tmp_path: Path) -> None:
+    """Only an empty CSV cell is null for keys; "NA" is a string key and a vocabulary value
+    spelled like a null stays that category, while in number and time columns the usual NA
+    spellings are nulls."""
+    store.apply([FeatureView("by_code", Entity("code", "code", "string"),
+                             [Column("level", "categorical", ("EU", "NA", "None")),
+                              Column("gdp", "float")])])
+    csv = tmp_path / "codes.csv"
+    csv.write_text("code,event_ts,created_ts,level,gdp\n"
+                   "NA,2026-01-01T00:00:00Z,NA,NA,NaN\n"
+                   "None,2026-01-01T00:00:00Z,,None,NA\n"
+                   "DE,2026-01-01T00:00:00Z,null,nan,1.5\n")
+    df = pq.read_table(store.ingest("by_code", csv).part).to_pandas()
+    assert df["code"].tolist() == ["NA", "None", "DE"]
+    assert df["level"].tolist()[:2] == [1, 2] and pd.isna(df["level"][2])
+    assert df["gdp"].isna().tolist() == [True, True, False]
+
+
 @pytest.mark.parametrize(("frame", "message"), [
     ({"user_id": [1], "amount": [1.0], "count": [1], "country": ["US"]},
      "missing column.*event_ts"),

@@ -57,8 +57,11 @@ def _query_keys(entity_df: pd.DataFrame, key: str, dtype: str, view: FeatureView
     null = series.isna().to_numpy()
     where = f"entity_df column {key!r} (join key of {view.resolved_entity.name!r})"
     if dtype == "int64":
-        if pd.api.types.is_integer_dtype(series.dtype) and not null.any():
-            return series.to_numpy(dtype=np.int64), null
+        if pd.api.types.is_integer_dtype(series.dtype):
+            if not null.any():
+                return series.to_numpy(dtype=np.int64), null
+            # A nullable integer column (Int64): exact, not through float64 (keys past 2^53).
+            return series.to_numpy(dtype=np.int64, na_value=0), null
         if not (pd.api.types.is_numeric_dtype(series.dtype)
                 and not pd.api.types.is_bool_dtype(series.dtype)):
             raise InvalidInput(f"{where}: expected int64 keys, got {series.dtype}")

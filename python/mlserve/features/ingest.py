@@ -17,7 +17,9 @@ Pure functions; thread-safe.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,9 @@ def read_table_file(path: str | os.PathLike[str], view: FeatureView | None = Non
         if suffix in (".parquet", ".pq") or file.is_dir():
             return pd.read_parquet(file)
         if suffix in (".csv", ".txt", ".gz"):
-            return pd.read_csv(file, dtype=str, keep_default_na=True)
+            # Text as written: only an empty cell is null ("NA" is a country code, "None" a
+            # category; pandas' default would read both as null).
+            return pd.read_csv(file, dtype=str, keep_default_na=False, na_values=[""])
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise InvalidInput(f"{file}: cannot be read: {exc}") from None
     raise InvalidInput(f"{file}: expected a .csv or .parquet file")
@@ -83,12 +87,67 @@ def _numbers(view: FeatureView, name: str, series: pd.Series, expected: str) -> 
     return out
 
 
+#: Text that means "no value" in a number, time or category column (pandas' default NA
+#: strings). CSV cells are read as text with only an empty cell null, so that a join key or a
+#: vocabulary value spelled like one ("NA" for Namibia, a category "None") stays text.
+_NA_TOKENS = frozenset({"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                        "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                        "nan", "null"})
+
+
+def _na_to_null(series: pd.Series, keep: frozenset[str] = frozenset()) -> pd.Series:
+    """``series`` with the NA spellings (except those in ``keep``) as nulls, for text."""
+    if not (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)):
+        return series
+    tokens = _NA_TOKENS - keep
+    na = series.map(lambda v: isinstance(v, str) and v in tokens).to_numpy(dtype=bool)
+    return series.mask(na) if na.any() else series
+
+
+#: Integers above this magnitude do not survive float64: read such values exactly.
+_FLOAT_EXACT = 2**53
+_INT_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*\Z")
+
+
+def _exact_integers(view: FeatureView, name: str, series: pd.Series, expected: str
+                    ) -> pa.Array:
+    """Integers from Python objects or text (a CSV cell) one by one, exactly: the float64
+    path rounds values past 2^53, which for entity keys would join another entity's rows."""
+    values = series.to_numpy(dtype=object, na_value=None)
+    present = series.notna().to_numpy()
+    out = np.zeros(len(values), dtype=np.int64)
+    for i in np.flatnonzero(present).tolist():
+        v = values[i]
+        exact: int | None = None
+        if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            exact = int(v)
+        elif isinstance(v, str) and _INT_TEXT.match(v):
+            exact = int(v)
+        elif isinstance(v, (str, float, np.floating)) and not isinstance(v, bool):
+            try:
+                f = float(v)
+            except ValueError:
+                f = math.nan
+            if math.isfinite(f) and f.is_integer() and abs(f) < _FLOAT_EXACT:
+                exact = int(f)
+        if exact is None or not -(2**63) <= exact < 2**63:
+            bad = np.zeros(len(values), dtype=bool)
+            bad[i] = True
+            raise InvalidInput(f"{_where(view, name)}: expected {expected}, got "
+                               f"{_first_bad(series, bad)}")
+        out[i] = exact
+    return pa.array(out, type=pa.int64(), mask=~present)
+
+
 def _integers(view: FeatureView, name: str, series: pd.Series, expected: str) -> pa.Array:
     if pd.api.types.is_integer_dtype(series.dtype):
         return pa.array(series, type=pa.int64(), from_pandas=True)
     as_float = _numbers(view, name, series, expected)
     values = as_float.to_numpy()
     present = ~np.isnan(values)
+    if not pd.api.types.is_float_dtype(series.dtype) and present.any() and \
+            float(np.abs(values[present]).max()) >= _FLOAT_EXACT:
+        return _exact_integers(view, name, series, expected)
     bad = present & ((values != np.round(values)) | (np.abs(values) > 2**63 - 1024))
     if bad.any():
         raise InvalidInput(f"{_where(view, name)}: expected {expected}, got "
@@ -168,12 +227,13 @@ def validate_rows(view: FeatureView, frame: pd.DataFrame, *, ingested_at_ns: int
         arrays[key] = _join_key(view, key, dtype, frame[key])
     arrays["event_ts"] = _timestamps(view, "event_ts", frame["event_ts"], required=True,
                                      default_ns=0)
-    created = frame["created_ts"] if "created_ts" in frame.columns else \
+    created = _na_to_null(frame["created_ts"]) if "created_ts" in frame.columns else \
         pd.Series([None] * len(frame), dtype=object)
     arrays["created_ts"] = _timestamps(view, "created_ts", created, required=False,
                                        default_ns=ingested_at_ns)
     for column in view.columns:
-        series = frame[column.name]
+        keep = frozenset(str(v) for v in column.vocabulary or ())  # categories stay categories
+        series = _na_to_null(frame[column.name], keep)
         if column.dtype == "float":
             arrays[column.name] = pa.array(_numbers(view, column.name, series, "float numbers"),
                                            type=pa.float64(), from_pandas=True)

@@ -111,7 +111,9 @@ def as_of_rows(feature_codes: np.ndarray, event_ts: np.ndarray, created_ts: np.n
     row = by_rank[best_so_far[np.where(found, pos, 0)]]
     found &= fc[row] == qc
     if ttl_ns is not None:
-        found &= fe[row] >= qt - ttl_ns
+        # event_ts >= t - ttl as an age (>= 0 where found), so a TTL past int64's range (a
+        # view that "never expires") is clamped rather than overflowing, as the online read does.
+        found &= (qt - fe[row]) <= np.int64(min(ttl_ns, (1 << 63) - 1))
     result[queries[found]] = rows[row[found]]
     return result
 
