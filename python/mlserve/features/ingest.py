@@ -100,7 +100,7 @@ def _na_to_null(series: pd.Series, keep: frozenset[str] = frozenset()) -> pd.Ser
     if not (series.dtype == object or pd.api.types.is_string_dtype(series.dtype)):
         return series
     tokens = _NA_TOKENS - keep
-    na = series.map(lambda v: isinstance(v, str) and v in tokens).to_numpy(dtype=bool)
+    na = series.isin(tokens).to_numpy(dtype=bool)  # hashed in C; only str values match
     return series.mask(na) if na.any() else series
 
 
