@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from mlserve.bundle import MANIFEST, sha256_file
 
@@ -24,7 +25,37 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_versions(conn: sqlite3.Connection, layout: Layout) -> list[str]:
+def _restore_manifest(vdir: Path, registered: dict[str, Any], on_disk: Any) -> None:
+    """Rewrites ``vdir``'s mlserve.json from the registered (committed) manifest, and removes
+    the artifact files only the on-disk one names: what an ``add_artifact`` killed between its
+    file writes and its commit leaves behind."""
+    known = set(registered.get("artifacts", {}))
+    stray = [f for f in (on_disk.get("artifacts", {}) if isinstance(on_disk, dict) else {})
+             if f not in known]
+    dirs = [vdir, *{(vdir / f).parent for f in stray}]
+    for d in dirs:
+        if d.is_dir():
+            os.chmod(d, 0o755)
+    try:
+        for f in stray:
+            path = vdir / f
+            if path.is_file() and path.resolve().is_relative_to(vdir.resolve()):
+                path.unlink()
+        for d in sorted(dirs[1:], key=lambda d: len(d.parts), reverse=True):
+            if d != vdir and d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        tmp = vdir / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(registered, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, vdir / MANIFEST)
+    finally:
+        for d in dirs:
+            if d.is_dir():
+                os.chmod(d, 0o555)
+
+
+def _check_versions(conn: sqlite3.Connection, layout: Layout, repair: bool = False
+                    ) -> list[str]:
     problems: list[str] = []
     hashed: dict[Path, str] = {}
 
@@ -40,13 +71,20 @@ def _check_versions(conn: sqlite3.Connection, layout: Layout) -> list[str]:
         if not vdir.is_dir():
             problems.append(f"{ref}: version directory {vdir} is missing")
             continue
+        registered = json.loads(row["manifest"])
+        on_disk: Any = None
         try:
             on_disk = json.loads((vdir / MANIFEST).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            problems.append(f"{ref}: mlserve.json is unreadable ({exc})")
+            message = f"{ref}: mlserve.json is unreadable ({exc})"
         else:
-            if on_disk != json.loads(row["manifest"]):
-                problems.append(f"{ref}: mlserve.json differs from the registered manifest")
+            message = (f"{ref}: mlserve.json differs from the registered manifest"
+                       if on_disk != registered else "")
+        if message and repair:
+            _restore_manifest(vdir, registered, on_disk)
+            message += " (repaired: rewritten from the registered manifest)"
+        if message:
+            problems.append(message)
         for art in conn.execute("SELECT file, sha256 FROM artifacts WHERE name = ? AND "
                                 "version = ?", (row["name"], row["version"])).fetchall():
             blob = blob_path(layout.blobs, art["sha256"])
@@ -113,7 +151,7 @@ def remove_leftovers(conn: sqlite3.Connection, layout: Layout) -> list[str]:
 
 def check(conn: sqlite3.Connection, layout: Layout, *, repair: bool) -> list[str]:
     """All problems of the registry; with ``repair``, fixes what can be fixed safely."""
-    problems = _check_versions(conn, layout)
+    problems = _check_versions(conn, layout, repair)
     problems += _dangling_aliases(conn, repair)
     if repair:
         problems += [f"{m} (repaired)" for m in remove_leftovers(conn, layout)]

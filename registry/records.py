@@ -14,7 +14,8 @@ from typing import Any
 from mlserve.bundle import MANIFEST, sha256_file
 from mlserve.errors import InvalidInput
 
-VERIFY_HINT = "the registry may be corrupted: run `mlserve registry verify`"
+VERIFY_HINT = ("the registry may be corrupted: run `mlserve registry verify` (with `--repair` "
+               "it fixes what an interrupted write left)")
 
 
 @dataclass(frozen=True)

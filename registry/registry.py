@@ -593,8 +593,10 @@ class Registry:
 
     def verify(self, repair: bool = False) -> list[str]:
         """Problems found: missing/corrupt blobs or version files, dangling aliases, leftovers of
-        interrupted writes. With ``repair``, leftovers and dangling aliases are removed (those
-        messages end in "(repaired)")."""
+        interrupted writes. With ``repair``, leftovers and dangling aliases are removed, and a
+        version whose mlserve.json differs from its registered manifest (an ``add_artifact``
+        killed before its commit) gets the registered one back, without the uncommitted file
+        (those messages end in "(repaired...)")."""
         with _db.write_transaction(self._layout.db) as conn:
             return _maintenance.check(conn, self._layout, repair=repair)
 

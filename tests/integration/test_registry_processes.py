@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from mlserve.errors import InvalidInput
 from mlserve.registry import Registry
 
 REGISTER_LOOP = """
@@ -92,6 +94,40 @@ def test_sigkill_mid_registration_leaves_whole_versions(tmp_path: Path) -> None:
     # Registration still works after all those crashes.
     assert reg.register(bundle).version == len(seen) + 1
     assert reg.verify() == []
+
+
+def test_sigkill_mid_add_artifact_is_repaired_to_the_committed_version(tmp_path: Path) -> None:
+    """An add_artifact killed after its file writes and before its commit leaves the version's
+    mlserve.json ahead of the database: open() refuses the version (it differs from the
+    registered manifest) until verify(repair=True) puts the committed manifest back and removes
+    the uncommitted file; the artifact can then be added again."""
+    root = tmp_path / "reg"
+    reg = Registry(root)
+    reg.register(make_bundle(tmp_path / "bundle", artifact_bytes=1024))
+    reg.set_alias("fraud", "champion", 1)
+    extra = tmp_path / "engine.plan"
+    extra.write_bytes(b"engine bytes")
+    code = (f"from mlserve.registry import Registry; Registry({str(root)!r}).add_artifact("
+            f"'fraud/1', {str(extra)!r}, file='model.plan')")
+    child = subprocess.Popen([sys.executable, "-c", code], env=child_env(30.0))
+    vdir = reg.resolve("fraud/1").path
+    deadline = time.monotonic() + 30
+    while not (vdir / "model.plan").exists():  # the files are written; the commit waits
+        assert child.poll() is None and time.monotonic() < deadline, "child never got there"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=10) == -signal.SIGKILL
+    reg = Registry(root)
+    assert list(reg.resolve("fraud@champion").artifacts) == ["model.onnx", "model.pt"]
+    with pytest.raises(InvalidInput, match=r"differs from the registered manifest.*--repair"):
+        reg.open("fraud@champion")
+    repaired = reg.verify(repair=True)
+    assert any("mlserve.json differs" in p and "(repaired" in p for p in repaired), repaired
+    assert reg.verify() == []
+    assert sorted(os.listdir(vdir)) == ["mlserve.json", "model.onnx", "model.pt"]
+    assert reg.open("fraud@champion").version == 1
+    reg.add_artifact("fraud/1", extra, file="model.plan")
+    assert "model.plan" in reg.open("fraud/1").artifacts and reg.verify() == []
 
 
 def test_concurrent_registrations_get_distinct_versions(tmp_path: Path) -> None:
