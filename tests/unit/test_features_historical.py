@@ -249,3 +249,7 @@ def test_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="has no column 'volume'"):
         store.historical_features(pd.DataFrame({"user_id": [1], "event_ts": [at(0)]}),
                                   [("stats", ["volume"])])
+    store.apply([FeatureService("scoring", ["stats"])])
+    with pytest.raises(DefinitionNotFound, match=r"unknown feature service 'scoring/2'"):
+        store.historical_features(pd.DataFrame({"user_id": [1], "event_ts": [at(0)]}),
+                                  "scoring/2")

@@ -124,7 +124,14 @@ class FeatureStore:
         elif isinstance(features, str):
             try:
                 items = self.registry.service(features).selections
-            except DefinitionNotFound:
+            except DefinitionNotFound as not_a_service:
+                # A view's name, unless it names a service (at a version it does not have) and
+                # no view: then the service's error says what is wrong.
+                base = features.partition("/")[0].partition(":")[0]
+                services = {d.name for d in self.registry.list("service")}
+                views = {d.name for d in self.registry.list("view")}
+                if base in services and base not in views:
+                    raise not_a_service from None
                 items = [features]
         elif isinstance(features, Sequence) and features:
             items = features
