@@ -9,11 +9,15 @@ functions share no state.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
 import uuid
 from pathlib import Path
+from typing import Any
+
+from mlserve.bundle import MANIFEST
 
 _CHUNK_BYTES = 1 << 20
 
@@ -84,6 +88,20 @@ def link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, dst)
         os.chmod(dst, 0o444)
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """A version's mlserve.json as the registry writes it."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def replace_manifest(vdir: Path, data: bytes) -> None:
+    """Replaces ``vdir``'s mlserve.json with ``data`` in one rename (readers see the old or
+    the new one whole), read-only like every version file. ``vdir`` must be writable."""
+    tmp = vdir / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, vdir / MANIFEST)
 
 
 def make_tree_readonly(root: Path) -> None:

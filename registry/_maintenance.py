@@ -15,7 +15,14 @@ from typing import Any
 
 from mlserve.bundle import MANIFEST, sha256_file
 
-from ._files import Layout, blob_path, remove_tree, temp_owner_alive
+from ._files import (
+    Layout,
+    blob_path,
+    manifest_bytes,
+    remove_tree,
+    replace_manifest,
+    temp_owner_alive,
+)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -44,10 +51,7 @@ def _restore_manifest(vdir: Path, registered: dict[str, Any], on_disk: Any) -> N
         for d in sorted(dirs[1:], key=lambda d: len(d.parts), reverse=True):
             if d != vdir and d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
-        tmp = vdir / f".{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(registered, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, vdir / MANIFEST)
+        replace_manifest(vdir, manifest_bytes(registered))
     finally:
         for d in dirs:
             if d.is_dir():

@@ -28,7 +28,16 @@ from mlserve.bundle import MANIFEST
 from mlserve.errors import InvalidInput, ModelNotFound
 
 from . import _db, _maintenance, _tar
-from ._files import Layout, blob_path, link_or_copy, make_tree_readonly, remove_tree, store_blob
+from ._files import (
+    Layout,
+    blob_path,
+    link_or_copy,
+    make_tree_readonly,
+    manifest_bytes,
+    remove_tree,
+    replace_manifest,
+    store_blob,
+)
 from ._files import temp_path as _temp_path
 from ._settings import default_root, test_step_pause
 from .records import HistoryEvent, ModelSummary, ModelVersion, Run
@@ -277,8 +286,7 @@ class Registry:
         """Links blob ``sha`` into ``vdir`` as ``file`` and replaces its manifest; returns a
         function that undoes both. The caller holds the write lock."""
         target = vdir / file
-        manifest_path = vdir / MANIFEST
-        old_manifest = manifest_path.read_bytes()
+        old_manifest = (vdir / MANIFEST).read_bytes()
         dirs = [vdir]
         for part in PurePosixPath(file).parent.parts:
             dirs.append(dirs[-1] / part)
@@ -289,17 +297,11 @@ class Registry:
                 if d.exists():
                     os.chmod(d, 0o755 if on else 0o555)
 
-        def write_manifest(data: bytes) -> None:
-            tmp = vdir / f".{MANIFEST}.{os.getpid()}.tmp"
-            tmp.write_bytes(data)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, manifest_path)
-
         def undo() -> None:
             writable(True)
             try:
                 target.unlink(missing_ok=True)
-                write_manifest(old_manifest)
+                replace_manifest(vdir, old_manifest)
                 for d in reversed(created):
                     if d.exists():
                         d.rmdir()
@@ -312,7 +314,7 @@ class Registry:
                 target.unlink()
             link_or_copy(blob_path(self._layout.blobs, sha), target)
             writable(True)  # link_or_copy may have created folders
-            write_manifest((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+            replace_manifest(vdir, manifest_bytes(manifest))
         except BaseException:
             undo()
             raise

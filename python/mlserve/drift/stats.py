@@ -100,30 +100,43 @@ def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.max(np.abs(fa - fb)))
 
 
-def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """(statistic, two-sided p-value) of the two-sample KS test, asymptotic p-value."""
-    n, m = np.asarray(reference).size, np.asarray(current).size
-    if n == 0 or m == 0:
-        raise ValueError("ks_test: both samples need at least one value")
-    d = ks_statistic(reference, current)
+def _ks_pvalue(d: float, n: int, m: int) -> float:
+    """Asymptotic two-sided p-value of KS statistic ``d`` for samples of ``n`` and ``m``
+    values (scipy's ``ks_2samp(method="asymp")``)."""
     big, small = max(n, m), min(n, m)
     # scipy rounds n*m/(n+m) to 0 for two single values; the distribution needs n >= 1
     effective = max(float(np.round(big * small / (big + small))), 1.0)
     p = float(_scipy_stats().kstwo.sf(d, effective))
-    return d, min(max(p, 0.0), 1.0)
+    return min(max(p, 0.0), 1.0)
+
+
+def _wasserstein_from_ecdfs(pooled: np.ndarray, fa: np.ndarray, fb: np.ndarray) -> float:
+    """W1 from ``_ecdfs``: the area between the two CDFs, step by step over the pooled values."""
+    return float(np.sum(np.abs(fa[:-1] - fb[:-1]) * np.diff(pooled)))
+
+
+def _wasserstein_scale(reference: np.ndarray) -> float:
+    return max(float(np.std(np.asarray(reference, dtype=np.float64))), WASSERSTEIN_MIN_SCALE)
+
+
+def _sizes(reference: np.ndarray, current: np.ndarray, what: str) -> tuple[int, int]:
+    n, m = np.asarray(reference).size, np.asarray(current).size
+    if n == 0 or m == 0:
+        raise ValueError(f"{what}: both samples need at least one value")
+    return n, m
+
+
+def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    """(statistic, two-sided p-value) of the two-sample KS test, asymptotic p-value."""
+    n, m = _sizes(reference, current, "ks_test")
+    d = ks_statistic(reference, current)
+    return d, _ks_pvalue(d, n, m)
 
 
 def wasserstein(reference: np.ndarray, current: np.ndarray) -> float:
     """Wasserstein-1 distance between two samples (both non-empty, no NaN)."""
-    a = np.asarray(reference, dtype=np.float64)
-    b = np.asarray(current, dtype=np.float64)
-    if a.size == 0 or b.size == 0:
-        raise ValueError("wasserstein: both samples need at least one value")
-    pooled = np.sort(np.concatenate([a, b]))
-    deltas = np.diff(pooled)
-    fa = np.searchsorted(np.sort(a), pooled[:-1], side="right") / a.size
-    fb = np.searchsorted(np.sort(b), pooled[:-1], side="right") / b.size
-    return float(np.sum(np.abs(fa - fb) * deltas))
+    _sizes(reference, current, "wasserstein")
+    return _wasserstein_from_ecdfs(*_ecdfs(reference, current))
 
 
 def ks_and_wasserstein(reference: np.ndarray, current: np.ndarray
@@ -131,25 +144,17 @@ def ks_and_wasserstein(reference: np.ndarray, current: np.ndarray
     """``(*ks_test(reference, current), wasserstein_normalized(reference, current))`` with the
     same values, from one pooled sort and one pair of empirical CDFs (the monitor's per-feature
     work every interval; the separate functions sort the samples twice)."""
-    n, m = np.asarray(reference).size, np.asarray(current).size
-    if n == 0 or m == 0:
-        raise ValueError("ks_and_wasserstein: both samples need at least one value")
+    n, m = _sizes(reference, current, "ks_and_wasserstein")
     pooled, fa, fb = _ecdfs(reference, current)
-    gaps = np.abs(fa - fb)
-    d = float(np.max(gaps))
-    big, small = max(n, m), min(n, m)
-    effective = max(float(np.round(big * small / (big + small))), 1.0)
-    p = min(max(float(_scipy_stats().kstwo.sf(d, effective)), 0.0), 1.0)
-    w = float(np.sum(gaps[:-1] * np.diff(pooled)))
-    scale = max(float(np.std(np.asarray(reference, dtype=np.float64))), WASSERSTEIN_MIN_SCALE)
-    return d, p, w / scale
+    d = float(np.max(np.abs(fa - fb)))
+    return (d, _ks_pvalue(d, n, m),
+            _wasserstein_from_ecdfs(pooled, fa, fb) / _wasserstein_scale(reference))
 
 
 def wasserstein_normalized(reference: np.ndarray, current: np.ndarray) -> float:
     """Wasserstein-1 distance divided by the reference's standard deviation (at least
     ``WASSERSTEIN_MIN_SCALE``)."""
-    scale = max(float(np.std(np.asarray(reference, dtype=np.float64))), WASSERSTEIN_MIN_SCALE)
-    return wasserstein(reference, current) / scale
+    return wasserstein(reference, current) / _wasserstein_scale(reference)
 
 
 def chi_squared(reference_shares: np.ndarray, current_counts: np.ndarray) -> tuple[float, float]:

@@ -117,6 +117,7 @@ class FeatureStore:
 
     def resolve(self, features: FeaturesLike) -> list[tuple[FeatureView, tuple[str, ...]]]:
         """(applied view, selected columns) for each view ``features`` selects."""
+        not_a_service: DefinitionNotFound | None = None
         if isinstance(features, FeatureService):
             service = features if features.version is not None else \
                 self.registry.service(features.name)
@@ -124,14 +125,8 @@ class FeatureStore:
         elif isinstance(features, str):
             try:
                 items = self.registry.service(features).selections
-            except DefinitionNotFound as not_a_service:
-                # A view's name, unless it names a service (at a version it does not have) and
-                # no view: then the service's error says what is wrong.
-                base = features.partition("/")[0].partition(":")[0]
-                services = {d.name for d in self.registry.list("service")}
-                views = {d.name for d in self.registry.list("view")}
-                if base in services and base not in views:
-                    raise not_a_service from None
+            except DefinitionNotFound as e:
+                not_a_service = e  # then a view's name
                 items = [features]
         elif isinstance(features, Sequence) and features:
             items = features
@@ -141,7 +136,12 @@ class FeatureStore:
         out: list[tuple[FeatureView, tuple[str, ...]]] = []
         for item in items:
             sel = to_selection(item)
-            view = self.registry.view(sel.view, sel.version)
+            try:
+                view = self.registry.view(sel.view, sel.version)
+            except DefinitionNotFound:
+                if not_a_service is not None and self._is_service(sel.view):
+                    raise not_a_service from None  # a service, at a version it does not have
+                raise
             columns = sel.columns if sel.columns is not None else view.column_names
             for c in columns:
                 view.column(c)
@@ -150,6 +150,14 @@ class FeatureStore:
         if len(set(names)) != len(names):
             raise InvalidInput(f"features select view(s) more than once: {names}")
         return out
+
+    def _is_service(self, name: str) -> bool:
+        """Whether a feature service of this name (any version) is registered."""
+        try:
+            self.registry.service(name)
+        except DefinitionNotFound:
+            return False
+        return True
 
     # ------------------------------------------------------------------ offline
 
