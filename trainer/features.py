@@ -59,7 +59,7 @@ def _service(store: FeatureStore, features: str | FeatureService) -> FeatureServ
     return store.service(features)
 
 
-def _training_column(series: pd.Series, dtype: str) -> pd.Series:
+def training_column(series: pd.Series, dtype: str) -> pd.Series:
     """A joined feature column as training wants it: ``float``/``int`` as float64 (NaN for
     null), ``categorical`` codes as strings (None for null), the keys of the vocabulary the
     trainer fits; serving maps the online float32 codes through that vocabulary."""
@@ -135,7 +135,7 @@ def _feature_table(fs: FeatureStore, frame: pd.DataFrame, source: str, label: st
         for c in columns:
             name = feature_name(view.name, c)
             dtype = view.column(c).dtype
-            joined[name] = _training_column(joined[name], dtype)
+            joined[name] = training_column(joined[name], dtype)
             (store_categorical if dtype == "categorical" else store_numeric).append(name)
         entity = view.resolved_entity
         views.append({"name": view.name, "version": view.version, "columns": list(columns),

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="skip the part that starts `mlserve serve` and uses the client")
 
     from mlserve import gpu_cli
+    from mlserve.batch import cli as batch_cli
     from mlserve.drift import cli as drift_cli
     from mlserve.features import cli as features_cli
     from mlserve.registry import cli as registry_cli
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer_cli.add_parser(sub)
     registry_cli.add_parser(sub)
     server_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
     features_cli.add_parser(sub)
     drift_cli.add_parser(sub)
 
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(server_cli.run(args))
     if args.command == "registry":
         return int(registry_cli.run(args))
+    if args.command == "batch":
+        return int(batch_cli.run(args))
     if args.command == "features":
         return int(features_cli.run(args))
     if args.command == "drift":

@@ -43,31 +43,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from mlserve.drift.config import DriftConfig, read_config_file
     from mlserve.drift.offline import resolve_bundle, table_report
     from mlserve.drift.report import write_report
+    from mlserve.progress import rows_progress
 
     console = Console(stderr=True)
     try:
         config = DriftConfig.from_dict(read_config_file(args.config)) if args.config else None
         bundle = resolve_bundle(args.model, args.registry)
         out = args.out or f"drift-report-{bundle.name}-{bundle.version or 0}"
-        with Progress(TextColumn("scoring {task.fields[source]}"), BarColumn(),
-                      MofNCompleteColumn(), TextColumn("rows"), TimeRemainingColumn(),
-                      console=console, disable=args.quiet, transient=True) as progress:
-            task = progress.add_task("score", total=None, source=args.data)
-
-            def advance(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
+        with rows_progress(console, f"scoring {args.data}", args.quiet) as advance:
             report = table_report(bundle, args.data, config=config,
                                   sample_rows=args.sample_rows, progress=advance)
         html_path, json_path = write_report(report, out)

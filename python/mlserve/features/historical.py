@@ -12,6 +12,8 @@ index and columns. Thread-safe (reads only).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -20,8 +22,17 @@ from mlserve.errors import InvalidInput
 
 from ._time import TimeLike, to_ns
 from .definitions import FeatureView, feature_name
-from .offline import OfflineStore
+from .offline import ViewData
 from .pit import NO_ROW, as_of_rows, joint_codes
+
+
+class ViewSource(Protocol):
+    """Where the join reads a view's rows: an :class:`.offline.OfflineStore`, or a wrapper
+    that pins its part files and keeps them in memory (batch jobs, :mod:`mlserve.batch`)."""
+
+    def load(self, view: FeatureView, columns: Sequence[str] | None = None, *,
+             parts: Sequence[Path] | None = None) -> ViewData: ...
+
 
 #: ``as_of_created`` value meaning "only rows created by the entity row's own timestamp".
 AS_OF_ROW = "row"
@@ -97,7 +108,7 @@ def _output(view: FeatureView, column: str, values: np.ndarray, nulls: np.ndarra
     return pd.Series(pd.arrays.IntegerArray(ints, missing), index=index)
 
 
-def historical_features(offline: OfflineStore, entity_df: pd.DataFrame,
+def historical_features(offline: ViewSource, entity_df: pd.DataFrame,
                         selections: Sequence[tuple[FeatureView, Sequence[str]]], *,
                         timestamp_column: str = "event_ts",
                         as_of_created: TimeLike | None = None) -> pd.DataFrame:

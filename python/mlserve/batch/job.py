@@ -1,0 +1,546 @@
+"""A local batch job: score Parquet/CSV files in chunks, in worker processes, checkpointed.
+
+``run_batch`` reads each input file as a stream and cuts it into chunks of exactly
+``chunk_rows`` rows (the last of a file shorter). Chunk ``k`` of input file ``f`` becomes the
+output part ``part-<f:05d>-<k:06d>.parquet``: the file's rows ``[k * chunk_rows, ...)`` in their
+order, the kept columns then the predictions. Sorted by name, the parts are the input's rows in
+order, so ``pandas.read_parquet(output)`` reads the whole result as one table.
+
+Checkpointing: a part is written to a temporary name and renamed into place, so a part on disk
+is complete; ``_mlserve_batch.json`` (written first) records what the job is: the model pinned
+to ``NAME/VERSION`` with its artifacts' checksums, the input files' sizes and modification
+times, the chunking, the columns and the pinned offline feature parts. Run again with the same
+arguments, a job skips every chunk whose part is there (its row count checked) and scores the
+rest; run with anything that changes the result (another model version, changed input, other
+columns), it refuses instead of mixing two results in one output. ``_SUCCESS`` (JSON: rows,
+seconds, model) marks a finished output.
+
+Workers: ``workers=1`` scores in this process; more start that many processes (``spawn``), each
+with its own :class:`~mlserve.batch.scorer.BatchScorer` built once. The reading process keeps
+at most two chunks per worker in flight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlserve.errors import InvalidInput, MlserveError
+
+from .scorer import BatchScorer, bundle_path, required_columns
+
+JOB_FILE = "_mlserve_batch.json"
+SUCCESS_FILE = "_SUCCESS"
+FORMAT_VERSION = 1
+#: Rows per chunk, and so per output part, by default.
+CHUNK_ROWS = 65_536
+#: The CSV reader infers column types from its first block and keeps them: a big first block
+#: makes a later row that does not fit them unlikely.
+CSV_BLOCK_BYTES = 32 << 20
+_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+@dataclass
+class BatchResult:
+    """What a batch job did."""
+
+    output: Path
+    model: str
+    rows: int
+    """Rows in the output (scored now or before a resume)."""
+    chunks: int
+    resumed_chunks: int
+    """Chunks whose parts were already there (not scored again)."""
+    seconds: float
+    rows_scored: int = 0
+    """Rows scored by this run."""
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_scored / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.output), "model": self.model, "rows": self.rows,
+                "chunks": self.chunks, "resumed_chunks": self.resumed_chunks,
+                "rows_scored": self.rows_scored, "seconds": round(self.seconds, 3),
+                "rows_per_second": round(self.rows_per_second, 1)}
+
+
+class ChunkFailed(InvalidInput):
+    """A chunk could not be scored; the message names its file and rows."""
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+
+
+def input_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The files to score, in order: each path given, or a directory's ``*.parquet``/``*.pq``/
+    ``*.csv`` files (recursively, sorted by path; names starting with ``_`` or ``.`` skipped,
+    as pyarrow's dataset reader skips them)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and p.suffix.lower() in _SUFFIXES
+                           and not any(part.startswith(("_", "."))
+                                       for part in p.relative_to(path).parts))
+            if not found:
+                raise InvalidInput(f"input directory {path} holds no .parquet or .csv files")
+            files.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in _SUFFIXES:
+                raise InvalidInput(f"input file {path}: unsupported format {path.suffix!r}; use "
+                                   ".parquet or .csv")
+            files.append(path)
+        else:
+            raise InvalidInput(f"input {path} does not exist")
+    if not files:
+        raise InvalidInput("no input files given")
+    if len(set(p.resolve() for p in files)) != len(files):
+        raise InvalidInput("an input file is given twice")
+    return files
+
+
+def _fingerprint(files: Sequence[Path]) -> list[dict[str, Any]]:
+    out = []
+    for p in files:
+        st = p.stat()
+        out.append({"path": str(p.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+def _columns_of(path: Path) -> list[str]:
+    if _SUFFIXES[path.suffix.lower()] == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    import pyarrow.csv as pcsv
+
+    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20))
+    return list(reader.schema.names)
+
+
+def _rows_of(path: Path) -> int | None:
+    if _SUFFIXES[path.suffix.lower()] == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return None
+
+
+def iter_chunks(path: Path, chunk_rows: int, columns: Sequence[str] | None) -> Iterator[Any]:
+    """``path``'s rows as pyarrow Tables of exactly ``chunk_rows`` rows (the last shorter),
+    whatever batches the reader yields; only ``columns`` (None: all)."""
+    import pyarrow as pa
+
+    if _SUFFIXES[path.suffix.lower()] == "parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        batches: Iterator[Any] = pf.iter_batches(batch_size=chunk_rows,
+                                                 columns=None if columns is None else
+                                                 list(columns))
+        schema = pf.schema_arrow if columns is None else pa.schema(
+            [pf.schema_arrow.field(c) for c in columns])
+    else:
+        import pyarrow.csv as pcsv
+
+        convert = pcsv.ConvertOptions(include_columns=None if columns is None else
+                                      list(columns))
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                               convert_options=convert)
+        schema = reader.schema
+        batches = iter(reader)
+    pending: list[Any] = []
+    held = 0
+    try:
+        for batch in batches:
+            pending.append(batch)
+            held += batch.num_rows
+            while held >= chunk_rows:
+                table = pa.Table.from_batches(pending, schema=schema)
+                yield table.slice(0, chunk_rows).combine_chunks()
+                rest = table.slice(chunk_rows)
+                pending = rest.to_batches()
+                held = rest.num_rows
+    except pa.ArrowInvalid as e:
+        raise InvalidInput(
+            f"{path}: {e}. The CSV reader types each column from the file's first "
+            f"{CSV_BLOCK_BYTES >> 20} MiB; convert the file to Parquet (typed columns)") from None
+    if held:
+        yield pa.Table.from_batches(pending, schema=schema).combine_chunks()
+
+
+# ---- the job ---------------------------------------------------------------------------------
+
+
+def part_name(file_index: int, chunk: int) -> str:
+    return f"part-{file_index:05d}-{chunk:06d}.parquet"
+
+
+def _part_rows(path: Path, expect: dict[str, str]) -> int | None:
+    """Rows of a finished part, or None when it is not one this job wrote."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+    except (OSError, ValueError):
+        return None
+    kv = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items()}
+    if any(kv.get(k) != v for k, v in expect.items()):
+        return None
+    return int(meta.num_rows)
+
+
+def _write_part(table: Any, path: Path, metadata: dict[str, str]) -> None:
+    """``table`` to ``path`` atomically: a temporary file, fsync, rename."""
+    import pyarrow.parquet as pq
+
+    schema = table.schema.with_metadata({**(table.schema.metadata or {}),
+                                         **{k.encode(): v.encode() for k, v in metadata.items()}})
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
+    try:
+        pq.write_table(table.replace_schema_metadata(schema.metadata), tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _job_id(job: dict[str, Any]) -> str:
+    """What decides the output's contents: a resumed job must match it exactly."""
+    keys = ("model", "artifacts", "backend", "inputs", "chunk_rows", "keep", "as_of",
+            "feature_parts", "with_features", "threshold", "format_version")
+    blob = json.dumps({k: job.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    what = {"model": "model version", "artifacts": "model artifacts", "backend": "backend",
+            "inputs": "input files (paths, sizes or modification times)",
+            "chunk_rows": "chunk_rows", "keep": "kept columns", "as_of": "as_of",
+            "feature_parts": "offline feature parts", "with_features": "with_features",
+            "threshold": "threshold", "format_version": "output format"}
+    return [f"{label} ({old.get(k)!r} then, {new.get(k)!r} now)" if k in
+            ("model", "backend", "chunk_rows", "as_of", "threshold") else label
+            for k, label in what.items() if old.get(k) != new.get(k)]
+
+
+def _ours(name: str) -> bool:
+    return (name.startswith("part-") and name.endswith(".parquet")) or name.startswith(".tmp-") \
+        or name in (JOB_FILE, SUCCESS_FILE)
+
+
+def _prepare_output(output: Path, job: dict[str, Any], overwrite: bool) -> bool:
+    """Makes ``output`` ready for ``job``; True when it already holds the finished result."""
+    if output.exists() and not output.is_dir():
+        raise InvalidInput(f"output {output} exists and is not a directory")
+    output.mkdir(parents=True, exist_ok=True)
+    names = [p.name for p in output.iterdir()]
+    if overwrite:
+        for name in names:
+            if _ours(name):
+                (output / name).unlink()
+        names = [n for n in names if not _ours(n)]
+    job_file = output / JOB_FILE
+    if job_file.is_file():
+        old = json.loads(job_file.read_text())
+        if old.get("job_id") != job["job_id"]:
+            changed = _differences(old, job) or ["the job's settings"]
+            raise InvalidInput(
+                f"output {output} holds another job's result: its {'; '.join(changed)} "
+                "differ(s). Use a new output directory, or --overwrite to score it all again")
+        for name in names:
+            if name.startswith(".tmp-"):
+                (output / name).unlink(missing_ok=True)  # a killed worker's unfinished part
+        return (output / SUCCESS_FILE).is_file()
+    if [n for n in names if not n.startswith(".")]:
+        raise InvalidInput(f"output directory {output} is not empty and holds no batch job; "
+                           "choose an empty or new directory")
+    _write_json(job_file, job)
+    return False
+
+
+def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], *,
+                 registry: Any = None, backend: str = "onnxruntime", chunk_rows: int = CHUNK_ROWS,
+                 keep: Sequence[str] | None = None,
+                 feature_store: str | os.PathLike[str] | None = None, as_of: Any = None,
+                 with_features: bool = False, threshold: float = 0.5,
+                 previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job's record (``_mlserve_batch.json``): the model pinned to ``NAME/VERSION`` (or its
+    bundle directory) with its artifacts' checksums, the inputs' fingerprint, the options, and
+    ``scorer``: the keyword arguments every worker's BatchScorer gets.
+
+    ``previous``: the record of the job in the output, to resume it. What was pinned at its
+    start from the same request stays pinned: the time ``as_of`` stood for (``now`` then) and
+    the offline store's part files (parts ingested since are not read).
+    """
+    from mlserve.bundle import ModelBundle
+    from mlserve.gpu import canonical_backend
+    from mlserve.server.feature_join import lineage_service
+
+    from .scorer import PointInTimeJoin
+
+    if chunk_rows < 1:
+        raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
+    files = input_files(inputs)
+    path = bundle_path(model, registry)
+    bundle = ModelBundle.load(path)  # verifies the artifacts' checksums
+    pinned = str(path.resolve()) if (Path(model) / "mlserve.json").is_file() else bundle.ref
+    as_of_iso = None
+    if as_of is not None:
+        import pandas as pd
+
+        from mlserve.features._time import to_ns
+
+        as_of_iso = pd.Timestamp(to_ns(as_of, "as_of"), unit="ns", tz="UTC").isoformat()
+    same_request = previous is not None and previous.get("requested_as_of") == (
+        None if as_of is None else str(as_of))
+    if same_request and previous is not None:
+        as_of_iso = previous.get("as_of")
+    feature_parts = None
+    store_root = None
+    if lineage_service(bundle.manifest.get("lineage") or {}):
+        join = PointInTimeJoin(bundle, feature_store=feature_store, as_of=as_of_iso,
+                               parts=previous.get("feature_parts") if same_request and previous
+                               else None)
+        try:
+            feature_parts = join.parts
+            store_root = str(join.store.root.resolve())
+        finally:
+            join.close()
+    registry_root = None
+    if not (Path(model) / "mlserve.json").is_file():
+        from mlserve.registry import Registry
+
+        reg = registry if isinstance(registry, Registry) else Registry(registry)
+        registry_root = str(Path(reg.root).resolve())
+    job: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": pinned,
+        "requested": str(model),
+        "artifacts": {k: v.get("sha256") for k, v in sorted(bundle.artifacts.items())},
+        "backend": canonical_backend(backend),
+        "inputs": _fingerprint(files),
+        "chunk_rows": chunk_rows,
+        "keep": None if keep is None else list(dict.fromkeys(keep)),
+        "as_of": as_of_iso,
+        "requested_as_of": None if as_of is None else str(as_of),
+        "feature_parts": feature_parts,
+        "with_features": with_features,
+        "threshold": threshold,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    job["job_id"] = _job_id(job)
+    job["required"] = required_columns(bundle, as_of_iso)
+    job["scorer"] = {"model": pinned, "registry": registry_root, "backend": backend,
+                     "keep": job["keep"], "feature_store": store_root, "as_of": as_of_iso,
+                     "feature_parts": feature_parts, "with_features": with_features,
+                     "threshold": threshold}
+    return job
+
+
+# ---- workers ---------------------------------------------------------------------------------
+
+_worker_scorer: BatchScorer | None = None
+
+
+def _init_worker(kwargs: dict[str, Any]) -> None:
+    global _worker_scorer
+    _worker_scorer = BatchScorer(**kwargs)
+
+
+def _score_part(table: Any, path: str, metadata: dict[str, str]) -> tuple[int, float]:
+    """In a worker: scores ``table`` and writes its part; (rows, seconds)."""
+    assert _worker_scorer is not None, "worker not initialized"
+    return _score_with(_worker_scorer, table, Path(path), metadata)
+
+
+def _score_with(scorer: BatchScorer, table: Any, path: Path, metadata: dict[str, str]
+                ) -> tuple[int, float]:
+    start = time.perf_counter()
+    out = scorer.score_table(table)
+    _write_part(out, path, metadata)
+    return out.num_rows, time.perf_counter() - start
+
+
+class _Runner:
+    """Scores chunks in this process (one worker) or in a pool of processes."""
+
+    def __init__(self, workers: int, scorer_kwargs: dict[str, Any]) -> None:
+        self.workers = workers
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self.scorer: BatchScorer | None = None
+        if workers == 1:
+            self.scorer = BatchScorer(**scorer_kwargs)
+        else:
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(scorer_kwargs,))
+
+    def submit(self, table: Any, path: Path, metadata: dict[str, str]
+               ) -> concurrent.futures.Future[tuple[int, float]]:
+        if self.pool is not None:
+            return self.pool.submit(_score_part, table, str(path), metadata)
+        fut: concurrent.futures.Future[tuple[int, float]] = concurrent.futures.Future()
+        assert self.scorer is not None
+        try:
+            fut.set_result(_score_with(self.scorer, table, path, metadata))
+        except BaseException as e:  # surfaced by the caller, as a pool's would be
+            fut.set_exception(e)
+        return fut
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
+        if self.scorer is not None:
+            self.scorer.close()
+
+
+def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
+              Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
+              registry: Any = None, backend: str = "onnxruntime", device: int = 0,
+              workers: int = 1,
+              chunk_rows: int = CHUNK_ROWS, keep: Sequence[str] | None = None,
+              feature_store: str | os.PathLike[str] | None = None, as_of: Any = None,
+              with_features: bool = False, threshold: float = 0.5, overwrite: bool = False,
+              progress: Callable[[int, int | None], None] | None = None) -> BatchResult:
+    """Scores ``inputs`` (Parquet/CSV files or directories of them) with ``model`` into the
+    Parquet dataset ``output``; resumes a job killed before it finished (module docstring).
+
+    ``device``: the GPU of the GPU backends (not part of what a resumed job must match).
+    ``progress(rows_done, rows_total)`` is called as chunks finish (``rows_total`` is None
+    while a CSV input's row count is unknown). The other arguments are
+    :class:`~mlserve.batch.scorer.BatchScorer`'s. Raises InvalidInput (bad arguments, a chunk
+    that cannot be scored: ChunkFailed names it) or Unavailable (a worker died).
+    """
+    if workers < 1:
+        raise InvalidInput(f"workers must be >= 1, got {workers}")
+    start = time.perf_counter()
+    inputs_seq = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    out_dir = Path(output)
+    previous = None
+    if not overwrite and (out_dir / JOB_FILE).is_file():
+        try:
+            previous = json.loads((out_dir / JOB_FILE).read_text())
+        except ValueError:
+            raise InvalidInput(f"{out_dir / JOB_FILE} is not valid JSON; use --overwrite to "
+                               "start the job again") from None
+    job = describe_job(model, inputs_seq, registry=registry, backend=backend,
+                       chunk_rows=chunk_rows, keep=keep, feature_store=feature_store,
+                       as_of=as_of, with_features=with_features, threshold=threshold,
+                       previous=previous)
+    files = [Path(f["path"]) for f in job["inputs"]]
+    done_before = _prepare_output(out_dir, job, overwrite)
+    if done_before:
+        success = json.loads((out_dir / SUCCESS_FILE).read_text())
+        return BatchResult(out_dir, job["model"], int(success.get("rows", 0)),
+                           int(success.get("chunks", 0)), int(success.get("chunks", 0)),
+                           time.perf_counter() - start, 0, sorted(
+                               p.name for p in out_dir.glob("part-*.parquet")))
+    required = job["required"]
+    known = [_rows_of(p) for p in files]
+    total = None if any(r is None for r in known) else sum(r or 0 for r in known)
+    runner = _Runner(workers, {**job["scorer"], "device": device})
+    rows = scored = chunks = resumed = 0
+    parts: list[str] = []
+    inflight: dict[concurrent.futures.Future[tuple[int, float]], str] = {}
+
+    def finish(fut: concurrent.futures.Future[tuple[int, float]]) -> None:
+        nonlocal rows, scored
+        where = inflight.pop(fut)
+        try:
+            n, _ = fut.result()
+        except concurrent.futures.process.BrokenProcessPool:
+            from mlserve.errors import Unavailable
+
+            raise Unavailable(f"a worker process died while scoring {where}; the parts "
+                              "written so far are kept: run the job again to resume") from None
+        except MlserveError as e:
+            raise ChunkFailed(f"{where}: {e}") from None
+        except Exception as e:
+            raise ChunkFailed(f"{where}: {type(e).__name__}: {e}") from None
+        rows += n
+        scored += n
+        if progress is not None:
+            progress(rows, total)
+
+    ok = False
+    try:
+        for fi, path in enumerate(files):
+            names = _columns_of(path)
+            columns = None
+            if job["keep"] is not None:
+                columns = list(dict.fromkeys([*job["keep"],
+                                              *(c for c in required if c in names)]))
+                missing = [c for c in job["keep"] if c not in names]
+                if missing:
+                    raise InvalidInput(f"{path}: no column(s) {', '.join(missing)} to keep "
+                                       f"(columns: {', '.join(names)})")
+            first = 0
+            for k, table in enumerate(iter_chunks(path, chunk_rows, columns)):
+                name = part_name(fi, k)
+                parts.append(name)
+                chunks += 1
+                meta = {"mlserve.job": job["job_id"], "mlserve.input": str(path),
+                        "mlserve.first_row": str(first)}
+                first += table.num_rows
+                have = _part_rows(out_dir / name, {"mlserve.job": job["job_id"]})
+                if have is not None and have == table.num_rows:
+                    resumed += 1
+                    rows += have
+                    if progress is not None:
+                        progress(rows, total)
+                    continue
+                where = (f"chunk {k} of {path} (rows {int(meta['mlserve.first_row'])}-"
+                         f"{first - 1})")
+                while len(inflight) >= 2 * workers:
+                    done, _ = concurrent.futures.wait(
+                        inflight, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for fut in done:
+                        finish(fut)
+                inflight[runner.submit(table, out_dir / name, meta)] = where
+                if workers == 1:
+                    for fut in [f for f in inflight if f.done()]:
+                        finish(fut)
+        while inflight:
+            done, _ = concurrent.futures.wait(inflight,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in done:
+                finish(fut)
+        ok = True
+    finally:
+        runner.close(cancel=not ok)
+    seconds = time.perf_counter() - start
+    result = BatchResult(out_dir, job["model"], rows, chunks, resumed, seconds, scored, parts)
+    _write_json(out_dir / SUCCESS_FILE, {**result.to_dict(), "job_id": job["job_id"],
+                                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                      time.gmtime())})
+    return result
+
+
+__all__ = ["CHUNK_ROWS", "BatchResult", "ChunkFailed", "describe_job",
+           "input_files", "iter_chunks", "run_batch"]
