@@ -56,6 +56,14 @@ def _category_keys(series: pd.Series) -> pd.Series:
     return present.map(category_key)
 
 
+def _is_text(column: pd.Series) -> bool:
+    """A column of strings only (a string dtype, or objects that are all ``str``), where
+    equality of values is equality of their vocabulary keys (unlike ``True == 1``)."""
+    if isinstance(column.dtype, pd.StringDtype):
+        return True
+    return column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) == "string"
+
+
 def encode_rows(frame: pd.DataFrame, inputs: list[dict[str, Any]], *,
                 unknown: str | None = None) -> np.ndarray:
     """Raw rows -> the plan's float32 input [n, f_in], row-major (NaN = missing).
@@ -81,6 +89,14 @@ def encode_rows(frame: pd.DataFrame, inputs: list[dict[str, Any]], *,
             encoder = CategoryEncoder.for_input(spec if unknown is None
                                                 else {**spec, "unknown": unknown})
             assert encoder is not None
+            if _is_text(column):
+                # Each distinct string once (pandas' hash factorize), then gathered: equal
+                # strings are the same category, so this is the per-value encoding.
+                index, uniques = pd.factorize(column, use_na_sentinel=True)
+                table = np.append(encoder.encode_strings(np.asarray(uniques, dtype=object)),
+                                  np.float32(np.nan))
+                out[:, j] = table[index]  # the sentinel -1 picks the NaN appended last
+                continue
             codes = np.full(n, np.nan, dtype=np.float32)
             keys = _category_keys(column).to_numpy(dtype=object)
             codes[np.flatnonzero(column.notna().to_numpy())] = encoder.encode_strings(keys)

@@ -35,7 +35,7 @@ from bench import harness, registry  # noqa: E402
 from bench.__main__ import main  # noqa: E402
 from bench.openloop import compile_openloop, compiler, run_openloop  # noqa: E402
 
-SCENARIOS = ("normalize", "batcher", "engine", "http", "features")
+SCENARIOS = ("normalize", "batcher", "engine", "http", "features", "batch")
 
 
 def test_registry_lists_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:

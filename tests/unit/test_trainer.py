@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mlserve.errors import InvalidInput
 from mlserve.plan import FeaturePlan
 from mlserve.trainer import evaluate as ev
@@ -201,6 +203,27 @@ def test_encode_rows_errors() -> None:
         encode_rows(pd.DataFrame({"b": [1.0]}), inputs)
     with pytest.raises(InvalidInput, match="feature 'a': expected float32"):
         encode_rows(pd.DataFrame({"a": ["x"]}), inputs)
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "", "zz", "é"]),
+                                 st.text(max_size=3)), max_size=40),
+       policy=st.sampled_from(["oov", "missing"]),
+       dtype=st.sampled_from([object, "str"]))
+def test_encode_rows_string_columns_match_a_per_value_reference(values: list[str | None],
+                                                                policy: str,
+                                                                dtype: object) -> None:
+    """String columns are encoded once per distinct value (factorize): the same codes as
+    looking every value up in the vocabulary, NaN for missing, the policy for the rest."""
+    vocabulary = ["b", "a", "", "é"]
+    inputs = [{"name": "c", "dtype": "string", "kind": "categorical", "nullable": True,
+               "vocabulary": vocabulary, "unknown": policy}]
+    column = pd.Series(values, dtype=dtype)
+    got = encode_rows(pd.DataFrame({"c": column}), inputs)[:, 0]
+    unknown = -1.0 if policy == "oov" else np.nan
+    want = [np.nan if pd.isna(v) else float(vocabulary.index(v)) if v in vocabulary else unknown
+            for v in column]
+    np.testing.assert_array_equal(got, np.asarray(want, dtype=np.float32))
 
 
 def test_integer_categories_map_like_strings() -> None:

@@ -4,7 +4,6 @@ in worker processes, resumable (docs/batch.md)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -33,9 +32,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         choices=["onnxruntime", "cpu", "torch", "torch-cuda", "tensorrt"],
                         help="how the model runs (default: onnxruntime on the CPU)")
     parser.add_argument("--device", type=int, default=0, help="GPU of the GPU backends")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes (default: the CPU count, at most 8; 1 scores "
-                        "in this process)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (default 1: score in this process, writing "
+                        "parts on a thread; more pay a second or so of start-up each and help "
+                        "on big inputs with spare cores)")
     parser.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                         help="rows per chunk and output part (default 65536)")
     parser.add_argument("--keep", metavar="COLS", default=None,
@@ -67,12 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     keep = None if args.keep is None else [c.strip() for c in args.keep.split(",") if c.strip()]
-    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     try:
         with rows_progress(console, "scoring", args.quiet) as advance:
             result = run_batch(args.model, args.input, args.output, registry=args.registry,
                                backend=args.backend, device=args.device,
-                               workers=workers,
+                               workers=args.workers,
                                chunk_rows=args.chunk_rows or CHUNK_ROWS, keep=keep,
                                feature_store=args.feature_store, as_of=args.as_of,
                                with_features=args.with_features, threshold=args.threshold,

@@ -376,26 +376,28 @@ def _init_worker(kwargs: dict[str, Any]) -> None:
 def _score_part(table: Any, path: str, metadata: dict[str, str]) -> tuple[int, float]:
     """In a worker: scores ``table`` and writes its part; (rows, seconds)."""
     assert _worker_scorer is not None, "worker not initialized"
-    return _score_with(_worker_scorer, table, Path(path), metadata)
-
-
-def _score_with(scorer: BatchScorer, table: Any, path: Path, metadata: dict[str, str]
-                ) -> tuple[int, float]:
     start = time.perf_counter()
-    out = scorer.score_table(table)
-    _write_part(out, path, metadata)
+    out = _worker_scorer.score_table(table)
+    _write_part(out, Path(path), metadata)
     return out.num_rows, time.perf_counter() - start
 
 
 class _Runner:
-    """Scores chunks in this process (one worker) or in a pool of processes."""
+    """Scores chunks in this process (one worker) or in a pool of processes.
+
+    In this process, a chunk is scored in the calling thread and its part written by a writer
+    thread (pyarrow releases the GIL while it encodes and compresses), so the next chunk is
+    read and scored while the last one is written.
+    """
 
     def __init__(self, workers: int, scorer_kwargs: dict[str, Any]) -> None:
-        self.workers = workers
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.scorer: BatchScorer | None = None
+        self.writer: concurrent.futures.ThreadPoolExecutor | None = None
         if workers == 1:
             self.scorer = BatchScorer(**scorer_kwargs)
+            self.writer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="mlserve-batch-writer")
         else:
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
@@ -405,17 +407,26 @@ class _Runner:
                ) -> concurrent.futures.Future[tuple[int, float]]:
         if self.pool is not None:
             return self.pool.submit(_score_part, table, str(path), metadata)
-        fut: concurrent.futures.Future[tuple[int, float]] = concurrent.futures.Future()
-        assert self.scorer is not None
+        assert self.scorer is not None and self.writer is not None
+        start = time.perf_counter()
         try:
-            fut.set_result(_score_with(self.scorer, table, path, metadata))
+            out = self.scorer.score_table(table)
         except BaseException as e:  # surfaced by the caller, as a pool's would be
-            fut.set_exception(e)
-        return fut
+            failed: concurrent.futures.Future[tuple[int, float]] = concurrent.futures.Future()
+            failed.set_exception(e)
+            return failed
+
+        def write() -> tuple[int, float]:
+            _write_part(out, path, metadata)
+            return out.num_rows, time.perf_counter() - start
+
+        return self.writer.submit(write)
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=cancel)
+        if self.writer is not None:
+            self.writer.shutdown(wait=True, cancel_futures=cancel)
         if self.scorer is not None:
             self.scorer.close()
 
@@ -523,9 +534,6 @@ def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
                     for fut in done:
                         finish(fut)
                 inflight[runner.submit(table, out_dir / name, meta)] = where
-                if workers == 1:
-                    for fut in [f for f in inflight if f.done()]:
-                        finish(fut)
         while inflight:
             done, _ = concurrent.futures.wait(inflight,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
