@@ -146,6 +146,21 @@ def test_scorer_answers_in_the_format_it_gets(models: dict[str, Any]) -> None:
                 arrays["probability"]):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert list(empty.columns) == ["row_id", "probability", "predicted_class"] and len(empty) == 0
+    # Ray Data's numpy format: kept arrays come back as given (None in strings, 2-D tensors).
+    country = rows["country"].to_numpy(dtype=object).copy()
+    country[:3] = None
+    tensor = np.arange(600, dtype=np.float32).reshape(300, 2)
+    batch = {**{c: rows[c].to_numpy() for c in rows.columns}, "country": country,
+             "embedding": tensor}
+    with BatchScorer("fraud/1", registry=models["registry"],
+                     keep=["country", "embedding"]) as scorer:
+        got = scorer(batch)
+    with BatchScorer("fraud/1", registry=models["registry"], keep=["country"]) as scorer:
+        as_frame = scorer(rows.assign(country=country))  # missing countries: imputed
+    assert list(got) == ["country", "embedding", "probability", "predicted_class"]
+    assert got["country"] is country and got["embedding"] is tensor
+    np.testing.assert_array_equal(got["probability"], as_frame["probability"].to_numpy())
+    np.testing.assert_allclose(got["probability"][3:], want[3:], rtol=0, atol=1e-5)
 
 
 def test_bad_arguments_are_refused_clearly(models: dict[str, Any], tmp_path: Path) -> None:

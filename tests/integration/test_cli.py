@@ -57,6 +57,10 @@ def test_demo_trains_registers_and_serves(tmp_path: Path) -> None:
     flat = " ".join(done.stdout.split())  # rich wraps lines at the pipe's 80 columns
     assert "user_activity/1" in flat and "merchant_risk/1" in flat
     assert "lineage: feature service fraud_features/1" in flat
+    scored = re.search(r"batch job .*?: ([0-9,]+) rows in [0-9]+ parts, .*?ROC-AUC ([0-9.]+)", flat)
+    assert scored is not None, done.stdout
+    assert float(scored.group(2)) > 0.8
+    assert (registry.parent / "batch" / "scores-fraud-1" / "_SUCCESS").is_file()
     assert "keyed by user_id/merchant_id" in flat
     assert "max |difference| 0.0e+00" in flat, done.stdout
     assert "mlserve_feature_keys_total" in flat

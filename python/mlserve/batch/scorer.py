@@ -356,6 +356,24 @@ class BatchScorer:
             out = out.append_column(name, pa.array(values))
         return out
 
+    def score_arrays(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """A dict of numpy arrays (Ray Data's ``numpy`` format) in, the kept arrays as given
+        (strings with None, multi-dimensional tensor columns) plus predictions out. Only the
+        columns the model reads go through pandas."""
+        import pandas as pd
+
+        arrays = {str(k): np.asarray(v) for k, v in batch.items()}
+        kept = self._kept(list(arrays))
+        n = len(next(iter(arrays.values()), ()))
+        frame = pd.DataFrame({c: arrays[c] for c in self.required if c in arrays},
+                             index=pd.RangeIndex(n))
+        cols, source = self.predict(frame)
+        out = {c: arrays[c] for c in kept}
+        for name, values in self._extra(source).items():
+            out[name] = values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(values)
+        out.update(cols)
+        return out
+
     def __call__(self, batch: Any) -> Any:
         """Ray Data's batch formats: ``pyarrow``, ``pandas`` or ``numpy`` (a dict of arrays)."""
         import pandas as pd
@@ -366,8 +384,7 @@ class BatchScorer:
         if isinstance(batch, pd.DataFrame):
             return self.score_frame(batch)
         if isinstance(batch, Mapping):
-            out = self.score_frame(pd.DataFrame(dict(batch)))
-            return {str(c): out[c].to_numpy() for c in out.columns}
+            return self.score_arrays(batch)
         raise InvalidInput("expected a pyarrow Table, a pandas DataFrame or a dict of numpy "
                            f"arrays, got {type(batch).__name__}")
 
