@@ -249,6 +249,16 @@ def test_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="has no column 'volume'"):
         store.historical_features(pd.DataFrame({"user_id": [1], "event_ts": [at(0)]}),
                                   [("stats", ["volume"])])
+    for far in ("3000-01-01T00:00:00Z", "1500-06-01T00:00:00Z",
+                pd.Timestamp("3000-01-01").as_unit("s")):
+        # Out of int64 nanoseconds: named, not pandas' OutOfBoundsDatetime.
+        with pytest.raises(InvalidInput, match=r"column 'event_ts': .*\(row 1\) is outside "
+                                               r"the times the feature store holds"):
+            store.historical_features(pd.DataFrame({"user_id": [1, 1],
+                                                    "event_ts": [at(0), far]}), ["stats"])
+        with pytest.raises(InvalidInput, match=r"'event_ts': .*\(row 0\) is outside"):
+            store.ingest("stats", pd.DataFrame({"user_id": [1], "event_ts": [far],
+                                                "amount": [1.0], "count": [1]}))
     store.apply([FeatureService("scoring", ["stats"])])
     with pytest.raises(DefinitionNotFound, match=r"unknown feature service 'scoring/2'"):
         store.historical_features(pd.DataFrame({"user_id": [1], "event_ts": [at(0)]}),

@@ -22,6 +22,7 @@ from mlserve.errors import InvalidInput
 
 from ._time import TimeLike, to_ns
 from .definitions import FeatureView, feature_name
+from .ingest import utc_ns
 from .offline import ViewData
 from .pit import NO_ROW, as_of_rows, joint_codes
 
@@ -56,7 +57,7 @@ def _query_times(entity_df: pd.DataFrame, column: str) -> tuple[np.ndarray, np.n
             raise InvalidInput(f"entity_df column {column!r}: row {i} is {series.iloc[i]!r}, "
                                "not an ISO 8601 time")
     valid = parsed.notna().to_numpy()
-    ns = parsed.astype("datetime64[ns, UTC]").array.asi8.copy()
+    ns = utc_ns(parsed, f"entity_df column {column!r}")
     ns[~valid] = 0
     return ns, valid
 

@@ -172,6 +172,20 @@ def _category_codes(view: FeatureView, column: Column, series: pd.Series) -> pa.
     return pa.array(codes, type=pa.int64(), mask=~present)
 
 
+def utc_ns(parsed: pd.Series, where: str) -> np.ndarray:
+    """Parsed UTC times -> int64 ns since the epoch (NaT -> the int64 minimum). A time outside
+    what int64 nanoseconds hold (about 1677-09-21 to 2262-04-11) is an InvalidInput naming it,
+    not pandas' OutOfBoundsDatetime."""
+    try:
+        return np.asarray(parsed.astype("datetime64[ns, UTC]").array.asi8).copy()
+    except pd.errors.OutOfBoundsDatetime:
+        low, high = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
+        bad = parsed[parsed.notna() & ((parsed < low) | (parsed > high))]
+        first = f"{bad.iloc[0]} (row {bad.index[0]!r})" if len(bad) else "a time"
+        raise InvalidInput(f"{where}: {first} is outside the times the feature store holds "
+                           "(UTC nanoseconds: 1677-09-21 to 2262-04-11)") from None
+
+
 def _timestamps(view: FeatureView, name: str, series: pd.Series, *, required: bool,
                 default_ns: int) -> pa.Array:
     if pd.api.types.is_numeric_dtype(series.dtype) and not series.isna().all():
@@ -189,7 +203,7 @@ def _timestamps(view: FeatureView, name: str, series: pd.Series, *, required: bo
     if required and missing.any():
         raise InvalidInput(f"{_where(view, name)}: {int(missing.sum())} null time(s), first at "
                            f"row {int(np.flatnonzero(missing)[0])}; every row needs one")
-    ns = parsed.astype("datetime64[ns, UTC]").array.asi8.copy()
+    ns = utc_ns(parsed, _where(view, name))
     ns[missing] = default_ns
     return pa.array(ns, type=pa.int64()).cast(TIMESTAMP_TYPE)
 
