@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlserve.errors import DefinitionNotFound, InvalidInput
 from mlserve.features import Column, Entity, FeatureStore, FeatureView
+from mlserve.features import offline as offline_module
 
 
 @pytest.fixture
@@ -155,3 +156,21 @@ def test_other_ingest_errors(store: FeatureStore, tmp_path: Path) -> None:
     empty = pd.DataFrame({"user_id": [], "event_ts": [], "amount": [], "count": [],
                           "country": []})
     assert store.ingest("stats", empty).part is None
+
+
+def test_parts_keep_ingestion_order_when_the_clock_steps_back(
+        store: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Name order is ingestion order (the join's last tie-breaker), whatever the wall clock."""
+    rows = {"user_id": [1], "event_ts": ["2026-01-01T00:00:00Z"],
+            "created_ts": ["2026-01-01T00:00:00Z"], "count": [0], "country": ["US"]}
+    store.ingest("stats", pd.DataFrame({**rows, "amount": [1.0]}))
+    first = store.offline.parts(store.registry.view("stats"))
+    monkeypatch.setattr(offline_module.time, "time_ns", lambda: 1_000)  # back to 1970
+    store.ingest("stats", pd.DataFrame({**rows, "amount": [2.0]}))
+    parts = store.offline.parts(store.registry.view("stats"))
+    assert parts[0] == first[0] and len(parts) == 2
+    # Same event and creation times: the later ingestion wins.
+    got = store.historical_features(pd.DataFrame({"user_id": [1],
+                                                  "event_ts": ["2026-01-02T00:00:00Z"]}),
+                                    ["stats"])
+    assert got["stats__amount"].tolist() == [2.0]

@@ -1,6 +1,7 @@
 """The offline store: an append-only Parquet dataset per feature-view version.
 
-Layout: ``<store root>/offline/<view>/v<version>/part-<ingest ns, 20 digits>-<random>.parquet``,
+Layout: ``<store root>/offline/<view>/v<version>/part-<number, 20 digits>-<random>.parquet``
+(the number: the ingest time in ns, or one past the newest part's when the clock stepped back),
 each file with the view version's schema (:func:`.ingest.offline_schema`). A part is written
 under a temporary name, fsynced and renamed into place, so a reader sees whole parts or none
 and a killed ingestion leaves at most a ``.tmp-*`` file that nothing reads. Parts are read in
@@ -11,10 +12,12 @@ created_ts). Safe for concurrent readers and appenders (threads or processes).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +87,9 @@ class OfflineStore:
             pq.write_table(table, tmp, compression="zstd")
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            final = d / f"part-{time.time_ns():020d}-{token}.parquet"
-            os.replace(tmp, final)
+            with _view_lock(d):
+                final = d / f"part-{_next_part_number(d):020d}-{token}.parquet"
+                os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -124,6 +128,29 @@ class OfflineStore:
             nulls[c] = mask
         return ViewData(keys, _ns(table.column("event_ts")), _ns(table.column("created_ts")),
                         values, nulls)
+
+
+@contextlib.contextmanager
+def _view_lock(d: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the view directory's ``.lock`` file (across processes)."""
+    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _next_part_number(d: Path) -> int:
+    """The next part's number: the ingest time in ns, but always past the newest part's, so
+    that name order is ingestion order even when the wall clock steps back. The caller holds
+    the view's lock."""
+    newest = 0
+    for p in d.iterdir():
+        parts = p.name.split("-")
+        if p.name.startswith("part-") and len(parts) >= 3 and parts[1].isdigit():
+            newest = max(newest, int(parts[1]))
+    return max(newest + 1, time.time_ns())
 
 
 def _numpy(col: pa.ChunkedArray) -> np.ndarray:
