@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,14 @@ class ModelBundle:
     manifest: dict[str, Any]
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, verify: bool = True) -> ModelBundle:
+    def load(cls, path: str | os.PathLike[str], *, verify: bool = True,
+             registered: Mapping[str, Any] | None = None) -> ModelBundle:
+        """Reads ``path``'s manifest and (``verify``) checks every artifact's sha256.
+
+        ``registered``: the registry's record of this version's manifest; the file must equal
+        it (a bundle in a registry whose ``mlserve.json`` was changed, or left ahead of the
+        database by a killed ``add_artifact``, is refused with the repair hint).
+        """
         root = Path(path)
         file = root / MANIFEST
         if not file.is_file():
@@ -61,6 +69,11 @@ class ModelBundle:
             manifest = json.loads(file.read_text())
         except json.JSONDecodeError as e:
             raise InvalidInput(f"{file} is not valid JSON: {e}") from None
+        if registered is not None and manifest != registered:
+            from mlserve.registry.records import VERIFY_HINT
+
+            raise InvalidInput(f"{file} differs from the registry's record of this version; "
+                               f"{VERIFY_HINT}")
         if not isinstance(manifest, dict) or "preprocessing" not in manifest:
             raise InvalidInput(f"{file} has no 'preprocessing' plan; is it an mlserve bundle?")
         fmt = manifest.get("format_version", FORMAT_VERSION)

@@ -156,16 +156,18 @@ class Engine:
         device: int = 0,
         cuda_graphs: bool = True,
         normalize_kernel: str = "",
+        registered: Any = None,
     ) -> Engine:
         """Serves a bundle directory (docs/bundle.md) after verifying its checksums.
 
         backend: "cpu"/"onnxruntime" runs model.onnx, "torch" model.pt (TorchScript) on the
         CPU, "torch-cuda" model.pt on GPU ``device``, "tensorrt" the engine model.plan made by
-        ``mlserve build-engine`` on GPU ``device``.
+        ``mlserve build-engine`` on GPU ``device``. ``registered``: the registry's manifest of
+        the version, which the bundle's ``mlserve.json`` must equal (from_registry passes it).
         """
         from mlserve.bundle import BACKEND_ARTIFACTS, ModelBundle
 
-        bundle = ModelBundle.load(path)
+        bundle = ModelBundle.load(path, registered=registered)
         if backend not in BACKEND_ARTIFACTS:
             bundle.model_for(backend)  # raises InvalidInput naming the bundle backends
         if backend in _GPU_BACKENDS:
@@ -214,7 +216,7 @@ class Engine:
         version = reg.resolve(ref)
         return cls.from_bundle(version.path, backend=backend, config=config, histograms=histograms,
                                device=device, cuda_graphs=cuda_graphs,
-                               normalize_kernel=normalize_kernel)
+                               normalize_kernel=normalize_kernel, registered=version.manifest)
 
     def _make_fn(self, backend: str, model: Any) -> Callable[[Any], Any] | None:
         if backend == "python":

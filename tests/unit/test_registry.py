@@ -219,6 +219,27 @@ def test_corruption_detected_on_load_and_by_verify(reg: Registry, bundle: Path) 
     assert any("fraud/1" in p for p in reg.verify(repair=True))
 
 
+def test_loaders_refuse_a_manifest_that_differs_from_the_registry(reg: Registry,
+                                                                  bundle: Path) -> None:
+    """Engine.from_registry (and the server, and batch jobs) compare mlserve.json with the
+    registered manifest: artifact checksums alone cannot catch a changed mlserve.json."""
+    from mlserve.bundle import ModelBundle
+    from mlserve.engine import Engine
+
+    mv = reg.register(bundle)
+    # Unchanged: the comparison passes (this fake bundle then fails for lack of a plan).
+    with pytest.raises(InvalidInput, match="no 'preprocessing' plan"):
+        Engine.from_registry("fraud/1", registry=reg)
+    manifest = json.loads((mv.path / "mlserve.json").read_text())
+    manifest["metrics"]["roc_auc"] = 0.99  # the artifacts still match their sha256s
+    os.chmod(mv.path / "mlserve.json", 0o644)
+    (mv.path / "mlserve.json").write_text(json.dumps(manifest))
+    for load in (lambda: ModelBundle.load(mv.path, registered=mv.manifest),
+                 lambda: Engine.from_registry("fraud/1", registry=reg)):
+        with pytest.raises(InvalidInput, match=r"differs from the registry's record.*--repair"):
+            load()
+
+
 def test_missing_version_file_detected(reg: Registry, bundle: Path) -> None:
     mv = reg.register(bundle)
     os.chmod(mv.path, 0o755)

@@ -307,8 +307,8 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
     if chunk_rows < 1:
         raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
     files = input_files(inputs)
-    path = bundle_path(model, registry)
-    bundle = ModelBundle.load(path)  # verifies the artifacts' checksums
+    path, registered = bundle_path(model, registry)
+    bundle = ModelBundle.load(path, registered=registered)  # and the artifacts' checksums
     pinned = str(path.resolve()) if (Path(model) / "mlserve.json").is_file() else bundle.ref
     as_of_iso = None
     if as_of is not None:

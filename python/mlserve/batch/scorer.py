@@ -31,18 +31,21 @@ from mlserve.errors import InvalidInput
 BATCH_ROWS = 8192
 
 
-def bundle_path(model: str | os.PathLike[str], registry: Any = None) -> Path:
-    """The directory of ``model``: a bundle directory, or a registry ref (``NAME``,
+def bundle_path(model: str | os.PathLike[str], registry: Any = None
+                ) -> tuple[Path, dict[str, Any] | None]:
+    """The directory of ``model`` and, for a registered one, the registry's manifest of it
+    (which its ``mlserve.json`` must equal): a bundle directory, or a registry ref (``NAME``,
     ``NAME/VERSION``, ``NAME@ALIAS``) resolved in ``registry`` (a Registry, its root, or None
     for the default root)."""
     from mlserve.bundle import MANIFEST
 
     if (Path(model) / MANIFEST).is_file():
-        return Path(model)
+        return Path(model), None
     from mlserve.registry import Registry
 
     reg = registry if isinstance(registry, Registry) else Registry(registry)
-    return Path(reg.resolve(str(model)).path)
+    version = reg.resolve(str(model))
+    return Path(version.path), dict(version.manifest)
 
 
 def output_columns(bundle: Any, width: int) -> list[str]:
@@ -242,8 +245,9 @@ class BatchScorer:
             raise InvalidInput(f"batch_rows must be >= 1, got {batch_rows}")
         if not 0.0 <= threshold <= 1.0:
             raise InvalidInput(f"threshold must be within [0, 1], got {threshold}")
+        path, registered = bundle_path(model, registry)
         self.engine = Engine.from_bundle(
-            bundle_path(model, registry), backend=backend, device=device, histograms=False,
+            path, registered=registered, backend=backend, device=device, histograms=False,
             config=BatcherConfig(max_batch_size=batch_rows, max_queue_delay_us=0))
         try:
             self.bundle = self.engine.bundle

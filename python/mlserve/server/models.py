@@ -654,7 +654,8 @@ class ModelManager:
             fut: asyncio.Future[ServedVersion] = loop.create_future()
             self._loading[key] = fut
             try:
-                served = await self._build(resolved.path, name, version, ref, backend)
+                served = await self._build(resolved.path, name, version, ref, backend,
+                                           resolved.manifest)
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     fut.set_exception(exc)
@@ -672,12 +673,12 @@ class ModelManager:
         return self._registry_instance().resolve(ref)
 
     async def _build(self, path: Any, name: str, version: str, ref: str,
-                     backend: str) -> ServedVersion:
+                     backend: str, registered: Any = None) -> ServedVersion:
         loop = asyncio.get_running_loop()
         engine = await loop.run_in_executor(
             None,
             lambda: Engine.from_bundle(path, backend=backend, config=self.config,
-                                       device=self.device),
+                                       device=self.device, registered=registered),
         )
         try:
             lineage = engine.bundle.manifest.get("lineage") or {}
