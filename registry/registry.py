@@ -94,14 +94,39 @@ def _json_dumps(value: object, what: str) -> str:
 
 
 class Registry:
-    """A model registry rooted at ``root`` (default ``$MLSERVE_HOME/registry``)."""
+    """A model registry rooted at ``root`` (default ``$MLSERVE_HOME/registry``).
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    ``read_only``: open an existing registry for reading only (resolve, list, open, verify
+    without repair, export); every change raises InvalidInput. None (the default): read-only
+    when the registry exists and its root is not writable, e.g. a read-only volume mount in a
+    serving container. A read-only registry on a mount where SQLite cannot share the WAL's
+    index is read as a snapshot: changes made elsewhere are seen after a restart.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *,
+                 read_only: bool | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_root()
         self._layout = Layout(self.root)
+        if read_only is None:
+            read_only = self._layout.db.is_file() and not os.access(self.root, os.W_OK)
+        self.read_only = read_only
+        if read_only:
+            if not self._layout.db.is_file():
+                raise InvalidInput(f"no registry at {self.root} (it has no registry.db) to open "
+                                   "read-only")
+            return
         for d in (self.root, self._layout.blobs, self._layout.models, self._layout.tmp):
             d.mkdir(parents=True, exist_ok=True)
         _db.initialize(self._layout.db)
+
+    def _read(self) -> Any:
+        return _db.read_transaction(self._layout.db, read_only=self.read_only)
+
+    def _write(self) -> Any:
+        if self.read_only:
+            raise InvalidInput(f"the registry at {self.root} is read-only (opened read-only, or "
+                               "its root is not writable): make changes where it is writable")
+        return _db.write_transaction(self._layout.db)
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
@@ -141,7 +166,7 @@ class Registry:
         stored_manifest = dict(manifest, name=model, artifacts=artifacts)
         created_at = utc_now()
 
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             row = conn.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM versions WHERE name = ?", (model,)
             ).fetchone()
@@ -250,7 +275,7 @@ class Registry:
             extra.pop(key, None)
         mv = self.resolve(ref)
         sha, size = store_blob(src, self._layout.blobs, self._layout.tmp)
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             mv = self._resolve(conn, Ref(mv.name, version=mv.version))
             if mv.status == "archived":
                 raise InvalidInput(f"{mv.ref} is archived; artifacts are added to ready versions")
@@ -386,7 +411,7 @@ class Registry:
     def resolve(self, ref: str) -> ModelVersion:
         """``NAME`` (latest ready), ``NAME/3`` or ``NAME@alias``; unknown → ModelNotFound."""
         parsed = parse_ref(ref)
-        with _db.read_transaction(self._layout.db) as conn:
+        with self._read() as conn:
             return self._resolve(conn, parsed)
 
     def open(self, ref: str) -> ModelVersion:
@@ -396,7 +421,7 @@ class Registry:
         return mv
 
     def list_models(self) -> list[ModelSummary]:
-        with _db.read_transaction(self._layout.db) as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 "SELECT name, COUNT(*) AS n, MAX(CASE WHEN status = 'ready' THEN version END) "
                 "AS latest, MAX(created_at) AS updated FROM versions GROUP BY name ORDER BY name"
@@ -413,7 +438,7 @@ class Registry:
             return out
 
     def list_versions(self, name: str) -> list[ModelVersion]:
-        with _db.read_transaction(self._layout.db) as conn:
+        with self._read() as conn:
             self._resolve_model(conn, name)
             rows = conn.execute("SELECT * FROM versions WHERE name = ? ORDER BY version",
                                 (name,)).fetchall()
@@ -442,7 +467,7 @@ class Registry:
         check_alias(alias)
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidInput(f"version must be an integer, got {version!r}")
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             target = self._resolve(conn, Ref(check_name(name), version=version))
             if target.status == "archived":
                 raise InvalidInput(
@@ -460,7 +485,7 @@ class Registry:
 
     def delete_alias(self, name: str, alias: str, reason: str = "") -> None:
         check_alias(alias)
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             self._resolve(conn, Ref(check_name(name), alias=alias))  # raises if unknown
             row = conn.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?",
                                (name, alias)).fetchone()
@@ -472,7 +497,7 @@ class Registry:
         """Marks a version archived: ``NAME`` no longer resolves to it. Refused while an alias
         points at it (move the alias first)."""
         parsed = parse_ref(ref)
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             mv = self._resolve(conn, parsed)
             if mv.aliases:
                 raise InvalidInput(
@@ -491,7 +516,7 @@ class Registry:
         if status not in STATUSES:
             raise InvalidInput(f"status {status!r}: expected one of {', '.join(STATUSES)}")
         parsed = parse_ref(ref)
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             mv = self._resolve(conn, parsed)
             conn.execute("UPDATE versions SET status = ? WHERE name = ? AND version = ?",
                          (status, mv.name, mv.version))
@@ -503,7 +528,7 @@ class Registry:
         if not isinstance(key, str) or not key or not isinstance(value, str):
             raise InvalidInput(f"tag {key!r}={value!r}: keys and values must be strings")
         parsed = parse_ref(ref)
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             mv = self._resolve(conn, parsed)
             conn.execute(
                 "INSERT INTO tags (name, version, key, value) VALUES (?, ?, ?, ?) "
@@ -515,7 +540,7 @@ class Registry:
 
     def delete_tag(self, ref: str, key: str) -> ModelVersion:
         parsed = parse_ref(ref)
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             mv = self._resolve(conn, parsed)
             if key not in mv.tags:
                 raise InvalidInput(f"{mv.ref} has no tag {key!r} (tags: "
@@ -528,7 +553,7 @@ class Registry:
 
     def set_description(self, ref: str, description: str) -> ModelVersion:
         parsed = parse_ref(ref)
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             mv = self._resolve(conn, parsed)
             conn.execute("UPDATE versions SET description = ? WHERE name = ? AND version = ?",
                          (description, mv.name, mv.version))
@@ -538,7 +563,7 @@ class Registry:
 
     def history(self, name: str) -> list[HistoryEvent]:
         """Every registration, alias move, archive, tag and description change, oldest first."""
-        with _db.read_transaction(self._layout.db) as conn:
+        with self._read() as conn:
             rows = conn.execute("SELECT * FROM events WHERE name = ? ORDER BY id",
                                 (name,)).fetchall()
             if not rows:
@@ -557,7 +582,7 @@ class Registry:
         params_json = _json_dumps(dict(params), "params")
         metrics_json = _json_dumps(dict(metrics), "metrics")
         run_id = uuid.uuid4().hex
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             if parent_run is not None and conn.execute(
                     "SELECT 1 FROM runs WHERE run_id = ?", (parent_run,)).fetchone() is None:
                 raise InvalidInput(f"parent run {parent_run!r} is not in the registry")
@@ -575,7 +600,7 @@ class Registry:
                    parent_run=row["parent_run"], versions=versions)
 
     def get_run(self, run_id: str) -> Run:
-        with _db.read_transaction(self._layout.db) as conn:
+        with self._read() as conn:
             row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise ModelNotFound(f"no run {run_id!r} in the registry at {self.root}; "
@@ -583,7 +608,7 @@ class Registry:
             return self._run_from_row(conn, row)
 
     def runs(self, name: str | None = None) -> list[Run]:
-        with _db.read_transaction(self._layout.db) as conn:
+        with self._read() as conn:
             if name is None:
                 rows = conn.execute("SELECT * FROM runs ORDER BY created_at, rowid").fetchall()
             else:
@@ -599,12 +624,13 @@ class Registry:
         version whose mlserve.json differs from its registered manifest (an ``add_artifact``
         killed before its commit) gets the registered one back, without the uncommitted file
         (those messages end in "(repaired...)")."""
-        with _db.write_transaction(self._layout.db) as conn:
+        # Checking alone reads (a snapshot; writers go on meanwhile); repair holds the lock.
+        with (self._write() if repair else self._read()) as conn:
             return _maintenance.check(conn, self._layout, repair=repair)
 
     def gc(self) -> list[str]:
         """Removes leftovers of interrupted writes and unreferenced blobs; returns what went."""
-        with _db.write_transaction(self._layout.db) as conn:
+        with self._write() as conn:
             return _maintenance.remove_leftovers(conn, self._layout)
 
     def export(self, ref: str, tar_path: str | os.PathLike[str]) -> Path:

@@ -13,18 +13,42 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 BUSY_TIMEOUT_MS = 60_000
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit) with the shared pragmas."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with the shared pragmas.
+
+    ``read_only``: for a database on a read-only mount. ``mode=ro`` first (it sees a writer's
+    changes when the WAL's ``-shm`` file is there); where SQLite cannot open it so (a WAL
+    database whose ``-shm`` it may not create), ``immutable=1``: the file as a snapshot.
+    """
+    if read_only:
+        conn = _connect_read_only(path)
+    else:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    base = f"file:{quote(str(path.resolve()))}?mode=ro"
+    for uri in (base, base + "&immutable=1"):
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None)
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if uri.endswith("immutable=1"):
+                raise
+    raise AssertionError("unreachable")
 
 
 def initialize(path: Path, schema: str) -> None:
@@ -71,9 +95,9 @@ def write_transaction(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def read_transaction(path: Path) -> Iterator[sqlite3.Connection]:
-    """A consistent snapshot for multi-statement reads."""
-    conn = connect(path)
+def read_transaction(path: Path, *, read_only: bool = False) -> Iterator[sqlite3.Connection]:
+    """A consistent snapshot for multi-statement reads (``read_only``: see :func:`connect`)."""
+    conn = connect(path, read_only=read_only)
     try:
         conn.execute("BEGIN")
         try:

@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,56 @@ def test_loaders_refuse_a_manifest_that_differs_from_the_registry(reg: Registry,
                  lambda: Engine.from_registry("fraud/1", registry=reg)):
         with pytest.raises(InvalidInput, match=r"differs from the registry's record.*--repair"):
             load()
+
+
+def test_read_only_registry_reads_and_refuses_changes(reg: Registry, bundle: Path,
+                                                      tmp_path: Path) -> None:
+    reg.register(bundle)
+    reg.set_alias("fraud", "champion", 1)
+    ro = Registry(reg.root, read_only=True)
+    assert ro.read_only and not reg.read_only
+    assert ro.resolve("fraud@champion").version == 1
+    assert ro.open("fraud").ref == "fraud/1"  # checksums verified
+    assert [m.name for m in ro.list_models()] == ["fraud"] and ro.verify() == []
+    for change in (lambda: ro.register(bundle), lambda: ro.set_alias("fraud", "x", 1),
+                   lambda: ro.set_tag("fraud/1", "k", "v"), lambda: ro.gc(),
+                   lambda: ro.verify(repair=True)):
+        with pytest.raises(InvalidInput, match="is read-only"):
+            change()
+    with pytest.raises(InvalidInput, match="no registry at"):
+        Registry(tmp_path / "nothing", read_only=True)
+    assert not (tmp_path / "nothing").exists()
+
+
+def _can_mount_read_only() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _can_mount_read_only(),
+                    reason="needs unshare -rm (user and mount namespaces) for a read-only mount")
+def test_registry_on_a_read_only_mount_opens_read_only(reg: Registry, bundle: Path,
+                                                        tmp_path: Path) -> None:
+    """A registry volume mounted read-only (a serving container's): SQLite may not create the
+    WAL's -shm file there; the registry notices and reads it as a snapshot."""
+    reg.register(bundle)
+    reg.set_alias("fraud", "champion", 1)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    script = ("from mlserve.registry import Registry\n"
+              f"r = Registry({str(mount)!r})\n"
+              "print(r.read_only, r.open('fraud@champion').ref, r.verify())\n"
+              "try:\n    r.set_alias('fraud', 'x', 1)\nexcept Exception as e:\n"
+              "    print(type(e).__name__)\n")
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c",
+         f"mount --bind -o ro {reg.root} {mount} && exec {sys.executable} -c \"$0\"", script],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["True fraud/1 []", "InvalidInput"]
 
 
 def test_missing_version_file_detected(reg: Registry, bundle: Path) -> None:
