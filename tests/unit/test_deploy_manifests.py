@@ -1,0 +1,505 @@
+"""deploy/ against the server it runs: the Dockerfile, the Kubernetes manifests and the KServe
+runtime. Every `mlserve` command line in them goes through the real CLI parser and
+ServerSettings; every probe and scrape path is requested from the real ASGI app; ports, the bind
+address, volumes, selectors and the shutdown budget must line up. Schema validation of the core
+Kubernetes objects runs when `kubernetes-validate` is installed (deploy/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from mlserve import cli as mlserve_cli
+from mlserve.server import cli as server_cli
+from mlserve.server.app import create_app
+from mlserve.server.models import ModelManager
+from mlserve.server.settings import ServerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes" / "mlserve.yaml"
+K8S_FILES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+TOKEN_PATCH = DEPLOY / "kubernetes" / "admin-token.patch.yaml"
+RUNTIME = DEPLOY / "kserve" / "servingruntime.yaml"
+ISVC = DEPLOY / "kserve" / "inferenceservice.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+SHELLS = ("/bin/sh", "sh", "/bin/bash", "bash")
+#: Seconds the app's lifespan gives monitoring to stop, besides the two --shutdown-timeout
+#: bounds (uvicorn's drain, then ModelManager.close): app.py, MlserveApp._lifespan.
+MONITORING_CLOSE_S = 2.0
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def k8s() -> list[dict[str, Any]]:
+    return load_all(K8S)
+
+
+def deployment() -> dict[str, Any]:
+    return one(k8s(), "Deployment")
+
+
+def pod_spec(dep: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = dep["spec"]["template"]["spec"]
+    return spec
+
+
+def server_container(pod: dict[str, Any]) -> dict[str, Any]:
+    (container,) = pod["containers"]
+    return container
+
+
+def isvc_args() -> list[str]:
+    """The args the InferenceService's predictor adds to the runtime container's."""
+    model = one(load_all(ISVC), "InferenceService")["spec"]["predictor"]["model"]
+    return [str(a) for a in model.get("args", [])]
+
+
+def shell_commands(container: dict[str, Any],
+                   appended: list[str] | None = None) -> list[list[str]]:
+    """The simple commands a container runs: its command + args (no command: the image's
+    ENTRYPOINT, mlserve), or each command of a `sh -c SCRIPT $0 ARGS...` script, `exec`
+    dropped and "$@" replaced by the ARGS after $0. ``appended`` follows the container's args,
+    as KServe appends the InferenceService's to the runtime's."""
+    command = list(container.get("command") or ["mlserve"])
+    args = [str(a) for a in container.get("args") or []] + list(appended or [])
+    if command[0] not in SHELLS or command[1:] != ["-c"]:
+        return [command + args]
+    script, positional = args[0], args[2:]
+    out = []
+    for part in re.split(r"&&|\|\||;|\n", script):
+        words = shlex.split(part)
+        if words[:1] == ["exec"]:
+            words = words[1:]
+        if words:
+            out.append([a for w in words for a in (positional if w == "$@" else [w])])
+    return out
+
+
+def mlserve_argvs(container: dict[str, Any],
+                  appended: list[str] | None = None) -> list[list[str]]:
+    """The arguments of each `mlserve` command the container runs."""
+    return [cmd[1:] for cmd in shell_commands(container, appended) if cmd[0] == "mlserve"]
+
+
+def parse(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """``argv`` through the real top-level `mlserve` parser (mlserve.cli.main); the serve
+    command is captured instead of run."""
+    seen: list[argparse.Namespace] = []
+
+    def capture(args: argparse.Namespace) -> int:
+        seen.append(args)
+        return 0
+
+    monkeypatch.setattr(server_cli, "run", capture)
+    try:
+        code = mlserve_cli.main(argv)
+    except SystemExit as exc:  # argparse: a bad flag or value
+        pytest.fail(f"`mlserve {shlex.join(argv)}` does not parse (exit {exc.code})")
+    assert code == 0
+    assert len(seen) == 1, f"`mlserve {shlex.join(argv)}` is not `mlserve serve ...`"
+    return seen[0]
+
+
+def settings(args: argparse.Namespace, tmp_path: Path) -> ServerSettings:
+    """ServerSettings of parsed flags (their bounds and cross-field checks run); a token file
+    path from a manifest is swapped for a real file, which only the pod has."""
+    if args.admin_token_file is not None:
+        token = tmp_path / "token"
+        token.write_text("t0ken\n", encoding="utf-8")
+        args = argparse.Namespace(**{**vars(args), "admin_token_file": str(token)})
+    return server_cli.settings_from_args(args)
+
+
+def port_number(port: int | str, container: dict[str, Any]) -> int:
+    """A probe's or Service's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int):
+        return port
+    named = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == port]
+    assert named, f"port name {port!r} is not a port of container {container['name']!r}"
+    return int(named[0])
+
+
+def app_status(paths: list[str], tmp_path: Path) -> dict[str, tuple[int, bytes]]:
+    """GET each path from the real ASGI app (as `mlserve serve` builds it, no models)."""
+    app = create_app(ModelManager(str(tmp_path / "registry")), ServerSettings(monitoring=False))
+
+    async def get_all() -> dict[str, tuple[int, bytes]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pod") as client:
+            out = {}
+            for path in paths:
+                r = await client.get(path)
+                out[path] = (r.status_code, r.content)
+            return out
+
+    return asyncio.run(get_all())
+
+
+def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 'add' (the only op the shipped patch uses) on a copy of ``doc``."""
+    out = copy.deepcopy(doc)
+    for op in ops:
+        assert op["op"] == "add", f"unsupported op {op['op']!r} in {TOKEN_PATCH.name}"
+        *parents, last = op["path"].lstrip("/").split("/")
+        target: Any = out
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), op["value"])
+        else:
+            target[last] = op["value"]
+    return out
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, rest) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instruction, _, rest = line.partition(" ")
+            out.append((instruction.upper(), rest.strip()))
+    return out
+
+
+def runtime_stage() -> list[tuple[str, str]]:
+    """The instructions of the Dockerfile's last stage (the image that runs)."""
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM")
+    return instructions[last_from:]
+
+
+# ---- every YAML parses; every mlserve command line parses ---------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.yaml")) + sorted(DEPLOY.rglob("*.yml")),
+                         ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_yaml_file_parses(path: Path) -> None:
+    docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    assert docs and all(d is not None for d in docs), f"{path}: empty document"
+
+
+def test_every_manifest_object_is_complete() -> None:
+    for path in [*K8S_FILES, RUNTIME, ISVC]:
+        if path == TOKEN_PATCH:
+            continue
+        for doc in load_all(path):
+            assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path.name}: {doc}"
+            assert doc["metadata"].get("name"), f"{path.name}: a {doc['kind']} without a name"
+
+
+def test_every_mlserve_command_line_parses(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    found = []
+    for dep in [deployment(), apply_json_patch(deployment(), load_all(TOKEN_PATCH)[0])]:
+        pod = pod_spec(dep)
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            found += mlserve_argvs(container)
+    for container in one(load_all(RUNTIME), "ServingRuntime")["spec"]["containers"]:
+        found += mlserve_argvs(container, isvc_args())
+    assert len(found) == 3, f"expected the Deployment's, the patched one's and KServe's: {found}"
+    for argv in found:
+        args = parse(argv, monkeypatch)
+        settings(args, tmp_path)  # ServerSettings' bounds and cross-field checks
+        assert args.models, f"`mlserve {shlex.join(argv)}` serves no model"
+
+
+def test_dockerfile_entrypoint_and_cmd_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = dict(runtime_stage())
+    assert json.loads(stage["ENTRYPOINT"]) == ["mlserve"]
+    cmd = json.loads(stage["CMD"])
+    assert cmd[0] == "serve"
+    monkeypatch.setattr(server_cli, "run", lambda args: 0)
+    try:
+        code = mlserve_cli.main(cmd)
+    except SystemExit as exc:  # --help exits 0 after printing; a bad flag exits 2
+        code = exc.code
+    assert code == 0, f"CMD {cmd} does not parse"
+
+
+# ---- the server's real routes and ports ----------------------------------------------------------
+
+
+def test_kubernetes_probes_and_scrape_path_are_routes_of_the_app(tmp_path: Path) -> None:
+    dep = deployment()
+    container = server_container(pod_spec(dep))
+    probes = {kind: container[kind]["httpGet"]["path"]
+              for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probes["livenessProbe"] == "/v2/health/live"
+    assert probes["readinessProbe"] == "/v2/health/ready"
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    status = app_status([*probes.values(), "/metrics", "/no/such/route"], tmp_path)
+    assert status["/no/such/route"][0] == 404  # so the answers below come from real routes
+    assert status[probes["startupProbe"]][0] == 200
+    assert status["/v2/health/live"] == (200, b'{"live":true}')
+    # 503 until the configured models are loaded (none here): the route exists and answers
+    assert status["/v2/health/ready"] == (503, b'{"ready":false}')
+    assert status["/metrics"][0] == 200 and b"mlserve_" in status["/metrics"][1]
+
+
+def test_kserve_probes_and_scrape_path_are_routes_of_the_app(tmp_path: Path) -> None:
+    runtime = one(load_all(RUNTIME), "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    paths = [container[k]["httpGet"]["path"] for k in ("readinessProbe", "livenessProbe")]
+    assert paths == ["/v2/health/ready", "/v2/health/live"]
+    assert runtime["spec"]["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+    status = app_status([*paths, "/metrics"], tmp_path)
+    assert {p: s for p, (s, _) in status.items()} == {
+        "/v2/health/ready": 503, "/v2/health/live": 200, "/metrics": 200}
+
+
+def test_kubernetes_ports_line_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = k8s()
+    dep = one(docs, "Deployment")
+    container = server_container(pod_spec(dep))
+    (argv,) = mlserve_argvs(container)
+    args = parse(argv, monkeypatch)
+    assert args.host == "0.0.0.0", "bound to 127.0.0.1 the pod's port is unreachable"
+    (port,) = container["ports"]
+    assert port["containerPort"] == args.port
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert port_number(container[kind]["httpGet"]["port"], container) == args.port, kind
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == args.port
+    (service_port,) = one(docs, "Service")["spec"]["ports"]
+    assert port_number(service_port["targetPort"], container) == args.port
+
+
+def test_kserve_ports_line_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = one(load_all(RUNTIME), "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    (argv,) = mlserve_argvs(container, isvc_args())
+    args = parse(argv, monkeypatch)
+    assert args.host == "0.0.0.0"
+    (port,) = container["ports"]  # KServe routes to the container's one HTTP port
+    assert port["containerPort"] == args.port == 8080  # KServe's HTTP port
+    for kind in ("readinessProbe", "livenessProbe"):
+        assert port_number(container[kind]["httpGet"]["port"], container) == args.port, kind
+    assert int(runtime["spec"]["annotations"]["prometheus.kserve.io/port"]) == args.port
+
+
+def test_dockerfile_exposes_the_servers_default_port_and_the_manifests_use_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    exposed = [int(p.split("/")[0]) for ins, rest in runtime_stage() if ins == "EXPOSE"
+               for p in rest.split()]
+    assert exposed == [ServerSettings().port]
+    (argv,) = mlserve_argvs(server_container(pod_spec(deployment())))
+    assert parse(argv, monkeypatch).port in exposed
+
+
+# ---- shutdown ------------------------------------------------------------------------------------
+
+
+def test_grace_period_covers_prestop_and_the_servers_shutdown_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After SIGTERM the server drains for up to --shutdown-timeout (uvicorn), stops
+    monitoring (up to 2 s), then closes its engines within --shutdown-timeout again; the kubelet
+    runs preStop before SIGTERM and kills at terminationGracePeriodSeconds."""
+    pod = pod_spec(deployment())
+    container = server_container(pod)
+    (argv,) = mlserve_argvs(container)
+    shutdown_s = parse(argv, monkeypatch).shutdown_timeout
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    pre_stop_s = float(pre_stop[1])
+    grace_s = pod["terminationGracePeriodSeconds"]
+    assert grace_s > shutdown_s
+    assert grace_s >= pre_stop_s + 2 * shutdown_s + MONITORING_CLOSE_S, (
+        f"terminationGracePeriodSeconds {grace_s} < preStop {pre_stop_s} + 2 x "
+        f"--shutdown-timeout {shutdown_s} + {MONITORING_CLOSE_S}: the kubelet may SIGKILL a "
+        "pod that is still draining")
+
+
+# ---- volumes, security, the registry copy --------------------------------------------------------
+
+
+def test_kubernetes_registry_copy_feeds_the_servers_registry(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    pod = pod_spec(deployment())
+    container = server_container(pod)
+    (argv,) = mlserve_argvs(container)
+    registry = parse(argv, monkeypatch).registry
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    # The server writes SQLite's WAL files beside registry.db: a writable emptyDir
+    assert registry in mounts and not mounts[registry].get("readOnly", False)
+    assert "emptyDir" in volumes[mounts[registry]["name"]]
+    (init,) = pod["initContainers"]
+    (copy_cmd,) = shell_commands(init)
+    assert copy_cmd[:2] == ["cp", "-R"]
+    source, destination = copy_cmd[-2:]
+    # SOURCE/. copies the registry's contents into the existing emptyDir, not the folder itself
+    assert source.endswith("/."), source
+    init_mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+    assert destination.rstrip("/") == registry
+    assert init_mounts[registry]["name"] == mounts[registry]["name"]
+    source_dir = source.removesuffix("/.")
+    assert init_mounts[source_dir].get("readOnly") is True
+    claim = volumes[init_mounts[source_dir]["name"]]["persistentVolumeClaim"]
+    assert claim["readOnly"] is True
+    pvc = one(load_all(DEPLOY / "kubernetes" / "registry-pvc.yaml"), "PersistentVolumeClaim")
+    assert claim["claimName"] == pvc["metadata"]["name"]
+
+
+def test_kserve_serves_the_downloaded_registry_where_it_is(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    runtime = one(load_all(RUNTIME), "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    (argv,) = mlserve_argvs(container, isvc_args())
+    # where KServe's storage initializer puts the storageUri's contents (a read-only mount:
+    # the registry opens read-only there, tests/unit/test_registry.py)
+    assert parse(argv, monkeypatch).registry == "/mnt/models"
+    assert "/mnt/models" not in {m["mountPath"] for m in container.get("volumeMounts", [])}
+
+
+def test_pods_run_non_root_on_a_read_only_root_with_writable_tmp() -> None:
+    uid_gid = dict(runtime_stage())["USER"]
+    uid = int(uid_gid.split(":")[0])
+    assert uid != 0
+    pod = pod_spec(deployment())
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == uid
+    assert pod["automountServiceAccountToken"] is False
+    (runtime_container,) = one(load_all(RUNTIME), "ServingRuntime")["spec"]["containers"]
+    runtime_volumes = one(load_all(RUNTIME), "ServingRuntime")["spec"]["volumes"]
+    assert runtime_container["securityContext"]["runAsUser"] == uid
+    for container, volumes in [*((c, pod["volumes"]) for c in pod["initContainers"]),
+                               (server_container(pod), pod["volumes"]),
+                               (runtime_container, runtime_volumes)]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True, container["name"]
+        assert context["allowPrivilegeEscalation"] is False, container["name"]
+        assert context["capabilities"]["drop"] == ["ALL"], container["name"]
+        if mlserve_argvs(container):
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            names = {v["name"]: v for v in volumes}
+            assert "/tmp" in mounts and "emptyDir" in names[mounts["/tmp"]["name"]], (
+                f"{container['name']}: the server needs a writable /tmp (Prometheus "
+                "multiprocess files with --workers > 1, tempfile)")
+
+
+def test_admin_token_patch_mounts_a_secret_and_passes_its_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (ops,) = load_all(TOKEN_PATCH)
+    patched = apply_json_patch(deployment(), ops)
+    pod = pod_spec(patched)
+    container = server_container(pod)
+    (argv,) = mlserve_argvs(container)
+    args = parse(argv, monkeypatch)
+    token_file = Path(args.admin_token_file)
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(token_file.parent)]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"]
+    assert settings(args, tmp_path).admin_token == "t0ken"
+
+
+# ---- objects that refer to each other ------------------------------------------------------------
+
+
+def test_service_pdb_and_hpa_select_the_deployments_pods() -> None:
+    docs = k8s()
+    dep = one(docs, "Deployment")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert one(docs, "Service")["spec"]["selector"].items() <= labels.items()
+    assert one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() \
+        <= labels.items()
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", dep["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] <= dep["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    # CPU utilization is measured against the request
+    assert server_container(pod_spec(dep))["resources"]["requests"]["cpu"]
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_kserve_runtime_and_inference_service_match() -> None:
+    runtime = one(load_all(RUNTIME), "ServingRuntime")
+    isvc = one(load_all(ISVC), "InferenceService")
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    spec = runtime["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["kserve-container"]
+    assert spec["protocolVersions"] == ["v2"]
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["protocolVersion"] in spec["protocolVersions"]
+    formats = {(f["name"], f.get("version")) for f in spec["supportedModelFormats"]}
+    assert (model["modelFormat"]["name"], model["modelFormat"].get("version")) in formats
+    assert model["storageUri"]
+
+
+# ---- the image -----------------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_cpu_only_without_training_dependencies() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    instructions = dockerfile_instructions()
+    assert ("ENV", "MLSERVE_CUDA=OFF") in instructions
+    # the build backend and tools of pyproject's [build-system], installed in the builder
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    for requirement in pyproject["build-system"]["requires"]:
+        assert f'"{requirement}"' in text, f"builder does not install {requirement}"
+    extras = [rest.split("=", 1)[1] for ins, rest in runtime_stage()
+              if ins == "ARG" and rest.startswith("EXTRAS=")]
+    assert extras and "train" not in extras[0].split(","), "torch is for training only"
+    assert set(extras[0].split(",")) <= set(pyproject["project"]["optional-dependencies"])
+    assert "torch" not in "\n".join(rest for _, rest in runtime_stage())
+
+
+def test_dockerignore_keeps_what_the_wheel_is_built_from() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    kept = {line[1:].strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()
+            if line.startswith("!")}
+    assert "*" in DOCKERIGNORE.read_text().splitlines(), "an allowlist: ignore all, keep some"
+    needed = {"pyproject.toml", "CMakeLists.txt", pyproject["project"]["readme"]}
+    needed |= {src.split("/")[0] for src in
+               pyproject["tool"]["scikit-build"]["wheel"]["packages"].values()}
+    # the top folders of the sources CMakeLists.txt compiles or embeds (comments dropped)
+    cmake = re.sub(r"#.*", "", (ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))
+    sources = re.finditer(r"(?<![\w/$}])([a-z_]+)/[\w/.-]+\.(?:c|cc|h|cu|cuh)\b", cmake)
+    needed |= {m.group(1) for m in sources} - {"tests"}
+    assert needed <= kept, f".dockerignore drops {sorted(needed - kept)}"
+    for top in needed:
+        assert (ROOT / top).exists(), top
+
+
+# ---- optional: Kubernetes' own schemas ----------------------------------------------------------
+
+
+def test_core_objects_match_the_kubernetes_schemas() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    version = kubernetes_validate.latest_version()
+    objects = [d for path in K8S_FILES if path != TOKEN_PATCH for d in load_all(path)]
+    objects.append(apply_json_patch(deployment(), load_all(TOKEN_PATCH)[0]))
+    for doc in objects:
+        kubernetes_validate.validate(doc, version, strict=True)
