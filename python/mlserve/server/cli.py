@@ -141,6 +141,11 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the server until SIGTERM/SIGINT; 0 after a clean shutdown, 2 on bad settings."""
+    # mlserve's own log lines (models loaded, shutdown) at --log-level, as uvicorn's are;
+    # a no-op where the embedding program configured logging already.
+    level = str(getattr(args, "log_level", "info")).upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args)
         _check_refs(settings)
@@ -220,7 +225,6 @@ def _ignore_signal(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlserve serve", description=__doc__)
     _add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run(parser.parse_args(argv))
 
 
