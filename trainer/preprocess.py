@@ -91,12 +91,17 @@ def encode_rows(frame: pd.DataFrame, inputs: list[dict[str, Any]], *,
             assert encoder is not None
             if _is_text(column):
                 # Each distinct string once (pandas' hash factorize), then gathered: equal
-                # strings are the same category, so this is the per-value encoding.
+                # strings are the same category, so this is the per-value encoding. A refusal
+                # (the "error" policy) is left to the per-value path, whose message counts rows.
                 index, uniques = pd.factorize(column, use_na_sentinel=True)
-                table = np.append(encoder.encode_strings(np.asarray(uniques, dtype=object)),
-                                  np.float32(np.nan))
-                out[:, j] = table[index]  # the sentinel -1 picks the NaN appended last
-                continue
+                try:
+                    table = np.append(encoder.encode_strings(np.asarray(uniques, dtype=object)),
+                                      np.float32(np.nan))
+                except InvalidInput:
+                    table = None
+                if table is not None:
+                    out[:, j] = table[index]  # the sentinel -1 picks the NaN appended last
+                    continue
             codes = np.full(n, np.nan, dtype=np.float32)
             keys = _category_keys(column).to_numpy(dtype=object)
             codes[np.flatnonzero(column.notna().to_numpy())] = encoder.encode_strings(keys)

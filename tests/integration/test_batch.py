@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mlserve.batch import BatchScorer, ChunkFailed, run_batch
-from mlserve.batch.job import JOB_FILE, SUCCESS_FILE, iter_chunks
+from mlserve.batch.job import JOB_FILE, SUCCESS_FILE, iter_chunks, part_name
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
 from mlserve.errors import InvalidInput
@@ -96,7 +96,7 @@ def test_output_equals_the_trainers_outputs_in_input_order(models: dict[str, Any
     success = json.loads((tmp_path / "out" / SUCCESS_FILE).read_text())
     assert success["rows"] == len(rows) and success["model"] == "fraud/1"
     # Each part records its input file and first row.
-    first = pq.read_metadata(tmp_path / "out" / "part-00000-000001.parquet").metadata
+    first = pq.read_metadata(tmp_path / "out" / part_name(0, 1)).metadata
     assert first[b"mlserve.first_row"] == b"41"
     assert first[b"mlserve.input"].decode().endswith("a.parquet")
 
@@ -201,8 +201,110 @@ def test_a_bad_chunk_names_its_rows_and_keeps_the_finished_parts(models: dict[st
             run_batch("fraud/1", tmp_path / "rows.parquet", out, registry=models["registry"],
                       chunk_rows=100, workers=workers)
         names = sorted(p.name for p in out.iterdir())
-        assert "part-00000-000000.parquet" in names and "part-00000-000001.parquet" in names
+        assert part_name(0, 0) in names and part_name(0, 1) in names
         assert SUCCESS_FILE not in names and not [n for n in names if n.startswith(".tmp-")]
+
+
+def test_files_with_different_columns_read_back_as_one_table(models: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    rows = models["rows"]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    a = rows.iloc[:200].assign(note=None)  # all null in this CSV: typed null there
+    a.to_csv(inputs / "a.csv", index=False)
+    b = rows.iloc[200:].assign(note="x", extra=np.arange(len(rows) - 200))  # one more column
+    b.to_parquet(inputs / "b.parquet", index=False)
+    out = inputs / "scores"  # inside the input directory: its parts are not input
+    run_batch("fraud/1", inputs, out, registry=models["registry"], chunk_rows=150)
+    got = pd.read_parquet(out)
+    assert len(got) == len(rows)
+    assert got["note"].isna().sum() == 200 and (got["note"].iloc[200:] == "x").all()
+    assert got["extra"].isna().sum() == 200
+    np.testing.assert_array_equal(got["extra"].iloc[200:].to_numpy(), np.arange(len(rows) - 200))
+    np.testing.assert_allclose(got["probability"].to_numpy(), _want(models["binary"])[:, 0],
+                               rtol=0, atol=1e-5)
+    # Run again: finished (the output is not an input that changed).
+    again = run_batch("fraud/1", inputs, out, registry=models["registry"], chunk_rows=150)
+    assert again.rows_scored == 0 and again.rows == len(rows)
+    # A file without a column the model reads is refused before anything is scored.
+    rows.drop(columns=["amount"]).to_parquet(tmp_path / "no_amount.parquet", index=False)
+    with pytest.raises(InvalidInput, match=r"no_amount\.parquet: no column\(s\) amount, which "
+                                           r"the model reads"):
+        run_batch("fraud/1", [tmp_path / "no_amount.parquet"], tmp_path / "o2",
+                  registry=models["registry"])
+    assert not list((tmp_path / "o2").glob("part-*"))
+
+
+def test_csv_text_columns_stay_text(tmp_path: Path) -> None:
+    (tmp_path / "k.csv").write_text("key,x\n0042,1\n7,2\n")
+    (table,) = iter_chunks(tmp_path / "k.csv", 10, None, ["key"])
+    assert table.column("key").to_pylist() == ["0042", "7"]
+    (tmp_path / "empty.csv").write_text("key,x\n")
+    (empty,) = iter_chunks(tmp_path / "empty.csv", 10, None)  # one empty chunk, not none
+    assert empty.num_rows == 0 and empty.column_names == ["key", "x"]
+
+
+def test_worker_start_failure_is_named_and_a_corrected_run_may_reuse_the_output(
+        models: dict[str, Any], tmp_path: Path) -> None:
+    rows = models["rows"]
+    rows.to_parquet(tmp_path / "rows.parquet", index=False)
+    out = tmp_path / "out"
+    with pytest.raises(InvalidInput, match=r"worker processes could not start: .*tensorrt"):
+        run_batch("fraud/1", tmp_path / "rows.parquet", out, registry=models["registry"],
+                  backend="tensorrt", workers=2)
+    res = run_batch("fraud/1", tmp_path / "rows.parquet", out, registry=models["registry"])
+    assert res.rows == len(rows)
+    # --overwrite replaces the job's files and leaves the user's alone.
+    (out / "README.txt").write_text("mine")
+    res = run_batch("fraud/1", tmp_path / "rows.parquet", out, registry=models["registry"],
+                    chunk_rows=100, overwrite=True)
+    assert res.rows_scored == len(rows) and (out / "README.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.glob("part-*")) == res.parts
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_workers_exit_when_the_job_is_killed(models: dict[str, Any], tmp_path: Path) -> None:
+    rows = pd.concat([models["rows"]] * 40, ignore_index=True)
+    src = tmp_path / "rows.parquet"
+    rows.to_parquet(src, index=False)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mlserve.cli", "batch", "fraud/1", "--input",
+                             str(src), "--output", str(out), "--registry",
+                             str(models["registry"].root), "--chunk-rows", "200",
+                             "--workers", "2", "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(out.glob("part-*.parquet")):
+        assert proc.poll() is None
+        time.sleep(0.02)
+    workers = [p for p in _children(proc.pid)
+               if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+    assert len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and
+                                              "Z" not in _state(p) for p in workers):
+        time.sleep(0.05)
+    assert not [p for p in workers if Path(f"/proc/{p}").exists() and "Z" not in _state(p)]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 def _run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -371,7 +473,7 @@ def test_feature_service_model_as_of_one_time_and_pinned_parts(feature_model: di
     job = json.loads((out / JOB_FILE).read_text())
     assert list(job["feature_parts"]) == ["user_stats/1"]
     # Data ingested after the job started is not read when it resumes (parts are pinned).
-    (out / "part-00000-000001.parquet").unlink()
+    (out / part_name(0, 1)).unlink()
     (out / SUCCESS_FILE).unlink()
     with FeatureStore(feature_model["store"]) as store:
         store.ingest("user_stats", pd.DataFrame({

@@ -226,6 +226,14 @@ def test_encode_rows_string_columns_match_a_per_value_reference(values: list[str
     np.testing.assert_array_equal(got, np.asarray(want, dtype=np.float32))
 
 
+def test_encode_rows_error_policy_counts_rows() -> None:
+    inputs = [{"name": "c", "dtype": "string", "kind": "categorical", "nullable": True,
+               "vocabulary": ["a", "b"], "unknown": "error"}]
+    column = pd.Series(["a"] * 900 + ["zz"] * 100)
+    with pytest.raises(InvalidInput, match=r"'zz' in 100 of 1000 rows"):
+        encode_rows(pd.DataFrame({"c": column}), inputs)
+
+
 def test_integer_categories_map_like_strings() -> None:
     frame = pd.DataFrame({"k": [1, 2, 2, 3, 3, 3] * 5})
     prep = fit_preprocessing(frame, [], ["k"], TrainConfig(min_category_count=1))

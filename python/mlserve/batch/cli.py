@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
             result = run_batch(args.model, args.input, args.output, registry=args.registry,
                                backend=args.backend, device=args.device,
                                workers=args.workers,
-                               chunk_rows=args.chunk_rows or CHUNK_ROWS, keep=keep,
+                               chunk_rows=(CHUNK_ROWS if args.chunk_rows is None
+                                           else args.chunk_rows), keep=keep,
                                feature_store=args.feature_store, as_of=args.as_of,
                                with_features=args.with_features, threshold=args.threshold,
                                overwrite=args.overwrite, progress=advance)

@@ -2,7 +2,7 @@
 
 ``run_batch`` reads each input file as a stream and cuts it into chunks of exactly
 ``chunk_rows`` rows (the last of a file shorter). Chunk ``k`` of input file ``f`` becomes the
-output part ``part-<f:05d>-<k:06d>.parquet``: the file's rows ``[k * chunk_rows, ...)`` in their
+output part ``part-<f:05d>-<k:09d>.parquet``: the file's rows ``[k * chunk_rows, ...)`` in their
 order, the kept columns then the predictions. Sorted by name, the parts are the input's rows in
 order, so ``pandas.read_parquet(output)`` reads the whole result as one table.
 
@@ -29,7 +29,8 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,15 @@ class ChunkFailed(InvalidInput):
 # ---- inputs ----------------------------------------------------------------------------------
 
 
-def input_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def input_files(inputs: Sequence[str | os.PathLike[str]], *,
+                exclude: Path | None = None) -> list[Path]:
     """The files to score, in order: each path given, or a directory's ``*.parquet``/``*.pq``/
     ``*.csv`` files (recursively, sorted by path; names starting with ``_`` or ``.`` skipped,
-    as pyarrow's dataset reader skips them)."""
+    as pyarrow's dataset reader skips them). ``exclude``: a directory whose files are never
+    input (the job's output, when it lies inside an input directory)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    skip = exclude.resolve() if exclude is not None else None
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -96,7 +100,8 @@ def input_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             found = sorted(p for p in path.rglob("*") if p.is_file()
                            and p.suffix.lower() in _SUFFIXES
                            and not any(part.startswith(("_", "."))
-                                       for part in p.relative_to(path).parts))
+                                       for part in p.relative_to(path).parts)
+                           and (skip is None or not p.resolve().is_relative_to(skip)))
             if not found:
                 raise InvalidInput(f"input directory {path} holds no .parquet or .csv files")
             files.extend(found)
@@ -122,15 +127,75 @@ def _fingerprint(files: Sequence[Path]) -> list[dict[str, Any]]:
     return out
 
 
-def _columns_of(path: Path) -> list[str]:
+def _schema_of(path: Path, text_columns: Sequence[str] = ()) -> Any:
+    """The Arrow schema :func:`iter_chunks` reads ``path`` with (CSV: inferred from its first
+    block, as the reader does)."""
+    import pyarrow as pa
+
     if _SUFFIXES[path.suffix.lower()] == "parquet":
         import pyarrow.parquet as pq
 
-        return list(pq.ParquetFile(path).schema_arrow.names)
+        return pq.ParquetFile(path).schema_arrow
     import pyarrow.csv as pcsv
 
-    reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20))
-    return list(reader.schema.names)
+    try:
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                               convert_options=pcsv.ConvertOptions(
+                                   column_types={c: pa.string() for c in text_columns}))
+    except pa.ArrowInvalid as e:
+        if "Empty CSV file" in str(e):
+            raise InvalidInput(f"{path}: the file is empty (not even a header line)") from None
+        raise InvalidInput(f"{path}: {e}") from None
+    return reader.schema
+
+
+def output_schema(files: Sequence[Path], schemas: Sequence[Any], columns: Sequence[str] | None,
+                  required: Sequence[str]) -> Any:
+    """The one schema every chunk is cast to, so that the output reads as one table: the
+    selected columns (``columns``; None: every file's) with their types unified over the files
+    (``int64`` and ``double`` give ``double``, a column that is all null in one CSV takes the
+    others' type; a column one file lacks is null there). Every file must hold ``required``."""
+    import pyarrow as pa
+
+    selected = []
+    for path, schema in zip(files, schemas, strict=True):
+        missing = [c for c in required if c not in schema.names]
+        if missing:
+            raise InvalidInput(f"{path}: no column(s) {', '.join(missing)}, which the model "
+                               f"reads (columns: {', '.join(schema.names)})")
+        if columns is not None:
+            absent = [c for c in columns if c not in schema.names]
+            if absent:
+                raise InvalidInput(f"{path}: no column(s) {', '.join(absent)} to keep "
+                                   f"(columns: {', '.join(schema.names)})")
+            schema = pa.schema([schema.field(c) for c in columns])
+        selected.append(schema.remove_metadata())
+    try:
+        return pa.unify_schemas(selected, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InvalidInput(f"the input files' columns do not agree ({e}); give one type to "
+                           "each column in every file, or score them as separate jobs") from None
+
+
+def conform(table: Any, schema: Any) -> Any:
+    """``table`` with ``schema``'s columns, in its order, cast to its types (null-filled where
+    absent)."""
+    import pyarrow as pa
+
+    if table.schema.remove_metadata().equals(schema):
+        return table
+    arrays = []
+    for f in schema:
+        if f.name not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, f.type))
+            continue
+        col = table.column(f.name)
+        try:
+            arrays.append(col if col.type == f.type else col.cast(f.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise InvalidInput(f"column {f.name!r}: cannot read {col.type} as {f.type}, the "
+                               f"type of other input files ({e})") from None
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _rows_of(path: Path) -> int | None:
@@ -141,9 +206,12 @@ def _rows_of(path: Path) -> int | None:
     return None
 
 
-def iter_chunks(path: Path, chunk_rows: int, columns: Sequence[str] | None) -> Iterator[Any]:
-    """``path``'s rows as pyarrow Tables of exactly ``chunk_rows`` rows (the last shorter),
-    whatever batches the reader yields; only ``columns`` (None: all)."""
+def iter_chunks(path: Path, chunk_rows: int, columns: Sequence[str] | None,
+                text_columns: Sequence[str] = ()) -> Iterator[Any]:
+    """``path``'s rows as pyarrow Tables of exactly ``chunk_rows`` rows (the last shorter; a
+    file without rows gives one empty table), whatever batches the reader yields; only
+    ``columns`` (None: all). ``text_columns``: read as strings from CSV whatever they look
+    like (a model's string join keys: ``"0042"`` is not 42)."""
     import pyarrow as pa
 
     if _SUFFIXES[path.suffix.lower()] == "parquet":
@@ -159,19 +227,22 @@ def iter_chunks(path: Path, chunk_rows: int, columns: Sequence[str] | None) -> I
         import pyarrow.csv as pcsv
 
         convert = pcsv.ConvertOptions(include_columns=None if columns is None else
-                                      list(columns))
+                                      list(columns),
+                                      column_types={c: pa.string() for c in text_columns})
         reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
                                convert_options=convert)
         schema = reader.schema
         batches = iter(reader)
     pending: list[Any] = []
     held = 0
+    given = False
     try:
         for batch in batches:
             pending.append(batch)
             held += batch.num_rows
             while held >= chunk_rows:
                 table = pa.Table.from_batches(pending, schema=schema)
+                given = True
                 yield table.slice(0, chunk_rows).combine_chunks()
                 rest = table.slice(chunk_rows)
                 pending = rest.to_batches()
@@ -180,7 +251,7 @@ def iter_chunks(path: Path, chunk_rows: int, columns: Sequence[str] | None) -> I
         raise InvalidInput(
             f"{path}: {e}. The CSV reader types each column from the file's first "
             f"{CSV_BLOCK_BYTES >> 20} MiB; convert the file to Parquet (typed columns)") from None
-    if held:
+    if held or not given:
         yield pa.Table.from_batches(pending, schema=schema).combine_chunks()
 
 
@@ -188,7 +259,7 @@ def iter_chunks(path: Path, chunk_rows: int, columns: Sequence[str] | None) -> I
 
 
 def part_name(file_index: int, chunk: int) -> str:
-    return f"part-{file_index:05d}-{chunk:06d}.parquet"
+    return f"part-{file_index:05d}-{chunk:09d}.parquet"
 
 
 def _part_rows(path: Path, expect: dict[str, str]) -> int | None:
@@ -268,6 +339,10 @@ def _prepare_output(output: Path, job: dict[str, Any], overwrite: bool) -> bool:
     job_file = output / JOB_FILE
     if job_file.is_file():
         old = json.loads(job_file.read_text())
+        started = any(n.startswith("part-") for n in names)
+        if old.get("job_id") != job["job_id"] and not started:
+            _write_json(job_file, job)  # it never wrote a part (e.g. it failed to start)
+            return False
         if old.get("job_id") != job["job_id"]:
             changed = _differences(old, job) or ["the job's settings"]
             raise InvalidInput(
@@ -277,7 +352,7 @@ def _prepare_output(output: Path, job: dict[str, Any], overwrite: bool) -> bool:
             if name.startswith(".tmp-"):
                 (output / name).unlink(missing_ok=True)  # a killed worker's unfinished part
         return (output / SUCCESS_FILE).is_file()
-    if [n for n in names if not n.startswith(".")]:
+    if not overwrite and [n for n in names if not n.startswith(".")]:
         raise InvalidInput(f"output directory {output} is not empty and holds no batch job; "
                            "choose an empty or new directory")
     _write_json(job_file, job)
@@ -289,14 +364,16 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
                  keep: Sequence[str] | None = None,
                  feature_store: str | os.PathLike[str] | None = None, as_of: Any = None,
                  with_features: bool = False, threshold: float = 0.5,
-                 previous: dict[str, Any] | None = None) -> dict[str, Any]:
+                 previous: dict[str, Any] | None = None,
+                 output: Path | None = None) -> dict[str, Any]:
     """The job's record (``_mlserve_batch.json``): the model pinned to ``NAME/VERSION`` (or its
     bundle directory) with its artifacts' checksums, the inputs' fingerprint, the options, and
     ``scorer``: the keyword arguments every worker's BatchScorer gets.
 
     ``previous``: the record of the job in the output, to resume it. What was pinned at its
     start from the same request stays pinned: the time ``as_of`` stood for (``now`` then) and
-    the offline store's part files (parts ingested since are not read).
+    the offline store's part files (parts ingested since are not read). ``output``: the job's
+    output directory, never read as input when it lies inside an input directory.
     """
     from mlserve.bundle import ModelBundle
     from mlserve.gpu import canonical_backend
@@ -306,7 +383,7 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
 
     if chunk_rows < 1:
         raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
-    files = input_files(inputs)
+    files = input_files(inputs, exclude=output)
     path, registered = bundle_path(model, registry)
     bundle = ModelBundle.load(path, registered=registered)  # and the artifacts' checksums
     pinned = str(path.resolve()) if (Path(model) / "mlserve.json").is_file() else bundle.ref
@@ -356,6 +433,9 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
     }
     job["job_id"] = _job_id(job)
     job["required"] = required_columns(bundle, as_of_iso)
+    lineage = bundle.manifest.get("lineage") or {}
+    job["text_columns"] = [str(k["name"]) for k in lineage.get("entity_keys") or []
+                           if isinstance(k, Mapping) and k.get("dtype") == "string"]
     job["scorer"] = {"model": pinned, "registry": registry_root, "backend": backend,
                      "keep": job["keep"], "feature_store": store_root, "as_of": as_of_iso,
                      "feature_parts": feature_parts, "with_features": with_features,
@@ -366,15 +446,43 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
 # ---- workers ---------------------------------------------------------------------------------
 
 _worker_scorer: BatchScorer | None = None
+_worker_error: str | None = None
 
 
-def _init_worker(kwargs: dict[str, Any]) -> None:
-    global _worker_scorer
-    _worker_scorer = BatchScorer(**kwargs)
+class _WorkerStartFailed(MlserveError):
+    """A worker process could not build its scorer (raised for every chunk it is given)."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: this worker gets SIGTERM when ``parent``, the process that started it, dies (a
+    SIGKILLed job would otherwise leave its workers holding the model, and scoring chunks
+    nobody waits for)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the call
+        os._exit(1)
+
+
+def _init_worker(kwargs: dict[str, Any], parent: int) -> None:
+    global _worker_scorer, _worker_error
+    _die_with_parent(parent)
+    try:
+        _worker_scorer = BatchScorer(**kwargs)
+    except Exception as e:  # reported with the first chunk, not as a dead pool
+        _worker_error = f"{type(e).__name__}: {e}" if not isinstance(e, MlserveError) \
+            else str(e)
 
 
 def _score_part(table: Any, path: str, metadata: dict[str, str]) -> tuple[int, float]:
     """In a worker: scores ``table`` and writes its part; (rows, seconds)."""
+    if _worker_error is not None:
+        raise _WorkerStartFailed(_worker_error)
     assert _worker_scorer is not None, "worker not initialized"
     start = time.perf_counter()
     out = _worker_scorer.score_table(table)
@@ -401,7 +509,7 @@ class _Runner:
         else:
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(scorer_kwargs,))
+                initializer=_init_worker, initargs=(scorer_kwargs, os.getpid()))
 
     def submit(self, table: Any, path: Path, metadata: dict[str, str]
                ) -> concurrent.futures.Future[tuple[int, float]]:
@@ -463,7 +571,7 @@ def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
     job = describe_job(model, inputs_seq, registry=registry, backend=backend,
                        chunk_rows=chunk_rows, keep=keep, feature_store=feature_store,
                        as_of=as_of, with_features=with_features, threshold=threshold,
-                       previous=previous)
+                       previous=previous, output=out_dir)
     files = [Path(f["path"]) for f in job["inputs"]]
     done_before = _prepare_output(out_dir, job, overwrite)
     if done_before:
@@ -473,6 +581,10 @@ def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
                            time.perf_counter() - start, 0, sorted(
                                p.name for p in out_dir.glob("part-*.parquet")))
     required = job["required"]
+    text_columns = job["text_columns"]
+    schemas = [_schema_of(p, text_columns) for p in files]
+    columns = None if job["keep"] is None else list(dict.fromkeys([*job["keep"], *required]))
+    schema = output_schema(files, schemas, columns, required)
     known = [_rows_of(p) for p in files]
     total = None if any(r is None for r in known) else sum(r or 0 for r in known)
     runner = _Runner(workers, {**job["scorer"], "device": device})
@@ -485,7 +597,9 @@ def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
         where = inflight.pop(fut)
         try:
             n, _ = fut.result()
-        except concurrent.futures.process.BrokenProcessPool:
+        except _WorkerStartFailed as e:
+            raise InvalidInput(f"the worker processes could not start: {e}") from None
+        except BrokenProcessPool:
             from mlserve.errors import Unavailable
 
             raise Unavailable(f"a worker process died while scoring {where}; the parts "
@@ -502,17 +616,9 @@ def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
     ok = False
     try:
         for fi, path in enumerate(files):
-            names = _columns_of(path)
-            columns = None
-            if job["keep"] is not None:
-                columns = list(dict.fromkeys([*job["keep"],
-                                              *(c for c in required if c in names)]))
-                missing = [c for c in job["keep"] if c not in names]
-                if missing:
-                    raise InvalidInput(f"{path}: no column(s) {', '.join(missing)} to keep "
-                                       f"(columns: {', '.join(names)})")
             first = 0
-            for k, table in enumerate(iter_chunks(path, chunk_rows, columns)):
+            for k, raw in enumerate(iter_chunks(path, chunk_rows, columns, text_columns)):
+                table = conform(raw, schema)
                 name = part_name(fi, k)
                 parts.append(name)
                 chunks += 1

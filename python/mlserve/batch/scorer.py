@@ -333,7 +333,8 @@ class BatchScorer:
             raise InvalidInput(f"expected a pandas DataFrame, got {type(frame).__name__}")
         kept = self._kept([str(c) for c in frame.columns])
         cols, source = self.predict(frame)
-        out = frame[kept].copy()
+        labels = {str(c): c for c in frame.columns}  # kept names are strings; labels may not be
+        out = frame[[labels[c] for c in kept]].copy()
         for name, values in self._extra(source).items():
             out[name] = values.to_numpy() if hasattr(values, "to_numpy") else values
         for name, values in cols.items():
