@@ -6,6 +6,9 @@ the repository API, a hot swap under traffic and a SIGTERM under traffic."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -589,6 +592,36 @@ def test_repository_index_unload_and_load(client: httpx.Client, trained: Trained
     assert r.json()["version"] == "1"
     assert client.get("/v2/health/ready").status_code == 200
     assert_good(client, trained)
+
+
+def test_serves_a_bundle_directory_without_a_registry(trained: Trained, tmp_path: Path) -> None:
+    """`--model /path/to/bundle` (KServe's /mnt/models layout): no registry involved, the model
+    named by its manifest; a load by name reads the directory again."""
+    bundle = tmp_path / "models"
+    shutil.copytree(trained.bundle_path, bundle)
+    proc = ServerProcess(tmp_path / "no-registry", [str(bundle)], tmp_path / "server.log",
+                         "--admin-token-file", str(trained.token_file))
+    try:
+        proc.wait_ready()
+        with httpx.Client(base_url=proc.url, timeout=10.0) as c:
+            meta = c.get("/v2/models/fraud").json()
+            assert meta["name"] == "fraud" and meta["versions"] == ["1"]
+            _, x, want = complete_rows(trained)
+            r = c.post(INFER, json=matrix_request(x))
+            assert r.status_code == 200, r.text
+            np.testing.assert_allclose(output(r.json()), want.reshape(-1, 1), rtol=0, atol=1e-6)
+            r = c.post("/v2/repository/models/fraud/load", headers=auth())
+            assert r.status_code == 200, r.text
+            assert r.json()["ref"] == str(bundle)
+            r = c.post("/v2/repository/models/fraud/load", headers=auth(),
+                       json={"parameters": {"ref": str(tmp_path / "nothing")}})
+            assert r.status_code == 404 and "is not a model bundle" in r.text
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert not (tmp_path / "no-registry").exists()  # nothing created a registry
+    bad = subprocess.run([sys.executable, "-m", "mlserve.cli", "serve", "--model",
+                          str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not a model bundle" in bad.stderr
 
 
 def test_hot_swap_under_traffic_has_zero_failures(

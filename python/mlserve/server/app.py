@@ -612,4 +612,10 @@ def _watch_exit_signals() -> None:
 
 
 def _model_name(ref: str) -> str:
-    return ref.split(":", 1)[0].split("@", 1)[0].split("/", 1)[0]  # REF[:BACKEND]
+    """The model name of ``REF[:BACKEND]``; a bundle directory's is in its manifest."""
+    from mlserve.server.models import BundleSource, is_bundle_path
+
+    plain = split_model_spec(ref)[0]
+    if is_bundle_path(plain):
+        return BundleSource.read(plain).name
+    return plain.split("@", 1)[0].split("/", 1)[0]

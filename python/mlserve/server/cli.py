@@ -49,8 +49,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="registry root (default: $MLSERVE_HOME/registry)")
     parser.add_argument("--model", dest="models", action="append", default=[],
                         metavar="REF[:BACKEND]",
-                        help="model to serve: NAME, NAME/VERSION or NAME@ALIAS, optionally with "
-                        "its execution backend, e.g. fraud@champion:torch-cuda (repeatable)")
+                        help="model to serve: NAME, NAME/VERSION or NAME@ALIAS of the registry, "
+                        "or a bundle directory (an absolute path or ./PATH: served under its "
+                        "manifest's name, no registry needed), optionally with its execution "
+                        "backend, e.g. fraud@champion:torch-cuda (repeatable)")
     parser.add_argument("--backend", default=d.backend, choices=list(BUNDLE_BACKENDS),
                         help="execution backend of every --model that names none: cpu "
                         "(onnxruntime), torch, torch-cuda or tensorrt (an engine made by "
@@ -163,10 +165,16 @@ def _check_refs(settings: ServerSettings) -> None:
     torch build or TensorRT fails now, with what to install, before any socket is bound)."""
     from mlserve import gpu
     from mlserve.registry import Registry
+    from mlserve.server.models import BundleSource, is_bundle_path
 
-    registry = Registry(settings.registry)
+    registry = None
     for spec in settings.models:
-        registry.resolve(split_model_spec(spec)[0])
+        ref = split_model_spec(spec)[0]
+        if is_bundle_path(ref):
+            BundleSource.read(ref)
+            continue
+        registry = registry or Registry(settings.registry)
+        registry.resolve(ref)
     backends = settings.backends()
     if "torch-cuda" in backends:
         gpu.import_torch_cuda(settings.device)

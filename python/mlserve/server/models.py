@@ -487,8 +487,38 @@ class ServedModel:
     versions: dict[str, ServedVersion] = field(default_factory=dict)
 
 
+def is_bundle_path(ref: str) -> bool:
+    """Whether a model ref names a bundle directory rather than a registry model: an absolute
+    path or one starting with ``./`` or ``../`` (``fraud/3`` stays a registry ref)."""
+    return ref.startswith(("/", "./", "../")) or ref in (".", "..")
+
+
+@dataclass(frozen=True)
+class BundleSource:
+    """A bundle directory served without a registry (``--model /mnt/models``): named by its
+    manifest (``name``, ``version``; version 1 when it has none), no registry record."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: None = None
+
+    @classmethod
+    def read(cls, ref: str) -> BundleSource:
+        from mlserve.bundle import MANIFEST, ModelBundle
+
+        path = Path(ref).resolve()
+        if not (path / MANIFEST).is_file():
+            raise ModelNotFound(f"model {ref!r}: {path} is not a model bundle (it has no "
+                                f"{MANIFEST}); a path names a bundle directory, a NAME, "
+                                "NAME/VERSION or NAME@ALIAS a registered model")
+        bundle = ModelBundle.load(path, verify=False)  # the Engine verifies the artifacts
+        return cls(bundle.name, bundle.version or 1, path)
+
+
 class ModelManager:
-    """Loads registry refs into engines and routes requests to them (see module docstring)."""
+    """Loads registry refs (or bundle directories) into engines and routes requests to them
+    (see module docstring)."""
 
     def __init__(
         self,
@@ -516,6 +546,9 @@ class ModelManager:
         self._loading: dict[str, asyncio.Future[ServedVersion]] = {}
         self._closers: set[asyncio.Future[None]] = set()
         self._registry: Any = None
+        #: Models loaded from a bundle directory: name -> its path (a load by name reads it
+        #: again, e.g. after the directory was replaced).
+        self._bundles: dict[str, str] = {}
         self._store: FeatureStore | None = None
         #: One prepared reader per feature service version, shared by the models using it.
         self._readers: dict[str, ServiceReader] = {}
@@ -670,6 +703,10 @@ class ModelManager:
         return served
 
     def _resolve(self, ref: str) -> Any:
+        if is_bundle_path(ref) or ref in self._bundles:
+            source = BundleSource.read(self._bundles.get(ref, ref))
+            self._bundles[source.name] = str(source.path)
+            return source
         return self._registry_instance().resolve(ref)
 
     async def _build(self, path: Any, name: str, version: str, ref: str,
