@@ -57,6 +57,7 @@ class Trained:
                        registry=self.registry, out_dir=root / "bundle", progress=False)
         self.registry.set_alias("fraud", "champion", result.model_version.version)
         assert result.test_frame is not None
+        self.frame = result.test_frame
         self.inputs = result.model_version.manifest["signature"]["inputs"]
         self.x = encode_rows(result.test_frame, self.inputs)
         with Engine.from_registry("fraud@champion", registry=self.registry, backend="cpu",
@@ -116,6 +117,18 @@ def test_torch_cuda_model_graphs_replay_new_inputs(trained: Trained) -> None:
         graphs = gpu._fn.graphs  # type: ignore[union-attr]
         assert sorted(key[2] for key in graphs) == [1, 8]
         assert gpu.stats()["failed"] == 0
+
+
+@needs_torch_cuda
+def test_batch_scorer_on_torch_cuda_equals_the_cpu(trained: Trained) -> None:
+    """A batch job's per-chunk function on the GPU backend (mlserve batch --backend torch-cuda)
+    gives the CPU engine's answers."""
+    from mlserve.batch import BatchScorer
+
+    with BatchScorer("fraud@champion", registry=trained.registry, backend="torch-cuda",
+                     keep=[], batch_rows=512) as scorer:
+        got = scorer(trained.frame)["probability"].to_numpy()
+    np.testing.assert_allclose(got, trained.want.reshape(-1), rtol=1e-5, atol=1e-5)
 
 
 @needs_tensorrt

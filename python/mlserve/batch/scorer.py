@@ -380,16 +380,16 @@ class BatchScorer:
         return out
 
     def __call__(self, batch: Any) -> Any:
-        """Ray Data's batch formats: ``pyarrow``, ``pandas`` or ``numpy`` (a dict of arrays)."""
+        """Ray Data's batch formats: ``pyarrow``, ``pandas`` or ``numpy`` (a dict of arrays).
+        pyarrow is only needed for its own format."""
         import pandas as pd
-        import pyarrow as pa
 
-        if isinstance(batch, pa.Table):
-            return self.score_table(batch)
         if isinstance(batch, pd.DataFrame):
             return self.score_frame(batch)
         if isinstance(batch, Mapping):
             return self.score_arrays(batch)
+        if type(batch).__module__.startswith("pyarrow"):
+            return self.score_table(batch)
         raise InvalidInput("expected a pyarrow Table, a pandas DataFrame or a dict of numpy "
                            f"arrays, got {type(batch).__name__}")
 
