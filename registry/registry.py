@@ -99,8 +99,10 @@ class Registry:
     ``read_only``: open an existing registry for reading only (resolve, list, open, verify
     without repair, export); every change raises InvalidInput. None (the default): read-only
     when the registry exists and its root is not writable, e.g. a read-only volume mount in a
-    serving container. A read-only registry on a mount where SQLite cannot share the WAL's
-    index is read as a snapshot: changes made elsewhere are seen after a restart.
+    serving container. Where the WAL's index (``registry.db-shm``) is there, a writer's
+    commits elsewhere are seen at once; where it is not, the database file is read as an
+    immutable snapshot, and one with commits still in its WAL is refused (they would be
+    missing).
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *,
@@ -123,10 +125,15 @@ class Registry:
         return _db.read_transaction(self._layout.db, read_only=self.read_only)
 
     def _write(self) -> Any:
+        self._check_writable()
+        return _db.write_transaction(self._layout.db)
+
+    def _check_writable(self) -> None:
+        """Refuses a change of a read-only registry before it writes anything (a blob, a
+        staging directory)."""
         if self.read_only:
             raise InvalidInput(f"the registry at {self.root} is read-only (opened read-only, or "
                                "its root is not writable): make changes where it is writable")
-        return _db.write_transaction(self._layout.db)
 
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
@@ -146,6 +153,7 @@ class Registry:
         """Stores the bundle at ``bundle_dir`` as the next version of ``name`` (default: the
         manifest's name). Verifies every artifact's sha256 (mismatch or missing file →
         InvalidInput naming the file). Atomic and race-free across processes."""
+        self._check_writable()
         src = Path(bundle_dir)
         manifest = _read_manifest(src)
         model = check_name(name if name is not None else str(manifest.get("name", "")))
@@ -266,6 +274,7 @@ class Registry:
         lock, the file is linked into the version directory, the manifest replaced (rename, so
         readers see the old or the new one whole) and the rows committed; on any failure the
         directory is put back as it was. Safe across threads and processes."""
+        self._check_writable()
         file = _artifact_name(file)
         src = Path(source)
         if not src.is_file():
@@ -624,8 +633,9 @@ class Registry:
         version whose mlserve.json differs from its registered manifest (an ``add_artifact``
         killed before its commit) gets the registered one back, without the uncommitted file
         (those messages end in "(repaired...)")."""
-        # Checking alone reads (a snapshot; writers go on meanwhile); repair holds the lock.
-        with (self._write() if repair else self._read()) as conn:
+        # Under the write lock: checked from a read snapshot, a registration committing
+        # meanwhile looks like a leftover directory. A read-only registry can only be read.
+        with (self._read() if self.read_only and not repair else self._write()) as conn:
             return _maintenance.check(conn, self._layout, repair=repair)
 
     def gc(self) -> list[str]:
@@ -642,6 +652,7 @@ class Registry:
                       name: str | None = None) -> ModelVersion:
         """Registers the bundle in a tar written by ``export`` (extracted safely: regular files
         with relative paths only)."""
+        self._check_writable()
         staging = _temp_path(self._layout.tmp, "import")
         try:
             _tar.extract_bundle_tar(Path(tar_path), staging)

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+from mlserve.errors import InvalidInput
+
 BUSY_TIMEOUT_MS = 60_000
 
 
@@ -39,6 +41,16 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     base = f"file:{quote(str(path.resolve()))}?mode=ro"
     for uri in (base, base + "&immutable=1"):
+        if uri.endswith("immutable=1"):
+            wal = path.with_name(path.name + "-wal")
+            if wal.is_file() and wal.stat().st_size > 0:
+                # immutable=1 reads the database file alone: commits still in the WAL (a copy
+                # taken while a writer had it open) would be silently missing.
+                raise InvalidInput(
+                    f"{path} has commits in {wal.name} that cannot be read where it is (no "
+                    f"{path.name}-shm, read-only): checkpoint it where it is writable (close "
+                    "every writer, or run sqlite3 on it with PRAGMA wal_checkpoint(TRUNCATE)) "
+                    "and copy it again")
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None)
         try:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlserve.categories import CategoryEncoder
 from mlserve.errors import InvalidInput
 from mlserve.plan import FeaturePlan
+
+T = TypeVar("T")
 
 MANIFEST = "mlserve.json"
 #: The format this mlserve writes. 2 added the per-input ``unknown`` category policy; a
@@ -43,6 +46,36 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class ManifestMismatch(InvalidInput):
+    """A registered version's mlserve.json differs from the registry's record of it: an
+    ``add_artifact`` between its file rename and its commit (for well under a second), or a
+    damaged registry. :func:`retry_on_mismatch` tells the two apart."""
+
+
+def retry_on_mismatch(fn: Callable[[], T], attempts: int = 6) -> T:
+    """``fn()``, called again (after 20, 40, ... 320 ms) while it raises ManifestMismatch, so
+    that a load racing an ``add_artifact`` (``mlserve build-engine``) waits for its commit; a
+    mismatch that lasts is raised."""
+    delay = 0.02
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except ManifestMismatch:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def is_bundle_path(ref: str | os.PathLike[str]) -> bool:
+    """Whether a model ref names a bundle directory rather than a registry model: an absolute
+    path or one starting with ``./`` or ``../`` (``fraud/3`` stays a registry ref, whatever
+    directories the working directory holds)."""
+    text = os.fspath(ref)
+    return text.startswith(("/", "./", "../")) or text in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -72,8 +105,8 @@ class ModelBundle:
         if registered is not None and manifest != registered:
             from mlserve.registry.records import VERIFY_HINT
 
-            raise InvalidInput(f"{file} differs from the registry's record of this version; "
-                               f"{VERIFY_HINT}")
+            raise ManifestMismatch(f"{file} differs from the registry's record of this "
+                                   f"version; {VERIFY_HINT}")
         if not isinstance(manifest, dict) or "preprocessing" not in manifest:
             raise InvalidInput(f"{file} has no 'preprocessing' plan; is it an mlserve bundle?")
         fmt = manifest.get("format_version", FORMAT_VERSION)

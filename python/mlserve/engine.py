@@ -210,13 +210,19 @@ class Engine:
         registry: a ``mlserve.registry.Registry``, its root path, or None for the default root.
         backend, device: as for :meth:`from_bundle`.
         """
+        from mlserve.bundle import retry_on_mismatch
         from mlserve.registry import Registry
 
         reg = registry if isinstance(registry, Registry) else Registry(registry)
-        version = reg.resolve(ref)
-        return cls.from_bundle(version.path, backend=backend, config=config, histograms=histograms,
-                               device=device, cuda_graphs=cuda_graphs,
-                               normalize_kernel=normalize_kernel, registered=version.manifest)
+
+        def load() -> Engine:
+            version = reg.resolve(ref)
+            return cls.from_bundle(version.path, backend=backend, config=config,
+                                   histograms=histograms, device=device,
+                                   cuda_graphs=cuda_graphs, normalize_kernel=normalize_kernel,
+                                   registered=version.manifest)
+
+        return retry_on_mismatch(load)
 
     def _make_fn(self, backend: str, model: Any) -> Callable[[Any], Any] | None:
         if backend == "python":

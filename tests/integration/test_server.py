@@ -6,6 +6,7 @@ the repository API, a hot swap under traffic and a SIGTERM under traffic."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -610,18 +611,60 @@ def test_serves_a_bundle_directory_without_a_registry(trained: Trained, tmp_path
             r = c.post(INFER, json=matrix_request(x))
             assert r.status_code == 200, r.text
             np.testing.assert_allclose(output(r.json()), want.reshape(-1, 1), rtol=0, atol=1e-6)
+            # The directory replaced by another model (here: another fitted mean), then a load
+            # by name: the new model answers (the old one is not kept because its name and
+            # version are the same).
+            manifest = json.loads((bundle / "mlserve.json").read_text())  # has -Infinity
+            ops = manifest["preprocessing"]["features"][0]["ops"]
+            next(op for op in ops if op["op"] == "standardize")["mean"] += 1.0
+            (bundle / "mlserve.json").write_text(json.dumps(manifest))
+            with Engine.from_bundle(bundle, config=BIG) as engine:
+                changed = engine.predict(x)
+            assert np.abs(changed - want).max() > 1e-3
             r = c.post("/v2/repository/models/fraud/load", headers=auth())
             assert r.status_code == 200, r.text
             assert r.json()["ref"] == str(bundle)
+            r = c.post(INFER, json=matrix_request(x))
+            np.testing.assert_allclose(output(r.json()), changed.reshape(-1, 1), rtol=0,
+                                       atol=1e-6)
             r = c.post("/v2/repository/models/fraud/load", headers=auth(),
                        json={"parameters": {"ref": str(tmp_path / "nothing")}})
             assert r.status_code == 404 and "is not a model bundle" in r.text
     finally:
         assert proc.stop() == 0, proc.log()
+    # One name, one source: a second bundle of the same model name is refused at start.
+    twin = tmp_path / "twin:copy"  # a ':' in a bundle path is not a backend suffix
+    shutil.copytree(trained.bundle_path, twin)
+    clash = subprocess.run([sys.executable, "-m", "mlserve.cli", "serve", "--model", str(bundle),
+                            "--model", str(twin)], capture_output=True, text=True, timeout=60)
+    assert clash.returncode == 2 and "one name, one source" in clash.stderr, clash.stderr
     assert not (tmp_path / "no-registry").exists()  # nothing created a registry
     bad = subprocess.run([sys.executable, "-m", "mlserve.cli", "serve", "--model",
                           str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not a model bundle" in bad.stderr
+
+
+def test_a_load_during_an_artifact_commit_waits_for_it(trained: Trained, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mlserve build-engine` adds an artifact: its mlserve.json is renamed into place just
+    before its commit. A load in that window (the registered-manifest check) waits for the
+    commit instead of calling the registry corrupted."""
+    registry = Registry(tmp_path / "registry")
+    registry.register(trained.bundle_path)
+    (tmp_path / "extra.bin").write_bytes(b"an engine")
+    monkeypatch.setenv("MLSERVE_REGISTRY_TEST_STEP_DELAY_S", "0.3")  # between rename and commit
+    adder = threading.Thread(target=registry.add_artifact,
+                             args=("fraud/1", tmp_path / "extra.bin"), kwargs={"file": "x.bin"})
+    adder.start()
+    deadline = time.monotonic() + 5
+    manifest = tmp_path / "registry" / "models" / "fraud" / "1" / "mlserve.json"
+    while b"x.bin" not in manifest.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert adder.is_alive()  # inside the window: the file is ahead of the database
+    with Engine.from_registry("fraud/1", registry=registry, config=BIG) as engine:
+        np.testing.assert_allclose(engine.predict(trained.x), trained.want, rtol=0, atol=1e-6)
+        assert "x.bin" in engine.bundle.artifacts
+    adder.join()
 
 
 def test_hot_swap_under_traffic_has_zero_failures(

@@ -269,6 +269,19 @@ def _can_mount_read_only() -> bool:
         return False
 
 
+def _on_read_only_mount(source: Path, mount: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``code`` (with ``Registry`` imported and ``ROOT`` the mount) in a process that sees
+    ``source`` bind-mounted read-only at ``mount``."""
+    mount.mkdir()
+    script = f"from mlserve.registry import Registry\nROOT = {str(mount)!r}\n{code}"
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c",
+         f"mount --bind -o ro {source} {mount} && exec {sys.executable} -c \"$0\"", script],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.skipif(not _can_mount_read_only(),
                     reason="needs unshare -rm (user and mount namespaces) for a read-only mount")
 def test_registry_on_a_read_only_mount_opens_read_only(reg: Registry, bundle: Path,
@@ -277,19 +290,52 @@ def test_registry_on_a_read_only_mount_opens_read_only(reg: Registry, bundle: Pa
     WAL's -shm file there; the registry notices and reads it as a snapshot."""
     reg.register(bundle)
     reg.set_alias("fraud", "champion", 1)
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    script = ("from mlserve.registry import Registry\n"
-              f"r = Registry({str(mount)!r})\n"
-              "print(r.read_only, r.open('fraud@champion').ref, r.verify())\n"
-              "try:\n    r.set_alias('fraud', 'x', 1)\nexcept Exception as e:\n"
-              "    print(type(e).__name__)\n")
-    done = subprocess.run(
-        ["unshare", "-rm", "sh", "-c",
-         f"mount --bind -o ro {reg.root} {mount} && exec {sys.executable} -c \"$0\"", script],
-        capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = _on_read_only_mount(reg.root, tmp_path / "mnt", (
+        "r = Registry(ROOT)\n"
+        "print(r.read_only, r.open('fraud@champion').ref, r.verify())\n"
+        "try:\n    r.set_alias('fraud', 'x', 1)\nexcept Exception as e:\n"
+        "    print(type(e).__name__)\n"))
     assert done.stdout.split("\n")[:2] == ["True fraud/1 []", "InvalidInput"]
+
+
+@pytest.mark.skipif(not _can_mount_read_only(),
+                    reason="needs unshare -rm (user and mount namespaces) for a read-only mount")
+def test_read_only_copy_with_commits_in_its_wal_is_refused(reg: Registry, bundle: Path,
+                                                           tmp_path: Path) -> None:
+    """A copy of registry.db and its WAL without the -shm file, mounted read-only: SQLite can
+    read only the database file there, which misses the WAL's commits; refused, not stale."""
+    import shutil
+    import sqlite3
+
+    reg.register(bundle)
+    writer = sqlite3.connect(reg.root / "registry.db")  # keeps the WAL from a checkpoint
+    writer.execute("SELECT count(*) FROM versions").fetchall()
+    reg.set_alias("fraud", "champion", 1)  # committed to the WAL, not the database file
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("registry.db", "registry.db-wal"):
+        shutil.copy(reg.root / name, copy / name)
+    writer.close()
+    assert (copy / "registry.db-wal").stat().st_size > 0
+    done = _on_read_only_mount(copy, tmp_path / "mnt", (
+        "try:\n    print(Registry(ROOT).resolve('fraud@champion').ref)\n"
+        "except Exception as e:\n    print(type(e).__name__, e)\n"))
+    assert done.stdout.startswith("InvalidInput") and "commits in registry.db-wal" in \
+        done.stdout, done.stdout
+
+
+def test_read_only_refuses_before_writing(reg: Registry, bundle: Path, tmp_path: Path) -> None:
+    reg.register(bundle)
+    blobs = sorted(p.name for p in (reg.root / "blobs").rglob("*"))
+    ro = Registry(reg.root, read_only=True)
+    (tmp_path / "engine.plan").write_bytes(b"new bytes")
+    with pytest.raises(InvalidInput, match="is read-only"):
+        ro.add_artifact("fraud/1", tmp_path / "engine.plan", file="model.plan")
+    tar = reg.export("fraud/1", tmp_path / "f.tar")
+    with pytest.raises(InvalidInput, match="is read-only"):
+        ro.import_bundle(tar)
+    assert sorted(p.name for p in (reg.root / "blobs").rglob("*")) == blobs
+    assert reg.verify() == []
 
 
 def test_missing_version_file_detected(reg: Registry, bundle: Path) -> None:

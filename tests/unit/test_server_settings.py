@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlserve.errors import InvalidInput
-from mlserve.server.settings import ServerSettings
+from mlserve.server.settings import ServerSettings, split_model_spec
 
 
 def test_settings_survive_the_environment_round_trip() -> None:
@@ -21,3 +23,17 @@ def test_settings_survive_the_environment_round_trip() -> None:
 def test_negative_inline_bound_is_refused() -> None:
     with pytest.raises(InvalidInput, match="inline_max_compute_us"):
         ServerSettings(inline_max_compute_us=-1)
+
+
+def test_model_specs_of_bundle_paths(tmp_path: Path) -> None:
+    bundle = tmp_path / "run:3"
+    bundle.mkdir()
+    # An existing bundle directory is one ref, whatever ':' it holds; a backend suffix still
+    # parses after a path that does not exist as written.
+    assert split_model_spec(str(bundle)) == (str(bundle), None)
+    assert split_model_spec(f"{tmp_path / 'b'}:torch") == (str(tmp_path / "b"), "torch")
+    assert split_model_spec("fraud@champion:cpu") == ("fraud@champion", "cpu")
+    # Worker processes get the refs comma-joined: a ',' cannot travel there.
+    ServerSettings(models=("/models/a,b",))
+    with pytest.raises(InvalidInput, match="cannot contain ','"):
+        ServerSettings(models=("/models/a,b",), workers=2)

@@ -37,7 +37,7 @@ from typing import Any
 
 from mlserve.errors import InvalidInput, MlserveError
 
-from .scorer import BatchScorer, bundle_path, required_columns
+from .scorer import BatchScorer, bundle_path, names_bundle, required_columns
 
 JOB_FILE = "_mlserve_batch.json"
 SUCCESS_FILE = "_SUCCESS"
@@ -375,7 +375,7 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
     the offline store's part files (parts ingested since are not read). ``output``: the job's
     output directory, never read as input when it lies inside an input directory.
     """
-    from mlserve.bundle import ModelBundle
+    from mlserve.bundle import ModelBundle, retry_on_mismatch
     from mlserve.gpu import canonical_backend
     from mlserve.server.feature_join import lineage_service
 
@@ -384,9 +384,12 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
     if chunk_rows < 1:
         raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
     files = input_files(inputs, exclude=output)
-    path, registered = bundle_path(model, registry)
-    bundle = ModelBundle.load(path, registered=registered)  # and the artifacts' checksums
-    pinned = str(path.resolve()) if (Path(model) / "mlserve.json").is_file() else bundle.ref
+    def load() -> tuple[Path, Any]:
+        path, registered = bundle_path(model, registry)
+        return path, ModelBundle.load(path, registered=registered)  # and the checksums
+
+    path, bundle = retry_on_mismatch(load)
+    pinned = str(path.resolve()) if names_bundle(model) else bundle.ref
     as_of_iso = None
     if as_of is not None:
         import pandas as pd
@@ -410,7 +413,7 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
         finally:
             join.close()
     registry_root = None
-    if not (Path(model) / "mlserve.json").is_file():
+    if not names_bundle(model):
         from mlserve.registry import Registry
 
         reg = registry if isinstance(registry, Registry) else Registry(registry)

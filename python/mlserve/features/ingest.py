@@ -180,8 +180,9 @@ def utc_ns(parsed: pd.Series, where: str) -> np.ndarray:
         return np.asarray(parsed.astype("datetime64[ns, UTC]").array.asi8).copy()
     except pd.errors.OutOfBoundsDatetime:
         low, high = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
-        bad = parsed[parsed.notna() & ((parsed < low) | (parsed > high))]
-        first = f"{bad.iloc[0]} (row {bad.index[0]!r})" if len(bad) else "a time"
+        mask = (parsed.notna() & ((parsed < low) | (parsed > high))).to_numpy()
+        rows = np.flatnonzero(mask)
+        first = f"{parsed.iloc[rows[0]]} (row {rows[0]})" if len(rows) else "a time"
         raise InvalidInput(f"{where}: {first} is outside the times the feature store holds "
                            "(UTC nanoseconds: 1677-09-21 to 2262-04-11)") from None
 

@@ -132,8 +132,9 @@ class OfflineStore:
 
 @contextlib.contextmanager
 def _view_lock(d: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on the view directory's ``.lock`` file (across processes)."""
-    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    """An exclusive ``flock`` on the view directory itself (across processes; no lock file,
+    which another user of a shared store might not be allowed to open)."""
+    fd = os.open(d, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

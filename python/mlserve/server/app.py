@@ -472,7 +472,14 @@ def create_app(manager: ModelManager, settings: ServerSettings) -> MlserveApp:
 
 
 def app_from_env() -> MlserveApp:
-    """Factory for uvicorn's ``--factory`` import string: settings from ``MLSERVE_SERVER_*``."""
+    """Factory for uvicorn's ``--factory`` import string: settings from ``MLSERVE_SERVER_*``
+    (and mlserve's log lines at the parent's ``--log-level``, ``MLSERVE_SERVER_LOG_LEVEL``)."""
+    import logging
+    import os
+
+    level = os.environ.get("MLSERVE_SERVER_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(levelname)s %(name)s: %(message)s")
     settings = ServerSettings.from_env()
     manager = ModelManager(settings.registry, config=settings.batcher_config(),
                            backend=settings.backend, device=settings.device,
@@ -613,7 +620,8 @@ def _watch_exit_signals() -> None:
 
 def _model_name(ref: str) -> str:
     """The model name of ``REF[:BACKEND]``; a bundle directory's is in its manifest."""
-    from mlserve.server.models import BundleSource, is_bundle_path
+    from mlserve.bundle import is_bundle_path
+    from mlserve.server.models import BundleSource
 
     plain = split_model_spec(ref)[0]
     if is_bundle_path(plain):

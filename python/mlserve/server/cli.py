@@ -21,7 +21,7 @@ import sys
 import tempfile
 from typing import Any
 
-from mlserve.errors import MlserveError
+from mlserve.errors import InvalidInput, MlserveError
 from mlserve.gpu import BUNDLE_BACKENDS
 from mlserve.server.settings import ServerSettings, split_model_spec
 
@@ -164,17 +164,28 @@ def _check_refs(settings: ServerSettings) -> None:
     """Every startup ref resolves, and every GPU backend they use can run here (a missing GPU,
     torch build or TensorRT fails now, with what to install, before any socket is bound)."""
     from mlserve import gpu
+    from mlserve.bundle import is_bundle_path
     from mlserve.registry import Registry
-    from mlserve.server.models import BundleSource, is_bundle_path
+    from mlserve.server.models import BundleSource
 
     registry = None
+    bundles: dict[str, str] = {}
+    names: list[str] = []
     for spec in settings.models:
         ref = split_model_spec(spec)[0]
         if is_bundle_path(ref):
-            BundleSource.read(ref)
+            name = BundleSource.read(ref).name
+            if name in bundles or name in names:
+                raise InvalidInput(f"--model {ref}: its model name {name!r} is served by "
+                                   f"another --model too; one name, one source")
+            bundles[name] = ref
             continue
         registry = registry or Registry(settings.registry)
-        registry.resolve(ref)
+        name = registry.resolve(ref).name
+        if name in bundles:
+            raise InvalidInput(f"--model {ref}: model {name!r} is served from bundle "
+                               f"{bundles[name]} too; one name, one source")
+        names.append(name)
     backends = settings.backends()
     if "torch-cuda" in backends:
         gpu.import_torch_cuda(settings.device)
@@ -211,6 +222,7 @@ def serve(settings: ServerSettings, *, log_level: str = "info") -> int:
         server.run()
         return 0 if server.started else 1
     os.environ.update(settings.to_env())
+    os.environ["MLSERVE_SERVER_LOG_LEVEL"] = log_level  # the workers' own logging
     # Request metrics of all workers aggregate through files (prometheus_client multiprocess
     # mode); the workers are started after this and read the variable at import.
     own_dir = None

@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 
 from mlserve import _core, metrics
+from mlserve.bundle import ManifestMismatch, is_bundle_path
 from mlserve.categories import CategoryEncoder
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
@@ -90,6 +91,10 @@ class ServedVersion:
         self.name = name
         self.version = version
         self.ref = ref
+        #: Where it was loaded from when that is not a registry version (a bundle directory's
+        #: path and manifest sha256): a load of other content under the same name/version
+        #: builds a new engine.
+        self.source: str | None = None
         signature = engine.bundle.signature if engine.bundle is not None else {}
         self.inputs: list[dict[str, Any]] = list(signature.get("inputs") or [])
         self.outputs: list[dict[str, Any]] = list(signature.get("outputs") or []) or [
@@ -487,25 +492,23 @@ class ServedModel:
     versions: dict[str, ServedVersion] = field(default_factory=dict)
 
 
-def is_bundle_path(ref: str) -> bool:
-    """Whether a model ref names a bundle directory rather than a registry model: an absolute
-    path or one starting with ``./`` or ``../`` (``fraud/3`` stays a registry ref)."""
-    return ref.startswith(("/", "./", "../")) or ref in (".", "..")
-
-
 @dataclass(frozen=True)
 class BundleSource:
     """A bundle directory served without a registry (``--model /mnt/models``): named by its
-    manifest (``name``, ``version``; version 1 when it has none), no registry record."""
+    manifest (``name``, ``version``; version 1 when it has none), no registry record.
+    ``identity``: its path and its manifest's sha256, so that a load after the directory was
+    replaced builds the new model instead of keeping the loaded one."""
 
     name: str
     version: int
     path: Path
+    identity: str
     manifest: None = None
 
     @classmethod
     def read(cls, ref: str) -> BundleSource:
-        from mlserve.bundle import MANIFEST, ModelBundle
+        from mlserve.bundle import MANIFEST, ModelBundle, sha256_file
+        from mlserve.registry.refs import check_name
 
         path = Path(ref).resolve()
         if not (path / MANIFEST).is_file():
@@ -513,7 +516,13 @@ class BundleSource:
                                 f"{MANIFEST}); a path names a bundle directory, a NAME, "
                                 "NAME/VERSION or NAME@ALIAS a registered model")
         bundle = ModelBundle.load(path, verify=False)  # the Engine verifies the artifacts
-        return cls(bundle.name, bundle.version or 1, path)
+        try:
+            check_name(bundle.name)
+        except InvalidInput as e:
+            raise InvalidInput(f"bundle {path}: its manifest's name cannot name a served "
+                               f"model ({e})") from None
+        return cls(bundle.name, bundle.version or 1, path,
+                   f"{path}#{sha256_file(path / MANIFEST)}")
 
 
 class ModelManager:
@@ -679,7 +688,9 @@ class ModelManager:
         current = model.versions.get(version) if model is not None else None
         same_backend = current is not None and (
             canonical_backend(current.engine.backend) == canonical_backend(backend))
-        if current is not None and not current.retired and same_backend:
+        same_source = current is not None and current.source == getattr(resolved, "identity",
+                                                                          None)
+        if current is not None and not current.retired and same_backend and same_source:
             served = current
         elif key in self._loading:
             served = await asyncio.shield(self._loading[key])
@@ -689,6 +700,7 @@ class ModelManager:
             try:
                 served = await self._build(resolved.path, name, version, ref, backend,
                                            resolved.manifest)
+                served.source = getattr(resolved, "identity", None)
             except BaseException as exc:
                 if isinstance(exc, Exception):
                     fut.set_exception(exc)
@@ -703,7 +715,7 @@ class ModelManager:
         return served
 
     def _resolve(self, ref: str) -> Any:
-        if is_bundle_path(ref) or ref in self._bundles:
+        if is_bundle_path(ref) or ref in self._bundles:  # a bare name loaded from a bundle
             source = BundleSource.read(self._bundles.get(ref, ref))
             self._bundles[source.name] = str(source.path)
             return source
@@ -713,10 +725,7 @@ class ModelManager:
                      backend: str, registered: Any = None) -> ServedVersion:
         loop = asyncio.get_running_loop()
         engine = await loop.run_in_executor(
-            None,
-            lambda: Engine.from_bundle(path, backend=backend, config=self.config,
-                                       device=self.device, registered=registered),
-        )
+            None, self._engine, path, name, version, backend, registered)
         try:
             lineage = engine.bundle.manifest.get("lineage") or {}
             service = lineage_service(lineage) if isinstance(lineage, dict) else None
@@ -734,6 +743,28 @@ class ModelManager:
         metrics.MODEL_LOADS.labels(name, version, "load").inc()
         logger.info("loaded model %s/%s (ref %s, backend %s)", name, version, ref, backend)
         return served
+
+    def _engine(self, path: Any, name: str, version: str, backend: str,
+                registered: Any) -> Engine:
+        """The engine of a resolved version. A registered version whose mlserve.json is ahead
+        of the registry (an add_artifact between its rename and its commit) is resolved again
+        until the commit lands (retry_on_mismatch)."""
+        from mlserve.bundle import retry_on_mismatch
+
+        attempt = {"registered": registered}
+
+        def build() -> Engine:
+            try:
+                return Engine.from_bundle(path, backend=backend, config=self.config,
+                                          device=self.device,
+                                          registered=attempt["registered"])
+            except ManifestMismatch:
+                attempt["registered"] = self._resolve(f"{name}/{version}").manifest
+                raise
+
+        if registered is None:
+            return build()
+        return retry_on_mismatch(build)
 
     def _service_reader(self, service: str, model: str) -> ServiceReader:
         """The prepared reader of ``service`` (NAME/VERSION) from the configured store, with

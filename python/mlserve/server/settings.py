@@ -28,8 +28,14 @@ ENV_PREFIX = "MLSERVE_SERVER_"
 def split_model_spec(spec: str) -> tuple[str, str | None]:
     """``REF[:BACKEND]`` -> (REF, BACKEND or None), e.g. ``fraud@champion:torch-cuda``.
 
-    Registry names, versions and aliases never contain ``:``. An unknown backend is InvalidInput.
+    Registry names, versions and aliases never contain ``:``; a bundle directory's path may, so
+    a spec that is an existing bundle directory as a whole is not split. An unknown backend is
+    InvalidInput.
     """
+    from mlserve.bundle import is_bundle_path
+
+    if is_bundle_path(spec) and Path(spec).is_dir():
+        return spec, None
     ref, sep, backend = spec.rpartition(":")
     if not sep:
         return spec, None
@@ -140,6 +146,9 @@ class ServerSettings:
         check_backend(self.backend)
         for spec in self.models:
             split_model_spec(spec)
+            if "," in spec and self.workers > 1:
+                raise InvalidInput(f"model {spec!r}: with --workers > 1 a model ref cannot "
+                                   "contain ',' (the worker processes get them comma-joined)")
         if self.device < 0:
             raise InvalidInput(f"device must be >= 0, got {self.device}")
         if self.monitoring:
