@@ -21,7 +21,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "store. A killed job resumes where it stopped when run again with the same arguments; "
         "a finished one is left as it is. Exit status: 0 done, 2 error, 130 interrupted.")
     parser.add_argument("model", metavar="MODEL",
-                        help="registry ref (NAME, NAME/VERSION, NAME@ALIAS) or bundle directory")
+                        help="registry ref (NAME, NAME/VERSION, NAME@ALIAS) or bundle directory "
+                        "(an absolute path or ./PATH, as for mlserve serve)")
     parser.add_argument("--input", "-i", required=True, nargs="+", metavar="PATH",
                         help="Parquet/CSV files, or directories of them (read in sorted order)")
     parser.add_argument("--output", "-o", required=True, metavar="DIR",
