@@ -78,6 +78,41 @@ def is_bundle_path(ref: str | os.PathLike[str]) -> bool:
     return text.startswith(("/", "./", "../")) or text in (".", "..")
 
 
+def names_bundle(model: str | os.PathLike[str]) -> bool:
+    """Whether ``model`` names a bundle directory (a ``Path``, or a string :func:`is_bundle_path`
+    accepts) rather than a registry ref."""
+    return not isinstance(model, str) or is_bundle_path(model)
+
+
+def locate(model: str | os.PathLike[str], registry: Any = None
+           ) -> tuple[Path, dict[str, Any] | None]:
+    """The directory of ``model`` and, for a registered one, the registry's manifest of it
+    (which its ``mlserve.json`` must equal): a bundle directory (:func:`names_bundle`), or a
+    registry ref (``NAME``, ``NAME/VERSION``, ``NAME@ALIAS``) resolved in ``registry`` (a
+    Registry, its root, or None for the default root)."""
+    if names_bundle(model):
+        if not (Path(model) / MANIFEST).is_file():
+            raise InvalidInput(f"model {os.fspath(model)!r} is not a model bundle (it has no "
+                               f"{MANIFEST}); a NAME, NAME/VERSION or NAME@ALIAS names a "
+                               "registered model")
+        return Path(model), None
+    from mlserve.registry import Registry
+
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    version = reg.resolve(str(model))
+    return Path(version.path), dict(version.manifest)
+
+
+def load_model(model: str | os.PathLike[str], registry: Any = None) -> ModelBundle:
+    """The verified bundle of ``model`` (:func:`locate`); a registered one's manifest checked
+    against the registry (waiting out an ``add_artifact`` commit, :func:`retry_on_mismatch`)."""
+    def load() -> ModelBundle:
+        path, registered = locate(model, registry)
+        return ModelBundle.load(path, registered=registered)
+
+    return retry_on_mismatch(load)
+
+
 @dataclass(frozen=True)
 class ModelBundle:
     """A loaded (and verified) bundle directory."""

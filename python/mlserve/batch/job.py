@@ -37,7 +37,7 @@ from typing import Any
 
 from mlserve.errors import InvalidInput, MlserveError
 
-from .scorer import BatchScorer, bundle_path, names_bundle, required_columns
+from .scorer import BatchScorer, required_columns
 
 JOB_FILE = "_mlserve_batch.json"
 SUCCESS_FILE = "_SUCCESS"
@@ -375,7 +375,7 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
     the offline store's part files (parts ingested since are not read). ``output``: the job's
     output directory, never read as input when it lies inside an input directory.
     """
-    from mlserve.bundle import ModelBundle, retry_on_mismatch
+    from mlserve.bundle import load_model, names_bundle
     from mlserve.gpu import canonical_backend
     from mlserve.server.feature_join import lineage_service
 
@@ -384,11 +384,8 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
     if chunk_rows < 1:
         raise InvalidInput(f"chunk_rows must be >= 1, got {chunk_rows}")
     files = input_files(inputs, exclude=output)
-    def load() -> tuple[Path, Any]:
-        path, registered = bundle_path(model, registry)
-        return path, ModelBundle.load(path, registered=registered)  # and the checksums
-
-    path, bundle = retry_on_mismatch(load)
+    bundle = load_model(model, registry)  # the artifacts' checksums verified
+    path = bundle.path
     pinned = str(path.resolve()) if names_bundle(model) else bundle.ref
     as_of_iso = None
     if as_of is not None:

@@ -31,35 +31,6 @@ from mlserve.errors import InvalidInput
 BATCH_ROWS = 8192
 
 
-def bundle_path(model: str | os.PathLike[str], registry: Any = None
-                ) -> tuple[Path, dict[str, Any] | None]:
-    """The directory of ``model`` and, for a registered one, the registry's manifest of it
-    (which its ``mlserve.json`` must equal): a bundle directory (a ``Path``, or a string that
-    is an absolute path or starts with ``./``, as for ``mlserve serve``), or a registry ref
-    (``NAME``, ``NAME/VERSION``, ``NAME@ALIAS``) resolved in ``registry`` (a Registry, its
-    root, or None for the default root)."""
-    from mlserve.bundle import MANIFEST
-
-    if names_bundle(model):
-        if not (Path(model) / MANIFEST).is_file():
-            raise InvalidInput(f"model {os.fspath(model)!r} is not a model bundle (it has no "
-                               f"{MANIFEST}); a NAME, NAME/VERSION or NAME@ALIAS names a "
-                               "registered model")
-        return Path(model), None
-    from mlserve.registry import Registry
-
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
-    version = reg.resolve(str(model))
-    return Path(version.path), dict(version.manifest)
-
-
-def names_bundle(model: str | os.PathLike[str]) -> bool:
-    """Whether ``model`` names a bundle directory (not a registry ref)."""
-    from mlserve.bundle import is_bundle_path
-
-    return not isinstance(model, str) or is_bundle_path(model)
-
-
 def output_columns(bundle: Any, width: int) -> list[str]:
     """The prediction column names for a model answering ``width`` values per row.
 
@@ -257,10 +228,10 @@ class BatchScorer:
             raise InvalidInput(f"batch_rows must be >= 1, got {batch_rows}")
         if not 0.0 <= threshold <= 1.0:
             raise InvalidInput(f"threshold must be within [0, 1], got {threshold}")
-        from mlserve.bundle import retry_on_mismatch
+        from mlserve.bundle import locate, retry_on_mismatch
 
         def load() -> Engine:
-            path, registered = bundle_path(model, registry)
+            path, registered = locate(model, registry)
             return Engine.from_bundle(
                 path, registered=registered, backend=backend, device=device, histograms=False,
                 config=BatcherConfig(max_batch_size=batch_rows, max_queue_delay_us=0))

@@ -24,7 +24,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "drift) and writes report.html (summary table, reference vs current histograms) and "
         "report.json. Exit status: 0 no dataset drift, 1 dataset drift, 2 error.")
     report.add_argument("--model", required=True, metavar="REF",
-                        help="registry ref (NAME, NAME/VERSION, NAME@ALIAS) or bundle directory")
+                        help="registry ref (NAME, NAME/VERSION, NAME@ALIAS) or bundle directory "
+                        "(an absolute path or ./PATH)")
     report.add_argument("--data", required=True, metavar="FILE",
                         help="the current data: .csv or .parquet with the model's input columns "
                         "(and optionally its label column)")

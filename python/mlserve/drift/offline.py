@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,15 +59,11 @@ class TableReport:
 
 
 def resolve_bundle(ref: str, registry: str | None = None) -> Any:
-    """A :class:`mlserve.bundle.ModelBundle` from a bundle directory or a registry ref."""
-    from mlserve.bundle import MANIFEST, ModelBundle
+    """A :class:`mlserve.bundle.ModelBundle` from a bundle directory (an absolute or ``./``
+    path) or a registry ref (:func:`mlserve.bundle.load_model`)."""
+    from mlserve.bundle import load_model
 
-    if (Path(ref) / MANIFEST).is_file():
-        return ModelBundle.load(ref)
-    from mlserve.registry import Registry
-
-    version = Registry(registry).resolve(ref)
-    return ModelBundle.load(version.path)
+    return load_model(ref, registry)
 
 
 def table_report(bundle: Any, data: str | os.PathLike[str] | Any, *,
