@@ -351,6 +351,35 @@ def test_killed_job_resumes_without_rescoring_finished_parts(models: dict[str, A
     assert again.rows == len(rows) and again.rows_scored == 0
 
 
+def test_resume_reads_no_row_group_of_a_finished_prefix(models: dict[str, Any], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = models["rows"]  # 450 rows
+    src = tmp_path / "rows.parquet"
+    rows.to_parquet(src, index=False, row_group_size=100)
+    out = tmp_path / "out"
+    run_batch("fraud/1", src, out, registry=models["registry"], chunk_rows=150)
+    for k in (1, 2):  # chunk 0 stays: rows 0-149; chunk 1 starts inside row group 1
+        (out / part_name(0, k)).unlink()
+    (out / SUCCESS_FILE).unlink()
+    read: list[list[int]] = []
+    original = pq.ParquetFile.iter_batches
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append(list(kwargs.get("row_groups") or []))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    res = run_batch("fraud/1", src, out, registry=models["registry"], chunk_rows=150)
+    assert res.resumed_chunks == 1 and res.rows_scored == 300
+    assert read == [[1, 2, 3, 4]]  # row group 0 (rows 0-99) is not read again
+    fresh = run_batch("fraud/1", src, tmp_path / "fresh", registry=models["registry"],
+                      chunk_rows=150)
+    assert fresh.parts == res.parts
+    for name in res.parts:
+        assert pq.read_table(out / name).equals(pq.read_table(tmp_path / "fresh" / name))
+    assert pq.read_metadata(out / part_name(0, 1)).metadata[b"mlserve.first_row"] == b"150"
+
+
 def test_a_job_that_would_change_refuses_to_resume(models: dict[str, Any],
                                                    tmp_path: Path) -> None:
     reg = models["registry"]

@@ -207,23 +207,38 @@ def _rows_of(path: Path) -> int | None:
 
 
 def iter_chunks(path: Path, chunk_rows: int, columns: Sequence[str] | None,
-                text_columns: Sequence[str] = ()) -> Iterator[Any]:
+                text_columns: Sequence[str] = (), *, skip_rows: int = 0) -> Iterator[Any]:
     """``path``'s rows as pyarrow Tables of exactly ``chunk_rows`` rows (the last shorter; a
     file without rows gives one empty table), whatever batches the reader yields; only
     ``columns`` (None: all). ``text_columns``: read as strings from CSV whatever they look
-    like (a model's string join keys: ``"0042"`` is not 42)."""
+    like (a model's string join keys: ``"0042"`` is not 42). ``skip_rows`` (Parquet only): start
+    at that row, reading no row group before it (a resumed job's finished prefix)."""
     import pyarrow as pa
 
     if _SUFFIXES[path.suffix.lower()] == "parquet":
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
-        batches: Iterator[Any] = pf.iter_batches(batch_size=chunk_rows,
-                                                 columns=None if columns is None else
-                                                 list(columns))
+        groups = list(range(pf.num_row_groups))
+        drop = 0
+        if skip_rows:
+            start = 0
+            for g in range(pf.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if start + n > skip_rows:
+                    break
+                start += n
+            else:
+                return  # nothing left
+            groups, drop = groups[g:], skip_rows - start
+        batches: Iterator[Any] = _dropping(
+            pf.iter_batches(batch_size=chunk_rows, row_groups=groups,
+                            columns=None if columns is None else list(columns)), drop)
         schema = pf.schema_arrow if columns is None else pa.schema(
             [pf.schema_arrow.field(c) for c in columns])
     else:
+        if skip_rows:
+            raise ValueError("skip_rows applies to Parquet files only")
         import pyarrow.csv as pcsv
 
         convert = pcsv.ConvertOptions(include_columns=None if columns is None else
@@ -253,6 +268,34 @@ def iter_chunks(path: Path, chunk_rows: int, columns: Sequence[str] | None,
             f"{CSV_BLOCK_BYTES >> 20} MiB; convert the file to Parquet (typed columns)") from None
     if held or not given:
         yield pa.Table.from_batches(pending, schema=schema).combine_chunks()
+
+
+def _dropping(batches: Iterator[Any], rows: int) -> Iterator[Any]:
+    """``batches`` without their first ``rows`` rows."""
+    for batch in batches:
+        if rows >= batch.num_rows:
+            rows -= batch.num_rows
+            continue
+        yield batch.slice(rows) if rows else batch
+        rows = 0
+
+
+def _finished_prefix(out_dir: Path, file_index: int, total_rows: int | None, chunk_rows: int,
+                     job_id: str) -> list[tuple[str, int]]:
+    """The parts (name, rows) of the leading chunks of a Parquet input that a resumed job
+    finished: checked from the file's row count and the parts' metadata alone, so that their
+    rows are not read again."""
+    if total_rows is None:
+        return []
+    n_chunks = max(1, -(-total_rows // chunk_rows))
+    done = []
+    for k in range(n_chunks):
+        expect = min(chunk_rows, total_rows - k * chunk_rows)
+        name = part_name(file_index, k)
+        if _part_rows(out_dir / name, {"mlserve.job": job_id}) != expect:
+            break
+        done.append((name, expect))
+    return done
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -616,8 +659,20 @@ def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
     ok = False
     try:
         for fi, path in enumerate(files):
-            first = 0
-            for k, raw in enumerate(iter_chunks(path, chunk_rows, columns, text_columns)):
+            prefix = _finished_prefix(out_dir, fi, known[fi], chunk_rows, job["job_id"])
+            for name, n in prefix:
+                parts.append(name)
+                chunks += 1
+                resumed += 1
+                rows += n
+            if prefix and progress is not None:
+                progress(rows, total)
+            file_rows = known[fi]
+            if file_rows is not None and len(prefix) == max(1, -(-file_rows // chunk_rows)):
+                continue  # the whole file is done
+            first = len(prefix) * chunk_rows
+            for k, raw in enumerate(iter_chunks(path, chunk_rows, columns, text_columns,
+                                                skip_rows=first), start=len(prefix)):
                 table = conform(raw, schema)
                 name = part_name(fi, k)
                 parts.append(name)
