@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlserve.errors import InvalidInput, MlserveError
+from mlserve.errors import InvalidInput, MlserveError, Unavailable
 
 from .scorer import BatchScorer, required_columns
 
@@ -280,6 +280,11 @@ def _dropping(batches: Iterator[Any], rows: int) -> Iterator[Any]:
         rows = 0
 
 
+def _chunk_count(rows: int, chunk_rows: int) -> int:
+    """Chunks of a file of ``rows`` rows (an empty file still gives one, empty)."""
+    return max(1, -(-rows // chunk_rows))
+
+
 def _finished_prefix(out_dir: Path, file_index: int, total_rows: int | None, chunk_rows: int,
                      job_id: str) -> list[tuple[str, int]]:
     """The parts (name, rows) of the leading chunks of a Parquet input that a resumed job
@@ -287,9 +292,8 @@ def _finished_prefix(out_dir: Path, file_index: int, total_rows: int | None, chu
     rows are not read again."""
     if total_rows is None:
         return []
-    n_chunks = max(1, -(-total_rows // chunk_rows))
     done = []
-    for k in range(n_chunks):
+    for k in range(_chunk_count(total_rows, chunk_rows)):
         expect = min(chunk_rows, total_rows - k * chunk_rows)
         name = part_name(file_index, k)
         if _part_rows(out_dir / name, {"mlserve.job": job_id}) != expect:
@@ -643,8 +647,6 @@ def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
         except _WorkerStartFailed as e:
             raise InvalidInput(f"the worker processes could not start: {e}") from None
         except BrokenProcessPool:
-            from mlserve.errors import Unavailable
-
             raise Unavailable(f"a worker process died while scoring {where}; the parts "
                               "written so far are kept: run the job again to resume") from None
         except MlserveError as e:
@@ -668,7 +670,7 @@ def run_batch(model: str | os.PathLike[str], inputs: str | os.PathLike[str] |
             if prefix and progress is not None:
                 progress(rows, total)
             file_rows = known[fi]
-            if file_rows is not None and len(prefix) == max(1, -(-file_rows // chunk_rows)):
+            if file_rows is not None and len(prefix) == _chunk_count(file_rows, chunk_rows):
                 continue  # the whole file is done
             first = len(prefix) * chunk_rows
             for k, raw in enumerate(iter_chunks(path, chunk_rows, columns, text_columns,

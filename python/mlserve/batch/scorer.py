@@ -123,8 +123,6 @@ class PointInTimeJoin:
                     f"{v.get('version')}, which feature store {self.store.root} does not have "
                     f"({e}); pass the store it was trained with (--feature-store)") from None
             self.selections.append((view, tuple(str(c) for c in v.get("columns") or [])))
-        self.join_keys = list(dict.fromkeys(
-            k for view, _ in self.selections for k in view.resolved_entity.join_keys))
         offline = self.store.offline
         self.parts: dict[str, list[str]] = {}
         for view, _ in self.selections:
@@ -171,12 +169,9 @@ class PointInTimeJoin:
                 f"time (as_of=..., --as-of 2026-01-31T12:00:00Z or now)")
         joined = historical_features(self, frame, self.selections,
                                      timestamp_column=self.timestamp)
-        from mlserve.features import feature_name
-
-        for view, cols in self.selections:
-            for c in cols:
-                name = feature_name(view.name, c)
-                joined[name] = training_column(joined[name], view.column(c).dtype)
+        dtypes = [view.column(c).dtype for view, cols in self.selections for c in cols]
+        for name, dtype in zip(self.feature_columns, dtypes, strict=True):
+            joined[name] = training_column(joined[name], dtype)
         return joined
 
     def as_of_time(self) -> Any:
