@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q "scikit-build-core>=0.11" "pybind11>=2.13" ninja "cmake>=3.26"
-	$(PIP) install -q --no-build-isolation -e ".[train,features,monitoring,dev]"
+	$(PIP) install -q --no-build-isolation -e ".[train,features,monitoring,s3,dev]"
 	# TensorRT's published type stubs, without their runtime dependency (TensorRT itself, which
 	# needs a GPU and NVIDIA's index): tests/unit/test_tensorrt_types.py type-checks against them.
 	$(PIP) install -q --no-deps "tensorrt-stubs==10.13.0.35.1"

@@ -1,4 +1,4 @@
-"""Environment settings of the registry: its default root and the crash-test hook.
+"""Environment settings of the registry: its default location and the crash-test hook.
 
 This is the only module of ``mlserve.registry`` that reads environment variables. Stateless and
 thread-safe.
@@ -13,6 +13,22 @@ from pathlib import Path
 #: Test hook: seconds to sleep between the steps of ``Registry.register`` so that crash-safety
 #: tests can SIGKILL a registering process mid-way. Never set it in production.
 TEST_STEP_DELAY_ENV = "MLSERVE_REGISTRY_TEST_STEP_DELAY_S"
+
+
+#: The default registry location: a directory or ``s3://BUCKET/PREFIX`` (a shared registry on
+#: object storage, :mod:`mlserve.registry.remote`).
+REGISTRY_ENV = "MLSERVE_REGISTRY"
+
+
+#: ``--registry`` of every command that reads or changes a registry.
+CLI_METAVAR = "PATH|s3://BUCKET/PREFIX"
+CLI_HELP = ("registry: a directory, or s3://BUCKET/PREFIX for one shared through object storage "
+            "(default: $MLSERVE_REGISTRY, else $MLSERVE_HOME/registry)")
+
+
+def default_location() -> str | Path:
+    """``$MLSERVE_REGISTRY`` when set, else :func:`default_root`."""
+    return os.environ.get(REGISTRY_ENV) or default_root()
 
 
 def default_root() -> Path:

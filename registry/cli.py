@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mlserve.errors import MlserveError
+from mlserve.registry._settings import CLI_HELP as REGISTRY_HELP
+from mlserve.registry._settings import CLI_METAVAR as REGISTRY_METAVAR
 from rich.console import Console
 from rich.table import Table
 
@@ -22,8 +24,8 @@ from .registry import Registry
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Adds ``registry`` and its subcommands to an ``add_subparsers()`` object."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", metavar="PATH", default=argparse.SUPPRESS,
-                        help="registry root (default: $MLSERVE_HOME/registry)")
+    common.add_argument("--registry", metavar=REGISTRY_METAVAR, default=argparse.SUPPRESS,
+                        help=REGISTRY_HELP)
     reg: argparse.ArgumentParser = subparsers.add_parser(
         "registry", parents=[common], help="manage registered model versions",
         description="Versioned, checksummed model bundles: list, inspect, alias, archive, "

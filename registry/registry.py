@@ -39,7 +39,8 @@ from ._files import (
     store_blob,
 )
 from ._files import temp_path as _temp_path
-from ._settings import default_root, test_step_pause
+from ._objectstore import is_uri
+from ._settings import default_location, test_step_pause
 from .records import HistoryEvent, ModelSummary, ModelVersion, Run
 from .refs import Ref, check_alias, check_name, parse_ref
 
@@ -105,9 +106,16 @@ class Registry:
     missing).
     """
 
+    def __new__(cls, root: str | os.PathLike[str] | None = None, **kwargs: Any) -> Registry:
+        if cls is Registry and is_uri(root if root is not None else default_location()):
+            from .remote import RemoteRegistry
+
+            return super().__new__(RemoteRegistry)
+        return super().__new__(cls)
+
     def __init__(self, root: str | os.PathLike[str] | None = None, *,
                  read_only: bool | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.root = Path(root if root is not None else default_location()).expanduser()
         self._layout = Layout(self.root)
         if read_only is None:
             read_only = self._layout.db.is_file() and not os.access(self.root, os.W_OK)
@@ -132,11 +140,16 @@ class Registry:
         """Refuses a change of a read-only registry before it writes anything (a blob, a
         staging directory)."""
         if self.read_only:
-            raise InvalidInput(f"the registry at {self.root} is read-only (opened read-only, or "
-                               "its root is not writable): make changes where it is writable")
+            raise InvalidInput(f"the registry at {self.location} is read-only (opened read-only, "
+                               "or its root is not writable): make changes where it is writable")
+
+    @property
+    def location(self) -> str:
+        """Where the registry is, for people: its root directory, or ``s3://BUCKET/PREFIX``."""
+        return str(self.root)
 
     def __repr__(self) -> str:
-        return f"Registry({str(self.root)!r})"
+        return f"Registry({self.location!r})"
 
     # ---------------------------------------------------------------- registering
 
@@ -384,7 +397,7 @@ class Registry:
                 "SELECT DISTINCT name FROM versions ORDER BY name")]
             known = ", ".join(names) if names else "none"
             raise ModelNotFound(
-                f"no model named {ref.name!r} in the registry at {self.root} (registered "
+                f"no model named {ref.name!r} in the registry at {self.location} (registered "
                 f"models: {known}); see `mlserve registry list`"
             )
         listing = ", ".join(f"{v} ({s})" for v, s in versions)
@@ -612,7 +625,7 @@ class Registry:
         with self._read() as conn:
             row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
-                raise ModelNotFound(f"no run {run_id!r} in the registry at {self.root}; "
+                raise ModelNotFound(f"no run {run_id!r} in the registry at {self.location}; "
                                     "list runs with Registry.runs()")
             return self._run_from_row(conn, row)
 

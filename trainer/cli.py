@@ -38,7 +38,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="TrainConfig values")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value (repeatable)")
-    parser.add_argument("--registry", metavar="PATH", help="register the bundle in this registry")
+    parser.add_argument("--registry", metavar="PATH|s3://BUCKET/PREFIX",
+                        help="register the bundle in this registry (a directory, or one shared "
+                        "through object storage)")
     parser.add_argument("--out", metavar="DIR", help="bundle directory (new or empty)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

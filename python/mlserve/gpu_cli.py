@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 from mlserve.errors import InvalidInput, MlserveError, Unavailable
+from mlserve.registry._settings import CLI_HELP as REGISTRY_HELP
+from mlserve.registry._settings import CLI_METAVAR as REGISTRY_METAVAR
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -29,8 +31,8 @@ def add_parsers(subparsers: Any) -> None:
         "an immutable, checksummed artifact (default model.plan) recording the GPU, TensorRT and "
         "CUDA versions it was built for. Serve it with `mlserve serve --backend tensorrt`.")
     build.add_argument("ref", help="NAME, NAME/VERSION or NAME@ALIAS")
-    build.add_argument("--registry", metavar="PATH", default=None,
-                       help="registry root (default: $MLSERVE_HOME/registry)")
+    build.add_argument("--registry", metavar=REGISTRY_METAVAR, default=None,
+                        help=REGISTRY_HELP)
     build.add_argument("--fp16", action="store_true",
                        help="allow FP16 kernels (inputs and outputs stay float32)")
     build.add_argument("--min-batch", type=int, default=1, help="profile minimum rows (default 1)")

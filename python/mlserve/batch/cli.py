@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 from mlserve.errors import MlserveError
+from mlserve.registry._settings import CLI_HELP as REGISTRY_HELP
+from mlserve.registry._settings import CLI_METAVAR as REGISTRY_METAVAR
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,8 +29,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Parquet/CSV files, or directories of them (read in sorted order)")
     parser.add_argument("--output", "-o", required=True, metavar="DIR",
                         help="output directory (a Parquet dataset; created if needed)")
-    parser.add_argument("--registry", metavar="PATH", default=None,
-                        help="registry root (default: $MLSERVE_HOME/registry)")
+    parser.add_argument("--registry", metavar=REGISTRY_METAVAR, default=None,
+                        help=REGISTRY_HELP)
     parser.add_argument("--backend", default="onnxruntime",
                         choices=["onnxruntime", "cpu", "torch", "torch-cuda", "tensorrt"],
                         help="how the model runs (default: onnxruntime on the CPU)")

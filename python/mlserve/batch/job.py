@@ -461,7 +461,8 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
         from mlserve.registry import Registry
 
         reg = registry if isinstance(registry, Registry) else Registry(registry)
-        registry_root = str(Path(reg.root).resolve())
+        registry_root = reg.location if reg.location.startswith("s3://") else str(
+            Path(reg.root).resolve())
     job: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "model": pinned,

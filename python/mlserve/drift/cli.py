@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 from mlserve.errors import MlserveError
+from mlserve.registry._settings import CLI_HELP as REGISTRY_HELP
+from mlserve.registry._settings import CLI_METAVAR as REGISTRY_METAVAR
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -31,8 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(and optionally its label column)")
     report.add_argument("--out", metavar="DIR", default=None,
                         help="output directory (default: drift-report-NAME-VERSION)")
-    report.add_argument("--registry", metavar="PATH", default=None,
-                        help="registry root (default: $MLSERVE_HOME/registry)")
+    report.add_argument("--registry", metavar=REGISTRY_METAVAR, default=None,
+                        help=REGISTRY_HELP)
     report.add_argument("--config", metavar="FILE", default=None,
                         help="JSON/TOML drift settings (DriftConfig fields, per-feature "
                         "'features')")

@@ -23,6 +23,8 @@ from typing import Any
 
 from mlserve.errors import InvalidInput, MlserveError
 from mlserve.gpu import BUNDLE_BACKENDS
+from mlserve.registry._settings import CLI_HELP as REGISTRY_HELP
+from mlserve.registry._settings import CLI_METAVAR as REGISTRY_METAVAR
 from mlserve.server.settings import ServerSettings, split_model_spec
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerSettings()
-    parser.add_argument("--registry", metavar="PATH", default=None,
-                        help="registry root (default: $MLSERVE_HOME/registry)")
+    parser.add_argument("--registry", metavar=REGISTRY_METAVAR, default=None,
+                        help=REGISTRY_HELP)
     parser.add_argument("--model", dest="models", action="append", default=[],
                         metavar="REF[:BACKEND]",
                         help="model to serve: NAME, NAME/VERSION or NAME@ALIAS of the registry, "

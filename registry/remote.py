@@ -1,0 +1,459 @@
+"""A registry on object storage (``s3://BUCKET/PREFIX``), shared by the machines that train and
+the machines that serve: the same :class:`~mlserve.registry.Registry` interface, with the
+object store as the single source of truth and a local cache for reading.
+
+Layout under the prefix::
+
+    registry.db          the registry's SQLite database: one object, replaced whole
+    blobs/ab/abcdef...   artifact bytes, content-addressed (sha256), never changed
+
+Writes are optimistic transactions on that one object. A change (register, alias, tag, ...)
+downloads the current ``registry.db`` with its ETag, applies the change to a private copy with
+the local registry's own SQL, uploads the blobs the change references that the store lacks, and
+then replaces ``registry.db`` with a conditional PUT (``If-Match`` the ETag read; ``If-None-Match:
+*`` for the first one). When another writer got there first the PUT fails with 412 and the
+whole change runs again on the new state, so concurrent writers on any number of machines never
+lose an update and version numbers stay unique. This needs a store with S3's conditional
+writes (AWS S3 since 2024, MinIO, SeaweedFS, R2). A change is visible to readers the moment its
+PUT succeeds; blobs it uploaded before a lost race are unreferenced and removed by ``gc``.
+
+Reads fetch ``registry.db`` only when its ETag changed (one conditional GET per call) into
+``<cache>/snapshots/<etag>.db``, an immutable file every process on the machine shares.
+``resolve``/``open`` download a version's blobs once into ``<cache>/blobs`` (checking their
+sha256) and hardlink them into ``<cache>/models/NAME/VERSION-<manifest digest>``, the read-only
+bundle directory loaders open. The directory is named by the manifest's digest, so a version
+whose manifest changes (``add_artifact``) gets a new directory and no reader sees a half-changed
+one. ``ModelVersion.path`` of a version that was listed but not resolved may not exist yet.
+
+The cache is ``$MLSERVE_REGISTRY_CACHE`` or ``$MLSERVE_HOME/cache/registry``; it is safe to
+share between processes (every file is written to a temp name and renamed) and to delete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlserve.bundle import MANIFEST, sha256_file
+from mlserve.errors import InvalidInput, Unavailable
+
+from . import _db
+from ._files import (
+    Layout,
+    blob_path,
+    link_or_copy,
+    make_tree_readonly,
+    manifest_bytes,
+    remove_tree,
+    temp_owner_alive,
+)
+from ._files import temp_path as _temp_path
+from ._objectstore import NotModified, PreconditionFailed, S3Store, normalize_uri
+from ._settings import default_location
+from .records import ModelVersion
+from .registry import Registry
+
+logger = logging.getLogger(__name__)
+
+DB_OBJECT = "registry.db"
+CACHE_ENV = "MLSERVE_REGISTRY_CACHE"
+#: Conditional writes lost in a row before a change gives up (Unavailable).
+MAX_ATTEMPTS = 50
+#: Unreferenced remote blobs younger than this are left by ``gc``: they may belong to a change
+#: that has uploaded its blobs and not yet committed ``registry.db``.
+GC_GRACE_S = 3600.0
+#: Snapshots other than the current one are removed once older than this.
+SNAPSHOT_KEEP_S = 600.0
+
+T = TypeVar("T")
+
+
+def default_cache_root() -> Path:
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")
+    return Path(home).expanduser() / "cache" / "registry"
+
+
+def _cache_dir_for(uri: str, base: Path) -> Path:
+    """``<base>/<bucket>/<prefix with / as _>-<hash>``: readable and collision-free."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    tag = hashlib.sha256(uri.encode()).hexdigest()[:10]
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", prefix)[:60] or "_"
+    return base / bucket / f"{readable}-{tag}"
+
+
+def _blob_object(sha: str) -> str:
+    return f"blobs/{sha[:2]}/{sha}"
+
+
+def _artifact_shas(db: Path | None) -> dict[str, int]:
+    """sha256 -> bytes of every artifact a registry database references."""
+    if db is None:
+        return {}
+    with _db.read_transaction(db, read_only=True) as conn:
+        return {r[0]: int(r[1]) for r in conn.execute(
+            "SELECT sha256, MAX(bytes) FROM artifacts GROUP BY sha256")}
+
+
+def _rollback_journal(db: Path) -> None:
+    """Switches a private database copy out of WAL, so that it is one self-contained file to
+    upload (no -wal/-shm beside it)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        conn.close()
+
+
+class _Conflict(Exception):
+    """Another writer replaced registry.db since this change read it."""
+
+
+def _retrying(method: Callable[..., T]) -> Callable[..., T]:
+    """Runs a changing method again, on the new state, whenever its commit lost the race."""
+
+    @functools.wraps(method)
+    def wrapper(self: RemoteRegistry, *args: Any, **kwargs: Any) -> T:
+        if getattr(self._tls, "in_change", False):
+            return method(self, *args, **kwargs)  # nested (set_status -> archive)
+        self._tls.in_change = True
+        try:
+            for attempt in range(MAX_ATTEMPTS):
+                try:
+                    return method(self, *args, **kwargs)
+                except _Conflict:
+                    self.conflicts += 1
+                    # Jittered backoff so that a crowd of writers spreads out.
+                    time.sleep(random.uniform(0, min(0.5, 0.005 * 2 ** attempt)))
+            raise Unavailable(
+                f"{method.__name__} on the registry at {self.location}: lost the race for "
+                f"{self._store.url(DB_OBJECT)} {MAX_ATTEMPTS} times in a row (too many writers "
+                "at once); try again")
+        finally:
+            self._tls.in_change = False
+
+    return wrapper
+
+
+class RemoteRegistry(Registry):
+    """A :class:`Registry` whose truth lives in object storage; see the module docstring.
+    ``Registry("s3://BUCKET/PREFIX")`` makes one. ``cache_dir``: where this machine keeps its
+    copies (default ``$MLSERVE_REGISTRY_CACHE`` or ``$MLSERVE_HOME/cache/registry``).
+    ``read_only``: refuse every change (reading needs only ``s3:GetObject``/``ListBucket``)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *,
+                 read_only: bool | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+        uri = normalize_uri(root if root is not None else default_location())
+        self._store = S3Store(uri)
+        base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+        self.root = _cache_dir_for(uri, base)
+        self._layout = Layout(self.root)
+        self._snapshots = self.root / "snapshots"
+        for d in (self._layout.blobs, self._layout.models, self._layout.tmp, self._snapshots):
+            d.mkdir(parents=True, exist_ok=True)
+        self.read_only = bool(read_only)
+        self._uri = uri
+        self._snap: tuple[str | None, Path] | None = None
+        self._pull_lock = threading.Lock()
+        self._tls = threading.local()
+        #: Commits that lost the race to another writer and ran again (for logs and tests).
+        self.conflicts = 0
+
+    @property
+    def location(self) -> str:
+        return self._uri
+
+    def __repr__(self) -> str:
+        return f"Registry({self._uri!r})"
+
+    # ------------------------------------------------------------------ reading
+
+    def _empty_snapshot(self) -> Path:
+        path = self._snapshots / "empty.db"
+        if not path.is_file():
+            tmp = _temp_path(self._layout.tmp, "empty.db")
+            _db.initialize(tmp)
+            _rollback_journal(tmp)
+            os.replace(tmp, path)
+        return path
+
+    def _pull(self) -> tuple[str | None, Path]:
+        """The newest registry.db: ``(etag, local snapshot)``, ``(None, empty database)`` when
+        the store has none yet. One conditional GET; a download only when it changed."""
+        with self._pull_lock:
+            current = self._snap
+            known = current[0] if current is not None and current[1].is_file() else None
+            tmp = _temp_path(self._layout.tmp, "pull.db")
+            try:
+                etag = self._store.download(DB_OBJECT, tmp, if_none_match=known)
+            except NotModified:
+                assert current is not None
+                return current
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            if etag is None:
+                tmp.unlink(missing_ok=True)
+                self._snap = (None, self._empty_snapshot())
+                return self._snap
+            self._check_database(tmp)
+            final = self._snapshots / (re.sub(r"[^A-Za-z0-9]", "", etag) + ".db")
+            if final.is_file():
+                tmp.unlink()
+            else:
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, final)
+            self._snap = (etag, final)
+            self._prune_snapshots(final)
+            return self._snap
+
+    def _check_database(self, path: Path) -> None:
+        try:
+            with _db.read_transaction(path, read_only=True) as conn:
+                conn.execute("SELECT COUNT(*) FROM versions").fetchone()
+        except sqlite3.DatabaseError as exc:
+            path.unlink(missing_ok=True)
+            raise InvalidInput(
+                f"{self._store.url(DB_OBJECT)} is not a registry database ({exc}); the prefix "
+                "belongs to something else, or the object was damaged") from None
+
+    def _prune_snapshots(self, keep: Path) -> None:
+        cutoff = time.time() - SNAPSHOT_KEEP_S
+        for entry in self._snapshots.glob("*.db"):
+            try:
+                if entry != keep and entry.name != "empty.db" and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+            except OSError:
+                pass  # another process pruned it first
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        work = getattr(self._tls, "work", None)
+        if work is not None:  # a read inside a change sees the change's own copy
+            with _db.read_transaction(work) as conn:
+                yield conn
+            return
+        _, snapshot = self._pull()
+        with _db.read_transaction(snapshot, read_only=True) as conn:
+            yield conn
+
+    def _version_dir(self, name: str, version: int, manifest: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(manifest_bytes(manifest)).hexdigest()[:16]
+        return self._layout.models / name / f"{version}-{digest}"
+
+    def _version_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ModelVersion:
+        mv = super()._version_from_row(conn, row)
+        return dataclasses.replace(mv, path=self._version_dir(mv.name, mv.version,
+                                                              mv.manifest))
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """As :meth:`Registry.resolve`; the version's files are fetched into the cache (once)
+        so that ``path`` is a bundle directory a loader can open."""
+        mv = super().resolve(ref)
+        self._fetch(mv)
+        return mv
+
+    def _fetch_blob(self, sha: str) -> Path:
+        path = blob_path(self._layout.blobs, sha)
+        if path.is_file():
+            return path
+        tmp = _temp_path(self._layout.tmp, "blob")
+        try:
+            if self._store.download(_blob_object(sha), tmp, sha256=sha) is None:
+                raise InvalidInput(
+                    f"{self._store.url(_blob_object(sha))} is missing: the registry at "
+                    f"{self._uri} references it; run `mlserve registry verify --registry "
+                    f"{self._uri}`")
+            os.chmod(tmp, 0o444)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def _fetch(self, mv: ModelVersion) -> None:
+        """Builds ``mv.path`` from the blobs (downloading the missing ones), under a temp name
+        renamed into place: readers see the whole directory or none."""
+        if mv.path.is_dir():
+            return
+        total = sum(int(e.get("bytes", 0)) for e in mv.artifacts.values())
+        logger.info("fetching %s (%d files, %.1f MB) from %s", mv.ref, len(mv.artifacts),
+                    total / 1e6, self._uri)
+        blobs = {file: self._fetch_blob(str(e["sha256"])) for file, e in mv.artifacts.items()}
+        staging = _temp_path(self._layout.tmp, "stage")
+        try:
+            staging.mkdir()
+            (staging / MANIFEST).write_bytes(manifest_bytes(mv.manifest))
+            for file, blob in blobs.items():
+                link_or_copy(blob, staging / file)
+            make_tree_readonly(staging)
+            mv.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staging, mv.path)
+            except OSError:
+                if not mv.path.is_dir():  # not another process that built it first
+                    raise
+        finally:
+            remove_tree(staging)
+
+    # ------------------------------------------------------------------ changing
+
+    def _materialize(self, final: Path, manifest: dict[str, Any]) -> None:
+        """Version directories are built on first read (:meth:`_fetch`), not at commit."""
+
+    def _add_to_version_dir(self, vdir: Path, file: str, sha: str,
+                            manifest: dict[str, Any]) -> Any:
+        """The new manifest gets a directory of its own on first read; nothing to change."""
+        return lambda: None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One optimistic transaction: the newest registry.db copied, changed by the caller,
+        its new blobs uploaded, and the copy put back if nobody else did first (else
+        :class:`_Conflict`, which :func:`_retrying` answers by running the change again)."""
+        self._check_writable()
+        base_etag, base = self._pull()
+        work = _temp_path(self._layout.tmp, "work.db")
+        try:
+            if base_etag is None:
+                _db.initialize(work)
+            else:
+                shutil.copyfile(base, work)
+                os.chmod(work, 0o644)
+            _rollback_journal(work)
+            self._tls.work = work
+            try:
+                with _db.write_transaction(work) as conn:
+                    yield conn
+            finally:
+                self._tls.work = None
+            self._push(work, base_etag, None if base_etag is None else base)
+        finally:
+            work.unlink(missing_ok=True)
+            work.with_name(work.name + "-journal").unlink(missing_ok=True)
+
+    def _push(self, work: Path, base_etag: str | None, base: Path | None) -> None:
+        before = _artifact_shas(base)
+        for sha, size in _artifact_shas(work).items():
+            if sha in before:
+                continue
+            info = self._store.head(_blob_object(sha))
+            if info is None or info.size != size:
+                local = blob_path(self._layout.blobs, sha)
+                if not local.is_file():
+                    raise InvalidInput(f"blob {sha} is referenced by this change but is not in "
+                                       f"the local cache {self._layout.blobs}")
+                self._store.upload(_blob_object(sha), local)
+        try:
+            etag = self._store.upload(DB_OBJECT, work, if_match=base_etag,
+                                      create_only=base_etag is None)
+        except PreconditionFailed:
+            raise _Conflict() from None
+        final = self._snapshots / (re.sub(r"[^A-Za-z0-9]", "", etag) + ".db")
+        os.chmod(work, 0o444)
+        os.replace(work, final)
+        with self._pull_lock:
+            self._snap = (etag, final)
+
+    register = _retrying(Registry.register)
+    add_artifact = _retrying(Registry.add_artifact)
+    set_alias = _retrying(Registry.set_alias)
+    delete_alias = _retrying(Registry.delete_alias)
+    archive = _retrying(Registry.archive)
+    set_status = _retrying(Registry.set_status)
+    set_tag = _retrying(Registry.set_tag)
+    delete_tag = _retrying(Registry.delete_tag)
+    set_description = _retrying(Registry.set_description)
+    log_run = _retrying(Registry.log_run)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def verify(self, repair: bool = False) -> list[str]:
+        """Problems of the store: blobs the registry references that are missing or of the
+        wrong size there; and of this machine's cache: version directories or blobs whose
+        bytes no longer match their sha256. ``repair`` removes the damaged cache entries (the
+        next ``resolve`` downloads them again); damage in the store itself needs the version
+        registered again from its bundle."""
+        _, snapshot = self._pull()
+        problems: list[str] = []
+        for sha, size in sorted(_artifact_shas(snapshot).items()):
+            info = self._store.head(_blob_object(sha))
+            if info is None:
+                problems.append(f"{self._store.url(_blob_object(sha))} is missing")
+            elif info.size != size:
+                problems.append(f"{self._store.url(_blob_object(sha))} has {info.size} bytes, "
+                                f"the registry expects {size}")
+        for blob in sorted(self._layout.blobs.glob("*/*")):
+            if blob.is_file() and sha256_file(blob) != blob.name:
+                problems.append(self._drop(blob, "cached blob", repair))
+        for vdir in sorted(self._layout.models.glob("*/*")):
+            if vdir.is_dir() and not self._cache_entry_intact(vdir):
+                problems.append(self._drop(vdir, "cached version directory", repair))
+        return problems
+
+    def _cache_entry_intact(self, vdir: Path) -> bool:
+        try:
+            manifest = json.loads((vdir / MANIFEST).read_text(encoding="utf-8"))
+            return vdir.name.endswith(hashlib.sha256(manifest_bytes(manifest)).hexdigest()[:16])\
+                and all(sha256_file(vdir / f) == e["sha256"]
+                        for f, e in manifest["artifacts"].items())
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    @staticmethod
+    def _drop(path: Path, what: str, repair: bool) -> str:
+        if repair:
+            remove_tree(path)
+            return f"{what} {path} was damaged (repaired: removed; it is downloaded again)"
+        return f"{what} {path} is damaged"
+
+    def gc(self, grace_s: float = GC_GRACE_S) -> list[str]:
+        """Removes blobs of the store that no committed version references and that are older
+        than ``grace_s`` (younger ones may belong to a change about to commit), and this
+        machine's stale cache entries (old snapshots, versions whose manifest changed, temp
+        files of dead processes). Returns what went."""
+        self._check_writable()
+        _, snapshot = self._pull()
+        referenced = _artifact_shas(snapshot)
+        removed: list[str] = []
+        cutoff = datetime.now(timezone.utc).timestamp() - grace_s
+        for obj in self._store.list("blobs/"):
+            sha = obj.key.rsplit("/", 1)[-1]
+            if sha not in referenced and obj.last_modified.timestamp() < cutoff:
+                self._store.delete(obj.key)
+                removed.append(self._store.url(obj.key))
+        with _db.read_transaction(snapshot, read_only=True) as conn:
+            current = {self._version_from_row(conn, r).path
+                       for r in conn.execute("SELECT * FROM versions")}
+        for vdir in self._layout.models.glob("*/*"):
+            if vdir not in current:
+                remove_tree(vdir)
+                removed.append(str(vdir))
+        for blob in self._layout.blobs.glob("*/*"):
+            if blob.name not in referenced:
+                blob.unlink(missing_ok=True)
+                removed.append(str(blob))
+        for entry in self._layout.tmp.iterdir():
+            if not temp_owner_alive(entry):
+                remove_tree(entry)
+                removed.append(str(entry))
+        self._prune_snapshots(snapshot)
+        return removed

@@ -1,0 +1,340 @@
+"""The registry on object storage (`Registry("s3://BUCKET/PREFIX")`, registry/remote.py) against
+a real S3-compatible server (SeaweedFS on loopback, tests/integration/s3_fixtures.py).
+
+The unit tests of the registry's behaviour run again on it; then what is its own: two machines
+(two caches) sharing one registry, concurrent writers in separate processes losing races and
+retrying without losing an update, damaged or missing objects, a damaged local cache, bad
+credentials, buckets and endpoints, garbage collection, the CLI, and a trained model registered
+by the trainer and served by `mlserve serve --registry s3://...` with an alias hot swap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from mlserve.errors import InvalidInput, Unavailable
+from mlserve.registry import Registry
+from mlserve.registry.remote import RemoteRegistry
+from s3_fixtures import S3Server
+from server_fixtures import ServerProcess
+
+# The registry's unit tests, run again below on object storage.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+import test_registry as unit
+from test_registry import make_bundle
+
+
+@pytest.fixture
+def reg(s3_uri: str) -> Registry:
+    return Registry(s3_uri)
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    return make_bundle(tmp_path / "bundle")
+
+
+def objects(server: S3Server, uri: str) -> dict[str, bytes]:
+    prefix = uri.split("/", 3)[3] + "/"
+    client = server.client()
+    keys = [c["Key"] for c in client.list_objects_v2(Bucket=server.bucket,
+                                                     Prefix=prefix).get("Contents", [])]
+    return {k[len(prefix):]: client.get_object(Bucket=server.bucket, Key=k)["Body"].read()
+            for k in keys}
+
+
+# ---------------------------------------------------------------- the registry's behaviour
+
+
+def test_is_a_registry(reg: Registry, s3_uri: str) -> None:
+    assert isinstance(reg, RemoteRegistry) and reg.location == s3_uri
+    assert repr(reg) == f"Registry({s3_uri!r})"
+    assert reg.list_models() == []  # nothing in the store yet: an empty registry
+
+
+@pytest.mark.parametrize("case", [
+    "test_register_and_resolve", "test_register_rejects_bad_bundles",
+    "test_unknown_refs_list_what_exists", "test_aliases_and_history",
+    "test_archive_tags_description", "test_runs", "test_export_import_roundtrip",
+])
+def test_unit_behaviour_on_object_storage(case: str, reg: Registry, bundle: Path,
+                                          tmp_path: Path) -> None:
+    test = getattr(unit, case)
+    params = test.__code__.co_varnames[:test.__code__.co_argcount]
+    given = {"reg": reg, "bundle": bundle, "tmp_path": tmp_path}
+    test(*[given[p] for p in params])
+
+
+def test_the_store_holds_the_database_and_content_addressed_blobs(
+        reg: Registry, bundle: Path, s3_server: S3Server, s3_uri: str) -> None:
+    reg.register(bundle)
+    reg.register(bundle)  # the same bytes: no second copy
+    stored = objects(s3_server, s3_uri)
+    files = {f: (bundle / f).read_bytes() for f in ("model.onnx", "model.pt")}
+    want = {f"blobs/{hashlib.sha256(b).hexdigest()[:2]}/{hashlib.sha256(b).hexdigest()}": b
+            for b in files.values()}
+    assert set(stored) == {"registry.db", *want}
+    assert all(stored[k] == v for k, v in want.items())
+    assert stored["registry.db"].startswith(b"SQLite format 3\x00")
+
+
+# ---------------------------------------------------------------- machines sharing it
+
+
+def test_two_machines_share_one_registry(s3_uri: str, bundle: Path, tmp_path: Path) -> None:
+    trainer = Registry(s3_uri, cache_dir=tmp_path / "trainer-cache")
+    server = Registry(s3_uri, cache_dir=tmp_path / "server-cache")
+    v1 = trainer.register(bundle, description="first")
+    trainer.set_alias("fraud", "champion", 1)
+    seen = server.open("fraud@champion")
+    assert (seen.ref, seen.description) == ("fraud/1", "first")
+    assert str(seen.path).startswith(str(tmp_path / "server-cache"))
+    for f in ("mlserve.json", "model.onnx", "model.pt"):
+        assert (seen.path / f).read_bytes() == (v1.path / f).read_bytes()
+    assert json.loads((seen.path / "mlserve.json").read_text()) == seen.manifest
+
+    v2 = trainer.register(make_bundle(tmp_path / "b2", seed=b"v"))
+    trainer.set_alias("fraud", "champion", v2.version)
+    # The same server object sees the move on its next read: no restart, no TTL.
+    moved = server.open("fraud@champion")
+    assert moved.version == 2
+    assert (moved.path / "model.pt").read_bytes() == (tmp_path / "b2" / "model.pt").read_bytes()
+    assert [e.kind for e in server.history("fraud")][-1] == "alias_set"
+
+    # add_artifact on one machine: the other gets a new directory with the file in it and
+    # keeps the old one intact for whoever opened it.
+    engine_file = tmp_path / "model.plan"
+    engine_file.write_bytes(b"engine-bytes")
+    trainer.add_artifact("fraud/2", engine_file, file="model.plan", info={"gpu": "H100"})
+    grown = server.open("fraud/2")
+    assert grown.path != moved.path and (grown.path / "model.plan").read_bytes() == b"engine-bytes"
+    assert grown.artifacts["model.plan"]["gpu"] == "H100" and moved.path.is_dir()
+
+
+def test_default_location_from_the_environment(s3_uri: str, bundle: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSERVE_REGISTRY", s3_uri)
+    reg = Registry()
+    assert isinstance(reg, RemoteRegistry) and reg.location == s3_uri
+    reg.register(bundle)
+    assert Registry(s3_uri).resolve("fraud").version == 1
+
+
+REGISTER_LOOP = r"""
+import sys, time
+from pathlib import Path
+from mlserve.registry import Registry
+uri, bundle, go, cache, n, who = sys.argv[1:]
+reg = Registry(uri, cache_dir=cache)
+while not Path(go).exists():
+    time.sleep(0.005)
+done = []
+for i in range(int(n)):
+    mv = reg.register(bundle, description=f"{who}-{i}", tags={"who": who})
+    reg.set_alias(mv.name, f"latest-{who}", mv.version)
+    done.append(mv.version)
+print(" ".join(map(str, done)), reg.conflicts)
+"""
+
+
+def test_concurrent_writers_on_several_machines_lose_no_update(
+        s3_uri: str, bundle: Path, tmp_path: Path) -> None:
+    """Six processes, each with its own cache (six machines), register three versions each
+    and move an alias after each, all at once. Steps are slowed so that commits overlap: the
+    conditional PUT turns the lost races into retries, and every change survives."""
+    go = tmp_path / "go"
+    writers, each = 6, 3
+    env = {**os.environ, "MLSERVE_REGISTRY_TEST_STEP_DELAY_S": "0.02"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", REGISTER_LOOP, s3_uri, str(bundle), str(go),
+         str(tmp_path / f"cache-{w}"), str(each), f"w{w}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for w in range(writers)]
+    time.sleep(1.0)
+    go.touch()
+    got: dict[str, list[int]] = {}
+    conflicts = 0
+    for w, p in enumerate(procs):
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+        *versions, lost = out.split()
+        got[f"w{w}"] = [int(v) for v in versions]
+        conflicts += int(lost)
+    reg = Registry(s3_uri, cache_dir=tmp_path / "reader")
+    everything = sorted(v for vs in got.values() for v in vs)
+    assert everything == list(range(1, writers * each + 1))  # unique, none lost
+    listed = {v.version: v for v in reg.list_versions("fraud")}
+    assert sorted(listed) == everything
+    for who, versions in got.items():
+        assert [listed[v].description for v in versions] == [f"{who}-{i}" for i in range(each)]
+        assert all(listed[v].tags == {"who": who} for v in versions)
+        assert reg.resolve(f"fraud@latest-{who}").version == versions[-1]
+    kinds = [e.kind for e in reg.history("fraud")]
+    assert kinds.count("register") == kinds.count("alias_set") == writers * each
+    assert conflicts > 0, "the writers never overlapped: the test did not exercise a race"
+
+
+# ---------------------------------------------------------------- damage and errors
+
+
+def test_a_damaged_or_missing_blob_is_refused_and_reported(
+        reg: Registry, bundle: Path, s3_server: S3Server, s3_uri: str, tmp_path: Path) -> None:
+    mv = reg.register(bundle)
+    client, prefix = s3_server.client(), s3_uri.split("/", 3)[3]
+    onnx, pt = mv.artifacts["model.onnx"]["sha256"], mv.artifacts["model.pt"]["sha256"]
+    same_size = (bundle / "model.onnx").read_bytes().replace(b"onnx", b"ONNX")
+    client.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/blobs/{onnx[:2]}/{onnx}",
+                      Body=same_size)
+    fresh = Registry(s3_uri, cache_dir=tmp_path / "fresh")
+    with pytest.raises(InvalidInput, match=f"blobs/{onnx[:2]}/{onnx} is damaged"):
+        fresh.open("fraud/1")
+    assert not list((tmp_path / "fresh").rglob(onnx))  # nothing damaged was kept
+    client.delete_object(Bucket=s3_server.bucket, Key=f"{prefix}/blobs/{pt[:2]}/{pt}")
+    problems = fresh.verify()
+    assert len(problems) == 1 and problems[0].endswith(f"{pt} is missing")
+    client.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/blobs/{onnx[:2]}/{onnx}",
+                      Body=b"short")
+    assert any("has 5 bytes" in p for p in fresh.verify())
+
+
+def test_a_damaged_cache_is_detected_and_repaired(reg: Registry, bundle: Path) -> None:
+    mv = reg.register(bundle)
+    target = mv.path / "model.pt"
+    os.chmod(target, 0o644)
+    target.write_bytes(b"tampered")
+    with pytest.raises(InvalidInput, match=r"model\.pt"):
+        reg.open("fraud/1")
+    problems = reg.verify(repair=True)
+    assert problems and all("(repaired" in p for p in problems)
+    assert reg.verify() == []
+    again = reg.open("fraud/1")  # downloaded again
+    assert (again.path / "model.pt").read_bytes() == (bundle / "model.pt").read_bytes()
+
+
+def test_read_only_refuses_changes_before_uploading(s3_uri: str, bundle: Path,
+                                                    s3_server: S3Server) -> None:
+    ro = Registry(s3_uri, read_only=True)
+    assert ro.list_models() == []
+    with pytest.raises(InvalidInput, match="read-only"):
+        ro.register(bundle)
+    with pytest.raises(InvalidInput, match="read-only"):
+        ro.gc()
+    assert objects(s3_server, s3_uri) == {}
+    Registry(s3_uri).register(bundle)
+    assert ro.resolve("fraud").version == 1
+
+
+def test_not_a_registry_database(s3_uri: str, s3_server: S3Server) -> None:
+    s3_server.client().put_object(Bucket=s3_server.bucket,
+                                  Key=f"{s3_uri.split('/', 3)[3]}/registry.db",
+                                  Body=b"this is not sqlite" * 100)
+    with pytest.raises(InvalidInput, match="not a registry database"):
+        Registry(s3_uri).list_models()
+
+
+def test_configuration_errors_are_typed_and_say_what_to_do(
+        s3_uri: str, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidInput, match="bucket 'no-such-bucket' does not exist"):
+        Registry("s3://no-such-bucket/x").list_models()
+    with pytest.raises(InvalidInput, match="bucket 'no-such-bucket' does not exist"):
+        Registry("s3://no-such-bucket/x").register(bundle)
+    for bad in ("s3://", "s3:///x", "s3://b/../x", "s3://b//x"):
+        with pytest.raises(InvalidInput, match="expected s3://BUCKET"):
+            Registry(bad)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(InvalidInput, match=r"access denied.*AWS_ACCESS_KEY_ID"):
+        Registry(s3_uri).list_models()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(Unavailable, match=r"unreachable.*AWS_ENDPOINT_URL"):
+        Registry(s3_uri).resolve("fraud")
+
+
+def test_gc_removes_only_old_unreferenced_blobs(reg: Registry, bundle: Path,
+                                                s3_server: S3Server, s3_uri: str) -> None:
+    reg.register(bundle)
+    prefix = s3_uri.split("/", 3)[3]
+    orphan = "ab" + "0" * 62  # what a writer that lost its race for good leaves
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key=f"{prefix}/blobs/ab/{orphan}",
+                                  Body=b"orphan")
+    assert reg.gc() == []  # younger than the grace period: maybe a commit in flight
+    assert f"blobs/ab/{orphan}" in objects(s3_server, s3_uri)
+    removed = reg.gc(grace_s=0)
+    assert removed == [f"s3://{s3_server.bucket}/{prefix}/blobs/ab/{orphan}"]
+    assert len(objects(s3_server, s3_uri)) == 3  # registry.db and the two artifacts
+    assert reg.open("fraud/1").version == 1
+
+
+def test_cli_on_object_storage(s3_uri: str, bundle: Path, tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlserve.cli", "registry", *args,
+                               "--registry", s3_uri], capture_output=True, text=True,
+                              timeout=120)
+
+    Registry(s3_uri).register(bundle)
+    assert cli("alias", "fraud", "1", "prod").returncode == 0
+    listed = cli("list")
+    assert listed.returncode == 0 and "fraud" in listed.stdout and "prod" in listed.stdout
+    assert cli("verify").returncode == 0
+    out = tmp_path / "fraud.tar"
+    assert cli("export", "fraud@prod", str(out)).returncode == 0 and out.is_file()
+    missing = cli("show", "churn")
+    assert missing.returncode != 0 and "no model named 'churn'" in missing.stderr
+
+
+# ---------------------------------------------------------------- trained, served
+
+
+def test_trained_model_registered_to_s3_is_served_and_hot_swapped(
+        s3_uri: str, tmp_path: Path) -> None:
+    from mlserve.trainer import encode_rows, train
+    from mlserve.trainer.datasets import card_transactions
+
+    registry = Registry(s3_uri, cache_dir=tmp_path / "trainer-cache")
+    config: dict[str, Any] = {"exclude": ["user_id", "merchant_id"], "epochs": 1,
+                              "hidden": [8]}
+    result = train(card_transactions(1500, seed=3), "is_fraud", name="fraud",
+                   timestamp="event_ts", config=config, registry=registry,
+                   out_dir=tmp_path / "bundle", progress=False)
+    registry.set_alias("fraud", "champion", 1)
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    proc = ServerProcess(s3_uri, ["fraud@champion"], tmp_path / "server.log",  # type: ignore[arg-type]
+                         "--admin-token-file", str(token))
+    try:
+        proc.wait_ready()
+        inputs = result.model_version.manifest["signature"]["inputs"]
+        frame = result.test_frame.drop(columns=["is_fraud"])
+        complete = frame.notna().all(axis=1).to_numpy()  # JSON has no NaN
+        x = encode_rows(frame[complete].head(50), inputs)
+        body = {"inputs": [{"name": "rows", "shape": list(x.shape), "datatype": "FP32",
+                            "data": x.reshape(-1).tolist()}]}
+        with httpx.Client(base_url=proc.url, timeout=30.0) as client:
+            r = client.post("/v2/models/fraud/infer", json=body)
+            assert r.status_code == 200, r.text
+            got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32)
+            want = np.asarray(result.test_outputs, dtype=np.float32).reshape(-1)[complete][:50]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+            assert r.json()["model_version"] == "1"
+
+            # A second machine registers version 2 and moves the alias; the server swaps on load.
+            other = Registry(s3_uri, cache_dir=tmp_path / "other-cache")
+            other.register(result.bundle_path)
+            other.set_alias("fraud", "champion", 2)
+            swap = client.post("/v2/repository/models/fraud/load",
+                               headers={"Authorization": "Bearer s3cret"})
+            assert swap.status_code == 200 and swap.json()["version"] == "2", swap.text
+            r = client.post("/v2/models/fraud/infer", json=body)
+            assert r.status_code == 200 and r.json()["model_version"] == "2"
+    finally:
+        assert proc.stop() == 0, proc.log()
