@@ -15,15 +15,16 @@
 #
 # Build arguments:
 #   PYTHON_VERSION  base image tag (default 3.12)
-#   EXTRAS          mlserve extras installed beside the serving core (default "monitoring":
-#                   scipy for drift monitoring, /monitoring and /feedback; add "features" for
+#   EXTRAS          mlserve extras installed beside the serving core (default "monitoring,s3":
+#                   scipy for drift monitoring, /monitoring and /feedback; boto3 for a registry
+#                   on object storage, --registry s3://...; add "features" for
 #                   the offline feature-store commands; empty for the bare server, which then
 #                   runs with monitoring off and says so in its log)
 
 ARG PYTHON_VERSION=3.12
 
 FROM python:${PYTHON_VERSION}-slim AS builder
-ARG EXTRAS=monitoring
+ARG EXTRAS=monitoring,s3
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc g++ \
@@ -38,7 +39,7 @@ RUN pip wheel --no-deps --no-build-isolation -C build-dir=/tmp/build -w /wheels 
     && pip wheel --wheel-dir /wheels "$(ls /wheels/mlserve-*.whl)${EXTRAS:+[$EXTRAS]}"
 
 FROM python:${PYTHON_VERSION}-slim
-ARG EXTRAS=monitoring
+ARG EXTRAS=monitoring,s3
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \

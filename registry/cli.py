@@ -58,6 +58,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add("verify", "check every blob and version against its sha256").add_argument(
         "--repair", action="store_true",
         help="remove leftovers of interrupted writes and dangling aliases")
+    add("gc", "remove leftovers of interrupted writes and blobs no version references")
     p = add("export", "write a version as a bundle tar (mlserve.json + artifacts)")
     p.add_argument("ref")
     p.add_argument("file", metavar="FILE.tar")
@@ -180,7 +181,12 @@ def _run(args: argparse.Namespace) -> int:
                   "`mlserve registry verify --repair`; a corrupt version must be re-registered "
                   "or re-imported from an export", file=sys.stderr)
             return 1
-        out.print(f"registry at {reg.root} is consistent")
+        out.print(f"registry at {reg.location} is consistent", markup=False)
+    elif cmd == "gc":
+        removed = reg.gc()
+        for entry in removed:
+            out.print(f"removed {entry}", markup=False)
+        out.print(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} removed")
     elif cmd == "export":
         path = reg.export(args.ref, args.file)
         out.print(f"{args.ref} written to {path}", markup=False)

@@ -422,7 +422,7 @@ class RemoteRegistry(Registry):
     def _drop(path: Path, what: str, repair: bool) -> str:
         if repair:
             remove_tree(path)
-            return f"{what} {path} was damaged (repaired: removed; it is downloaded again)"
+            return f"{what} {path} was damaged and is removed, to be downloaded again (repaired)"
         return f"{what} {path} is damaged"
 
     def gc(self, grace_s: float = GC_GRACE_S) -> list[str]:

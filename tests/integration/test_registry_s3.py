@@ -215,7 +215,7 @@ def test_a_damaged_cache_is_detected_and_repaired(reg: Registry, bundle: Path) -
     with pytest.raises(InvalidInput, match=r"model\.pt"):
         reg.open("fraud/1")
     problems = reg.verify(repair=True)
-    assert problems and all("(repaired" in p for p in problems)
+    assert problems and all(p.endswith("(repaired)") for p in problems)
     assert reg.verify() == []
     again = reg.open("fraud/1")  # downloaded again
     assert (again.path / "model.pt").read_bytes() == (bundle / "model.pt").read_bytes()
@@ -286,6 +286,8 @@ def test_cli_on_object_storage(s3_uri: str, bundle: Path, tmp_path: Path) -> Non
     listed = cli("list")
     assert listed.returncode == 0 and "fraud" in listed.stdout and "prod" in listed.stdout
     assert cli("verify").returncode == 0
+    gc = cli("gc")
+    assert gc.returncode == 0 and "0 entries removed" in gc.stdout, gc.stderr
     out = tmp_path / "fraud.tar"
     assert cli("export", "fraud@prod", str(out)).returncode == 0 and out.is_file()
     missing = cli("show", "churn")

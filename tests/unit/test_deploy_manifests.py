@@ -29,6 +29,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes" / "mlserve.yaml"
 K8S_FILES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 TOKEN_PATCH = DEPLOY / "kubernetes" / "admin-token.patch.yaml"
+S3_PATCH = DEPLOY / "kubernetes" / "registry-s3.patch.yaml"
 RUNTIME = DEPLOY / "kserve" / "servingruntime.yaml"
 ISVC = DEPLOY / "kserve" / "inferenceservice.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -157,14 +158,22 @@ def app_status(paths: list[str], tmp_path: Path) -> dict[str, tuple[int, bytes]]
 
 
 def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
-    """RFC 6902 'add' (the only op the shipped patch uses) on a copy of ``doc``."""
+    """RFC 6902 'add', 'remove' and 'replace' (what the shipped patches use) on a copy of
+    ``doc``; a path that does not exist fails, as kubectl's would."""
     out = copy.deepcopy(doc)
     for op in ops:
-        assert op["op"] == "add", f"unsupported op {op['op']!r} in {TOKEN_PATCH.name}"
+        assert op["op"] in ("add", "remove", "replace"), f"unsupported op {op['op']!r}"
         *parents, last = op["path"].lstrip("/").split("/")
         target: Any = out
         for key in parents:
             target = target[int(key)] if isinstance(target, list) else target[key]
+        if op["op"] != "add":
+            if isinstance(target, list):
+                del target[int(last)]
+            else:
+                del target[last]  # KeyError: the path is not there
+            if op["op"] == "remove":
+                continue
         if isinstance(target, list):
             target.insert(len(target) if last == "-" else int(last), op["value"])
         else:
@@ -203,7 +212,7 @@ def test_every_yaml_file_parses(path: Path) -> None:
 
 def test_every_manifest_object_is_complete() -> None:
     for path in [*K8S_FILES, RUNTIME, ISVC]:
-        if path == TOKEN_PATCH:
+        if path in (TOKEN_PATCH, S3_PATCH):
             continue
         for doc in load_all(path):
             assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path.name}: {doc}"
@@ -213,13 +222,14 @@ def test_every_manifest_object_is_complete() -> None:
 def test_every_mlserve_command_line_parses(monkeypatch: pytest.MonkeyPatch,
                                            tmp_path: Path) -> None:
     found = []
-    for dep in [deployment(), apply_json_patch(deployment(), load_all(TOKEN_PATCH)[0])]:
+    for dep in [deployment(), apply_json_patch(deployment(), load_all(TOKEN_PATCH)[0]),
+                apply_json_patch(deployment(), load_all(S3_PATCH)[0])]:
         pod = pod_spec(dep)
         for container in pod.get("initContainers", []) + pod["containers"]:
             found += mlserve_argvs(container)
     for container in one(load_all(RUNTIME), "ServingRuntime")["spec"]["containers"]:
         found += mlserve_argvs(container, isvc_args())
-    assert len(found) == 3, f"expected the Deployment's, the patched one's and KServe's: {found}"
+    assert len(found) == 4, f"expected the Deployment's, the patched ones' and KServe's: {found}"
     for argv in found:
         args = parse(argv, monkeypatch)
         settings(args, tmp_path)  # ServerSettings' bounds and cross-field checks
@@ -417,6 +427,31 @@ def test_admin_token_patch_mounts_a_secret_and_passes_its_file(
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     assert volume["secret"]["secretName"]
     assert settings(args, tmp_path).admin_token == "t0ken"
+
+
+def test_registry_s3_patch_serves_the_bucket_with_a_writable_cache(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (ops,) = load_all(S3_PATCH)
+    pod = pod_spec(apply_json_patch(deployment(), ops))
+    container = server_container(pod)
+    (argv,) = mlserve_argvs(container)
+    registry = parse(argv, monkeypatch).registry
+    assert registry.startswith("s3://")
+    from mlserve.registry._objectstore import normalize_uri
+
+    assert normalize_uri(registry) == registry
+    assert "initContainers" not in pod
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cache = env["MLSERVE_REGISTRY_CACHE"]
+    assert cache in mounts and not mounts[cache].get("readOnly", False)
+    assert "emptyDir" in volumes[mounts[cache]["name"]]
+    assert [e["secretRef"]["name"] for e in container["envFrom"]] == ["mlserve-s3"]
+    extras = [rest.split("=", 1)[1] for ins, rest in runtime_stage()
+              if ins == "ARG" and rest.startswith("EXTRAS=")]
+    assert "s3" in extras[0].split(","), "the image needs boto3 to read the bucket"
 
 
 # ---- objects that refer to each other ------------------------------------------------------------

@@ -458,6 +458,12 @@ def test_cli(reg: Registry, bundle: Path, tmp_path: Path,
     assert reg.resolve("copy").version == 1
     assert _cli(["registry", "--registry", r, "verify"]) == 0
     assert "consistent" in capsys.readouterr().out
+    leftover = reg.root / "blobs" / "00" / ("00" * 32)  # a blob no version references
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"x")
+    assert _cli(["registry", "--registry", r, "gc"]) == 0
+    out = capsys.readouterr().out
+    assert "1 entry removed" in out and not leftover.exists()
     corrupt(reg.resolve("fraud/1").path / "model.pt")
     assert _cli(["registry", "--registry", r, "verify"]) == 1
     assert "--repair" in capsys.readouterr().err
@@ -468,7 +474,7 @@ def test_cli(reg: Registry, bundle: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("sub", ["list", "show", "alias", "history", "tag", "archive", "verify",
-                                 "export", "import"])
+                                 "gc", "export", "import"])
 def test_cli_help(sub: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         _cli(["registry", sub, "--help"])
