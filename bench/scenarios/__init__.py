@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 #: Scenario modules in the order ``--list`` and ``all`` use.
-MODULES = ("normalize", "batcher", "engine", "http", "features", "batch")
+MODULES = ("normalize", "batcher", "engine", "http", "features", "batch", "registry")
 
 
 def load_all() -> None:

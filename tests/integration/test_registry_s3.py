@@ -1,5 +1,5 @@
 """The registry on object storage (`Registry("s3://BUCKET/PREFIX")`, registry/remote.py) against
-a real S3-compatible server (SeaweedFS on loopback, tests/integration/s3_fixtures.py).
+a real S3-compatible server (SeaweedFS on loopback: the `s3_server` fixture, tests/conftest.py).
 
 The unit tests of the registry's behaviour run again on it; then what is its own: two machines
 (two caches) sharing one registry, concurrent writers in separate processes losing races and
@@ -25,13 +25,17 @@ import pytest
 from mlserve.errors import InvalidInput, Unavailable
 from mlserve.registry import Registry
 from mlserve.registry.remote import RemoteRegistry
-from s3_fixtures import S3Server
 from server_fixtures import ServerProcess
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is a top-level folder, not part of the package
+    sys.path.insert(0, str(ROOT))
 # The registry's unit tests, run again below on object storage.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-import test_registry as unit
-from test_registry import make_bundle
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
+import test_registry as unit  # noqa: E402
+from test_registry import make_bundle  # noqa: E402
+
+from bench.s3server import SeaweedFS as S3Server  # noqa: E402
 
 
 @pytest.fixture
