@@ -70,6 +70,10 @@ def store_blob(src: Path, blobs_dir: Path, tmp_dir: Path) -> tuple[str, int]:
         final = blob_path(blobs_dir, sha)
         if final.exists():
             tmp.unlink()
+            try:
+                os.utime(final)  # in use again: a cache's gc goes by this time
+            except OSError:
+                pass
         else:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, 0o444)

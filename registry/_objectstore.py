@@ -17,7 +17,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,8 @@ class ObjectInfo:
     size: int
     last_modified: datetime
     etag: str
+    #: User metadata (``x-amz-meta-*``); only :meth:`S3Store.head` fills it.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class S3Store:
@@ -120,6 +122,9 @@ class S3Store:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "RequestTimeTooSkewed":
+                return InvalidInput(f"{what}: this machine's clock is more than 15 minutes off "
+                                    "the object store's; fix the clock (NTP)")
             if code == "NoSuchBucket":
                 return InvalidInput(f"{what}: the bucket {self.bucket!r} does not exist at the "
                                     "object store; create it first")
@@ -192,8 +197,13 @@ class S3Store:
         except ClientError as exc:
             if self._status(exc) == 304:
                 raise NotModified(name) from None
-            if self._code(exc) in ("NoSuchKey", "404"):
+            if self._code(exc) == "NoSuchKey":
                 return None
+            if self._status(exc) == 404 and self._code(exc) in ("", "404", "NotFound"):
+                # S3 names a missing key; a bare 404 is an endpoint that is not S3 at all.
+                raise InvalidInput(
+                    f"{what}: the endpoint answered 404 without an S3 error code: is "
+                    "AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) an S3 endpoint?") from None
             raise self._error(exc, what) from None
         except BotoCoreError as exc:
             raise self._error(exc, what) from None
@@ -206,13 +216,16 @@ class S3Store:
         return str(response["ETag"])
 
     def upload(self, name: str, source: Path, *, if_match: str | None = None,
-               create_only: bool = False) -> str:
+               create_only: bool = False, metadata: dict[str, str] | None = None) -> str:
         """Stores the file ``source`` as object ``name``; returns the new ETag.
         ``if_match``: only if the object still has that ETag; ``create_only``: only if there
-        is no such object. Either condition failing raises :class:`PreconditionFailed`."""
+        is no such object. Either condition failing raises :class:`PreconditionFailed`.
+        ``metadata``: user metadata stored with the object."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(name)}
+        if metadata:
+            kwargs["Metadata"] = metadata
         if if_match is not None:
             kwargs["IfMatch"] = if_match
         if create_only:
@@ -220,7 +233,8 @@ class S3Store:
         what = f"writing {self.url(name)}"
         try:
             if if_match is None and not create_only:
-                self._client().upload_file(str(source), self.bucket, self.key(name))
+                self._client().upload_file(str(source), self.bucket, self.key(name),
+                                           ExtraArgs={"Metadata": metadata or {}})
                 info = self.head(name)
                 if info is None:
                     raise Unavailable(f"{what}: the object is missing right after its upload")
@@ -253,8 +267,21 @@ class S3Store:
             raise self._error(exc, f"reading {self.url(name)}") from None
         except BotoCoreError as exc:
             raise self._error(exc, f"reading {self.url(name)}") from None
-        return ObjectInfo(self.key(name), int(r["ContentLength"]), r["LastModified"],
-                          str(r["ETag"]))
+        return ObjectInfo(name, int(r["ContentLength"]), r["LastModified"], str(r["ETag"]),
+                          dict(r.get("Metadata") or {}))
+
+    def touch(self, name: str, metadata: dict[str, str]) -> None:
+        """Renews the object's time (and sets its metadata) without moving its bytes: a copy
+        onto itself, which S3 allows when the metadata is replaced."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client().copy_object(
+                Bucket=self.bucket, Key=self.key(name),
+                CopySource={"Bucket": self.bucket, "Key": self.key(name)},
+                Metadata=metadata, MetadataDirective="REPLACE")
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, f"renewing {self.url(name)}") from None
 
     def list(self, under: str) -> Iterator[ObjectInfo]:
         """Every object whose name starts with ``under`` (names relative to the prefix)."""

@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
                               ", ".join(f"{a}->{v}" for a, v in m.aliases.items()),
                               m.updated_at[:19])
             if not table.rows:
-                out.print(f"no models registered in {reg.root}")
+                out.print(f"no models registered in {reg.location}", markup=False)
                 return 0
         out.print(table)
     elif cmd == "show":

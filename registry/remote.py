@@ -16,6 +16,10 @@ whole change runs again on the new state, so concurrent writers on any number of
 lose an update and version numbers stay unique. This needs a store with S3's conditional
 writes (AWS S3 since 2024, MinIO, SeaweedFS, R2). A change is visible to readers the moment its
 PUT succeeds; blobs it uploaded before a lost race are unreferenced and removed by ``gc``.
+Each change also writes a unique id into ``remote_commits``: a PUT that fails ambiguously (its
+answer lost, botocore's retry answered 412) counts as committed when the id is in the store's
+database, so no change is applied twice. Blobs carry their sha256 as metadata; a change renews
+the old blobs it references (a copy onto itself) so that a concurrent ``gc`` leaves them.
 
 Reads fetch ``registry.db`` only when its ETag changed (one conditional GET per call) into
 ``<cache>/snapshots/<etag>.db``, an immutable file every process on the machine shares.
@@ -43,9 +47,10 @@ import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,7 +71,7 @@ from ._files import temp_path as _temp_path
 from ._objectstore import NotModified, PreconditionFailed, S3Store, normalize_uri
 from ._settings import default_location
 from .records import ModelVersion
-from .registry import Registry
+from .registry import Registry, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +82,13 @@ MAX_ATTEMPTS = 50
 #: Unreferenced remote blobs younger than this are left by ``gc``: they may belong to a change
 #: that has uploaded its blobs and not yet committed ``registry.db``.
 GC_GRACE_S = 3600.0
-#: Snapshots other than the current one are removed once older than this.
+#: Snapshots other than the current one are removed once unused for this long.
 SNAPSHOT_KEEP_S = 600.0
+#: How long a commit's id stays in registry.db, to tell whether a PUT whose answer was lost
+#: (a timeout, a reset connection, botocore's retry answered 412) was applied.
+COMMIT_IDS_KEEP_S = 86400.0
+_COMMITS_TABLE = ("CREATE TABLE IF NOT EXISTS remote_commits (txid TEXT PRIMARY KEY, "
+                  "at TEXT NOT NULL)")
 
 T = TypeVar("T")
 
@@ -112,6 +122,34 @@ def _artifact_shas(db: Path | None) -> dict[str, int]:
             "SELECT sha256, MAX(bytes) FROM artifacts GROUP BY sha256")}
 
 
+def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {t: {r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')} for t in tables}
+
+
+@functools.cache
+def _expected_columns() -> dict[str, set[str]]:
+    """Tables and columns of the registry schema (_db.py), as SQLite reports them."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_db._SCHEMA)
+        return {t: c for t, c in _columns(conn).items() if not t.startswith("sqlite_")}
+    finally:
+        conn.close()
+
+
+def _age_s(info: Any) -> float:
+    return datetime.now(timezone.utc).timestamp() - info.last_modified.timestamp()
+
+
+def _touch(path: Path) -> None:
+    """Marks a cache file as used now (pruning and gc go by its time)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # removed meanwhile, or another user's: nothing to protect
+
+
 def _rollback_journal(db: Path) -> None:
     """Switches a private database copy out of WAL, so that it is one self-contained file to
     upload (no -wal/-shm beside it)."""
@@ -134,6 +172,7 @@ def _retrying(method: Callable[..., T]) -> Callable[..., T]:
         if getattr(self._tls, "in_change", False):
             return method(self, *args, **kwargs)  # nested (set_status -> archive)
         self._tls.in_change = True
+        self._tls.stored = set()  # blobs this change stores (register, add_artifact)
         try:
             for attempt in range(MAX_ATTEMPTS):
                 try:
@@ -148,6 +187,7 @@ def _retrying(method: Callable[..., T]) -> Callable[..., T]:
                 "at once); try again")
         finally:
             self._tls.in_change = False
+            self._tls.stored = None
 
     return wrapper
 
@@ -164,11 +204,19 @@ class RemoteRegistry(Registry):
         uri = normalize_uri(root if root is not None else default_location())
         self._store = S3Store(uri)
         base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
+        #: The cache folder given (or the default); ``root`` is this registry's folder in it.
+        self.cache_base = base
         self.root = _cache_dir_for(uri, base)
         self._layout = Layout(self.root)
         self._snapshots = self.root / "snapshots"
-        for d in (self._layout.blobs, self._layout.models, self._layout.tmp, self._snapshots):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self._layout.blobs, self._layout.models, self._layout.tmp,
+                      self._snapshots):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(
+                f"the cache of the registry at {uri} cannot be made at {self.root} ({exc}); "
+                f"set {CACHE_ENV} (or MLSERVE_HOME) to a writable directory") from None
         self.read_only = bool(read_only)
         self._uri = uri
         self._snap: tuple[str | None, Path] | None = None
@@ -206,6 +254,7 @@ class RemoteRegistry(Registry):
                 etag = self._store.download(DB_OBJECT, tmp, if_none_match=known)
             except NotModified:
                 assert current is not None
+                _touch(current[1])
                 return current
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -226,14 +275,23 @@ class RemoteRegistry(Registry):
             return self._snap
 
     def _check_database(self, path: Path) -> None:
+        """Refuses a download that is not a registry database (another SQLite file at the
+        prefix, a damaged object) before any query of it fails obscurely."""
+        problem = None
         try:
             with _db.read_transaction(path, read_only=True) as conn:
-                conn.execute("SELECT COUNT(*) FROM versions").fetchone()
+                found = _columns(conn)
+            missing = [f"{t}.{c}" for t, cols in _expected_columns().items()
+                       for c in sorted(cols - found.get(t, set()))]
+            if missing:
+                problem = f"it lacks {', '.join(missing[:5])}"
         except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+        if problem is not None:
             path.unlink(missing_ok=True)
             raise InvalidInput(
-                f"{self._store.url(DB_OBJECT)} is not a registry database ({exc}); the prefix "
-                "belongs to something else, or the object was damaged") from None
+                f"{self._store.url(DB_OBJECT)} is not a registry database ({problem}); the "
+                "prefix belongs to something else, or the object was damaged")
 
     def _prune_snapshots(self, keep: Path) -> None:
         cutoff = time.time() - SNAPSHOT_KEEP_S
@@ -252,6 +310,10 @@ class RemoteRegistry(Registry):
                 yield conn
             return
         _, snapshot = self._pull()
+        if not snapshot.is_file():  # pruned by another process since: fetch it again
+            with self._pull_lock:
+                self._snap = None
+            _, snapshot = self._pull()
         with _db.read_transaction(snapshot, read_only=True) as conn:
             yield conn
 
@@ -274,6 +336,7 @@ class RemoteRegistry(Registry):
     def _fetch_blob(self, sha: str) -> Path:
         path = blob_path(self._layout.blobs, sha)
         if path.is_file():
+            _touch(path)
             return path
         tmp = _temp_path(self._layout.tmp, "blob")
         try:
@@ -316,6 +379,13 @@ class RemoteRegistry(Registry):
 
     # ------------------------------------------------------------------ changing
 
+    def _store_artifact(self, src: Path, file: str, entry: Any) -> tuple[str, int]:
+        sha, size = super()._store_artifact(src, file, entry)
+        stored = getattr(self._tls, "stored", None)
+        if stored is not None:  # checked in the store by _push even if already referenced
+            stored.add(sha)
+        return sha, size
+
     def _materialize(self, final: Path, manifest: dict[str, Any]) -> None:
         """Version directories are built on first read (:meth:`_fetch`), not at commit."""
 
@@ -332,6 +402,7 @@ class RemoteRegistry(Registry):
         self._check_writable()
         base_etag, base = self._pull()
         work = _temp_path(self._layout.tmp, "work.db")
+        txid = uuid.uuid4().hex
         try:
             if base_etag is None:
                 _db.initialize(work)
@@ -343,35 +414,77 @@ class RemoteRegistry(Registry):
             try:
                 with _db.write_transaction(work) as conn:
                     yield conn
+                    # The commit's id, to tell later whether a PUT whose answer was lost went
+                    # through; ids older than a day are dropped.
+                    conn.execute(_COMMITS_TABLE)
+                    cutoff = datetime.now(timezone.utc) - timedelta(seconds=COMMIT_IDS_KEEP_S)
+                    conn.execute("DELETE FROM remote_commits WHERE at < ?",
+                                 (cutoff.isoformat(timespec="microseconds"),))
+                    conn.execute("INSERT INTO remote_commits (txid, at) VALUES (?, ?)",
+                                 (txid, utc_now()))
             finally:
                 self._tls.work = None
-            self._push(work, base_etag, None if base_etag is None else base)
+            self._push(work, base_etag, None if base_etag is None else base, txid)
         finally:
             work.unlink(missing_ok=True)
             work.with_name(work.name + "-journal").unlink(missing_ok=True)
 
-    def _push(self, work: Path, base_etag: str | None, base: Path | None) -> None:
+    def _push(self, work: Path, base_etag: str | None, base: Path | None, txid: str) -> None:
         before = _artifact_shas(base)
-        for sha, size in _artifact_shas(work).items():
-            if sha in before:
-                continue
-            info = self._store.head(_blob_object(sha))
-            if info is None or info.size != size:
-                local = blob_path(self._layout.blobs, sha)
-                if not local.is_file():
-                    raise InvalidInput(f"blob {sha} is referenced by this change but is not in "
-                                       f"the local cache {self._layout.blobs}")
-                self._store.upload(_blob_object(sha), local)
+        after = _artifact_shas(work)
+        stored = getattr(self._tls, "stored", None) or set()
+        new = {sha: size for sha, size in after.items() if sha not in before or sha in stored}
+        for sha, size in new.items():
+            self._ensure_blob(sha, size)
         try:
             etag = self._store.upload(DB_OBJECT, work, if_match=base_etag,
                                       create_only=base_etag is None)
         except PreconditionFailed:
-            raise _Conflict() from None
-        final = self._snapshots / (re.sub(r"[^A-Za-z0-9]", "", etag) + ".db")
-        os.chmod(work, 0o444)
-        os.replace(work, final)
-        with self._pull_lock:
-            self._snap = (etag, final)
+            if not self._landed(txid):
+                raise _Conflict() from None
+        except Unavailable:
+            # The PUT may have been applied and only its answer lost.
+            if not self._landed(txid):
+                raise
+        else:
+            final = self._snapshots / (re.sub(r"[^A-Za-z0-9]", "", etag) + ".db")
+            os.chmod(work, 0o444)
+            os.replace(work, final)
+            with self._pull_lock:
+                self._snap = (etag, final)
+        for sha in new:  # a gc that ran meanwhile may have taken one
+            if self._store.head(_blob_object(sha)) is None:
+                self._upload_blob(sha)
+
+    def _landed(self, txid: str) -> bool:
+        """Whether the commit ``txid`` is in the store's registry.db (after a lost race, or a
+        PUT whose answer never came: botocore retries a timed-out PUT, and the retry of one
+        that was applied answers 412)."""
+        try:
+            _, snapshot = self._pull()
+            with _db.read_transaction(snapshot, read_only=True) as conn:
+                return conn.execute("SELECT 1 FROM remote_commits WHERE txid = ?",
+                                    (txid,)).fetchone() is not None
+        except sqlite3.OperationalError:  # no remote_commits table: no commit of ours
+            return False
+
+    def _ensure_blob(self, sha: str, size: int) -> None:
+        """Makes sure the store has blob ``sha``, whole, and recent: one older than half the
+        gc grace period is renewed (copied onto itself), so that a gc running now cannot take
+        it as an old orphan while this change commits a reference to it."""
+        info = self._store.head(_blob_object(sha))
+        if info is None or info.size != size or info.metadata.get("sha256") != sha:
+            self._upload_blob(sha)
+        elif _age_s(info) > GC_GRACE_S / 2:
+            self._store.touch(_blob_object(sha), {"sha256": sha})
+
+    def _upload_blob(self, sha: str) -> None:
+        local = blob_path(self._layout.blobs, sha)
+        if not local.is_file():
+            raise InvalidInput(f"blob {sha} is referenced by this change but is neither in the "
+                               f"store nor in the local cache {self._layout.blobs}: register "
+                               "the bundle again")
+        self._store.upload(_blob_object(sha), local, metadata={"sha256": sha})
 
     register = _retrying(Registry.register)
     add_artifact = _retrying(Registry.add_artifact)
@@ -387,20 +500,30 @@ class RemoteRegistry(Registry):
     # ------------------------------------------------------------------ maintenance
 
     def verify(self, repair: bool = False) -> list[str]:
-        """Problems of the store: blobs the registry references that are missing or of the
-        wrong size there; and of this machine's cache: version directories or blobs whose
-        bytes no longer match their sha256. ``repair`` removes the damaged cache entries (the
-        next ``resolve`` downloads them again); damage in the store itself needs the version
-        registered again from its bundle."""
+        """Problems of the store: blobs the registry references that are missing there, of the
+        wrong size, or not written by a registry (no sha256 of theirs, or another); and of this
+        machine's cache: blobs or version directories whose bytes no longer match their
+        sha256. ``repair`` uploads a store blob again where this machine's cache has its
+        bytes (checked), and removes damaged cache entries (downloaded again on use); a blob
+        that no machine has needs its version registered again from the bundle."""
         _, snapshot = self._pull()
         problems: list[str] = []
         for sha, size in sorted(_artifact_shas(snapshot).items()):
+            url = self._store.url(_blob_object(sha))
             info = self._store.head(_blob_object(sha))
             if info is None:
-                problems.append(f"{self._store.url(_blob_object(sha))} is missing")
+                problem = f"{url} is missing"
             elif info.size != size:
-                problems.append(f"{self._store.url(_blob_object(sha))} has {info.size} bytes, "
-                                f"the registry expects {size}")
+                problem = f"{url} has {info.size} bytes, the registry expects {size}"
+            elif info.metadata.get("sha256") != sha:
+                problem = f"{url} was not written by the registry (its sha256 is not on it)"
+            else:
+                continue
+            local = blob_path(self._layout.blobs, sha)
+            if repair and not self.read_only and local.is_file() and sha256_file(local) == sha:
+                self._upload_blob(sha)
+                problem += ": uploaded again from this machine's cache (repaired)"
+            problems.append(problem)
         for blob in sorted(self._layout.blobs.glob("*/*")):
             if blob.is_file() and sha256_file(blob) != blob.name:
                 problems.append(self._drop(blob, "cached blob", repair))
@@ -427,28 +550,45 @@ class RemoteRegistry(Registry):
 
     def gc(self, grace_s: float = GC_GRACE_S) -> list[str]:
         """Removes blobs of the store that no committed version references and that are older
-        than ``grace_s`` (younger ones may belong to a change about to commit), and this
-        machine's stale cache entries (old snapshots, versions whose manifest changed, temp
-        files of dead processes). Returns what went."""
-        self._check_writable()
+        than ``grace_s`` (a younger one may belong to a change about to commit; a change renews
+        the old blobs it references), and this machine's cache entries unused for ``grace_s``
+        that the registry no longer needs (old snapshots, directories of a manifest since
+        changed, unreferenced blobs, temp files of dead processes). A read-only registry
+        cleans only the cache (read-only serving machines run it too). Returns what went."""
+        removed: list[str] = []
+        cutoff = time.time() - grace_s
+        if not self.read_only:
+            listing = list(self._store.list("blobs/"))
+            # The references are read after the listing: a blob listed as unreferenced was so
+            # when the listing had already started.
+            _, snapshot = self._pull()
+            referenced = _artifact_shas(snapshot)
+            for obj in listing:
+                sha = obj.key.rsplit("/", 1)[-1]
+                if sha in referenced or obj.last_modified.timestamp() >= cutoff:
+                    continue
+                info = self._store.head(obj.key)  # renewed since the listing?
+                if info is not None and info.last_modified.timestamp() < cutoff:
+                    self._store.delete(obj.key)
+                    removed.append(self._store.url(obj.key))
         _, snapshot = self._pull()
         referenced = _artifact_shas(snapshot)
-        removed: list[str] = []
-        cutoff = datetime.now(timezone.utc).timestamp() - grace_s
-        for obj in self._store.list("blobs/"):
-            sha = obj.key.rsplit("/", 1)[-1]
-            if sha not in referenced and obj.last_modified.timestamp() < cutoff:
-                self._store.delete(obj.key)
-                removed.append(self._store.url(obj.key))
         with _db.read_transaction(snapshot, read_only=True) as conn:
             current = {self._version_from_row(conn, r).path
                        for r in conn.execute("SELECT * FROM versions")}
+
+        def unused(path: Path) -> bool:
+            try:
+                return path.stat().st_mtime < cutoff
+            except OSError:
+                return False
+
         for vdir in self._layout.models.glob("*/*"):
-            if vdir not in current:
+            if vdir not in current and unused(vdir):
                 remove_tree(vdir)
                 removed.append(str(vdir))
         for blob in self._layout.blobs.glob("*/*"):
-            if blob.name not in referenced:
+            if blob.name not in referenced and unused(blob):
                 blob.unlink(missing_ok=True)
                 removed.append(str(blob))
         for entry in self._layout.tmp.iterdir():

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from mlserve import __version__
+from mlserve.registry._settings import CLI_HELP as REGISTRY_HELP
+from mlserve.registry._settings import CLI_METAVAR as REGISTRY_METAVAR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--rows", type=int, default=40_000, help="transactions to train on")
     demo.add_argument("--requests", type=int, default=20_000, help="one-row requests per pattern")
     demo.add_argument("--epochs", type=int, default=12, help="training epochs (early stopping)")
-    demo.add_argument("--registry", metavar="PATH", default=None,
-                      help="registry root (default: $MLSERVE_HOME/registry)")
+    demo.add_argument("--registry", metavar=REGISTRY_METAVAR, default=None, help=REGISTRY_HELP)
     demo.add_argument("--feature-store", metavar="PATH", default=None,
                       help="the demo's feature store, rebuilt on every run (default: "
                       "demo-features beside the registry)")

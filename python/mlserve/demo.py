@@ -24,6 +24,7 @@ registry) is the demo's own and is rebuilt on every run.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import threading
@@ -77,12 +78,13 @@ def run(
     # Move the history so that it ends at today's midnight (UTC): TTLs are checked at now.
     shift = pd.Timestamp.now(tz="UTC").floor("D") - data["event_ts"].max().ceil("D")
     data["event_ts"] += shift
-    root = Path(feature_store) if feature_store else reg.root.parent / "demo-features"
+    work = _work_dir(reg)
+    root = Path(feature_store) if feature_store else work / "demo-features"
     store = _build_feature_store(console, data, root)
     config = Path(mlserve.trainer.__file__).parent / "configs" / "demo.toml"
     console.print(f"training on {rows:,} transactions ({data['is_fraud'].mean():.1%} fraud) "
                   f"joined point-in-time with feature service {SERVICE!r}, config "
-                  f"{config.name}, registry {reg.root}")
+                  f"{config.name}, registry {reg.location}")
     with tempfile.TemporaryDirectory() as tmp:
         result = train(label="is_fraud", features=SERVICE, entities=data, feature_store=store,
                        name="fraud", config=config, overrides=[f"epochs={epochs}"],
@@ -115,7 +117,7 @@ def run(
     drifted["event_ts"] = fresh["event_ts"].to_numpy()  # the same days: stored features exist
     drifted_table = feature_table(drifted, "is_fraud", SERVICE, store=store).frame
     if http:
-        _serve_http(console, reg.root, store, fresh, inputs, lineage["request_features"],
+        _serve_http(console, reg.location, store, fresh, inputs, lineage["request_features"],
                     (fresh_table, drifted_table))
     _drift(console, reg, drifted_table, version.version)
     store.close()
@@ -171,7 +173,16 @@ def _build_feature_store(console: Console, data: Any, root: Path) -> Any:
     return store
 
 
-def _serve_http(console: Console, registry_root: Path, store: Any, fresh: Any,
+def _work_dir(reg: Any) -> Path:
+    """Where the demo keeps its files: beside a local registry, else in ``$MLSERVE_HOME``
+    (a registry on object storage has no folder of its own here)."""
+    if reg.location.startswith("s3://"):
+        home = os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")
+        return Path(home).expanduser() / "demo"
+    return Path(reg.root).parent
+
+
+def _serve_http(console: Console, registry_root: str, store: Any, fresh: Any,
                 inputs: list[dict[str, Any]], request_features: list[str],
                 tables: tuple[Any, Any]) -> None:
     """Starts `mlserve serve --feature-store` for fraud@champion and sends it requests keyed by
@@ -186,7 +197,7 @@ def _serve_http(console: Console, registry_root: Path, store: Any, fresh: Any,
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mlserve.cli", "serve", "--registry", str(registry_root),
+    cmd = [sys.executable, "-m", "mlserve.cli", "serve", "--registry", registry_root,
            "--model", "fraud@champion", "--port", str(port), "--log-level", "warning",
            "--feature-store", str(store.root),
            "--monitoring-interval", str(_DEMO_INTERVAL_S),
@@ -343,7 +354,7 @@ def _batch(console: Console, reg: Any, fresh: Any, version: int) -> None:
     from mlserve.batch import run_batch
     from mlserve.trainer.evaluate import roc_auc
 
-    root = Path(reg.root).parent / "batch"
+    root = _work_dir(reg) / "batch"
     root.mkdir(parents=True, exist_ok=True)
     src = root / "fresh-transactions.parquet"
     fresh.drop(columns=["is_fraud"]).to_parquet(src, index=False)
@@ -365,9 +376,9 @@ def _drift(console: Console, reg: Any, drifted: Any, version: int) -> None:
     from mlserve.drift.offline import resolve_bundle, table_report
     from mlserve.drift.report import write_report
 
-    bundle = resolve_bundle(f"fraud/{version}", str(reg.root))
+    bundle = resolve_bundle(f"fraud/{version}", reg)
     report = table_report(bundle, drifted)
-    out = Path(reg.root).parent / "reports" / f"drift-fraud-{version}"
+    out = _work_dir(reg) / "reports" / f"drift-fraud-{version}"
     html_path, _ = write_report(report, out)
     d = report.drift
     console.print(f"offline drift report of {d.rows:,} drifted rows (`mlserve drift report "

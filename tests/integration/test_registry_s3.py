@@ -11,10 +11,14 @@ by the trainer and served by `mlserve serve --registry s3://...` with an alias h
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ import httpx
 import numpy as np
 import pytest
 from mlserve.errors import InvalidInput, Unavailable
-from mlserve.registry import Registry
+from mlserve.registry import Registry, remote
 from mlserve.registry.remote import RemoteRegistry
 from server_fixtures import ServerProcess
 
@@ -55,6 +59,72 @@ def objects(server: S3Server, uri: str) -> dict[str, bytes]:
                                                      Prefix=prefix).get("Contents", [])]
     return {k[len(prefix):]: client.get_object(Bucket=server.bucket, Key=k)["Body"].read()
             for k in keys}
+
+
+class LossyProxy:
+    """An HTTP proxy in front of the store, one request per connection. For the next ``drops``
+    PUTs of registry.db it forwards the request, lets the store apply it, and closes the
+    client's connection instead of passing the answer on: a commit whose answer was lost."""
+
+    def __init__(self, upstream: str, drops: int) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.drops, self.dropped = drops, 0
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._srv.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def close(self) -> None:
+        self._srv.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _read_request(client: socket.socket) -> tuple[str, list[str], bytes]:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = client.recv(65536)
+            if not chunk:
+                raise EOFError
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        line, *headers = head.decode("latin1").split("\r\n")
+        fields = {h.split(":", 1)[0].lower(): h.split(":", 1)[1].strip() for h in headers}
+        if fields.get("expect", "").lower() == "100-continue":
+            client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while len(body) < int(fields.get("content-length", "0")):
+            chunk = client.recv(65536)
+            if not chunk:
+                raise EOFError
+            body += chunk
+        keep = [h for h in headers if h.split(":", 1)[0].lower() not in ("expect", "connection")]
+        return line, keep, body
+
+    def _handle(self, client: socket.socket) -> None:
+        try:
+            line, headers, body = self._read_request(client)
+            with socket.create_connection(self.upstream) as up:
+                up.sendall("\r\n".join([line, *headers, "Connection: close", "", ""]).encode(
+                    "latin1") + body)
+                answer = b""
+                while chunk := up.recv(65536):
+                    answer += chunk
+            method, path = line.split()[:2]
+            if method == "PUT" and path.split("?")[0].endswith("/registry.db") and self.drops:
+                self.drops -= 1
+                self.dropped += 1
+                return  # applied by the store; the answer never arrives
+            client.sendall(answer)
+        except EOFError:
+            pass
+        finally:
+            client.close()
 
 
 # ---------------------------------------------------------------- the registry's behaviour
@@ -188,6 +258,69 @@ def test_concurrent_writers_on_several_machines_lose_no_update(
     assert conflicts > 0, "the writers never overlapped: the test did not exercise a race"
 
 
+def test_a_commit_whose_answer_is_lost_is_applied_once(
+        s3_uri: str, bundle: Path, s3_server: S3Server, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore retries a PUT whose answer never came; when the first one was applied, the
+    retry answers 412. The change's id in registry.db tells that it landed: no second run
+    (a second version, a second run id, 'already has an artifact')."""
+    proxy = LossyProxy(s3_server.endpoint, drops=4)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        reg = Registry(s3_uri, cache_dir=tmp_path / "lossy")
+        run_id = reg.log_run({"lr": 0.1}, {"auc": 0.9}, name="fraud")  # the first PUT
+        mv = reg.register(bundle, run_id=run_id)
+        reg.set_alias("fraud", "prod", mv.version)
+        plan = tmp_path / "model.plan"
+        plan.write_bytes(b"engine")
+        reg.add_artifact("fraud/1", plan, file="model.plan")
+    finally:
+        proxy.close()
+    assert proxy.dropped == 4
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    seen = Registry(s3_uri, cache_dir=tmp_path / "direct")
+    assert [r.run_id for r in seen.runs()] == [run_id]
+    assert [v.version for v in seen.list_versions("fraud")] == [1]
+    assert [e.kind for e in seen.history("fraud")] == ["register", "alias_set", "artifact_add"]
+    assert (seen.open("fraud@prod").path / "model.plan").read_bytes() == b"engine"
+
+
+def test_a_change_renews_the_old_blobs_it_references(
+        reg: Registry, bundle: Path, s3_server: S3Server, s3_uri: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gc takes unreferenced blobs older than its grace period; a change that references an
+    old blob again renews it first, so a gc running meanwhile does not take it."""
+    mv = reg.register(bundle)
+    key = f"{s3_uri.split('/', 3)[3]}/blobs/{mv.artifacts['model.pt']['sha256'][:2]}/" \
+          f"{mv.artifacts['model.pt']['sha256']}"
+    client = s3_server.client()
+    first = client.head_object(Bucket=s3_server.bucket, Key=key)
+    assert first["Metadata"] == {"sha256": mv.artifacts["model.pt"]["sha256"]}
+    time.sleep(1.1)  # S3 times have a resolution of a second
+    monkeypatch.setattr(remote, "GC_GRACE_S", 1.0)  # the blob is now "old"
+    reg.register(bundle)
+    renewed = client.head_object(Bucket=s3_server.bucket, Key=key)
+    assert renewed["LastModified"] > first["LastModified"]
+    assert renewed["Metadata"] == first["Metadata"] and renewed["ETag"] == first["ETag"]
+
+
+def test_a_pruned_snapshot_is_fetched_again(s3_uri: str, bundle: Path, tmp_path: Path) -> None:
+    """Processes of one machine share the cache; one that pulls a new registry.db prunes the
+    snapshots unused for SNAPSHOT_KEEP_S, and another that still pointed at one reads on."""
+    worker_a = Registry(s3_uri, cache_dir=tmp_path / "shared")
+    worker_b = Registry(s3_uri, cache_dir=tmp_path / "shared")
+    writer = Registry(s3_uri, cache_dir=tmp_path / "writer")
+    writer.register(bundle)
+    assert [m.name for m in worker_a.list_models()] == ["fraud"]
+    (old,) = (tmp_path / "shared").rglob("snapshots/[!e]*.db")
+    stale = time.time() - remote.SNAPSHOT_KEEP_S - 60
+    os.utime(old, (stale, stale))
+    writer.register(bundle)
+    assert worker_b.resolve("fraud").version == 2
+    assert not old.exists()
+    assert worker_a.resolve("fraud").version == 2
+
+
 # ---------------------------------------------------------------- damage and errors
 
 
@@ -204,11 +337,37 @@ def test_a_damaged_or_missing_blob_is_refused_and_reported(
         fresh.open("fraud/1")
     assert not list((tmp_path / "fresh").rglob(onnx))  # nothing damaged was kept
     client.delete_object(Bucket=s3_server.bucket, Key=f"{prefix}/blobs/{pt[:2]}/{pt}")
-    problems = fresh.verify()
-    assert len(problems) == 1 and problems[0].endswith(f"{pt} is missing")
+    problems = sorted(fresh.verify())
+    assert len(problems) == 2, problems
+    assert any(p.endswith(f"{pt} is missing") for p in problems)
+    assert any(f"{onnx} was not written by the registry" in p for p in problems)
     client.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/blobs/{onnx[:2]}/{onnx}",
                       Body=b"short")
     assert any("has 5 bytes" in p for p in fresh.verify())
+    # The machine that registered has the bytes: its repair uploads them again.
+    assert fresh.verify(repair=True) == fresh.verify()  # nothing to repair from there
+    repaired = reg.verify(repair=True)
+    assert len(repaired) == 2 and all(p.endswith("(repaired)") for p in repaired), repaired
+    assert fresh.verify() == []
+    assert (fresh.open("fraud/1").path / "model.onnx").read_bytes() == (
+        bundle / "model.onnx").read_bytes()
+
+
+def test_registering_again_repairs_a_blob_lost_from_the_store(
+        reg: Registry, bundle: Path, s3_server: S3Server, s3_uri: str, tmp_path: Path) -> None:
+    """The documented remedy when no machine has a blob's bytes: register the bundle again.
+    The new version references the same blob, and the change uploads it whatever the store
+    says it has."""
+    mv = reg.register(bundle)
+    pt = mv.artifacts["model.pt"]["sha256"]
+    s3_server.client().delete_object(Bucket=s3_server.bucket,
+                                     Key=f"{s3_uri.split('/', 3)[3]}/blobs/{pt[:2]}/{pt}")
+    other = Registry(s3_uri, cache_dir=tmp_path / "other")
+    with pytest.raises(InvalidInput, match=f"{pt} is missing"):
+        other.open("fraud/1")
+    Registry(s3_uri, cache_dir=tmp_path / "third").register(bundle)
+    assert other.verify() == []
+    assert other.open("fraud/1").version == 1
 
 
 def test_a_damaged_cache_is_detected_and_repaired(reg: Registry, bundle: Path) -> None:
@@ -231,23 +390,29 @@ def test_read_only_refuses_changes_before_uploading(s3_uri: str, bundle: Path,
     assert ro.list_models() == []
     with pytest.raises(InvalidInput, match="read-only"):
         ro.register(bundle)
-    with pytest.raises(InvalidInput, match="read-only"):
-        ro.gc()
+    assert ro.gc() == []  # a read-only registry's gc cleans this machine's cache only
     assert objects(s3_server, s3_uri) == {}
     Registry(s3_uri).register(bundle)
     assert ro.resolve("fraud").version == 1
 
 
-def test_not_a_registry_database(s3_uri: str, s3_server: S3Server) -> None:
+def test_not_a_registry_database(s3_uri: str, s3_server: S3Server, tmp_path: Path) -> None:
     s3_server.client().put_object(Bucket=s3_server.bucket,
                                   Key=f"{s3_uri.split('/', 3)[3]}/registry.db",
                                   Body=b"this is not sqlite" * 100)
     with pytest.raises(InvalidInput, match="not a registry database"):
         Registry(s3_uri).list_models()
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE versions (x)")
+    s3_server.client().upload_file(str(foreign), s3_server.bucket,
+                                   f"{s3_uri.split('/', 3)[3]}/registry.db")
+    with pytest.raises(InvalidInput, match=r"not a registry database \(it lacks "):
+        Registry(s3_uri).resolve("fraud")
 
 
 def test_configuration_errors_are_typed_and_say_what_to_do(
-        s3_uri: str, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        s3_uri: str, bundle: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InvalidInput, match="bucket 'no-such-bucket' does not exist"):
         Registry("s3://no-such-bucket/x").list_models()
     with pytest.raises(InvalidInput, match="bucket 'no-such-bucket' does not exist"):
@@ -255,6 +420,16 @@ def test_configuration_errors_are_typed_and_say_what_to_do(
     for bad in ("s3://", "s3:///x", "s3://b/../x", "s3://b//x"):
         with pytest.raises(InvalidInput, match="expected s3://BUCKET"):
             Registry(bad)
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{web.server_port}")
+        with pytest.raises(InvalidInput, match=r"is AWS_ENDPOINT_URL .* an S3 endpoint"):
+            Registry(s3_uri).list_models()  # a web server's 404, not an empty registry
+    finally:
+        web.shutdown()
+        web.server_close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(InvalidInput, match=r"access denied.*AWS_ACCESS_KEY_ID"):
         Registry(s3_uri).list_models()
@@ -313,6 +488,22 @@ def test_trained_model_registered_to_s3_is_served_and_hot_swapped(
                    timestamp="event_ts", config=config, registry=registry,
                    out_dir=tmp_path / "bundle", progress=False)
     registry.set_alias("fraud", "champion", 1)
+
+    # A batch job scores with the registry object it is given (its cache, read-only), in this
+    # process and in worker processes.
+    import pandas as pd
+    from mlserve.batch import run_batch
+
+    src = tmp_path / "rows.parquet"
+    result.test_frame.drop(columns=["is_fraud"]).head(300).to_parquet(src)
+    want_batch = np.asarray(result.test_outputs, dtype=np.float32).reshape(-1)[:300]
+    for workers in (1, 2):
+        out = tmp_path / f"scores-{workers}"
+        run_batch("fraud@champion", src, out, registry=registry, workers=workers)
+        got_batch = pd.read_parquet(out)["probability"].to_numpy()
+        np.testing.assert_allclose(got_batch, want_batch, rtol=0, atol=1e-5)
+    assert not (tmp_path / "cache").exists()  # the default cache ($MLSERVE_REGISTRY_CACHE)
+
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     proc = ServerProcess(s3_uri, ["fraud@champion"], tmp_path / "server.log",  # type: ignore[arg-type]

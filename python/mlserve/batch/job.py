@@ -456,13 +456,15 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
             store_root = str(join.store.root.resolve())
         finally:
             join.close()
-    registry_root = None
+    registry_root = registry_cache = None
     if not names_bundle(model):
         from mlserve.registry import Registry
 
         reg = registry if isinstance(registry, Registry) else Registry(registry)
-        registry_root = reg.location if reg.location.startswith("s3://") else str(
-            Path(reg.root).resolve())
+        if reg.location.startswith("s3://"):
+            registry_root, registry_cache = reg.location, str(reg.cache_base)
+        else:
+            registry_root = str(Path(reg.root).resolve())
     job: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "model": pinned,
@@ -488,6 +490,8 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
                      "keep": job["keep"], "feature_store": store_root, "as_of": as_of_iso,
                      "feature_parts": feature_parts, "with_features": with_features,
                      "threshold": threshold}
+    if registry_cache is not None:
+        job["scorer"]["registry_cache"] = registry_cache
     return job
 
 
@@ -517,11 +521,23 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _scorer(kwargs: dict[str, Any]) -> BatchScorer:
+    """The BatchScorer of a job's scorer spec; a registry on object storage is opened
+    read-only with the caller's cache (``registry_cache``)."""
+    kwargs = dict(kwargs)
+    cache = kwargs.pop("registry_cache", None)
+    if cache is not None:
+        from mlserve.registry import Registry
+
+        kwargs["registry"] = Registry(kwargs["registry"], cache_dir=cache, read_only=True)
+    return BatchScorer(**kwargs)
+
+
 def _init_worker(kwargs: dict[str, Any], parent: int) -> None:
     global _worker_scorer, _worker_error
     _die_with_parent(parent)
     try:
-        _worker_scorer = BatchScorer(**kwargs)
+        _worker_scorer = _scorer(kwargs)
     except Exception as e:  # reported with the first chunk, not as a dead pool
         _worker_error = f"{type(e).__name__}: {e}" if not isinstance(e, MlserveError) \
             else str(e)
@@ -551,7 +567,7 @@ class _Runner:
         self.scorer: BatchScorer | None = None
         self.writer: concurrent.futures.ThreadPoolExecutor | None = None
         if workers == 1:
-            self.scorer = BatchScorer(**scorer_kwargs)
+            self.scorer = _scorer(scorer_kwargs)
             self.writer = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="mlserve-batch-writer")
         else:

@@ -58,9 +58,10 @@ class TableReport:
                 "current_metrics": clean(self.current_metrics)}
 
 
-def resolve_bundle(ref: str, registry: str | None = None) -> Any:
+def resolve_bundle(ref: str, registry: Any = None) -> Any:
     """A :class:`mlserve.bundle.ModelBundle` from a bundle directory (an absolute or ``./``
-    path) or a registry ref (:func:`mlserve.bundle.load_model`)."""
+    path) or a registry ref (:func:`mlserve.bundle.load_model`) in ``registry`` (a location
+    or a :class:`~mlserve.registry.Registry`)."""
     from mlserve.bundle import load_model
 
     return load_model(ref, registry)
