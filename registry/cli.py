@@ -123,9 +123,10 @@ def _run(args: argparse.Namespace) -> int:
                 return 0
         out.print(table)
     elif cmd == "show":
-        mv = reg.resolve(args.ref)
+        mv = reg.get(args.ref)  # the record: a shared registry's files are not downloaded
         out.print(f"[bold]{mv.ref}[/bold]  status={mv.status}  created={mv.created_at}")
-        out.print(f"path: {mv.path}")
+        out.print(f"path: {mv.path}" if mv.path.is_dir() else
+                  f"path: {mv.path} (not fetched on this machine yet)", markup=False)
         for label, value in (("description", mv.description), ("aliases", mv.aliases),
                              ("tags", mv.tags), ("run", mv.run_id), ("metrics", mv.metrics),
                              ("params", mv.params), ("lineage", mv.lineage)):

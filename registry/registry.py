@@ -295,7 +295,7 @@ class Registry:
         extra = json.loads(_json_dumps(dict(info or {}), "artifact info"))
         for key in ("sha256", "bytes"):
             extra.pop(key, None)
-        mv = self.resolve(ref)
+        mv = self.get(ref)
         sha, size = store_blob(src, self._layout.blobs, self._layout.tmp)
         with self._write() as conn:
             mv = self._resolve(conn, Ref(mv.name, version=mv.version))
@@ -430,11 +430,17 @@ class Registry:
                            (ref.name, version)).fetchone()
         return self._version_from_row(conn, row)
 
-    def resolve(self, ref: str) -> ModelVersion:
-        """``NAME`` (latest ready), ``NAME/3`` or ``NAME@alias``; unknown → ModelNotFound."""
+    def get(self, ref: str) -> ModelVersion:
+        """The version ``ref`` names, as a record. The same as :meth:`resolve` here; on a
+        registry in object storage its files are not fetched (``path`` may not exist yet)."""
         parsed = parse_ref(ref)
         with self._read() as conn:
             return self._resolve(conn, parsed)
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """``NAME`` (latest ready), ``NAME/3`` or ``NAME@alias``; unknown → ModelNotFound.
+        ``path`` is the version's bundle directory, ready for a loader."""
+        return self.get(ref)
 
     def open(self, ref: str) -> ModelVersion:
         """Resolves ``ref`` and verifies its files' checksums before a loader uses them."""

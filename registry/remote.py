@@ -329,7 +329,7 @@ class RemoteRegistry(Registry):
     def resolve(self, ref: str) -> ModelVersion:
         """As :meth:`Registry.resolve`; the version's files are fetched into the cache (once)
         so that ``path`` is a bundle directory a loader can open."""
-        mv = super().resolve(ref)
+        mv = self.get(ref)
         self._fetch(mv)
         return mv
 

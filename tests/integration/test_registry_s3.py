@@ -458,10 +458,13 @@ def test_cli_on_object_storage(s3_uri: str, bundle: Path, tmp_path: Path) -> Non
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "mlserve.cli", "registry", *args,
                                "--registry", s3_uri], capture_output=True, text=True,
-                              timeout=120)
+                              timeout=120, env={**os.environ,  # another machine's cache
+                                                "MLSERVE_REGISTRY_CACHE": str(tmp_path / "cli")})
 
     Registry(s3_uri).register(bundle)
     assert cli("alias", "fraud", "1", "prod").returncode == 0
+    shown = cli("show", "fraud@prod")  # the record only: nothing of the model downloaded
+    assert shown.returncode == 0 and "not fetched on this machine" in shown.stdout, shown.stderr
     listed = cli("list")
     assert listed.returncode == 0 and "fraud" in listed.stdout and "prod" in listed.stdout
     assert cli("verify").returncode == 0
