@@ -5,12 +5,15 @@ operation).
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 from pathlib import Path
 
 from mlserve._sqlite import BUSY_TIMEOUT_MS, connect, read_transaction, write_transaction
 from mlserve._sqlite import initialize as _initialize
 
-__all__ = ["BUSY_TIMEOUT_MS", "connect", "initialize", "read_transaction", "write_transaction"]
+__all__ = ["BUSY_TIMEOUT_MS", "columns", "connect", "initialize", "read_transaction",
+           "schema_columns", "write_transaction"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -65,6 +68,24 @@ CREATE TABLE IF NOT EXISTS runs (
     parent_run TEXT
 );
 """
+
+
+def columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """Table -> column names (in order) of the database ``conn`` is on."""
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                         "AND name NOT LIKE 'sqlite_%'")]
+    return {t: [r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')] for t in tables}
+
+
+@functools.cache
+def schema_columns() -> dict[str, list[str]]:
+    """Table -> column names of the registry schema (what a registry database must have)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        return columns(conn)
+    finally:
+        conn.close()
 
 
 def initialize(path: Path) -> None:

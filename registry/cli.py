@@ -59,6 +59,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--repair", action="store_true",
         help="remove leftovers of interrupted writes and dangling aliases")
     add("gc", "remove leftovers of interrupted writes and blobs no version references")
+    p = add("copy", "copy the whole registry (versions, artifacts, aliases, tags, runs, "
+            "history) into an empty one, e.g. onto shared object storage")
+    p.add_argument("--to", required=True, metavar=REGISTRY_METAVAR, dest="to",
+                   help="the destination: a new directory or s3://BUCKET/PREFIX")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = add("export", "write a version as a bundle tar (mlserve.json + artifacts)")
     p.add_argument("ref")
     p.add_argument("file", metavar="FILE.tar")
@@ -188,6 +193,15 @@ def _run(args: argparse.Namespace) -> int:
         for entry in removed:
             out.print(f"removed {entry}", markup=False)
         out.print(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} removed")
+    elif cmd == "copy":
+        from mlserve.progress import rows_progress
+
+        with rows_progress(out, "copying artifacts", args.no_progress, unit="bytes") as bar:
+            target, counts = reg.copy_to(args.to, progress=bar)
+        out.print(f"copied {counts['models']} model(s), {counts['versions']} version(s), "
+                  f"{counts['runs']} run(s) and {counts['events']} history event(s) "
+                  f"({counts['blobs']} artifact blob(s), {counts['bytes']:,} bytes) from "
+                  f"{reg.location} to {target.location}", markup=False)
     elif cmd == "export":
         path = reg.export(args.ref, args.file)
         out.print(f"{args.ref} written to {path}", markup=False)

@@ -662,6 +662,18 @@ class Registry:
         with self._write() as conn:
             return _maintenance.remove_leftovers(conn, self._layout)
 
+    def copy_to(self, dest: str | os.PathLike[str] | Registry,
+                progress: Any = None) -> tuple[Registry, dict[str, int]]:
+        """Copies this whole registry (every version and artifact, aliases, tags, runs, the
+        history) into the empty registry at ``dest``: a directory or ``s3://BUCKET/PREFIX``
+        (moving a registry onto shared storage, or a shared one onto a machine). Returns the
+        destination and counts (models, versions, runs, events, blobs, bytes). ``progress``:
+        ``progress(done_bytes, total_bytes)``. A destination holding anything is refused."""
+        from ._copy import copy_registry
+
+        target = dest if isinstance(dest, Registry) else Registry(dest)
+        return target, copy_registry(self, target, progress)
+
     def export(self, ref: str, tar_path: str | os.PathLike[str]) -> Path:
         """Writes a verified version as a tar of mlserve.json + artifacts."""
         mv = self.open(ref)

@@ -122,22 +122,6 @@ def _artifact_shas(db: Path | None) -> dict[str, int]:
             "SELECT sha256, MAX(bytes) FROM artifacts GROUP BY sha256")}
 
 
-def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
-    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return {t: {r[1] for r in conn.execute(f'PRAGMA table_info("{t}")')} for t in tables}
-
-
-@functools.cache
-def _expected_columns() -> dict[str, set[str]]:
-    """Tables and columns of the registry schema (_db.py), as SQLite reports them."""
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.executescript(_db._SCHEMA)
-        return {t: c for t, c in _columns(conn).items() if not t.startswith("sqlite_")}
-    finally:
-        conn.close()
-
-
 def _age_s(info: Any) -> float:
     return datetime.now(timezone.utc).timestamp() - info.last_modified.timestamp()
 
@@ -280,9 +264,9 @@ class RemoteRegistry(Registry):
         problem = None
         try:
             with _db.read_transaction(path, read_only=True) as conn:
-                found = _columns(conn)
-            missing = [f"{t}.{c}" for t, cols in _expected_columns().items()
-                       for c in sorted(cols - found.get(t, set()))]
+                found = _db.columns(conn)
+            missing = [f"{t}.{c}" for t, cols in _db.schema_columns().items()
+                       for c in cols if c not in found.get(t, [])]
             if missing:
                 problem = f"it lacks {', '.join(missing[:5])}"
         except sqlite3.DatabaseError as exc:

@@ -1,5 +1,6 @@
-"""One progress bar for the CLI's long row-by-row work (``mlserve batch``, ``mlserve drift
-report``): ``with rows_progress(console, "scoring", quiet) as advance: ...; advance(done, total)``.
+"""One progress bar for the CLI's long work (``mlserve batch``, ``mlserve drift report``,
+``mlserve registry copy``): ``with rows_progress(console, "scoring", quiet) as advance: ...;
+advance(done, total)``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from rich.console import Console
 
 
 @contextmanager
-def rows_progress(console: Console, label: str, quiet: bool = False
+def rows_progress(console: Console, label: str, quiet: bool = False, unit: str = "rows"
                   ) -> Iterator[Callable[[int, int | None], None]]:
-    """A transient bar on ``console`` (rows done of total, elapsed, remaining); yields
-    ``advance(done_rows, total_rows)`` (a None total: unknown yet). ``quiet``: no bar."""
+    """A transient bar on ``console`` (``unit`` done of total, elapsed, remaining); yields
+    ``advance(done, total)`` (a None total: unknown yet). ``quiet``: no bar."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -25,7 +26,7 @@ def rows_progress(console: Console, label: str, quiet: bool = False
     )
 
     with Progress(TextColumn(label.replace("[", r"\[")), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("rows"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(),
                   console=console, disable=quiet, transient=True) as progress:
         task = progress.add_task("rows", total=None)
 

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:  # bench/ is a top-level folder, not part of the p
 # The registry's unit tests, run again below on object storage.
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 import test_registry as unit  # noqa: E402
-from test_registry import make_bundle  # noqa: E402
+from test_registry import contents, fill, make_bundle  # noqa: E402
 
 from bench.s3server import SeaweedFS as S3Server  # noqa: E402
 
@@ -319,6 +319,36 @@ def test_a_pruned_snapshot_is_fetched_again(s3_uri: str, bundle: Path, tmp_path:
     assert worker_b.resolve("fraud").version == 2
     assert not old.exists()
     assert worker_a.resolve("fraud").version == 2
+
+
+def test_copy_a_local_registry_onto_object_storage_and_back(
+        s3_uri: str, tmp_path: Path, s3_server: S3Server) -> None:
+    """The way onto shared storage: `mlserve registry copy --to s3://...` moves every version,
+    alias, tag, run and the history; another machine sees all of it, and the copy back onto a
+    directory is the same registry again."""
+    local = Registry(tmp_path / "local")
+    fill(local, tmp_path)
+    shared, counts = local.copy_to(s3_uri)
+    assert counts["versions"] == 3 and isinstance(shared, RemoteRegistry)
+    elsewhere = Registry(s3_uri, cache_dir=tmp_path / "elsewhere")
+    assert contents(elsewhere) == contents(local)
+    assert elsewhere.verify() == []
+    opened = elsewhere.open("fraud@champion")
+    assert (opened.path / "model.plan").read_bytes() == b"engine-bytes"
+    stored = objects(s3_server, s3_uri)
+    assert sum(k.startswith("blobs/") for k in stored) == counts["blobs"]
+
+    back, _ = elsewhere.copy_to(tmp_path / "back")
+    assert contents(back) == contents(local) and back.verify() == []
+    assert "remote_commits" not in json.dumps(contents(back), default=str)
+
+    with pytest.raises(InvalidInput, match="is not empty"):
+        local.copy_to(s3_uri)
+    cli = subprocess.run([sys.executable, "-m", "mlserve.cli", "registry", "--registry",
+                          str(tmp_path / "local"), "copy", "--to", s3_uri + "-cli"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert contents(Registry(s3_uri + "-cli")) == contents(local)
 
 
 # ---------------------------------------------------------------- damage and errors

@@ -474,9 +474,69 @@ def test_cli(reg: Registry, bundle: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize("sub", ["list", "show", "alias", "history", "tag", "archive", "verify",
-                                 "gc", "export", "import"])
+                                 "gc", "copy", "export", "import"])
 def test_cli_help(sub: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         _cli(["registry", sub, "--help"])
     assert exc.value.code == 0
     assert "--registry" in capsys.readouterr().out
+
+
+def fill(reg: Registry, tmp_path: Path) -> None:
+    """A registry with some of everything: two models, runs (one a child), versions with
+    tags, a description, an archived one, an added artifact, aliases and their moves."""
+    parent = reg.log_run({"lr": 0.1}, {"auc": 0.9}, name="fraud")
+    child = reg.log_run({"lr": 0.01}, {"auc": 0.93}, name="fraud", parent_run=parent)
+    reg.register(make_bundle(tmp_path / "f1"), run_id=parent, tags={"team": "risk"})
+    reg.register(make_bundle(tmp_path / "f2", seed=b"x"), run_id=child, description="better")
+    reg.register(make_bundle(tmp_path / "c1", name="churn", seed=b"c"))
+    reg.set_alias("fraud", "champion", 1)
+    reg.set_alias("fraud", "champion", 2, reason="better auc")
+    reg.archive("fraud/1", reason="superseded")
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"engine-bytes")
+    reg.add_artifact("fraud/2", plan, file="model.plan", info={"gpu": "H100"})
+
+
+def contents(reg: Registry) -> dict[str, Any]:
+    """Everything a registry records, but where its files are."""
+    def record(mv: ModelVersion) -> dict[str, Any]:
+        return {k: v for k, v in mv.__dict__.items() if k != "path"}
+
+    return {
+        "models": reg.list_models(),
+        "versions": {m.name: [record(v) for v in reg.list_versions(m.name)]
+                     for m in reg.list_models()},
+        "history": {m.name: reg.history(m.name) for m in reg.list_models()},
+        "runs": reg.runs(),
+    }
+
+
+def test_copy_to_an_empty_registry_moves_everything(reg: Registry, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    fill(reg, tmp_path)
+    ticks: list[tuple[int, int]] = []
+    copy, counts = reg.copy_to(tmp_path / "copy", progress=lambda d, t: ticks.append((d, t)))
+    assert contents(copy) == contents(reg)
+    assert counts == {"models": 2, "versions": 3, "runs": 2, "events": 7, "blobs": 7,
+                      "bytes": sum(int(e["bytes"]) for e in {
+                          e["sha256"]: e for v in reg.list_versions("fraud")
+                          + reg.list_versions("churn") for e in v.artifacts.values()}.values())}
+    assert ticks[-1][0] == ticks[-1][1] == counts["bytes"]
+    assert copy.verify() == []
+    for ref in ("fraud/1", "fraud/2", "churn/1"):
+        opened = copy.open(ref)
+        for file in opened.artifacts:
+            assert (opened.path / file).read_bytes() == (reg.resolve(ref).path / file).read_bytes()
+    # a new version in the copy continues the numbering and the history
+    assert copy.register(make_bundle(tmp_path / "f3", seed=b"y")).version == 3
+    assert copy.history("fraud")[-1].kind == "register"
+
+    with pytest.raises(InvalidInput, match="is not empty"):
+        reg.copy_to(tmp_path / "copy")
+    with pytest.raises(InvalidInput, match="onto itself"):
+        reg.copy_to(reg.root)
+    assert _cli(["registry", "--registry", str(reg.root), "copy", "--to",
+                 str(tmp_path / "cli-copy"), "--no-progress"]) == 0
+    assert "copied 2 model(s), 3 version(s), 2 run(s)" in capsys.readouterr().out
+    assert contents(Registry(tmp_path / "cli-copy")) == contents(reg)
