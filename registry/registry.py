@@ -234,7 +234,7 @@ class Registry:
                 f"artifact {file} listed in {MANIFEST} is missing from the bundle {src}"
             )
         expected = str(entry["sha256"]).lower()
-        sha, size = store_blob(path, self._layout.blobs, self._layout.tmp)
+        sha, size = self._store_blob(path)
         if sha != expected:
             raise InvalidInput(
                 f"artifact {file} in {src} does not match its sha256 in {MANIFEST} (expected "
@@ -245,6 +245,10 @@ class Registry:
                 f"artifact {file} in {src} has {size} bytes, {MANIFEST} says {entry['bytes']}"
             )
         return sha, size
+
+    def _store_blob(self, src: Path) -> tuple[str, int]:
+        """Stores the file ``src`` as a blob; ``(sha256, bytes)``."""
+        return store_blob(src, self._layout.blobs, self._layout.tmp)
 
     def _materialize(self, final: Path, manifest: dict[str, Any]) -> None:
         """Builds the version directory under a temp name and renames it to ``final``.
@@ -296,7 +300,7 @@ class Registry:
         for key in ("sha256", "bytes"):
             extra.pop(key, None)
         mv = self.get(ref)
-        sha, size = store_blob(src, self._layout.blobs, self._layout.tmp)
+        sha, size = self._store_blob(src)
         with self._write() as conn:
             mv = self._resolve(conn, Ref(mv.name, version=mv.version))
             if mv.status == "archived":
@@ -307,7 +311,7 @@ class Registry:
                     "under another name (e.g. model-<gpu>.plan) or register a new version"
                 )
             if not blob_path(self._layout.blobs, sha).exists():  # gc() ran meanwhile
-                sha, size = store_blob(src, self._layout.blobs, self._layout.tmp)
+                sha, size = self._store_blob(src)
             manifest = dict(mv.manifest)
             manifest["artifacts"] = {**manifest.get("artifacts", {}),
                                      file: {**extra, "sha256": sha, "bytes": size}}
@@ -326,7 +330,7 @@ class Registry:
                 undo()
                 raise
         logger.info("added artifact %s to %s/%d", file, mv.name, mv.version)
-        return self.resolve(f"{mv.name}/{mv.version}")
+        return self.get(f"{mv.name}/{mv.version}")
 
     def _add_to_version_dir(self, vdir: Path, file: str, sha: str,
                             manifest: dict[str, Any]) -> Any:

@@ -87,6 +87,8 @@ SNAPSHOT_KEEP_S = 600.0
 #: How long a commit's id stays in registry.db, to tell whether a PUT whose answer was lost
 #: (a timeout, a reset connection, botocore's retry answered 412) was applied.
 COMMIT_IDS_KEEP_S = 86400.0
+#: The tables whose columns mark a database as a registry (later tables are added on read).
+_CORE_TABLES = ("versions", "artifacts", "aliases", "tags", "events", "runs")
 _COMMITS_TABLE = ("CREATE TABLE IF NOT EXISTS remote_commits (txid TEXT PRIMARY KEY, "
                   "at TEXT NOT NULL)")
 
@@ -134,12 +136,14 @@ def _touch(path: Path) -> None:
         pass  # removed meanwhile, or another user's: nothing to protect
 
 
-def _rollback_journal(db: Path) -> None:
-    """Switches a private database copy out of WAL, so that it is one self-contained file to
-    upload (no -wal/-shm beside it)."""
+def _prepare_copy(db: Path) -> None:
+    """Readies a private database copy: out of WAL, so that it is one self-contained file to
+    upload (no -wal/-shm beside it), and with every table of this version's schema (one
+    written by an older mlserve may lack a newer table; reads and changes then find it)."""
     conn = sqlite3.connect(db, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode = DELETE")
+        conn.executescript(_db._SCHEMA)
     finally:
         conn.close()
 
@@ -223,7 +227,7 @@ class RemoteRegistry(Registry):
         if not path.is_file():
             tmp = _temp_path(self._layout.tmp, "empty.db")
             _db.initialize(tmp)
-            _rollback_journal(tmp)
+            _prepare_copy(tmp)
             os.replace(tmp, path)
         return path
 
@@ -248,9 +252,11 @@ class RemoteRegistry(Registry):
                 self._snap = (None, self._empty_snapshot())
                 return self._snap
             self._check_database(tmp)
+            _prepare_copy(tmp)
             final = self._snapshots / (re.sub(r"[^A-Za-z0-9]", "", etag) + ".db")
             if final.is_file():
                 tmp.unlink()
+                _touch(final)
             else:
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, final)
@@ -266,7 +272,7 @@ class RemoteRegistry(Registry):
             with _db.read_transaction(path, read_only=True) as conn:
                 found = _db.columns(conn)
             missing = [f"{t}.{c}" for t, cols in _db.schema_columns().items()
-                       for c in cols if c not in found.get(t, [])]
+                       if t in _CORE_TABLES for c in cols if c not in found.get(t, [])]
             if missing:
                 problem = f"it lacks {', '.join(missing[:5])}"
         except sqlite3.DatabaseError as exc:
@@ -340,6 +346,7 @@ class RemoteRegistry(Registry):
         """Builds ``mv.path`` from the blobs (downloading the missing ones), under a temp name
         renamed into place: readers see the whole directory or none."""
         if mv.path.is_dir():
+            _touch(mv.path)  # in use: the cache's gc goes by this time
             return
         total = sum(int(e.get("bytes", 0)) for e in mv.artifacts.values())
         logger.info("fetching %s (%d files, %.1f MB) from %s", mv.ref, len(mv.artifacts),
@@ -363,8 +370,8 @@ class RemoteRegistry(Registry):
 
     # ------------------------------------------------------------------ changing
 
-    def _store_artifact(self, src: Path, file: str, entry: Any) -> tuple[str, int]:
-        sha, size = super()._store_artifact(src, file, entry)
+    def _store_blob(self, src: Path) -> tuple[str, int]:
+        sha, size = super()._store_blob(src)
         stored = getattr(self._tls, "stored", None)
         if stored is not None:  # checked in the store by _push even if already referenced
             stored.add(sha)
@@ -393,7 +400,7 @@ class RemoteRegistry(Registry):
             else:
                 shutil.copyfile(base, work)
                 os.chmod(work, 0o644)
-            _rollback_journal(work)
+            _prepare_copy(work)
             self._tls.work = work
             try:
                 with _db.write_transaction(work) as conn:
@@ -415,11 +422,22 @@ class RemoteRegistry(Registry):
 
     def _push(self, work: Path, base_etag: str | None, base: Path | None, txid: str) -> None:
         before = _artifact_shas(base)
-        after = _artifact_shas(work)
         stored = getattr(self._tls, "stored", None) or set()
-        new = {sha: size for sha, size in after.items() if sha not in before or sha in stored}
-        for sha, size in new.items():
-            self._ensure_blob(sha, size)
+        # Blobs to check: those new to the database, and those this change stored itself (a
+        # registration again repairs a blob lost from the store).
+        check = {sha: size for sha, size in _artifact_shas(work).items()
+                 if sha not in before or sha in stored}
+        for sha in check:
+            _touch(blob_path(self._layout.blobs, sha))  # in use: the cache's gc leaves it
+        present = {sha: self._blob_ok(sha, size) for sha, size in check.items()}
+        for sha, ok in present.items():
+            if not ok:
+                self._upload_blob(sha)
+        # Last, right before the commit, renew the old blobs it newly references: a gc that
+        # listed one as an old orphan then sees it young when it looks again before deleting.
+        for sha, size in check.items():
+            if present[sha] and sha not in before:
+                self._renew_blob(sha, size)
         try:
             etag = self._store.upload(DB_OBJECT, work, if_match=base_etag,
                                       create_only=base_etag is None)
@@ -436,7 +454,7 @@ class RemoteRegistry(Registry):
             os.replace(work, final)
             with self._pull_lock:
                 self._snap = (etag, final)
-        for sha in new:  # a gc that ran meanwhile may have taken one
+        for sha in check:  # a gc that ran meanwhile may have taken one
             if self._store.head(_blob_object(sha)) is None:
                 self._upload_blob(sha)
 
@@ -452,15 +470,25 @@ class RemoteRegistry(Registry):
         except sqlite3.OperationalError:  # no remote_commits table: no commit of ours
             return False
 
-    def _ensure_blob(self, sha: str, size: int) -> None:
-        """Makes sure the store has blob ``sha``, whole, and recent: one older than half the
-        gc grace period is renewed (copied onto itself), so that a gc running now cannot take
-        it as an old orphan while this change commits a reference to it."""
+    def _blob_ok(self, sha: str, size: int) -> bool:
+        """Whether the store has blob ``sha`` whole, as the registry wrote it."""
         info = self._store.head(_blob_object(sha))
-        if info is None or info.size != size or info.metadata.get("sha256") != sha:
-            self._upload_blob(sha)
-        elif _age_s(info) > GC_GRACE_S / 2:
+        return info is not None and info.size == size and info.metadata.get("sha256") == sha
+
+    def _renew_blob(self, sha: str, size: int) -> None:
+        """Renews a stored blob older than half the gc grace period (a copy onto itself), so
+        that a gc running now does not take it as an old orphan while this change commits a
+        reference to it; uploaded again where that fails (gone meanwhile, a store that cannot
+        copy it)."""
+        info = self._store.head(_blob_object(sha))
+        if info is not None and _age_s(info) <= GC_GRACE_S / 2:
+            return
+        try:
+            if info is None:
+                raise Unavailable("gone")
             self._store.touch(_blob_object(sha), {"sha256": sha})
+        except (Unavailable, InvalidInput):
+            self._upload_blob(sha)
 
     def _upload_blob(self, sha: str) -> None:
         local = blob_path(self._layout.blobs, sha)
@@ -545,14 +573,29 @@ class RemoteRegistry(Registry):
             listing = list(self._store.list("blobs/"))
             # The references are read after the listing: a blob listed as unreferenced was so
             # when the listing had already started.
-            _, snapshot = self._pull()
-            referenced = _artifact_shas(snapshot)
+            etag, snapshot = self._pull()
+            if etag is None and listing:
+                raise InvalidInput(
+                    f"{self._store.url(DB_OBJECT)} is missing but {len(listing)} blob(s) are "
+                    "there: gc would delete them all. Restore registry.db (e.g. from the "
+                    "bucket's versioning), or delete the prefix yourself")
+            refs: dict[Path, dict[str, int]] = {}
+
+            def referenced(snapshot: Path) -> dict[str, int]:
+                if snapshot not in refs:
+                    refs[snapshot] = _artifact_shas(snapshot)
+                return refs[snapshot]
+
             for obj in listing:
                 sha = obj.key.rsplit("/", 1)[-1]
-                if sha in referenced or obj.last_modified.timestamp() >= cutoff:
+                if sha in referenced(snapshot) or obj.last_modified.timestamp() >= cutoff:
                     continue
-                info = self._store.head(obj.key)  # renewed since the listing?
-                if info is not None and info.last_modified.timestamp() < cutoff:
+                # Just before deleting: renewed by a change since the listing, or referenced
+                # by a commit since (a conditional GET, a download only when it changed)?
+                info = self._store.head(obj.key)
+                _, snapshot = self._pull()
+                if info is not None and info.last_modified.timestamp() < cutoff \
+                        and sha not in referenced(snapshot):
                     self._store.delete(obj.key)
                     removed.append(self._store.url(obj.key))
         _, snapshot = self._pull()

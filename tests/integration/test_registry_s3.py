@@ -288,20 +288,25 @@ def test_a_commit_whose_answer_is_lost_is_applied_once(
 def test_a_change_renews_the_old_blobs_it_references(
         reg: Registry, bundle: Path, s3_server: S3Server, s3_uri: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A gc takes unreferenced blobs older than its grace period; a change that references an
-    old blob again renews it first, so a gc running meanwhile does not take it."""
-    mv = reg.register(bundle)
-    key = f"{s3_uri.split('/', 3)[3]}/blobs/{mv.artifacts['model.pt']['sha256'][:2]}/" \
-          f"{mv.artifacts['model.pt']['sha256']}"
+    """A gc takes unreferenced blobs older than its grace period. A change that references
+    such an orphan (bytes a failed change left) renews it right before its commit, so that a
+    gc running meanwhile sees it young; blobs already referenced are left as they are."""
+    data = (bundle / "model.pt").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    key = f"{s3_uri.split('/', 3)[3]}/blobs/{sha[:2]}/{sha}"
     client = s3_server.client()
+    client.put_object(Bucket=s3_server.bucket, Key=key, Body=data, Metadata={"sha256": sha})
     first = client.head_object(Bucket=s3_server.bucket, Key=key)
-    assert first["Metadata"] == {"sha256": mv.artifacts["model.pt"]["sha256"]}
     time.sleep(1.1)  # S3 times have a resolution of a second
-    monkeypatch.setattr(remote, "GC_GRACE_S", 1.0)  # the blob is now "old"
+    monkeypatch.setattr(remote, "GC_GRACE_S", 1.0)  # the orphan is now "old"
     reg.register(bundle)
     renewed = client.head_object(Bucket=s3_server.bucket, Key=key)
     assert renewed["LastModified"] > first["LastModified"]
     assert renewed["Metadata"] == first["Metadata"] and renewed["ETag"] == first["ETag"]
+    time.sleep(1.1)
+    reg.register(bundle)  # referenced already: no gc takes it, nothing to renew
+    assert client.head_object(Bucket=s3_server.bucket, Key=key)["LastModified"] == \
+        renewed["LastModified"]
 
 
 def test_a_pruned_snapshot_is_fetched_again(s3_uri: str, bundle: Path, tmp_path: Path) -> None:
@@ -349,6 +354,79 @@ def test_copy_a_local_registry_onto_object_storage_and_back(
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     assert contents(Registry(s3_uri + "-cli")) == contents(local)
+
+
+def test_the_cache_keeps_what_was_used_within_the_grace_period(
+        s3_uri: str, bundle: Path, tmp_path: Path) -> None:
+    """A machine's gc removes a version directory whose manifest changed only once it has
+    been unused for the grace period: opening it counts as use."""
+    writer = Registry(s3_uri, cache_dir=tmp_path / "writer")
+    writer.register(bundle)
+    server = Registry(s3_uri, cache_dir=tmp_path / "server")
+    old = server.open("fraud/1").path
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert server.open("fraud/1").path == old  # used again now
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"engine")
+    writer.add_artifact("fraud/1", plan, file="model.plan")  # a new manifest: old is stale
+    assert str(old) not in server.gc()
+    assert old.is_dir()
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    assert str(old) in server.gc()
+    assert not old.exists() and server.open("fraud/1").path.is_dir()
+
+
+def test_add_artifact_checks_its_blob_and_downloads_nothing(
+        s3_uri: str, bundle: Path, s3_server: S3Server, tmp_path: Path) -> None:
+    writer = Registry(s3_uri, cache_dir=tmp_path / "writer")
+    writer.register(bundle)
+    writer.register(bundle)
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"engine")
+    builder = Registry(s3_uri, cache_dir=tmp_path / "builder")  # a GPU machine, say
+    mv = builder.add_artifact("fraud/1", plan, file="model.plan")
+    sha = mv.artifacts["model.plan"]["sha256"]
+    cached = sorted(p.name for p in (tmp_path / "builder").rglob("blobs/*/*"))
+    assert cached == [sha]  # the model's own blobs were not downloaded
+    s3_server.client().delete_object(Bucket=s3_server.bucket,
+                                     Key=f"{s3_uri.split('/', 3)[3]}/blobs/{sha[:2]}/{sha}")
+    builder.add_artifact("fraud/2", plan, file="model.plan")  # the same bytes: uploaded again
+    assert builder.verify() == []
+
+
+def test_gc_refuses_to_run_without_the_database(
+        reg: Registry, bundle: Path, s3_server: S3Server, s3_uri: str) -> None:
+    reg.register(bundle)
+    s3_server.client().delete_object(Bucket=s3_server.bucket,
+                                     Key=f"{s3_uri.split('/', 3)[3]}/registry.db")
+    with pytest.raises(InvalidInput, match=r"registry\.db is missing but 2 blob"):
+        reg.gc(grace_s=0)
+    assert len(objects(s3_server, s3_uri)) == 2
+
+
+def test_a_database_from_an_older_schema_is_read_and_grown(
+        reg: Registry, bundle: Path, s3_uri: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later mlserve adds a table to the schema: the registries written before it still open
+    (the table is added to the local copy) and the next change stores it."""
+    from mlserve.registry import _db
+
+    reg.register(bundle)
+    monkeypatch.setattr(_db, "_SCHEMA", _db._SCHEMA + "CREATE TABLE IF NOT EXISTS owners "
+                        "(name TEXT NOT NULL, owner TEXT NOT NULL);")
+    _db.schema_columns.cache_clear()
+    try:
+        newer = Registry(s3_uri, cache_dir=tmp_path / "newer")
+        assert newer.resolve("fraud").version == 1
+        with newer._read() as conn:
+            assert conn.execute("SELECT COUNT(*) FROM owners").fetchone()[0] == 0
+        newer.set_tag("fraud/1", "owner", "ana")
+        assert Registry(s3_uri, cache_dir=tmp_path / "third").get("fraud/1").tags == {
+            "owner": "ana"}
+    finally:
+        monkeypatch.undo()
+        _db.schema_columns.cache_clear()
 
 
 # ---------------------------------------------------------------- damage and errors
