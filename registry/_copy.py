@@ -13,6 +13,7 @@ is refused.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -56,12 +57,41 @@ def _source_blob(src: Registry, sha: str) -> Path:
     from .remote import RemoteRegistry
 
     if isinstance(src, RemoteRegistry):
-        return src._fetch_blob(sha)  # checked while it downloads
+        path = src._fetch_blob(sha)  # a download is checked while it arrives; a cached copy:
+        if sha256_file(path) != sha:
+            path.unlink()  # damaged in this machine's cache: fetch it again
+            path = src._fetch_blob(sha)
+        return path
     path = blob_path(src._layout.blobs, sha)
     if not path.is_file() or sha256_file(path) != sha:
         raise InvalidInput(f"blob {sha} of the registry at {src.location} is missing or damaged; "
                            "run `mlserve registry verify` there first")
     return path
+
+
+def check_destination(dest: str | os.PathLike[str]) -> None:
+    """Refuses a destination that holds anything but an empty registry, before a Registry is
+    opened there (which would create one): a file, a folder with other things, a prefix with
+    other objects."""
+    from ._objectstore import S3Store, is_uri, normalize_uri
+
+    if is_uri(dest):
+        store = S3Store(normalize_uri(dest))
+        found = [o.key for _, o in zip(range(5), store.list(""), strict=False)]
+        if found and store.head("registry.db") is None:
+            raise InvalidInput(f"{store.uri} already holds objects ({', '.join(found)}, ...) "
+                               "and no registry: copy into a new prefix")
+        return
+    path = Path(dest).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InvalidInput(f"{path} exists and is not a directory: copy into a new directory")
+    if path.is_dir():
+        others = sorted(p.name for p in path.iterdir()
+                        if p.name not in ("registry.db", "registry.db-wal", "registry.db-shm",
+                                          "blobs", "models", "tmp"))
+        if others:
+            raise InvalidInput(f"{path} already holds {', '.join(others[:5])}: copy into a new "
+                               "directory")
 
 
 def copy_registry(src: Registry, dst: Registry,
@@ -73,6 +103,10 @@ def copy_registry(src: Registry, dst: Registry,
     if src.location == dst.location:
         raise InvalidInput(f"copy of the registry at {src.location} onto itself")
     dst._check_writable()
+    with src._read() as conn:
+        if not any(conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in TABLES):
+            raise InvalidInput(f"the registry at {src.location} is empty: nothing to copy "
+                               "(is --registry the one you meant?)")
     with dst._read() as conn:
         held = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
     if any(held.values()):
@@ -93,13 +127,17 @@ def copy_registry(src: Registry, dst: Registry,
 
         total, done = sum(blobs.values()), 0
         for sha, size in sorted(blobs.items()):
-            local = _source_blob(src, sha)
-            if isinstance(dst, RemoteRegistry):
-                dst._store.upload(f"blobs/{sha[:2]}/{sha}", local, metadata={"sha256": sha})
+            if isinstance(dst, RemoteRegistry) and dst._blob_ok(sha, size):
+                pass  # there already (a copy run again after a failure)
             else:
-                stored, _ = store_blob(local, dst._layout.blobs, dst._layout.tmp)
+                # Into the destination's own blobs (its cache, for object storage, from where
+                # its commit can upload a blob again if it must).
+                stored, _ = store_blob(_source_blob(src, sha), dst._layout.blobs,
+                                       dst._layout.tmp)
                 if stored != sha:
                     raise InvalidInput(f"blob {sha} changed while it was copied; copy again")
+                if isinstance(dst, RemoteRegistry):
+                    dst._upload_blob(sha)
             done += size
             if progress is not None:
                 progress(done, total)

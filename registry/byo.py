@@ -112,11 +112,11 @@ def bundle_from_model(
     categorical = [f["name"] for f in spec["features"] if f["kind"] == "categorical"]
     check_policy_features(overrides, categorical, "the unknown-category overrides")
     signature_inputs: list[dict[str, Any]] = []
-    for n, f in zip(plan.input_names, spec["features"], strict=True):
-        entry: dict[str, Any] = {"name": n, "dtype": dtypes.get(n, "float32"),
+    for column, f in zip(plan.input_names, spec["features"], strict=True):
+        entry: dict[str, Any] = {"name": column, "dtype": dtypes.get(column, "float32"),
                                  "kind": f["kind"], "nullable": True}
         if f["kind"] == "categorical":
-            entry["unknown"] = overrides.get(n, unknown_category)
+            entry["unknown"] = overrides.get(column, unknown_category)
             CategoryEncoder.for_input(entry, f)  # the policy must fit (no 'error' on a hash)
         signature_inputs.append(entry)
     root = Path(out_dir)

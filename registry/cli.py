@@ -1,4 +1,5 @@
-"""``mlserve registry ...``: list, show, alias, history, tag, archive, verify, export, import.
+"""``mlserve registry ...``: list, show, alias, history, tag, archive, verify, gc, copy,
+export, import.
 
 ``add_parser(subparsers)`` adds the ``registry`` command to the main parser; ``run(args)``
 executes it and returns the exit status (errors print a message saying what to do, exit 1).
@@ -29,7 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     reg: argparse.ArgumentParser = subparsers.add_parser(
         "registry", parents=[common], help="manage registered model versions",
         description="Versioned, checksummed model bundles: list, inspect, alias, archive, "
-        "verify, export and import. References: NAME (latest ready), NAME/3, NAME@alias.")
+        "verify, gc, copy, export and import. --registry is a directory or s3://BUCKET/PREFIX "
+        "(docs/registry.md). References: NAME (latest ready), NAME/3, NAME@alias.")
     sub = reg.add_subparsers(dest="registry_command", required=True, metavar="SUBCOMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -59,10 +61,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--repair", action="store_true",
         help="remove leftovers of interrupted writes and dangling aliases")
     add("gc", "remove leftovers of interrupted writes and blobs no version references")
-    p = add("copy", "copy the whole registry (versions, artifacts, aliases, tags, runs, "
-            "history) into an empty one, e.g. onto shared object storage")
+    p = add("copy", "copy the whole registry given by --registry (versions, artifacts, aliases, "
+            "tags, runs, history) into a new, empty one, e.g. onto shared object storage")
     p.add_argument("--to", required=True, metavar=REGISTRY_METAVAR, dest="to",
-                   help="the destination: a new directory or s3://BUCKET/PREFIX")
+                   help="the destination: a new directory or s3://BUCKET/PREFIX; anything "
+                   "already there but an empty registry is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = add("export", "write a version as a bundle tar (mlserve.json + artifacts)")
     p.add_argument("ref")
@@ -190,8 +193,8 @@ def _run(args: argparse.Namespace) -> int:
         out.print(f"registry at {reg.location} is consistent", markup=False)
     elif cmd == "gc":
         removed = reg.gc()
-        for entry in removed:
-            out.print(f"removed {entry}", markup=False)
+        for gone in removed:
+            out.print(f"removed {gone}", markup=False)
         out.print(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} removed")
     elif cmd == "copy":
         from mlserve.progress import rows_progress

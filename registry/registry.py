@@ -673,8 +673,10 @@ class Registry:
         (moving a registry onto shared storage, or a shared one onto a machine). Returns the
         destination and counts (models, versions, runs, events, blobs, bytes). ``progress``:
         ``progress(done_bytes, total_bytes)``. A destination holding anything is refused."""
-        from ._copy import copy_registry
+        from ._copy import check_destination, copy_registry
 
+        if not isinstance(dest, Registry):
+            check_destination(dest)
         target = dest if isinstance(dest, Registry) else Registry(dest)
         return target, copy_registry(self, target, progress)
 

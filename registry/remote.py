@@ -68,7 +68,13 @@ from ._files import (
     temp_owner_alive,
 )
 from ._files import temp_path as _temp_path
-from ._objectstore import NotModified, PreconditionFailed, S3Store, normalize_uri
+from ._objectstore import (
+    NotModified,
+    ObjectInfo,
+    PreconditionFailed,
+    S3Store,
+    normalize_uri,
+)
 from ._settings import default_location
 from .records import ModelVersion
 from .registry import Registry, utc_now
@@ -87,6 +93,8 @@ SNAPSHOT_KEEP_S = 600.0
 #: How long a commit's id stays in registry.db, to tell whether a PUT whose answer was lost
 #: (a timeout, a reset connection, botocore's retry answered 412) was applied.
 COMMIT_IDS_KEEP_S = 86400.0
+#: This version's schema, in the names of snapshot files.
+_SCHEMA_TAG = hashlib.sha256(_db._SCHEMA.encode()).hexdigest()[:8]
 #: The tables whose columns mark a database as a registry (later tables are added on read).
 _CORE_TABLES = ("versions", "artifacts", "aliases", "tags", "events", "runs")
 _COMMITS_TABLE = ("CREATE TABLE IF NOT EXISTS remote_commits (txid TEXT PRIMARY KEY, "
@@ -124,8 +132,8 @@ def _artifact_shas(db: Path | None) -> dict[str, int]:
             "SELECT sha256, MAX(bytes) FROM artifacts GROUP BY sha256")}
 
 
-def _age_s(info: Any) -> float:
-    return datetime.now(timezone.utc).timestamp() - info.last_modified.timestamp()
+def _age_s(info: ObjectInfo) -> float:
+    return float(datetime.now(timezone.utc).timestamp() - info.last_modified.timestamp())
 
 
 def _touch(path: Path) -> None:
@@ -223,7 +231,7 @@ class RemoteRegistry(Registry):
     # ------------------------------------------------------------------ reading
 
     def _empty_snapshot(self) -> Path:
-        path = self._snapshots / "empty.db"
+        path = self._snapshots / f"empty-{_SCHEMA_TAG}.db"
         if not path.is_file():
             tmp = _temp_path(self._layout.tmp, "empty.db")
             _db.initialize(tmp)
@@ -253,7 +261,7 @@ class RemoteRegistry(Registry):
                 return self._snap
             self._check_database(tmp)
             _prepare_copy(tmp)
-            final = self._snapshots / (re.sub(r"[^A-Za-z0-9]", "", etag) + ".db")
+            final = self._snapshot_path(etag)
             if final.is_file():
                 tmp.unlink()
                 _touch(final)
@@ -263,6 +271,11 @@ class RemoteRegistry(Registry):
             self._snap = (etag, final)
             self._prune_snapshots(final)
             return self._snap
+
+    def _snapshot_path(self, etag: str) -> Path:
+        """``<etag>-<schema>.db``: a process of another mlserve version, whose schema has other
+        tables, keeps its own grown copy of the same database."""
+        return self._snapshots / f"{re.sub(r'[^A-Za-z0-9]', '', etag)}-{_SCHEMA_TAG}.db"
 
     def _check_database(self, path: Path) -> None:
         """Refuses a download that is not a registry database (another SQLite file at the
@@ -287,7 +300,8 @@ class RemoteRegistry(Registry):
         cutoff = time.time() - SNAPSHOT_KEEP_S
         for entry in self._snapshots.glob("*.db"):
             try:
-                if entry != keep and entry.name != "empty.db" and entry.stat().st_mtime < cutoff:
+                if entry != keep and not entry.name.startswith("empty-") \
+                        and entry.stat().st_mtime < cutoff:
                     entry.unlink()
             except OSError:
                 pass  # another process pruned it first
@@ -449,7 +463,7 @@ class RemoteRegistry(Registry):
             if not self._landed(txid):
                 raise
         else:
-            final = self._snapshots / (re.sub(r"[^A-Za-z0-9]", "", etag) + ".db")
+            final = self._snapshot_path(etag)
             os.chmod(work, 0o444)
             os.replace(work, final)
             with self._pull_lock:
@@ -581,21 +595,24 @@ class RemoteRegistry(Registry):
                     "bucket's versioning), or delete the prefix yourself")
             refs: dict[Path, dict[str, int]] = {}
 
-            def referenced(snapshot: Path) -> dict[str, int]:
-                if snapshot not in refs:
-                    refs[snapshot] = _artifact_shas(snapshot)
-                return refs[snapshot]
+            def refs_of(db: Path) -> dict[str, int]:
+                if db not in refs:
+                    refs[db] = _artifact_shas(db)
+                return refs[db]
 
             for obj in listing:
                 sha = obj.key.rsplit("/", 1)[-1]
-                if sha in referenced(snapshot) or obj.last_modified.timestamp() >= cutoff:
+                if sha in refs_of(snapshot) or obj.last_modified.timestamp() >= cutoff:
                     continue
                 # Just before deleting: renewed by a change since the listing, or referenced
                 # by a commit since (a conditional GET, a download only when it changed)?
                 info = self._store.head(obj.key)
-                _, snapshot = self._pull()
+                now_etag, now = self._pull()
+                if now_etag is None:
+                    raise InvalidInput(f"{self._store.url(DB_OBJECT)} went missing during gc; "
+                                       f"it stopped after removing {len(removed)} blob(s)")
                 if info is not None and info.last_modified.timestamp() < cutoff \
-                        and sha not in referenced(snapshot):
+                        and sha not in refs_of(now):
                     self._store.delete(obj.key)
                     removed.append(self._store.url(obj.key))
         _, snapshot = self._pull()

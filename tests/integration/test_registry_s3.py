@@ -317,7 +317,8 @@ def test_a_pruned_snapshot_is_fetched_again(s3_uri: str, bundle: Path, tmp_path:
     writer = Registry(s3_uri, cache_dir=tmp_path / "writer")
     writer.register(bundle)
     assert [m.name for m in worker_a.list_models()] == ["fraud"]
-    (old,) = (tmp_path / "shared").rglob("snapshots/[!e]*.db")
+    (old,) = [p for p in (tmp_path / "shared").rglob("snapshots/*.db")
+              if not p.name.startswith("empty-")]
     stale = time.time() - remote.SNAPSHOT_KEEP_S - 60
     os.utime(old, (stale, stale))
     writer.register(bundle)
@@ -343,12 +344,26 @@ def test_copy_a_local_registry_onto_object_storage_and_back(
     stored = objects(s3_server, s3_uri)
     assert sum(k.startswith("blobs/") for k in stored) == counts["blobs"]
 
+    # A damaged copy in the source machine's cache is fetched again, not copied on.
+    (blob,) = [b for b in (tmp_path / "elsewhere").rglob("blobs/*/*")
+               if b.stat().st_size == len(b"engine-bytes")]
+    os.chmod(blob, 0o644)
+    blob.write_bytes(b"ENGINE-BYTES")
+    onward, _ = elsewhere.copy_to(s3_uri + "-onward")
+    assert onward.verify() == []
+    assert (Registry(s3_uri + "-onward", cache_dir=tmp_path / "reader").open(
+        "fraud@champion").path / "model.plan").read_bytes() == b"engine-bytes"
+
     back, _ = elsewhere.copy_to(tmp_path / "back")
     assert contents(back) == contents(local) and back.verify() == []
     assert "remote_commits" not in json.dumps(contents(back), default=str)
 
     with pytest.raises(InvalidInput, match="is not empty"):
         local.copy_to(s3_uri)
+    s3_server.client().put_object(Bucket=s3_server.bucket, Key="datasets-x/cards.parquet",
+                                  Body=b"data")
+    with pytest.raises(InvalidInput, match=r"already holds objects \(cards\.parquet"):
+        local.copy_to(f"s3://{s3_server.bucket}/datasets-x")
     cli = subprocess.run([sys.executable, "-m", "mlserve.cli", "registry", "--registry",
                           str(tmp_path / "local"), "copy", "--to", s3_uri + "-cli"],
                          capture_output=True, text=True, timeout=120)

@@ -536,6 +536,16 @@ def test_copy_to_an_empty_registry_moves_everything(reg: Registry, tmp_path: Pat
         reg.copy_to(tmp_path / "copy")
     with pytest.raises(InvalidInput, match="onto itself"):
         reg.copy_to(reg.root)
+    project = tmp_path / "project"  # not a registry: refused, nothing made there
+    project.mkdir()
+    (project / "train.py").write_text("")
+    with pytest.raises(InvalidInput, match=r"already holds train\.py"):
+        reg.copy_to(project)
+    assert sorted(p.name for p in project.iterdir()) == ["train.py"]
+    with pytest.raises(InvalidInput, match="is not a directory"):
+        reg.copy_to(project / "train.py")
+    with pytest.raises(InvalidInput, match="is empty: nothing to copy"):
+        Registry(tmp_path / "typo").copy_to(tmp_path / "nowhere")
     assert _cli(["registry", "--registry", str(reg.root), "copy", "--to",
                  str(tmp_path / "cli-copy"), "--no-progress"]) == 0
     assert "copied 2 model(s), 3 version(s), 2 run(s)" in capsys.readouterr().out
