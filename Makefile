@@ -48,8 +48,10 @@ bench: build
 lint: setup
 	$(VENV)/bin/ruff check python bench tests trainer registry
 	$(VENV)/bin/mypy
-	# registry/ is the package mlserve.registry in the wheel; the run above cannot see it there
+	# registry/ and trainer/ are mlserve.registry and mlserve.trainer in the wheel; the run
+	# above cannot see them there
 	$(VENV)/bin/mypy --strict --ignore-missing-imports registry
+	$(VENV)/bin/mypy --strict --ignore-missing-imports trainer
 
 clean:
 	rm -rf build $(VENV)

@@ -70,7 +70,7 @@ def _open_registry(path: str | None, console: Console) -> Any:
     if path is None:
         return None
     try:
-        from mlserve.registry import Registry  # type: ignore[attr-defined]
+        from mlserve.registry import Registry
     except ImportError:
         console.print("[yellow]mlserve.registry is not available; the bundle is not registered")
         return None

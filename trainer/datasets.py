@@ -136,7 +136,7 @@ def _window_sums(daily: np.ndarray, end: int, length: int, lag: int = 0) -> np.n
     cs = np.concatenate([np.zeros((daily.shape[0], 1)), np.cumsum(daily, axis=1)], axis=1)
     hi = np.clip(np.arange(end) + 1 - lag, 0, None)
     lo = np.clip(hi - length, 0, None)
-    return cs[:, hi] - cs[:, lo]
+    return np.asarray(cs[:, hi] - cs[:, lo])
 
 
 def _daily(ids: np.ndarray, day: np.ndarray, values: np.ndarray, shape: tuple[int, int]

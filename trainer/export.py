@@ -36,7 +36,8 @@ def export_torchscript(model: ServingModel, example: np.ndarray, path: Path) -> 
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, torch.from_numpy(np.array(example[:2], np.float32)))
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+            model, torch.from_numpy(np.array(example[:2], np.float32)))
         torch.jit.save(traced, str(path))
     return path
 
@@ -83,7 +84,7 @@ def check_parity(model: ServingModel, onnx_path: Path, torchscript_path: Path, x
     expected = predict(model, x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        scripted = torch.jit.load(str(torchscript_path))
+        scripted = torch.jit.load(str(torchscript_path))  # type: ignore[no-untyped-call]
         with torch.no_grad():
             ts_out = scripted(torch.from_numpy(np.array(x, np.float32))).numpy()
     worst = 0.0

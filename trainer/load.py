@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from mlserve.trainer.config import TASKS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-DataSource = pd.DataFrame | str | Path
+DataSource: TypeAlias = pd.DataFrame | str | Path
 
 
 @dataclass

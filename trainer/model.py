@@ -25,6 +25,9 @@ class ServingModel(nn.Module):
     """MLP body + task head; ``forward`` returns what serving returns, ``logits`` the raw
     scores the loss is computed on."""
 
+    y_mean: torch.Tensor  # buffers (register_buffer), for the type checker
+    y_std: torch.Tensor
+
     def __init__(self, f_in: int, n_out: int, task: str, config: TrainConfig,
                  y_mean: float = 0.0, y_std: float = 1.0) -> None:
         super().__init__()
@@ -40,10 +43,11 @@ class ServingModel(nn.Module):
         self.register_buffer("y_std", torch.tensor(float(y_std)))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.net(x)
+        z: torch.Tensor = self.net(x)
         if self.task == "binary":
             return torch.sigmoid(z)
         if self.task == "multiclass":

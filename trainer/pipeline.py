@@ -86,9 +86,9 @@ class TuneResult:
 def _labels(table: LoadedTable, frame: pd.DataFrame) -> np.ndarray:
     y = frame[table.label]
     if table.task == "regression":
-        return y.to_numpy(np.float64)
+        return np.asarray(y.to_numpy(np.float64))
     index = {c: i for i, c in enumerate(table.classes or [])}
-    return y.map(index).to_numpy(np.int64)
+    return np.asarray(y.map(index).to_numpy(np.int64))
 
 
 def _default_name(data: DataSource | None, name: str | None) -> str:

@@ -61,7 +61,8 @@ def _is_text(column: pd.Series) -> bool:
     equality of values is equality of their vocabulary keys (unlike ``True == 1``)."""
     if isinstance(column.dtype, pd.StringDtype):
         return True
-    return column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) == "string"
+    return bool(column.dtype == object
+                and pd.api.types.infer_dtype(column, skipna=True) == "string")
 
 
 def encode_rows(frame: pd.DataFrame, inputs: list[dict[str, Any]], *,
