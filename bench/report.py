@@ -22,8 +22,8 @@ from bench import machine
 #: the baseline measured in the same run; what "over" means is in the name); ``headline`` is
 #: {"name", "value", "target" (optional), "lower_is_better" (optional), "meaning"};
 #: ``tables`` are {"title", "columns", "rows"}; ``plots`` are {"title", "xlabel", "ylabel",
-#: "x", "series": {label: ys}, "logx", "logy"}; ``measurements`` are flat dicts with units in
-#: the keys.
+#: "x" (numbers: lines; strings: grouped bars), "series": {label: ys}, "logx", "logy"};
+#: ``measurements`` are flat dicts with units in the keys.
 RESULT_KEYS = (
     "parameters",
     "baseline",
@@ -201,7 +201,15 @@ def write_plots(record: dict[str, Any], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(plots), figsize=(6.0 * len(plots), 4.5), squeeze=False)
     for ax, plot in zip(axes[0], plots, strict=True):
         xs = plot["x"]
-        for label, ys in plot["series"].items():
+        if any(isinstance(x, str) for x in xs):  # categories (operations, variants): bars
+            width = 0.8 / max(1, len(plot["series"]))
+            for i, (label, ys) in enumerate(plot["series"].items()):
+                ax.bar([j + i * width for j in range(len(xs))], [y or 0 for y in ys], width,
+                       label=label, color=color[label])
+            ax.set_xticks([j + width * (len(plot["series"]) - 1) / 2 for j in range(len(xs))],
+                          xs, fontsize="small")
+        for label, ys in ([] if any(isinstance(x, str) for x in xs)
+                          else plot["series"].items()):
             pts = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and y > 0]
             if pts:
                 ax.plot(
