@@ -8,11 +8,13 @@ one consistent snapshot (SQLite's backup API on a directory, the current registr
 shared one). Each artifact's bytes are checked against their sha256 on the way; then the rows
 are written into the destination in one transaction (one conditional PUT on object storage),
 so the destination shows the whole copy or nothing. A destination that already holds anything
-is refused.
+but an empty registry (or the blobs of a copy that failed part-way, which a new run reuses) is
+refused.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sqlite3
@@ -69,29 +71,58 @@ def _source_blob(src: Registry, sha: str) -> Path:
     return path
 
 
-def check_destination(dest: str | os.PathLike[str]) -> None:
-    """Refuses a destination that holds anything but an empty registry, before a Registry is
-    opened there (which would create one): a file, a folder with other things, a prefix with
-    other objects."""
+def check_destination(src: Registry, dest: str | os.PathLike[str]) -> None:
+    """Refuses, before a Registry is opened at ``dest`` (which would create one), a destination
+    holding anything but an empty registry or the blobs of a copy that failed part-way: a
+    file, a folder with other things (another program's ``registry.db`` included), a folder
+    inside the source, a prefix with other objects. And an empty source."""
     from ._objectstore import S3Store, is_uri, normalize_uri
 
+    with src._read() as conn:
+        if not any(conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in TABLES):
+            raise InvalidInput(f"the registry at {src.location} is empty: nothing to copy "
+                               "(is --registry the one you meant?)")
     if is_uri(dest):
         store = S3Store(normalize_uri(dest))
-        found = [o.key for _, o in zip(range(5), store.list(""), strict=False)]
-        if found and store.head("registry.db") is None:
-            raise InvalidInput(f"{store.uri} already holds objects ({', '.join(found)}, ...) "
-                               "and no registry: copy into a new prefix")
+        foreign = [o.key for o in store.list("")
+                   if not o.key.startswith("blobs/") and o.key != "registry.db"][:5]
+        if foreign:
+            raise InvalidInput(f"{store.uri} already holds {', '.join(foreign)}: copy into a "
+                               "new prefix")
         return
     path = Path(dest).expanduser()
-    if path.exists() and not path.is_dir():
-        raise InvalidInput(f"{path} exists and is not a directory: copy into a new directory")
-    if path.is_dir():
-        others = sorted(p.name for p in path.iterdir()
-                        if p.name not in ("registry.db", "registry.db-wal", "registry.db-shm",
-                                          "blobs", "models", "tmp"))
-        if others:
-            raise InvalidInput(f"{path} already holds {', '.join(others[:5])}: copy into a new "
+    try:
+        if path.is_symlink() and not path.exists():
+            raise InvalidInput(f"{path} is a dangling symbolic link: copy into a new directory")
+        if path.exists() and not path.is_dir():
+            raise InvalidInput(f"{path} exists and is not a directory: copy into a new "
                                "directory")
+        if not src.location.startswith("s3://") and path.resolve().is_relative_to(
+                Path(src.root).resolve()):
+            raise InvalidInput(f"{path} is inside the registry at {src.location}: copy "
+                               "somewhere else")
+        if path.is_dir():
+            names = {p.name for p in path.iterdir()}
+            others = sorted(names - {"registry.db", "registry.db-wal", "registry.db-shm",
+                                     "blobs", "models", "tmp"})
+            if others:
+                raise InvalidInput(f"{path} already holds {', '.join(others[:5])}: copy into "
+                                   "a new directory")
+            if names and "registry.db" not in names:
+                raise InvalidInput(f"{path} holds {', '.join(sorted(names))} but no "
+                                   "registry.db: copy into a new directory")
+            if "registry.db" in names:
+                conn = sqlite3.connect(path / "registry.db")
+                try:
+                    found = _db.columns(conn)
+                finally:
+                    conn.close()
+                if any(t not in found for t in TABLES) or set(found) - set(TABLES) - {
+                        "remote_commits", "sqlite_sequence"}:
+                    raise InvalidInput(f"{path / 'registry.db'} is not a registry's database: "
+                                       "copy into a new directory")
+    except OSError as exc:
+        raise InvalidInput(f"copy destination {path}: {exc}") from None
 
 
 def copy_registry(src: Registry, dst: Registry,
@@ -103,10 +134,6 @@ def copy_registry(src: Registry, dst: Registry,
     if src.location == dst.location:
         raise InvalidInput(f"copy of the registry at {src.location} onto itself")
     dst._check_writable()
-    with src._read() as conn:
-        if not any(conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in TABLES):
-            raise InvalidInput(f"the registry at {src.location} is empty: nothing to copy "
-                               "(is --registry the one you meant?)")
     with dst._read() as conn:
         held = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
     if any(held.values()):
@@ -127,23 +154,26 @@ def copy_registry(src: Registry, dst: Registry,
 
         total, done = sum(blobs.values()), 0
         for sha, size in sorted(blobs.items()):
-            if isinstance(dst, RemoteRegistry) and dst._blob_ok(sha, size):
-                pass  # there already (a copy run again after a failure)
+            if isinstance(dst, RemoteRegistry):
+                # Uploaded from the checked source bytes; the commit takes them from there too
+                # if it must upload one again (dst._tls.sources), so nothing is staged here.
+                if not dst._blob_ok(sha, size):  # not there from a copy that failed part-way
+                    dst._store.upload(f"blobs/{sha[:2]}/{sha}", _source_blob(src, sha),
+                                      metadata={"sha256": sha})
             else:
-                # Into the destination's own blobs (its cache, for object storage, from where
-                # its commit can upload a blob again if it must).
                 stored, _ = store_blob(_source_blob(src, sha), dst._layout.blobs,
                                        dst._layout.tmp)
-                if stored != sha:
-                    raise InvalidInput(f"blob {sha} changed while it was copied; copy again")
-                if isinstance(dst, RemoteRegistry):
-                    dst._upload_blob(sha)
+                if stored != sha or sha256_file(blob_path(dst._layout.blobs, sha)) != sha:
+                    raise InvalidInput(f"blob {sha} changed while it was copied, or the copy "
+                                       f"at {dst.location} is damaged; copy again")
             done += size
             if progress is not None:
                 progress(done, total)
 
         columns = _db.schema_columns()
         built: list[Path] = []
+        if isinstance(dst, RemoteRegistry):
+            dst._tls.sources = {sha: functools.partial(_source_blob, src, sha) for sha in blobs}
         try:
             with dst._write() as out:
                 if any(out.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in TABLES):
@@ -165,6 +195,9 @@ def copy_registry(src: Registry, dst: Registry,
             for path in built:
                 remove_tree(path)
             raise
+        finally:
+            if isinstance(dst, RemoteRegistry):
+                dst._tls.sources = None
     counts = {"models": len({r[0] for r in rows["versions"]}), "versions": len(rows["versions"]),
               "runs": len(rows["runs"]), "events": len(rows["events"]), "blobs": len(blobs),
               "bytes": total}

@@ -676,7 +676,7 @@ class Registry:
         from ._copy import check_destination, copy_registry
 
         if not isinstance(dest, Registry):
-            check_destination(dest)
+            check_destination(self, dest)
         target = dest if isinstance(dest, Registry) else Registry(dest)
         return target, copy_registry(self, target, progress)
 

@@ -505,11 +505,18 @@ class RemoteRegistry(Registry):
             self._upload_blob(sha)
 
     def _upload_blob(self, sha: str) -> None:
-        local = blob_path(self._layout.blobs, sha)
-        if not local.is_file():
-            raise InvalidInput(f"blob {sha} is referenced by this change but is neither in the "
-                               f"store nor in the local cache {self._layout.blobs}: register "
-                               "the bundle again")
+        """Uploads blob ``sha`` from where this change has its bytes: a source it named
+        (``_tls.sources``, a copy from another registry), else this machine's cache."""
+        sources = getattr(self._tls, "sources", None) or {}
+        if sha in sources:
+            local = sources[sha]()
+        else:
+            local = blob_path(self._layout.blobs, sha)
+            if not local.is_file():
+                raise InvalidInput(
+                    f"blob {sha} must be uploaded (missing from the store, or not renewable "
+                    f"there) but this machine does not have its bytes in "
+                    f"{self._layout.blobs}: register the bundle again")
         self._store.upload(_blob_object(sha), local, metadata={"sha256": sha})
 
     register = _retrying(Registry.register)

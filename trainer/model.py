@@ -13,7 +13,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,8 +25,9 @@ class ServingModel(nn.Module):
     """MLP body + task head; ``forward`` returns what serving returns, ``logits`` the raw
     scores the loss is computed on."""
 
-    y_mean: torch.Tensor  # buffers (register_buffer), for the type checker
-    y_std: torch.Tensor
+    if TYPE_CHECKING:  # buffers (register_buffer); not class annotations TorchScript reads
+        y_mean: torch.Tensor
+        y_std: torch.Tensor
 
     def __init__(self, f_in: int, n_out: int, task: str, config: TrainConfig,
                  y_mean: float = 0.0, y_std: float = 1.0) -> None:

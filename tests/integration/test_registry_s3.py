@@ -362,8 +362,19 @@ def test_copy_a_local_registry_onto_object_storage_and_back(
         local.copy_to(s3_uri)
     s3_server.client().put_object(Bucket=s3_server.bucket, Key="datasets-x/cards.parquet",
                                   Body=b"data")
-    with pytest.raises(InvalidInput, match=r"already holds objects \(cards\.parquet"):
+    with pytest.raises(InvalidInput, match=r"already holds cards\.parquet"):
         local.copy_to(f"s3://{s3_server.bucket}/datasets-x")
+
+    # A copy that fails part-way leaves blobs and no registry.db; running it again finishes it.
+    def fail_after_first(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        local.copy_to(s3_uri + "-partial", progress=fail_after_first)
+    partial = objects(s3_server, s3_uri + "-partial")
+    assert partial and all(k.startswith("blobs/") for k in partial)
+    again, _ = local.copy_to(s3_uri + "-partial")
+    assert contents(again) == contents(local) and again.verify() == []
     cli = subprocess.run([sys.executable, "-m", "mlserve.cli", "registry", "--registry",
                           str(tmp_path / "local"), "copy", "--to", s3_uri + "-cli"],
                          capture_output=True, text=True, timeout=120)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -534,8 +535,10 @@ def test_copy_to_an_empty_registry_moves_everything(reg: Registry, tmp_path: Pat
 
     with pytest.raises(InvalidInput, match="is not empty"):
         reg.copy_to(tmp_path / "copy")
-    with pytest.raises(InvalidInput, match="onto itself"):
+    with pytest.raises(InvalidInput, match="is inside the registry"):
         reg.copy_to(reg.root)
+    with pytest.raises(InvalidInput, match="onto itself"):
+        reg.copy_to(Registry(reg.root))
     project = tmp_path / "project"  # not a registry: refused, nothing made there
     project.mkdir()
     (project / "train.py").write_text("")
@@ -546,6 +549,22 @@ def test_copy_to_an_empty_registry_moves_everything(reg: Registry, tmp_path: Pat
         reg.copy_to(project / "train.py")
     with pytest.raises(InvalidInput, match="is empty: nothing to copy"):
         Registry(tmp_path / "typo").copy_to(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()  # refused before anything was made there
+    with pytest.raises(InvalidInput, match="is inside the registry"):
+        reg.copy_to(reg.root / "models" / "backup")
+    models_only = tmp_path / "models-only"
+    (models_only / "models" / "resnet").mkdir(parents=True)
+    with pytest.raises(InvalidInput, match=r"but no registry\.db"):
+        reg.copy_to(models_only)
+    other_app = tmp_path / "other-app"
+    other_app.mkdir()
+    with sqlite3.connect(other_app / "registry.db") as conn:
+        conn.execute("CREATE TABLE images (x)")
+    with pytest.raises(InvalidInput, match="is not a registry's database"):
+        reg.copy_to(other_app)
+    (tmp_path / "dangling").symlink_to(tmp_path / "no-such-dir")
+    with pytest.raises(InvalidInput, match="dangling symbolic link"):
+        reg.copy_to(tmp_path / "dangling")
     assert _cli(["registry", "--registry", str(reg.root), "copy", "--to",
                  str(tmp_path / "cli-copy"), "--no-progress"]) == 0
     assert "copied 2 model(s), 3 version(s), 2 run(s)" in capsys.readouterr().out
