@@ -47,11 +47,12 @@ bench: build
 
 lint: setup
 	$(VENV)/bin/ruff check python bench tests trainer registry
-	$(VENV)/bin/mypy
-	# registry/ and trainer/ are mlserve.registry and mlserve.trainer in the wheel; the run
-	# above cannot see them there
-	$(VENV)/bin/mypy --strict --ignore-missing-imports registry
-	$(VENV)/bin/mypy --strict --ignore-missing-imports trainer
+	# mypy checks the package as the wheel lays it out: python/mlserve with registry/ and
+	# trainer/ in it (links under build/), so that mlserve.registry and mlserve.trainer are
+	# checked, and checked against each other
+	rm -rf build/mypy-tree && mkdir -p build/mypy-tree/mlserve
+	ln -s $(CURDIR)/python/mlserve/* $(CURDIR)/registry $(CURDIR)/trainer build/mypy-tree/mlserve/
+	cd build/mypy-tree && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml
 
 clean:
 	rm -rf build $(VENV)

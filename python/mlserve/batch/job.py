@@ -461,7 +461,9 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
         from mlserve.registry import Registry
 
         reg = registry if isinstance(registry, Registry) else Registry(registry)
-        if reg.location.startswith("s3://"):
+        from mlserve.registry.remote import RemoteRegistry
+
+        if isinstance(reg, RemoteRegistry):
             registry_root, registry_cache = reg.location, str(reg.cache_base)
         else:
             registry_root = str(Path(reg.root).resolve())
@@ -527,9 +529,9 @@ def _scorer(kwargs: dict[str, Any]) -> BatchScorer:
     kwargs = dict(kwargs)
     cache = kwargs.pop("registry_cache", None)
     if cache is not None:
-        from mlserve.registry import Registry
+        from mlserve.registry.remote import RemoteRegistry
 
-        kwargs["registry"] = Registry(kwargs["registry"], cache_dir=cache, read_only=True)
+        kwargs["registry"] = RemoteRegistry(kwargs["registry"], cache_dir=cache, read_only=True)
     return BatchScorer(**kwargs)
 
 
