@@ -32,8 +32,7 @@ from ._files import blob_path, remove_tree, store_blob
 if TYPE_CHECKING:
     from .registry import Registry
 
-#: The tables whose rows are the registry (in an order that satisfies the foreign keys).
-TABLES = ("versions", "artifacts", "aliases", "tags", "events", "runs")
+TABLES = _db.TABLES
 
 
 def _snapshot(src: Registry, into: Path) -> Path:
@@ -77,6 +76,7 @@ def check_destination(src: Registry, dest: str | os.PathLike[str]) -> None:
     file, a folder with other things (another program's ``registry.db`` included), a folder
     inside the source, a prefix with other objects. And an empty source."""
     from ._objectstore import S3Store, is_uri, normalize_uri
+    from .remote import RemoteRegistry
 
     with src._read() as conn:
         if not any(conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in TABLES):
@@ -97,7 +97,7 @@ def check_destination(src: Registry, dest: str | os.PathLike[str]) -> None:
         if path.exists() and not path.is_dir():
             raise InvalidInput(f"{path} exists and is not a directory: copy into a new "
                                "directory")
-        if not src.location.startswith("s3://") and path.resolve().is_relative_to(
+        if not isinstance(src, RemoteRegistry) and path.resolve().is_relative_to(
                 Path(src.root).resolve()):
             raise InvalidInput(f"{path} is inside the registry at {src.location}: copy "
                                "somewhere else")
@@ -114,11 +114,10 @@ def check_destination(src: Registry, dest: str | os.PathLike[str]) -> None:
             if "registry.db" in names:
                 conn = sqlite3.connect(path / "registry.db")
                 try:
-                    found = _db.columns(conn)
+                    missing = _db.missing_columns(conn)
                 finally:
                     conn.close()
-                if any(t not in found for t in TABLES) or set(found) - set(TABLES) - {
-                        "remote_commits", "sqlite_sequence"}:
+                if missing:
                     raise InvalidInput(f"{path / 'registry.db'} is not a registry's database: "
                                        "copy into a new directory")
     except OSError as exc:
@@ -152,29 +151,28 @@ def copy_registry(src: Registry, dst: Registry,
         finally:
             conn.close()
 
-        total, done = sum(blobs.values()), 0
-        for sha, size in sorted(blobs.items()):
-            if isinstance(dst, RemoteRegistry):
-                # Uploaded from the checked source bytes; the commit takes them from there too
-                # if it must upload one again (dst._tls.sources), so nothing is staged here.
-                if not dst._blob_ok(sha, size):  # not there from a copy that failed part-way
-                    dst._store.upload(f"blobs/{sha[:2]}/{sha}", _source_blob(src, sha),
-                                      metadata={"sha256": sha})
-            else:
-                stored, _ = store_blob(_source_blob(src, sha), dst._layout.blobs,
-                                       dst._layout.tmp)
-                if stored != sha or sha256_file(blob_path(dst._layout.blobs, sha)) != sha:
-                    raise InvalidInput(f"blob {sha} changed while it was copied, or the copy "
-                                       f"at {dst.location} is damaged; copy again")
-            done += size
-            if progress is not None:
-                progress(done, total)
-
-        columns = _db.schema_columns()
-        built: list[Path] = []
+        # Blobs for object storage go up from the checked source bytes, and the commit takes
+        # them from there too if it must upload one again: nothing is staged in dst's cache.
         if isinstance(dst, RemoteRegistry):
             dst._tls.sources = {sha: functools.partial(_source_blob, src, sha) for sha in blobs}
+        built: list[Path] = []
         try:
+            total, done = sum(blobs.values()), 0
+            for sha, size in sorted(blobs.items()):
+                if isinstance(dst, RemoteRegistry):
+                    if not dst._blob_ok(sha, size):  # not there from a copy that failed
+                        dst._upload_blob(sha)
+                else:
+                    stored, _ = store_blob(_source_blob(src, sha), dst._layout.blobs,
+                                           dst._layout.tmp)
+                    if stored != sha or sha256_file(blob_path(dst._layout.blobs, sha)) != sha:
+                        raise InvalidInput(f"blob {sha} changed while it was copied, or the "
+                                           f"copy at {dst.location} is damaged; copy again")
+                done += size
+                if progress is not None:
+                    progress(done, total)
+
+            columns = _db.schema_columns()
             with dst._write() as out:
                 if any(out.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in TABLES):
                     raise InvalidInput(f"the registry at {dst.location} was written to during "

@@ -12,8 +12,8 @@ from pathlib import Path
 from mlserve._sqlite import BUSY_TIMEOUT_MS, connect, read_transaction, write_transaction
 from mlserve._sqlite import initialize as _initialize
 
-__all__ = ["BUSY_TIMEOUT_MS", "columns", "connect", "initialize", "read_transaction",
-           "schema_columns", "write_transaction"]
+__all__ = ["BUSY_TIMEOUT_MS", "TABLES", "columns", "connect", "initialize", "missing_columns",
+           "read_transaction", "schema_columns", "write_transaction"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -68,6 +68,19 @@ CREATE TABLE IF NOT EXISTS runs (
     parent_run TEXT
 );
 """
+
+
+#: The tables whose rows are the registry, in an order that satisfies the foreign keys. Their
+#: columns mark a database as a registry's; later tables are added to an older one on open.
+TABLES = ("versions", "artifacts", "aliases", "tags", "events", "runs")
+
+
+def missing_columns(conn: sqlite3.Connection) -> list[str]:
+    """``table.column`` of the registry's tables that the database ``conn`` is on lacks
+    (empty: it is a registry's database)."""
+    found = columns(conn)
+    return [f"{t}.{c}" for t, cols in schema_columns().items() if t in TABLES
+            for c in cols if c not in found.get(t, [])]
 
 
 def columns(conn: sqlite3.Connection) -> dict[str, list[str]]:

@@ -1,9 +1,9 @@
 """The object store under a shared registry: S3 and S3-compatible stores (AWS S3, MinIO,
 SeaweedFS, Cloudflare R2, ...) through boto3.
 
-Only what :mod:`.remote` needs: download (conditional on an ETag), upload (create-only or
+Only what :mod:`.remote` needs: download (conditional on an ETag), upload, put (create-only or
 compare-and-swap on an ETag, the S3 conditional writes ``If-None-Match: *`` / ``If-Match``),
-head, list and delete, with every failure turned into mlserve's typed errors. Endpoint,
+head, touch, list and delete, with every failure turned into mlserve's typed errors. Endpoint,
 region and credentials come from boto3's standard chain: ``AWS_ENDPOINT_URL_S3`` or
 ``AWS_ENDPOINT_URL`` (a MinIO or SeaweedFS server), ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` or ``AWS_PROFILE``, ``AWS_DEFAULT_REGION``, instance roles.
@@ -215,45 +215,43 @@ class S3Store:
                 "version from its bundle")
         return str(response["ETag"])
 
-    def upload(self, name: str, source: Path, *, if_match: str | None = None,
-               create_only: bool = False, metadata: dict[str, str] | None = None) -> str:
-        """Stores the file ``source`` as object ``name``; returns the new ETag.
-        ``if_match``: only if the object still has that ETag; ``create_only``: only if there
-        is no such object. Either condition failing raises :class:`PreconditionFailed`.
-        ``metadata``: user metadata stored with the object."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(name)}
-        if metadata:
-            kwargs["Metadata"] = metadata
-        if if_match is not None:
-            kwargs["IfMatch"] = if_match
-        if create_only:
-            kwargs["IfNoneMatch"] = "*"
+    def upload(self, name: str, source: Path, *, metadata: dict[str, str] | None = None
+               ) -> None:
+        """Stores the file ``source`` as object ``name`` (boto3's managed transfer: multipart
+        for large files), with user ``metadata``."""
         what = f"writing {self.url(name)}"
         try:
-            if if_match is None and not create_only:
-                self._client().upload_file(str(source), self.bucket, self.key(name),
-                                           ExtraArgs={"Metadata": metadata or {}})
-                info = self.head(name)
-                if info is None:
-                    raise Unavailable(f"{what}: the object is missing right after its upload")
-                return info.etag
+            self._client().upload_file(str(source), self.bucket, self.key(name),
+                                       ExtraArgs={"Metadata": metadata or {}})
+        except Exception as exc:  # boto3's S3UploadFailedError wraps a ClientError
+            raise self._write_error(exc, what) from None
+
+    def put(self, name: str, source: Path, *, if_match: str | None = None) -> str:
+        """Stores the file ``source`` as object ``name`` only if the object still has the ETag
+        ``if_match`` (None: only if there is no such object); returns the new ETag. The
+        condition failing raises :class:`PreconditionFailed`."""
+        condition = {"IfMatch": if_match} if if_match is not None else {"IfNoneMatch": "*"}
+        try:
             with open(source, "rb") as body:
-                response = self._client().put_object(Body=body, **kwargs)
-            return str(response["ETag"])
-        except ClientError as exc:
+                response = self._client().put_object(Bucket=self.bucket, Key=self.key(name),
+                                                     Body=body, **condition)
+        except Exception as exc:
             # 412: the condition failed; 409: a concurrent conditional write won the race.
             if self._status(exc) in (409, 412):
                 raise PreconditionFailed(name) from None
-            raise self._bucket_error(exc, what) from None
-        except BotoCoreError as exc:
-            raise self._error(exc, what) from None
-        except Exception as exc:  # boto3's S3UploadFailedError wraps a ClientError
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ClientError):
-                raise self._bucket_error(cause, what) from None
-            raise
+            raise self._write_error(exc, f"writing {self.url(name)}") from None
+        return str(response["ETag"])
+
+    def _write_error(self, exc: Exception, what: str) -> Exception:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        cause = exc if isinstance(exc, (ClientError, BotoCoreError)) else (
+            exc.__cause__ or exc.__context__)
+        if isinstance(cause, ClientError):
+            return self._bucket_error(cause, what)
+        if isinstance(cause, BotoCoreError):
+            return self._error(cause, what)
+        return exc
 
     def head(self, name: str) -> ObjectInfo | None:
         """The object's size, time and ETag; None when there is no such object."""

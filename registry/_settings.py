@@ -31,10 +31,24 @@ def default_location() -> str | Path:
     return os.environ.get(REGISTRY_ENV) or default_root()
 
 
+def mlserve_home() -> Path:
+    """``$MLSERVE_HOME``, default ``~/.mlserve``."""
+    return Path(os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")).expanduser()
+
+
 def default_root() -> Path:
-    """``$MLSERVE_HOME/registry``; ``MLSERVE_HOME`` defaults to ``~/.mlserve``."""
-    home = os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")
-    return Path(home).expanduser() / "registry"
+    """``$MLSERVE_HOME/registry``."""
+    return mlserve_home() / "registry"
+
+
+#: Where a machine caches registries on object storage (:mod:`mlserve.registry.remote`).
+CACHE_ENV = "MLSERVE_REGISTRY_CACHE"
+
+
+def default_cache_root() -> Path:
+    """``$MLSERVE_REGISTRY_CACHE``, else ``$MLSERVE_HOME/cache/registry``."""
+    explicit = os.environ.get(CACHE_ENV)
+    return Path(explicit).expanduser() if explicit else mlserve_home() / "cache" / "registry"
 
 
 def test_step_pause() -> None:

@@ -75,14 +75,13 @@ from ._objectstore import (
     S3Store,
     normalize_uri,
 )
-from ._settings import default_location
+from ._settings import CACHE_ENV, default_cache_root, default_location
 from .records import ModelVersion
 from .registry import Registry, utc_now
 
 logger = logging.getLogger(__name__)
 
 DB_OBJECT = "registry.db"
-CACHE_ENV = "MLSERVE_REGISTRY_CACHE"
 #: Conditional writes lost in a row before a change gives up (Unavailable).
 MAX_ATTEMPTS = 50
 #: Unreferenced remote blobs younger than this are left by ``gc``: they may belong to a change
@@ -95,20 +94,10 @@ SNAPSHOT_KEEP_S = 600.0
 COMMIT_IDS_KEEP_S = 86400.0
 #: This version's schema, in the names of snapshot files.
 _SCHEMA_TAG = hashlib.sha256(_db._SCHEMA.encode()).hexdigest()[:8]
-#: The tables whose columns mark a database as a registry (later tables are added on read).
-_CORE_TABLES = ("versions", "artifacts", "aliases", "tags", "events", "runs")
 _COMMITS_TABLE = ("CREATE TABLE IF NOT EXISTS remote_commits (txid TEXT PRIMARY KEY, "
                   "at TEXT NOT NULL)")
 
 T = TypeVar("T")
-
-
-def default_cache_root() -> Path:
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    home = os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")
-    return Path(home).expanduser() / "cache" / "registry"
 
 
 def _cache_dir_for(uri: str, base: Path) -> Path:
@@ -130,6 +119,16 @@ def _artifact_shas(db: Path | None) -> dict[str, int]:
     with _db.read_transaction(db, read_only=True) as conn:
         return {r[0]: int(r[1]) for r in conn.execute(
             "SELECT sha256, MAX(bytes) FROM artifacts GROUP BY sha256")}
+
+
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    """What names a version's cache directory: a changed manifest gets a new one."""
+    return hashlib.sha256(manifest_bytes(manifest)).hexdigest()[:16]
+
+
+def _blob_whole(info: ObjectInfo | None, sha: str, size: int) -> bool:
+    """Whether a blob's HEAD shows it whole, as the registry wrote it (size, sha256 on it)."""
+    return info is not None and info.size == size and info.metadata.get("sha256") == sha
 
 
 def _age_s(info: ObjectInfo) -> float:
@@ -283,9 +282,7 @@ class RemoteRegistry(Registry):
         problem = None
         try:
             with _db.read_transaction(path, read_only=True) as conn:
-                found = _db.columns(conn)
-            missing = [f"{t}.{c}" for t, cols in _db.schema_columns().items()
-                       if t in _CORE_TABLES for c in cols if c not in found.get(t, [])]
+                missing = _db.missing_columns(conn)
             if missing:
                 problem = f"it lacks {', '.join(missing[:5])}"
         except sqlite3.DatabaseError as exc:
@@ -314,16 +311,13 @@ class RemoteRegistry(Registry):
                 yield conn
             return
         _, snapshot = self._pull()
-        if not snapshot.is_file():  # pruned by another process since: fetch it again
-            with self._pull_lock:
-                self._snap = None
+        if not snapshot.is_file():  # pruned by another process since: _pull fetches it again
             _, snapshot = self._pull()
         with _db.read_transaction(snapshot, read_only=True) as conn:
             yield conn
 
     def _version_dir(self, name: str, version: int, manifest: dict[str, Any]) -> Path:
-        digest = hashlib.sha256(manifest_bytes(manifest)).hexdigest()[:16]
-        return self._layout.models / name / f"{version}-{digest}"
+        return self._layout.models / name / f"{version}-{_manifest_digest(manifest)}"
 
     def _version_from_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ModelVersion:
         mv = super()._version_from_row(conn, row)
@@ -443,18 +437,18 @@ class RemoteRegistry(Registry):
                  if sha not in before or sha in stored}
         for sha in check:
             _touch(blob_path(self._layout.blobs, sha))  # in use: the cache's gc leaves it
-        present = {sha: self._blob_ok(sha, size) for sha, size in check.items()}
-        for sha, ok in present.items():
-            if not ok:
+        stored_as = {sha: self._store.head(_blob_object(sha)) for sha in check}
+        for sha, size in check.items():
+            if not _blob_whole(stored_as[sha], sha, size):
                 self._upload_blob(sha)
+                stored_as[sha] = None  # just written: young
         # Last, right before the commit, renew the old blobs it newly references: a gc that
         # listed one as an old orphan then sees it young when it looks again before deleting.
-        for sha, size in check.items():
-            if present[sha] and sha not in before:
-                self._renew_blob(sha, size)
+        for sha, info in stored_as.items():
+            if info is not None and sha not in before:
+                self._renew_blob(sha, info)
         try:
-            etag = self._store.upload(DB_OBJECT, work, if_match=base_etag,
-                                      create_only=base_etag is None)
+            etag = self._store.put(DB_OBJECT, work, if_match=base_etag)
         except PreconditionFailed:
             if not self._landed(txid):
                 raise _Conflict() from None
@@ -486,20 +480,16 @@ class RemoteRegistry(Registry):
 
     def _blob_ok(self, sha: str, size: int) -> bool:
         """Whether the store has blob ``sha`` whole, as the registry wrote it."""
-        info = self._store.head(_blob_object(sha))
-        return info is not None and info.size == size and info.metadata.get("sha256") == sha
+        return _blob_whole(self._store.head(_blob_object(sha)), sha, size)
 
-    def _renew_blob(self, sha: str, size: int) -> None:
-        """Renews a stored blob older than half the gc grace period (a copy onto itself), so
-        that a gc running now does not take it as an old orphan while this change commits a
-        reference to it; uploaded again where that fails (gone meanwhile, a store that cannot
-        copy it)."""
-        info = self._store.head(_blob_object(sha))
-        if info is not None and _age_s(info) <= GC_GRACE_S / 2:
+    def _renew_blob(self, sha: str, info: ObjectInfo) -> None:
+        """Renews stored blob ``sha`` (``info``: its HEAD) when it is older than half the gc
+        grace period (a copy onto itself), so that a gc running now does not take it as an old
+        orphan while this change commits a reference to it; uploaded again where that fails
+        (gone meanwhile, a store that cannot copy it)."""
+        if _age_s(info) <= GC_GRACE_S / 2:
             return
         try:
-            if info is None:
-                raise Unavailable("gone")
             self._store.touch(_blob_object(sha), {"sha256": sha})
         except (Unavailable, InvalidInput):
             self._upload_blob(sha)
@@ -568,9 +558,8 @@ class RemoteRegistry(Registry):
     def _cache_entry_intact(self, vdir: Path) -> bool:
         try:
             manifest = json.loads((vdir / MANIFEST).read_text(encoding="utf-8"))
-            return vdir.name.endswith(hashlib.sha256(manifest_bytes(manifest)).hexdigest()[:16])\
-                and all(sha256_file(vdir / f) == e["sha256"]
-                        for f, e in manifest["artifacts"].items())
+            return vdir.name.endswith(_manifest_digest(manifest)) and all(
+                sha256_file(vdir / f) == e["sha256"] for f, e in manifest["artifacts"].items())
         except (OSError, ValueError, KeyError, TypeError):
             return False
 

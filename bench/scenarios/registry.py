@@ -8,17 +8,18 @@ Operations: ``register`` (a new version: hash, store, commit; for s3 the blob up
 conditional PUT of registry.db), ``set_alias`` (a metadata change), ``resolve`` of an alias
 (for s3 one conditional GET that answers 304), ``open`` warm (resolve + sha256 of the files)
 and ``open`` cold on s3 (a new cache: download, hash, hardlink). The baseline is the local
-registry's figure for the same operation; each figure is a median over repetitions.
+registry's figure for the same operation, the two called alternately (bench.timing); each
+figure is a median over repetitions.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bench.registry import register
+from bench.timing import interleaved_each_call_ns, median
 
 _LEVELS: dict[str, dict[str, Any]] = {
     "smoke": {"artifact_mb": 1, "reps": 3, "resolve_reps": 20},
@@ -45,15 +47,6 @@ def _bundle(path: Path, size: int, seed: int) -> Path:
     return path
 
 
-def _median_ms(fn: Callable[[], object], reps: int) -> tuple[float, list[float]]:
-    runs = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        runs.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(runs)), runs
-
-
 @register("registry", "registry operations on S3-compatible object storage vs a local directory")
 def run(level: str) -> dict[str, Any]:
     from mlserve.registry import Registry
@@ -70,23 +63,26 @@ def run(level: str) -> dict[str, Any]:
         bundles = [_bundle(tmp / f"bundle-{i}", size, i) for i in range(cfg["reps"])]
         stores = {"local": Registry(tmp / "local"),
                   "s3": Registry(f"s3://{server.bucket}/bench", cache_dir=tmp / "cache")}
-        ms: dict[str, dict[str, float]] = {}
-        runs: dict[str, dict[str, list[float]]] = {}
-        for kind, reg in stores.items():
-            ms[kind], runs[kind] = {}, {}
-            it = iter(bundles)
-            ms[kind]["register"], runs[kind]["register"] = _median_ms(
-                lambda reg=reg, it=it: reg.register(next(it)), cfg["reps"])
-            ms[kind]["set_alias"], runs[kind]["set_alias"] = _median_ms(
-                lambda reg=reg: reg.set_alias("bench", "champion", 1), cfg["reps"])
-            ms[kind]["resolve alias"], runs[kind]["resolve alias"] = _median_ms(
-                lambda reg=reg: reg.resolve("bench@champion"), cfg["resolve_reps"])
-            ms[kind]["open warm"], runs[kind]["open warm"] = _median_ms(
-                lambda reg=reg: reg.open("bench@champion"), cfg["reps"])
+        its = {reg.location: iter(bundles) for reg in stores.values()}
+        calls: dict[str, tuple[Callable[[Any], object], int, int]] = {  # fn, calls, warmup
+            "register": (lambda reg: reg.register(next(its[reg.location])), cfg["reps"], 0),
+            "set_alias": (lambda reg: reg.set_alias("bench", "champion", 1), cfg["reps"], 0),
+            "resolve alias": (lambda reg: reg.resolve("bench@champion"), cfg["resolve_reps"], 1),
+            "open warm": (lambda reg: reg.open("bench@champion"), cfg["reps"], 1),
+        }
+        runs: dict[str, dict[str, list[float]]] = {kind: {} for kind in stores}
+        for op, (fn, n, warmup) in calls.items():  # local and s3 interleaved, call by call
+            timed = interleaved_each_call_ns(
+                {kind: functools.partial(fn, reg) for kind, reg in stores.items()},
+                calls=n, warmup=warmup, rounds=n)
+            for kind, ns in timed.items():
+                runs[kind][op] = [t / 1e6 for t in ns]
         caches = iter(tmp / f"cold-{i}" for i in range(cfg["reps"]))
-        ms["s3"]["open cold"], runs["s3"]["open cold"] = _median_ms(
-            lambda: Registry(f"s3://{server.bucket}/bench", cache_dir=next(caches)).open(
-                "bench@champion"), cfg["reps"])
+        runs["s3"]["open cold"] = interleaved_each_call_ns(
+            {"s3": lambda: Registry(f"s3://{server.bucket}/bench", cache_dir=next(caches)).open(
+                "bench@champion")}, calls=cfg["reps"], warmup=0)["s3"]
+        runs["s3"]["open cold"] = [t / 1e6 for t in runs["s3"]["open cold"]]
+        ms = {kind: {op: median(v) for op, v in ops.items()} for kind, ops in runs.items()}
     finally:
         server.stop()
         for k, v in saved.items():

@@ -24,7 +24,6 @@ registry) is the demo's own and is rebuilt on every run.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import tempfile
 import threading
@@ -176,9 +175,11 @@ def _build_feature_store(console: Console, data: Any, root: Path) -> Any:
 def _work_dir(reg: Any) -> Path:
     """Where the demo keeps its files: beside a local registry, else in ``$MLSERVE_HOME``
     (a registry on object storage has no folder of its own here)."""
-    if reg.location.startswith("s3://"):
-        home = os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")
-        return Path(home).expanduser() / "demo"
+    from mlserve.registry._settings import mlserve_home
+    from mlserve.registry.remote import RemoteRegistry
+
+    if isinstance(reg, RemoteRegistry):
+        return mlserve_home() / "demo"
     return Path(reg.root).parent
 
 
