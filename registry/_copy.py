@@ -75,7 +75,8 @@ def check_destination(src: Registry, dest: str | os.PathLike[str]) -> None:
     holding anything but an empty registry or the blobs of a copy that failed part-way: a
     file, a folder with other things (another program's ``registry.db`` included), a folder
     inside the source, a prefix with other objects. And an empty source."""
-    from ._objectstore import S3Store, is_uri, normalize_uri
+    from mlserve._objectstore import S3Store, is_uri, normalize_uri
+
     from .remote import RemoteRegistry
 
     with src._read() as conn:

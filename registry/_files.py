@@ -1,8 +1,5 @@
 """File helpers of the registry: hashing, atomic content-addressed blobs, process-tagged temp
-names and removal of read-only trees.
-
-Temp entries live in ``<root>/tmp`` and are named ``<pid>-<random>.<kind>``, so cleanup can tell
-a crashed writer's leftovers (dead pid) from a live writer's work in progress. Thread-safe:
+names (:mod:`mlserve._tempfiles`) in ``<root>/tmp`` and removal of read-only trees. Thread-safe:
 functions share no state.
 """
 
@@ -13,36 +10,13 @@ import json
 import os
 import shutil
 import stat
-import uuid
 from pathlib import Path
 from typing import Any
 
+from mlserve._tempfiles import temp_path
 from mlserve.bundle import MANIFEST
 
 _CHUNK_BYTES = 1 << 20
-
-
-def temp_path(tmp_dir: Path, kind: str) -> Path:
-    """A fresh, unused path in ``tmp_dir`` tagged with this process's pid."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    return tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.{kind}"
-
-
-def temp_owner_alive(entry: Path) -> bool:
-    """Whether the process that created the temp entry may still be running."""
-    pid_text = entry.name.split("-", 1)[0]
-    if not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def blob_path(blobs_dir: Path, sha256: str) -> Path:

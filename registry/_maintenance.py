@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from mlserve._tempfiles import temp_owner_alive
 from mlserve.bundle import MANIFEST, sha256_file
 
 from ._files import (
@@ -21,7 +22,6 @@ from ._files import (
     manifest_bytes,
     remove_tree,
     replace_manifest,
-    temp_owner_alive,
 )
 
 

@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mlserve._objectstore import is_uri
+from mlserve._tempfiles import temp_path as _temp_path
 from mlserve.bundle import MANIFEST
 from mlserve.errors import InvalidInput, ModelNotFound
 
@@ -38,8 +40,6 @@ from ._files import (
     replace_manifest,
     store_blob,
 )
-from ._files import temp_path as _temp_path
-from ._objectstore import is_uri
 from ._settings import default_location, test_step_pause
 from .records import HistoryEvent, ModelSummary, ModelVersion, Run
 from .refs import Ref, check_alias, check_name, parse_ref

@@ -7,7 +7,8 @@ Layout under the prefix::
     registry.db          the registry's SQLite database: one object, replaced whole
     blobs/ab/abcdef...   artifact bytes, content-addressed (sha256), never changed
 
-Writes are optimistic transactions on that one object. A change (register, alias, tag, ...)
+Writes are optimistic transactions on that one object (:mod:`mlserve._shareddb`, which the
+shared feature store's definitions use too). A change (register, alias, tag, ...)
 downloads the current ``registry.db`` with its ETag, applies the change to a private copy with
 the local registry's own SQL, uploads the blobs the change references that the store lacks, and
 then replaces ``registry.db`` with a conditional PUT (``If-Match`` the ETag read; ``If-None-Match:
@@ -22,7 +23,7 @@ database, so no change is applied twice. Blobs carry their sha256 as metadata; a
 the old blobs it references (a copy onto itself) so that a concurrent ``gc`` leaves them.
 
 Reads fetch ``registry.db`` only when its ETag changed (one conditional GET per call) into
-``<cache>/snapshots/<etag>.db``, an immutable file every process on the machine shares.
+``<cache>/snapshots/<etag>-<schema>.db``, an immutable file every process on the machine shares.
 ``resolve``/``open`` download a version's blobs once into ``<cache>/blobs`` (checking their
 sha256) and hardlink them into ``<cache>/models/NAME/VERSION-<manifest digest>``, the read-only
 bundle directory loaders open. The directory is named by the manifest's digest, so a version
@@ -35,25 +36,27 @@ share between processes (every file is written to a temp name and renamed) and t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import os
-import random
 import re
-import shutil
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mlserve._objectstore import ObjectInfo, S3Store, normalize_uri
+from mlserve._shareddb import SNAPSHOT_KEEP_S, Conflict, SharedDatabase
+from mlserve._tempfiles import temp_owner_alive, touch
+from mlserve._tempfiles import temp_path as _temp_path
 from mlserve.bundle import MANIFEST, sha256_file
 from mlserve.errors import InvalidInput, Unavailable
 
@@ -65,37 +68,21 @@ from ._files import (
     make_tree_readonly,
     manifest_bytes,
     remove_tree,
-    temp_owner_alive,
-)
-from ._files import temp_path as _temp_path
-from ._objectstore import (
-    NotModified,
-    ObjectInfo,
-    PreconditionFailed,
-    S3Store,
-    normalize_uri,
 )
 from ._settings import CACHE_ENV, default_cache_root, default_location
 from .records import ModelVersion
-from .registry import Registry, utc_now
+from .registry import Registry
+
+__all__ = ["GC_GRACE_S", "SNAPSHOT_KEEP_S", "RemoteRegistry"]
 
 logger = logging.getLogger(__name__)
 
 DB_OBJECT = "registry.db"
-#: Conditional writes lost in a row before a change gives up (Unavailable).
-MAX_ATTEMPTS = 50
 #: Unreferenced remote blobs younger than this are left by ``gc``: they may belong to a change
 #: that has uploaded its blobs and not yet committed ``registry.db``.
 GC_GRACE_S = 3600.0
-#: Snapshots other than the current one are removed once unused for this long.
-SNAPSHOT_KEEP_S = 600.0
-#: How long a commit's id stays in registry.db, to tell whether a PUT whose answer was lost
-#: (a timeout, a reset connection, botocore's retry answered 412) was applied.
-COMMIT_IDS_KEEP_S = 86400.0
-#: This version's schema, in the names of snapshot files.
-_SCHEMA_TAG = hashlib.sha256(_db._SCHEMA.encode()).hexdigest()[:8]
-_COMMITS_TABLE = ("CREATE TABLE IF NOT EXISTS remote_commits (txid TEXT PRIMARY KEY, "
-                  "at TEXT NOT NULL)")
+#: Another writer's commit won (:class:`mlserve._shareddb.Conflict`); ``copy`` catches it.
+_Conflict = Conflict
 
 T = TypeVar("T")
 
@@ -135,28 +122,10 @@ def _age_s(info: ObjectInfo) -> float:
     return float(datetime.now(timezone.utc).timestamp() - info.last_modified.timestamp())
 
 
-def _touch(path: Path) -> None:
-    """Marks a cache file as used now (pruning and gc go by its time)."""
-    try:
-        os.utime(path)
-    except OSError:
-        pass  # removed meanwhile, or another user's: nothing to protect
-
-
-def _prepare_copy(db: Path) -> None:
-    """Readies a private database copy: out of WAL, so that it is one self-contained file to
-    upload (no -wal/-shm beside it), and with every table of this version's schema (one
-    written by an older mlserve may lack a newer table; reads and changes then find it)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode = DELETE")
-        conn.executescript(_db._SCHEMA)
-    finally:
-        conn.close()
-
-
-class _Conflict(Exception):
-    """Another writer replaced registry.db since this change read it."""
+def _check_database(conn: sqlite3.Connection) -> str | None:
+    """What makes a downloaded ``registry.db`` not a registry's (None: it is one)."""
+    missing = _db.missing_columns(conn)
+    return f"it lacks {', '.join(missing[:5])}" if missing else None
 
 
 def _retrying(method: Callable[..., T]) -> Callable[..., T]:
@@ -164,24 +133,13 @@ def _retrying(method: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(method)
     def wrapper(self: RemoteRegistry, *args: Any, **kwargs: Any) -> T:
-        if getattr(self._tls, "in_change", False):
+        if self._db.in_change:
             return method(self, *args, **kwargs)  # nested (set_status -> archive)
-        self._tls.in_change = True
         self._tls.stored = set()  # blobs this change stores (register, add_artifact)
         try:
-            for attempt in range(MAX_ATTEMPTS):
-                try:
-                    return method(self, *args, **kwargs)
-                except _Conflict:
-                    self.conflicts += 1
-                    # Jittered backoff so that a crowd of writers spreads out.
-                    time.sleep(random.uniform(0, min(0.5, 0.005 * 2 ** attempt)))
-            raise Unavailable(
-                f"{method.__name__} on the registry at {self.location}: lost the race for "
-                f"{self._store.url(DB_OBJECT)} {MAX_ATTEMPTS} times in a row (too many writers "
-                "at once); try again")
+            return self._db.transact(lambda: method(self, *args, **kwargs),
+                                     f"{method.__name__} on the registry at {self.location}")
         finally:
-            self._tls.in_change = False
             self._tls.stored = None
 
     return wrapper
@@ -214,11 +172,10 @@ class RemoteRegistry(Registry):
                 f"set {CACHE_ENV} (or MLSERVE_HOME) to a writable directory") from None
         self.read_only = bool(read_only)
         self._uri = uri
-        self._snap: tuple[str | None, Path] | None = None
-        self._pull_lock = threading.Lock()
+        self._db = SharedDatabase(self._store, DB_OBJECT, self._snapshots, self._layout.tmp,
+                                  schema=lambda: _db._SCHEMA, check=_check_database,
+                                  what="registry")
         self._tls = threading.local()
-        #: Commits that lost the race to another writer and ran again (for logs and tests).
-        self.conflicts = 0
 
     @property
     def location(self) -> str:
@@ -227,94 +184,19 @@ class RemoteRegistry(Registry):
     def __repr__(self) -> str:
         return f"Registry({self._uri!r})"
 
+    @property
+    def conflicts(self) -> int:
+        """Commits that lost the race to another writer and ran again (for logs and tests)."""
+        return self._db.conflicts
+
     # ------------------------------------------------------------------ reading
 
-    def _empty_snapshot(self) -> Path:
-        path = self._snapshots / f"empty-{_SCHEMA_TAG}.db"
-        if not path.is_file():
-            tmp = _temp_path(self._layout.tmp, "empty.db")
-            _db.initialize(tmp)
-            _prepare_copy(tmp)
-            os.replace(tmp, path)
-        return path
-
     def _pull(self) -> tuple[str | None, Path]:
-        """The newest registry.db: ``(etag, local snapshot)``, ``(None, empty database)`` when
-        the store has none yet. One conditional GET; a download only when it changed."""
-        with self._pull_lock:
-            current = self._snap
-            known = current[0] if current is not None and current[1].is_file() else None
-            tmp = _temp_path(self._layout.tmp, "pull.db")
-            try:
-                etag = self._store.download(DB_OBJECT, tmp, if_none_match=known)
-            except NotModified:
-                assert current is not None
-                _touch(current[1])
-                return current
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            if etag is None:
-                tmp.unlink(missing_ok=True)
-                self._snap = (None, self._empty_snapshot())
-                return self._snap
-            self._check_database(tmp)
-            _prepare_copy(tmp)
-            final = self._snapshot_path(etag)
-            if final.is_file():
-                tmp.unlink()
-                _touch(final)
-            else:
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, final)
-            self._snap = (etag, final)
-            self._prune_snapshots(final)
-            return self._snap
+        """The newest registry.db: ``(etag, local snapshot)``; see :meth:`SharedDatabase.pull`."""
+        return self._db.pull()
 
-    def _snapshot_path(self, etag: str) -> Path:
-        """``<etag>-<schema>.db``: a process of another mlserve version, whose schema has other
-        tables, keeps its own grown copy of the same database."""
-        return self._snapshots / f"{re.sub(r'[^A-Za-z0-9]', '', etag)}-{_SCHEMA_TAG}.db"
-
-    def _check_database(self, path: Path) -> None:
-        """Refuses a download that is not a registry database (another SQLite file at the
-        prefix, a damaged object) before any query of it fails obscurely."""
-        problem = None
-        try:
-            with _db.read_transaction(path, read_only=True) as conn:
-                missing = _db.missing_columns(conn)
-            if missing:
-                problem = f"it lacks {', '.join(missing[:5])}"
-        except sqlite3.DatabaseError as exc:
-            problem = str(exc)
-        if problem is not None:
-            path.unlink(missing_ok=True)
-            raise InvalidInput(
-                f"{self._store.url(DB_OBJECT)} is not a registry database ({problem}); the "
-                "prefix belongs to something else, or the object was damaged")
-
-    def _prune_snapshots(self, keep: Path) -> None:
-        cutoff = time.time() - SNAPSHOT_KEEP_S
-        for entry in self._snapshots.glob("*.db"):
-            try:
-                if entry != keep and not entry.name.startswith("empty-") \
-                        and entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-            except OSError:
-                pass  # another process pruned it first
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        work = getattr(self._tls, "work", None)
-        if work is not None:  # a read inside a change sees the change's own copy
-            with _db.read_transaction(work) as conn:
-                yield conn
-            return
-        _, snapshot = self._pull()
-        if not snapshot.is_file():  # pruned by another process since: _pull fetches it again
-            _, snapshot = self._pull()
-        with _db.read_transaction(snapshot, read_only=True) as conn:
-            yield conn
+    def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.read()
 
     def _version_dir(self, name: str, version: int, manifest: dict[str, Any]) -> Path:
         return self._layout.models / name / f"{version}-{_manifest_digest(manifest)}"
@@ -334,11 +216,14 @@ class RemoteRegistry(Registry):
     def _fetch_blob(self, sha: str) -> Path:
         path = blob_path(self._layout.blobs, sha)
         if path.is_file():
-            _touch(path)
+            touch(path)
             return path
         tmp = _temp_path(self._layout.tmp, "blob")
         try:
-            if self._store.download(_blob_object(sha), tmp, sha256=sha) is None:
+            if self._store.download(
+                    _blob_object(sha), tmp, sha256=sha,
+                    repair_hint="run `mlserve registry verify` and re-register the version "
+                    "from its bundle") is None:
                 raise InvalidInput(
                     f"{self._store.url(_blob_object(sha))} is missing: the registry at "
                     f"{self._uri} references it; run `mlserve registry verify --registry "
@@ -354,7 +239,7 @@ class RemoteRegistry(Registry):
         """Builds ``mv.path`` from the blobs (downloading the missing ones), under a temp name
         renamed into place: readers see the whole directory or none."""
         if mv.path.is_dir():
-            _touch(mv.path)  # in use: the cache's gc goes by this time
+            touch(mv.path)  # in use: the cache's gc goes by this time
             return
         total = sum(int(e.get("bytes", 0)) for e in mv.artifacts.values())
         logger.info("fetching %s (%d files, %.1f MB) from %s", mv.ref, len(mv.artifacts),
@@ -395,48 +280,34 @@ class RemoteRegistry(Registry):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One optimistic transaction: the newest registry.db copied, changed by the caller,
-        its new blobs uploaded, and the copy put back if nobody else did first (else
+        """One optimistic transaction on registry.db (:meth:`SharedDatabase.change`): the
+        caller changes a copy, the blobs it references are checked in the store (uploaded
+        where missing) and the copy is put back if nobody else did first (else
         :class:`_Conflict`, which :func:`_retrying` answers by running the change again)."""
         self._check_writable()
-        base_etag, base = self._pull()
-        work = _temp_path(self._layout.tmp, "work.db")
-        txid = uuid.uuid4().hex
-        try:
-            if base_etag is None:
-                _db.initialize(work)
-            else:
-                shutil.copyfile(base, work)
-                os.chmod(work, 0o644)
-            _prepare_copy(work)
-            self._tls.work = work
-            try:
-                with _db.write_transaction(work) as conn:
-                    yield conn
-                    # The commit's id, to tell later whether a PUT whose answer was lost went
-                    # through; ids older than a day are dropped.
-                    conn.execute(_COMMITS_TABLE)
-                    cutoff = datetime.now(timezone.utc) - timedelta(seconds=COMMIT_IDS_KEEP_S)
-                    conn.execute("DELETE FROM remote_commits WHERE at < ?",
-                                 (cutoff.isoformat(timespec="microseconds"),))
-                    conn.execute("INSERT INTO remote_commits (txid, at) VALUES (?, ?)",
-                                 (txid, utc_now()))
-            finally:
-                self._tls.work = None
-            self._push(work, base_etag, None if base_etag is None else base, txid)
-        finally:
-            work.unlink(missing_ok=True)
-            work.with_name(work.name + "-journal").unlink(missing_ok=True)
+        checked: dict[str, int] = {}
 
-    def _push(self, work: Path, base_etag: str | None, base: Path | None, txid: str) -> None:
+        def before_put(work: Path, base: Path | None) -> None:
+            checked.update(self._push_blobs(work, base))
+
+        def after_put() -> None:
+            for sha in checked:  # a gc that ran meanwhile may have taken one
+                if self._store.head(_blob_object(sha)) is None:
+                    self._upload_blob(sha)
+
+        with self._db.change(before_put=before_put, after_put=after_put) as conn:
+            yield conn
+
+    def _push_blobs(self, work: Path, base: Path | None) -> dict[str, int]:
+        """Makes the store hold every blob the changed database ``work`` references anew (or
+        that this change stored itself: registering again repairs a blob lost from the store);
+        returns those it checked."""
         before = _artifact_shas(base)
         stored = getattr(self._tls, "stored", None) or set()
-        # Blobs to check: those new to the database, and those this change stored itself (a
-        # registration again repairs a blob lost from the store).
         check = {sha: size for sha, size in _artifact_shas(work).items()
                  if sha not in before or sha in stored}
         for sha in check:
-            _touch(blob_path(self._layout.blobs, sha))  # in use: the cache's gc leaves it
+            touch(blob_path(self._layout.blobs, sha))  # in use: the cache's gc leaves it
         stored_as = {sha: self._store.head(_blob_object(sha)) for sha in check}
         for sha, size in check.items():
             if not _blob_whole(stored_as[sha], sha, size):
@@ -447,36 +318,7 @@ class RemoteRegistry(Registry):
         for sha, info in stored_as.items():
             if info is not None and sha not in before:
                 self._renew_blob(sha, info)
-        try:
-            etag = self._store.put(DB_OBJECT, work, if_match=base_etag)
-        except PreconditionFailed:
-            if not self._landed(txid):
-                raise _Conflict() from None
-        except Unavailable:
-            # The PUT may have been applied and only its answer lost.
-            if not self._landed(txid):
-                raise
-        else:
-            final = self._snapshot_path(etag)
-            os.chmod(work, 0o444)
-            os.replace(work, final)
-            with self._pull_lock:
-                self._snap = (etag, final)
-        for sha in check:  # a gc that ran meanwhile may have taken one
-            if self._store.head(_blob_object(sha)) is None:
-                self._upload_blob(sha)
-
-    def _landed(self, txid: str) -> bool:
-        """Whether the commit ``txid`` is in the store's registry.db (after a lost race, or a
-        PUT whose answer never came: botocore retries a timed-out PUT, and the retry of one
-        that was applied answers 412)."""
-        try:
-            _, snapshot = self._pull()
-            with _db.read_transaction(snapshot, read_only=True) as conn:
-                return conn.execute("SELECT 1 FROM remote_commits WHERE txid = ?",
-                                    (txid,)).fetchone() is not None
-        except sqlite3.OperationalError:  # no remote_commits table: no commit of ours
-            return False
+        return check
 
     def _blob_ok(self, sha: str, size: int) -> bool:
         """Whether the store has blob ``sha`` whole, as the registry wrote it."""
@@ -635,5 +477,5 @@ class RemoteRegistry(Registry):
             if not temp_owner_alive(entry):
                 remove_tree(entry)
                 removed.append(str(entry))
-        self._prune_snapshots(snapshot)
+        self._db.prune(snapshot)
         return removed

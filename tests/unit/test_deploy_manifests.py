@@ -437,7 +437,7 @@ def test_registry_s3_patch_serves_the_bucket_with_a_writable_cache(
     (argv,) = mlserve_argvs(container)
     registry = parse(argv, monkeypatch).registry
     assert registry.startswith("s3://")
-    from mlserve.registry._objectstore import normalize_uri
+    from mlserve._objectstore import normalize_uri
 
     assert normalize_uri(registry) == registry
     assert "initContainers" not in pod

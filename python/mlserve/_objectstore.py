@@ -1,7 +1,8 @@
-"""The object store under a shared registry: S3 and S3-compatible stores (AWS S3, MinIO,
-SeaweedFS, Cloudflare R2, ...) through boto3.
+"""Object storage under a shared model registry or feature store: S3 and S3-compatible stores
+(AWS S3, MinIO, SeaweedFS, Cloudflare R2, ...) through boto3.
 
-Only what :mod:`.remote` needs: download (conditional on an ETag), upload, put (create-only or
+Only what :mod:`mlserve.registry.remote`, :mod:`mlserve._shareddb` and
+:mod:`mlserve.features.remote` need: download (conditional on an ETag), upload, put (create-only or
 compare-and-swap on an ETag, the S3 conditional writes ``If-None-Match: *`` / ``If-Match``),
 head, touch, list and delete, with every failure turned into mlserve's typed errors. Endpoint,
 region and credentials come from boto3's standard chain: ``AWS_ENDPOINT_URL_S3`` or
@@ -29,21 +30,23 @@ _CHUNK_BYTES = 1 << 20
 
 
 def is_uri(location: object) -> bool:
-    """Whether a registry location names an object store (``s3://BUCKET[/PREFIX]``) rather
-    than a directory. A ``Path`` made from such a string (``s3:/BUCKET``) counts too."""
+    """Whether a registry or feature store location names an object store
+    (``s3://BUCKET[/PREFIX]``) rather than a directory. A ``Path`` made from such a string
+    (``s3:/BUCKET``) counts too."""
     text = os.fspath(location) if isinstance(location, os.PathLike) else location
     return isinstance(text, str) and text.startswith("s3:/")
 
 
-def normalize_uri(location: str | os.PathLike[str]) -> str:
-    """``s3://BUCKET/PREFIX`` without a trailing slash; InvalidInput for a malformed one."""
+def normalize_uri(location: str | os.PathLike[str], what: str = "registry location") -> str:
+    """``s3://BUCKET/PREFIX`` without a trailing slash; InvalidInput (naming ``what``) for a
+    malformed one."""
     text = os.fspath(location)
     if text.startswith("s3:/") and not text.startswith(SCHEME):  # Path() folded the '//'
         text = SCHEME + text[len("s3:/"):]
     rest = text[len(SCHEME):].rstrip("/")
     bucket, _, prefix = rest.partition("/")
     if not bucket or any(p in ("", ".", "..") for p in prefix.split("/") if prefix):
-        raise InvalidInput(f"registry location {text!r}: expected s3://BUCKET or "
+        raise InvalidInput(f"{what} {text!r}: expected s3://BUCKET or "
                            "s3://BUCKET/PREFIX (no empty, '.' or '..' parts)")
     return SCHEME + rest
 
@@ -69,7 +72,7 @@ class ObjectInfo:
 class S3Store:
     """Objects under ``s3://BUCKET/PREFIX``; every name given to a method is relative to it."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, what: str = "a registry") -> None:
         self.uri = normalize_uri(uri)
         self.bucket, _, self.prefix = self.uri[len(SCHEME):].partition("/")
         self._clients: dict[int, Any] = {}
@@ -78,7 +81,7 @@ class S3Store:
             import boto3  # noqa: F401  (checked here so the error comes before any work)
         except ImportError:
             raise InvalidInput(
-                f"a registry on object storage ({self.uri}) needs boto3: pip install "
+                f"{what} on object storage ({self.uri}) needs boto3: pip install "
                 "'mlserve[s3]'") from None
 
     def _client(self) -> Any:
@@ -174,11 +177,11 @@ class S3Store:
     # ------------------------------------------------------------------ operations
 
     def download(self, name: str, dest: Path, *, if_none_match: str | None = None,
-                 sha256: str | None = None) -> str | None:
+                 sha256: str | None = None, repair_hint: str = "") -> str | None:
         """Writes object ``name`` to ``dest`` (created or truncated); returns its ETag, or None
         when there is no such object. ``if_none_match``: raises :class:`NotModified` when the
         object still has that ETag. ``sha256``: the bytes must hash to it (InvalidInput
-        otherwise, and ``dest`` is removed)."""
+        otherwise, with ``repair_hint``, and ``dest`` is removed)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key(name)}
@@ -210,9 +213,8 @@ class S3Store:
         if sha256 is not None and digest.hexdigest() != sha256:
             dest.unlink(missing_ok=True)
             raise InvalidInput(
-                f"{self.url(name)} is damaged: its bytes hash to {digest.hexdigest()}, the "
-                f"registry expects {sha256}; run `mlserve registry verify` and re-register the "
-                "version from its bundle")
+                f"{self.url(name)} is damaged: its bytes hash to {digest.hexdigest()}, its "
+                f"writer recorded {sha256}{'; ' + repair_hint if repair_hint else ''}")
         return str(response["ETag"])
 
     def upload(self, name: str, source: Path, *, metadata: dict[str, str] | None = None
