@@ -43,7 +43,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -53,7 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlserve._objectstore import ObjectInfo, S3Store, normalize_uri
+from mlserve._objectstore import ObjectInfo, S3Store, cache_dir_for, normalize_uri
 from mlserve._shareddb import SNAPSHOT_KEEP_S, Conflict, SharedDatabase
 from mlserve._tempfiles import temp_owner_alive, touch
 from mlserve._tempfiles import temp_path as _temp_path
@@ -85,14 +84,6 @@ GC_GRACE_S = 3600.0
 _Conflict = Conflict
 
 T = TypeVar("T")
-
-
-def _cache_dir_for(uri: str, base: Path) -> Path:
-    """``<base>/<bucket>/<prefix with / as _>-<hash>``: readable and collision-free."""
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    tag = hashlib.sha256(uri.encode()).hexdigest()[:10]
-    readable = re.sub(r"[^A-Za-z0-9._-]", "_", prefix)[:60] or "_"
-    return base / bucket / f"{readable}-{tag}"
 
 
 def _blob_object(sha: str) -> str:
@@ -159,7 +150,7 @@ class RemoteRegistry(Registry):
         base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
         #: The cache folder given (or the default); ``root`` is this registry's folder in it.
         self.cache_base = base
-        self.root = _cache_dir_for(uri, base)
+        self.root = cache_dir_for(uri, base)
         self._layout = Layout(self.root)
         self._snapshots = self.root / "snapshots"
         try:

@@ -352,8 +352,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture
 def s3_uri(s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """A fresh ``s3://BUCKET/PREFIX`` on the test server, with the AWS variables set (also for
-    child processes) and this test's own registry cache."""
+    child processes) and this test's own registry and feature store caches."""
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MLSERVE_REGISTRY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLSERVE_FEATURE_STORE_CACHE", str(tmp_path / "feature-cache"))
     return f"s3://{s3_server.bucket}/t-{uuid.uuid4().hex[:12]}"

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mlserve.errors import MlserveError
+from mlserve.features._settings import CLI_HELP as FEATURES_HELP
+from mlserve.features._settings import CLI_METAVAR as FEATURES_METAVAR
 from rich.console import Console
 from rich.table import Table
 
@@ -25,9 +27,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entities", metavar="FILE",
                         help="with --features: .csv/.parquet of join keys, event timestamp "
                         "(--timestamp, default event_ts), label and request-time columns")
-    parser.add_argument("--feature-store", metavar="PATH",
-                        help="feature store root (default: $MLSERVE_FEATURE_STORE, else "
-                        "$MLSERVE_HOME/features)")
+    parser.add_argument("--feature-store", metavar=FEATURES_METAVAR,
+                        help=f"feature store: {FEATURES_HELP}")
     parser.add_argument("--name", help="model name (default: the data file's stem)")
     parser.add_argument("--task", choices=["binary", "multiclass", "regression"])
     parser.add_argument("--numeric", nargs="+", metavar="COL", help="numeric feature columns")

@@ -161,7 +161,7 @@ def _feature_table(fs: FeatureStore, frame: pd.DataFrame, source: str, label: st
         "entity_keys": [{"name": k, "dtype": d} for k, d in join_keys.items()],
         "request_features": [*req_numeric, *req_categorical],
         "timestamp_column": timestamp,
-        "feature_store": str(fs.root.resolve()),
+        "feature_store": fs.location,
         "entities": source,
     }
     return FeatureTable(frame=joined, numeric=[*store_numeric, *req_numeric],

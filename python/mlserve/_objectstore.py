@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,15 @@ def normalize_uri(location: str | os.PathLike[str], what: str = "registry locati
         raise InvalidInput(f"{what} {text!r}: expected s3://BUCKET or "
                            "s3://BUCKET/PREFIX (no empty, '.' or '..' parts)")
     return SCHEME + rest
+
+
+def cache_dir_for(uri: str, base: Path) -> Path:
+    """Where a machine caches what it reads of ``uri`` under the cache folder ``base``:
+    ``<base>/<bucket>/<prefix with / as _>-<hash>``, readable and collision-free."""
+    bucket, _, prefix = normalize_uri(uri)[len(SCHEME):].partition("/")
+    tag = hashlib.sha256(uri.encode()).hexdigest()[:10]
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", prefix)[:60] or "_"
+    return base / bucket / f"{readable}-{tag}"
 
 
 class PreconditionFailed(Exception):
@@ -228,15 +238,18 @@ class S3Store:
         except Exception as exc:  # boto3's S3UploadFailedError wraps a ClientError
             raise self._write_error(exc, what) from None
 
-    def put(self, name: str, source: Path, *, if_match: str | None = None) -> str:
-        """Stores the file ``source`` as object ``name`` only if the object still has the ETag
-        ``if_match`` (None: only if there is no such object); returns the new ETag. The
-        condition failing raises :class:`PreconditionFailed`."""
+    def put(self, name: str, source: Path, *, if_match: str | None = None,
+            metadata: dict[str, str] | None = None) -> str:
+        """Stores the file ``source`` (at most 5 GB: one request) as object ``name`` only if
+        the object still has the ETag ``if_match`` (None: only if there is no such object),
+        with user ``metadata``; returns the new ETag. The condition failing raises
+        :class:`PreconditionFailed`."""
         condition = {"IfMatch": if_match} if if_match is not None else {"IfNoneMatch": "*"}
         try:
             with open(source, "rb") as body:
                 response = self._client().put_object(Bucket=self.bucket, Key=self.key(name),
-                                                     Body=body, **condition)
+                                                     Body=body, Metadata=metadata or {},
+                                                     **condition)
         except Exception as exc:
             # 412: the condition failed; 409: a concurrent conditional write won the race.
             if self._status(exc) in (409, 412):

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from mlserve.errors import MlserveError
+from mlserve.features._settings import CLI_METAVAR as FEATURES_METAVAR
 from mlserve.registry._settings import CLI_HELP as REGISTRY_HELP
 from mlserve.registry._settings import CLI_METAVAR as REGISTRY_METAVAR
 
@@ -44,9 +45,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--keep", metavar="COLS", default=None,
                         help="comma-separated input columns to copy to the output (default: "
                         "all; '' for none: only the predictions)")
-    parser.add_argument("--feature-store", metavar="PATH", default=None,
-                        help="feature store of a model trained on a feature service (default: "
-                        "the one its lineage names)")
+    parser.add_argument("--feature-store", metavar=FEATURES_METAVAR, default=None,
+                        help="feature store of a model trained on a feature service, a "
+                        "directory or s3://BUCKET/PREFIX (default: the one its lineage names)")
     parser.add_argument("--as-of", metavar="TIME", default=None,
                         help="join every row's stored features as of TIME (ISO 8601 or 'now') "
                         "instead of the row's timestamp column")

@@ -446,14 +446,16 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
     if same_request and previous is not None:
         as_of_iso = previous.get("as_of")
     feature_parts = None
-    store_root = None
+    store_root = store_cache = None
     if lineage_service(bundle.manifest.get("lineage") or {}):
         join = PointInTimeJoin(bundle, feature_store=feature_store, as_of=as_of_iso,
                                parts=previous.get("feature_parts") if same_request and previous
                                else None)
         try:
             feature_parts = join.parts
-            store_root = str(join.store.root.resolve())
+            store_root = join.store.location
+            if join.store.cache_base is not None:  # shared: workers use the caller's cache
+                store_cache = str(join.store.cache_base)
         finally:
             join.close()
     registry_root = registry_cache = None
@@ -494,6 +496,8 @@ def describe_job(model: str | os.PathLike[str], inputs: Sequence[str | os.PathLi
                      "threshold": threshold}
     if registry_cache is not None:
         job["scorer"]["registry_cache"] = registry_cache
+    if store_cache is not None:
+        job["scorer"]["feature_store_cache"] = store_cache
     return job
 
 
@@ -525,13 +529,19 @@ def _die_with_parent(parent: int) -> None:
 
 def _scorer(kwargs: dict[str, Any]) -> BatchScorer:
     """The BatchScorer of a job's scorer spec; a registry on object storage is opened
-    read-only with the caller's cache (``registry_cache``)."""
+    read-only with the caller's cache (``registry_cache``), a feature store on object storage
+    with the caller's cache (``feature_store_cache``)."""
     kwargs = dict(kwargs)
     cache = kwargs.pop("registry_cache", None)
     if cache is not None:
         from mlserve.registry.remote import RemoteRegistry
 
         kwargs["registry"] = RemoteRegistry(kwargs["registry"], cache_dir=cache, read_only=True)
+    store_cache = kwargs.pop("feature_store_cache", None)
+    if store_cache is not None:
+        from mlserve.features import FeatureStore
+
+        kwargs["feature_store"] = FeatureStore(kwargs["feature_store"], cache_dir=store_cache)
     return BatchScorer(**kwargs)
 
 

@@ -21,11 +21,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from mlserve.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from mlserve.features import FeatureStore
+
+#: A feature store: its location (a directory, ``s3://...``) or an open one.
+StoreLike: TypeAlias = "str | os.PathLike[str] | FeatureStore"
 
 #: Rows per Engine request (and the batcher's max_batch_size): big batches, one model call each.
 BATCH_ROWS = 8192
@@ -101,7 +107,7 @@ class PointInTimeJoin:
     the view's parts now. Each view's rows are read once and kept in memory.
     """
 
-    def __init__(self, bundle: Any, *, feature_store: str | os.PathLike[str] | None = None,
+    def __init__(self, bundle: Any, *, feature_store: StoreLike | None = None,
                  as_of: Any = None, parts: Mapping[str, Sequence[str]] | None = None) -> None:
         from mlserve.features import FeatureStore
 
@@ -110,7 +116,7 @@ class PointInTimeJoin:
         if not views:
             raise InvalidInput(f"model {bundle.ref}: its lineage names no feature views")
         root = feature_store or lineage.get("feature_store") or None
-        self.store = FeatureStore(root)
+        self.store = root if isinstance(root, FeatureStore) else FeatureStore(root)
         self.timestamp = str(lineage.get("timestamp_column") or "event_ts")
         self.as_of = as_of
         self.selections = []
@@ -120,7 +126,7 @@ class PointInTimeJoin:
             except Exception as e:  # DefinitionNotFound / InvalidInput: say which store
                 raise InvalidInput(
                     f"model {bundle.ref} was trained on feature view {v.get('name')}/"
-                    f"{v.get('version')}, which feature store {self.store.root} does not have "
+                    f"{v.get('version')}, which feature store {self.store.location} does not have "
                     f"({e}); pass the store it was trained with (--feature-store)") from None
             self.selections.append((view, tuple(str(c) for c in v.get("columns") or [])))
         offline = self.store.offline
@@ -147,6 +153,8 @@ class PointInTimeJoin:
             offline = self.store.offline
             directory = offline.view_dir(view)
             files = [directory / name for name in self.parts[view.ref]]
+            if not all(f.is_file() for f in files):
+                offline.parts(view)  # a shared store: this machine's copies fetched
             gone = [f.name for f in files if not f.is_file()]
             if gone:
                 raise InvalidInput(f"feature view {view.ref}: part file(s) {', '.join(gone)} "
@@ -211,7 +219,7 @@ class BatchScorer:
     def __init__(self, model: str | os.PathLike[str], *, registry: Any = None,
                  backend: str = "onnxruntime", device: int = 0,
                  keep: Sequence[str] | None = None,
-                 feature_store: str | os.PathLike[str] | None = None, as_of: Any = None,
+                 feature_store: StoreLike | None = None, as_of: Any = None,
                  feature_parts: Mapping[str, Sequence[str]] | None = None,
                  with_features: bool = False, threshold: float = 0.5,
                  batch_rows: int = BATCH_ROWS) -> None:

@@ -1,5 +1,5 @@
-"""Environment settings of the feature store: its default root, the LMDB map size and the
-crash-test hook.
+"""Environment settings of the feature store: its default location, the cache of shared
+stores, the LMDB map size and the crash-test hook.
 
 This is the only module of ``mlserve.features`` that reads environment variables. Stateless and
 thread-safe.
@@ -11,8 +11,17 @@ import os
 import time
 from pathlib import Path
 
-#: Root of the feature store (definitions, offline Parquet data, online LMDB environment).
+#: The feature store: a directory (definitions, offline Parquet data, online LMDB environment)
+#: or ``s3://BUCKET/PREFIX`` (definitions and offline data shared through object storage,
+#: :mod:`mlserve.features.remote`).
 ROOT_ENV = "MLSERVE_FEATURE_STORE"
+#: Where a machine keeps its copies of shared feature stores, and their online stores.
+CACHE_ENV = "MLSERVE_FEATURE_STORE_CACHE"
+#: ``--store``/``--feature-store`` of the commands.
+CLI_METAVAR = "PATH|s3://BUCKET/PREFIX"
+#: The part of their help that says what a location is.
+CLI_HELP = ("a directory, or s3://BUCKET/PREFIX for one shared through object storage "
+            f"(default: ${ROOT_ENV}, else $MLSERVE_HOME/features)")
 #: Size in bytes of the LMDB memory map (address space, not disk; the file grows as written).
 MAP_SIZE_ENV = "MLSERVE_FEATURE_STORE_MAP_SIZE"
 #: Test hook: seconds each materialization batch sleeps inside its write transaction, before
@@ -23,21 +32,32 @@ TEST_BATCH_DELAY_ENV = "MLSERVE_FEATURES_TEST_BATCH_DELAY_S"
 DEFAULT_MAP_SIZE = 64 << 30
 
 
-def default_root() -> Path:
-    """``$MLSERVE_FEATURE_STORE``, else ``$MLSERVE_HOME/features`` next to the model registry
-    (``MLSERVE_HOME`` defaults to ``~/.mlserve``)."""
+def _home() -> Path:
+    return Path(os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")).expanduser()
+
+
+def _location(text: str) -> str | Path:
+    return text if text.startswith("s3:/") else Path(text).expanduser()
+
+
+def default_root() -> str | Path:
+    """``$MLSERVE_FEATURE_STORE`` (a directory or ``s3://...``), else ``$MLSERVE_HOME/features``
+    next to the model registry (``MLSERVE_HOME`` defaults to ``~/.mlserve``)."""
     explicit = os.environ.get(ROOT_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    home = os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")
-    return Path(home).expanduser() / "features"
+    return _location(explicit) if explicit else _home() / "features"
 
 
-def configured_root() -> Path | None:
+def configured_root() -> str | Path | None:
     """``$MLSERVE_FEATURE_STORE`` when set, else None. The server uses only an explicitly
     configured store: a model that needs online features never reads a default location."""
     explicit = os.environ.get(ROOT_ENV)
-    return Path(explicit).expanduser() if explicit else None
+    return _location(explicit) if explicit else None
+
+
+def default_cache_root() -> Path:
+    """``$MLSERVE_FEATURE_STORE_CACHE``, else ``$MLSERVE_HOME/cache/features``."""
+    explicit = os.environ.get(CACHE_ENV)
+    return Path(explicit).expanduser() if explicit else _home() / "cache" / "features"
 
 
 def map_size_bytes() -> int:

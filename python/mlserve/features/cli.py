@@ -16,7 +16,7 @@ from rich.table import Table
 
 from mlserve.errors import InvalidInput, MlserveError
 
-from ._settings import ROOT_ENV
+from ._settings import CLI_HELP, CLI_METAVAR
 from ._time import ns_to_iso, to_ns
 
 _LIST_KINDS = {"entities": "entity", "views": "view", "services": "service"}
@@ -25,9 +25,8 @@ _LIST_KINDS = {"entities": "entity", "views": "view", "services": "service"}
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Adds ``features`` and its subcommands to an ``add_subparsers()`` object."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS,
-                        help=f"feature store root (default: ${ROOT_ENV}, else "
-                        "$MLSERVE_HOME/features)")
+    common.add_argument("--store", metavar=CLI_METAVAR, default=argparse.SUPPRESS,
+                        help=f"feature store: {CLI_HELP}")
     feat: argparse.ArgumentParser = subparsers.add_parser(
         "features", parents=[common], help="feature store: definitions, offline and online data",
         description="Entities, feature views and services (versioned definitions), Parquet "

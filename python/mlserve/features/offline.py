@@ -17,7 +17,7 @@ import fcntl
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,23 +72,18 @@ class OfflineStore:
         d = self.view_dir(view)
         if not d.is_dir():
             return []
-        return sorted(p for p in d.iterdir() if p.name.startswith("part-")
-                      and p.suffix == ".parquet")
+        return sorted(p for p in d.iterdir() if is_part(p.name))
 
     def append(self, view: FeatureView, table: pa.Table) -> Path:
         """Writes ``table`` (already validated) as a new part; returns its path."""
         d = self.view_dir(view)
         d.mkdir(parents=True, exist_ok=True)
-        schema = offline_schema(view)
-        table = pa.Table.from_arrays([table.column(f.name) for f in schema], schema=schema)
         token = uuid.uuid4().hex[:12]
         tmp = d / f".tmp-{token}.parquet"
         try:
-            pq.write_table(table, tmp, compression="zstd")
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            write_part(view, table, tmp)
             with _view_lock(d):
-                final = d / f"part-{_next_part_number(d):020d}-{token}.parquet"
+                final = d / part_name(next_part_number(p.name for p in d.iterdir()), token)
                 os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -111,7 +106,7 @@ class OfflineStore:
         schema = offline_schema(view)
         names = [*entity.join_keys, "event_ts", "created_ts", *wanted]
         files = self.parts(view) if parts is None else list(parts)
-        tables = [pq.read_table(p, columns=names, schema=schema) for p in files]
+        tables = [_read_part(p, names, schema) for p in files]
         table = pa.concat_tables(tables) if tables else schema.empty_table().select(names)
         keys = tuple(_numpy(table.column(k)) for k in entity.join_keys)
         values: dict[str, np.ndarray] = {}
@@ -142,16 +137,44 @@ def _view_lock(d: Path) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
-def _next_part_number(d: Path) -> int:
-    """The next part's number: the ingest time in ns, but always past the newest part's, so
-    that name order is ingestion order even when the wall clock steps back. The caller holds
-    the view's lock."""
+def _read_part(path: Path, names: list[str], schema: pa.Schema) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=names, schema=schema)
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidInput(
+            f"offline part {path} cannot be read with the view's schema ({exc}); it was not "
+            "written by `mlserve features ingest`, or is damaged: remove it and ingest its "
+            "data again") from None
+
+
+def is_part(name: str) -> bool:
+    """Whether a file name is an offline part's (not a temp file, not something else)."""
+    return name.startswith("part-") and name.endswith(".parquet")
+
+
+def part_name(number: int, token: str) -> str:
+    return f"part-{number:020d}-{token}.parquet"
+
+
+def next_part_number(names: Iterable[str]) -> int:
+    """The next part's number given the names in the view's directory: the ingest time in ns,
+    but always past the newest part's, so that name order is ingestion order even when the
+    wall clock steps back. A local caller holds the view's lock."""
     newest = 0
-    for p in d.iterdir():
-        parts = p.name.split("-")
-        if p.name.startswith("part-") and len(parts) >= 3 and parts[1].isdigit():
-            newest = max(newest, int(parts[1]))
+    for name in names:
+        fields = name.split("-")
+        if is_part(name) and len(fields) >= 3 and fields[1].isdigit():
+            newest = max(newest, int(fields[1]))
     return max(newest + 1, time.time_ns())
+
+
+def write_part(view: FeatureView, table: pa.Table, path: Path) -> None:
+    """Writes validated rows as a part file of ``view`` (its offline schema, zstd), fsynced."""
+    schema = offline_schema(view)
+    table = pa.Table.from_arrays([table.column(f.name) for f in schema], schema=schema)
+    pq.write_table(table, path, compression="zstd")
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _numpy(col: pa.ChunkedArray) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +51,19 @@ CREATE TABLE IF NOT EXISTS definitions (
 """
 
 KINDS = ("entity", "view", "service")
+
+
+def schema() -> str:
+    """The definitions database's schema (its CREATE statements)."""
+    return _SCHEMA
+
+
+def missing_table(conn: sqlite3.Connection) -> str | None:
+    """Why the database ``conn`` is on is not a definitions database (None: it is one)."""
+    found = {r[1] for r in conn.execute("PRAGMA table_info(definitions)")}
+    needed = ("kind", "name", "version", "fingerprint", "spec", "created_at", "updated_at")
+    missing = [c for c in needed if c not in found]
+    return f"it lacks definitions.{', definitions.'.join(missing)}" if missing else None
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,21 @@ class FeatureRegistry:
         _sqlite.initialize(self.path, _SCHEMA)
 
     def __repr__(self) -> str:
-        return f"FeatureRegistry({str(self.path)!r})"
+        return f"FeatureRegistry({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """Where the definitions live (a file here; ``s3://...`` for a shared store)."""
+        return str(self.path)
+
+    # Storage hooks: a shared store (:class:`.remote.RemoteFeatureRegistry`) runs the same SQL
+    # on a copy of a database kept in object storage.
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _sqlite.read_transaction(self.path)
+
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _sqlite.write_transaction(self.path)
 
     # ------------------------------------------------------------------ apply
 
@@ -108,7 +136,7 @@ class FeatureRegistry:
             batch[kind][d.name] = d
         changes: list[ApplyChange] = []
         try:
-            with _sqlite.write_transaction(self.path) as conn:
+            with self._write() as conn:
                 applied: dict[str, dict[str, Definition]] = {k: {} for k in KINDS}
                 for entity in batch["entity"].values():
                     assert isinstance(entity, Entity)
@@ -205,7 +233,7 @@ class FeatureRegistry:
 
     def entity(self, name: str, version: int | None = None) -> Entity:
         """The entity (latest version unless ``version``); DefinitionNotFound if unknown."""
-        with _sqlite.read_transaction(self.path) as conn:
+        with self._read() as conn:
             d = self._load(conn, "entity", name, version)
         assert isinstance(d, Entity)
         return d
@@ -214,7 +242,7 @@ class FeatureRegistry:
         """The view ``NAME`` or ``NAME/VERSION`` (latest unless a version is given), with its
         entity resolved; DefinitionNotFound if unknown."""
         name, ref_version = parse_view_ref(ref)
-        with _sqlite.read_transaction(self.path) as conn:
+        with self._read() as conn:
             d = self._load(conn, "view", name, version if version is not None else ref_version)
         assert isinstance(d, FeatureView)
         return d
@@ -227,7 +255,7 @@ class FeatureRegistry:
                 raise InvalidInput(f"feature service reference {name!r}: expected NAME or "
                                    "NAME/VERSION")
             version = int(v)
-        with _sqlite.read_transaction(self.path) as conn:
+        with self._read() as conn:
             d = self._load(conn, "service", base, version)
         assert isinstance(d, FeatureService)
         return d
@@ -237,7 +265,7 @@ class FeatureRegistry:
         latest version of each unless ``all_versions``."""
         if kind not in KINDS:
             raise InvalidInput(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
-        with _sqlite.read_transaction(self.path) as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 "SELECT name, version, created_at, updated_at, spec FROM definitions d "
                 "WHERE kind = ? AND (? OR version = (SELECT MAX(version) FROM definitions "

@@ -6,7 +6,9 @@
     <root>/online.writer.lock       the single writer's lock
 
 The root is ``$MLSERVE_FEATURE_STORE``, else ``$MLSERVE_HOME/features`` (beside the model
-registry's ``$MLSERVE_HOME/registry``). The offline side (ingest, historical features,
+registry's ``$MLSERVE_HOME/registry``). ``s3://BUCKET/PREFIX`` instead shares definitions and
+offline data through object storage (:mod:`.remote`); ``root`` is then this machine's cache of
+it, which holds the machine's own online store. The offline side (ingest, historical features,
 materialization) needs the ``features`` extra (pandas, pyarrow) and imports it on first use;
 definitions and online reads need neither, so the server stays light.
 
@@ -23,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlserve._objectstore import is_uri, normalize_uri
 from mlserve.errors import DefinitionNotFound, InvalidInput
 
-from ._settings import default_root
+from ._settings import default_cache_root, default_root
 from ._time import TimeLike, now_ns, to_ns
 from .declarations import load_definitions
 from .definitions import Definition, FeatureService, FeatureView, to_selection
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
 
     from .materialize import MaterializeResult
     from .offline import OfflineStore
+    from .remote import SharedFeatureStorage
 
 #: What selects features: a service (object, ``NAME`` or ``NAME/VERSION``), or a list of view
 #: references (``NAME``, ``NAME/2``, FeatureView, ``(view, [columns])``, ViewSelection).
@@ -59,16 +63,40 @@ class FeatureStore:
     """A feature store rooted at ``root`` (see the module doc for the default)."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *,
-                 map_size: int | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_root()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.registry = FeatureRegistry(self.root / "definitions.db")
+                 map_size: int | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+        """``root``: a directory or ``s3://BUCKET/PREFIX``. ``cache_dir``: for a store on
+        object storage, where this machine keeps its copies and its online store (default
+        ``$MLSERVE_FEATURE_STORE_CACHE`` or ``$MLSERVE_HOME/cache/features``)."""
+        location = root if root is not None else default_root()
+        self._shared: SharedFeatureStorage | None = None
+        self.registry: FeatureRegistry
+        if is_uri(location):
+            from .remote import SharedFeatureStorage
+
+            base = Path(cache_dir).expanduser() if cache_dir is not None \
+                else default_cache_root()
+            self._shared = SharedFeatureStorage(normalize_uri(location, "feature store"), base)
+            #: The cache folder given (or the default); ``root`` is this store's folder in it.
+            self.cache_base: Path | None = base
+            self.root = self._shared.root
+            self.registry = self._shared.registry()
+        else:
+            self.cache_base = None
+            self.root = Path(location).expanduser()
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.registry = FeatureRegistry(self.root / "definitions.db")
         self._map_size = map_size
         self._online: OnlineStore | None = None
         self._lock = threading.Lock()
 
+    @property
+    def location(self) -> str:
+        """What opens this store again: its directory (absolute), or ``s3://BUCKET/PREFIX``."""
+        return self._shared.uri if self._shared is not None else str(self.root.resolve())
+
     def __repr__(self) -> str:
-        return f"FeatureStore({str(self.root)!r})"
+        return f"FeatureStore({self.location!r})"
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -94,6 +122,8 @@ class FeatureStore:
 
     @property
     def offline(self) -> OfflineStore:
+        if self._shared is not None:
+            return self._shared.offline()
         from .offline import OfflineStore
 
         return OfflineStore(self.root / "offline")

@@ -22,6 +22,7 @@ import tempfile
 from typing import Any
 
 from mlserve.errors import InvalidInput, MlserveError
+from mlserve.features._settings import CLI_METAVAR as FEATURES_METAVAR
 from mlserve.gpu import BUNDLE_BACKENDS
 from mlserve.registry._settings import CLI_HELP as REGISTRY_HELP
 from mlserve.registry._settings import CLI_METAVAR as REGISTRY_METAVAR
@@ -65,9 +66,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port})")
     parser.add_argument("--workers", type=int, default=d.workers,
                         help="server processes sharing the port (each loads every model)")
-    parser.add_argument("--feature-store", metavar="PATH", default=None,
-                        help="feature store root, for models trained on a feature service "
-                        "(requests may then carry entity keys; default: $MLSERVE_FEATURE_STORE)")
+    parser.add_argument("--feature-store", metavar=FEATURES_METAVAR, default=None,
+                        help="feature store, for models trained on a feature service (requests "
+                        "may then carry entity keys): a directory, or s3://BUCKET/PREFIX, whose "
+                        "online store is this machine's cache of it, filled by `mlserve "
+                        "features materialize --store` here (default: $MLSERVE_FEATURE_STORE)")
     parser.add_argument("--admin-token-file", metavar="FILE", default=None,
                         help="file holding the bearer token the repository routes require")
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,

@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 
 from mlserve import _core, metrics
+from mlserve._objectstore import is_uri
 from mlserve.bundle import ManifestMismatch, is_bundle_path
 from mlserve.categories import CategoryEncoder
 from mlserve.config import BatcherConfig
@@ -781,7 +782,7 @@ class ModelManager:
                         f"model {model} was trained on feature service {service} but this "
                         "server has no feature store: start it with `mlserve serve "
                         f"--feature-store PATH` or set ${ROOT_ENV}")
-                if not (Path(root) / "definitions.db").is_file():
+                if not is_uri(root) and not (Path(root) / "definitions.db").is_file():
                     raise Unavailable(
                         f"model {model} needs feature service {service}, but {root} is not a "
                         "feature store (no definitions.db); check --feature-store or "
@@ -792,11 +793,11 @@ class ModelManager:
             except DefinitionNotFound as exc:
                 raise DefinitionNotFound(
                     f"model {model} needs feature service {service}, which the feature store "
-                    f"at {self._store.root} does not define: {exc}") from None
+                    f"at {self._store.location} does not define: {exc}") from None
             reader.read({k: [0] if d == "int64" else [""] for k, d in reader.key_dtypes.items()})
             self._readers[service] = reader
             logger.info("feature service %s ready for entity-keyed requests (store %s)",
-                        service, self._store.root)
+                        service, self._store.location)
             return reader
 
     def _publish(self, served: ServedVersion, ref: str) -> None:
