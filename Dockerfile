@@ -17,8 +17,9 @@
 #   PYTHON_VERSION  base image tag (default 3.12)
 #   EXTRAS          mlserve extras installed beside the serving core (default "monitoring,s3":
 #                   scipy for drift monitoring, /monitoring and /feedback; boto3 for a registry
-#                   on object storage, --registry s3://...; add "features" for
-#                   the offline feature-store commands; empty for the bare server, which then
+#                   or feature store on object storage, --registry/--feature-store s3://...;
+#                   add "features" for the offline feature-store commands (the materialize
+#                   containers of features-s3.patch.yaml); empty for the bare server, which then
 #                   runs with monitoring off and says so in its log)
 
 ARG PYTHON_VERSION=3.12

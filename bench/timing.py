@@ -7,9 +7,11 @@ Not thread-safe; call from one thread.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,3 +94,18 @@ def interleaved_each_call_ns(
                 times.append(float(clock() - t0))
         done += step
     return out
+
+
+def interleaved_ops_ms(targets: Mapping[str, Any],
+                       ops: Mapping[str, tuple[Callable[[Any], object], int, int]]
+                       ) -> dict[str, dict[str, list[float]]]:
+    """``{target: {op: [ms of each call]}}``: for each op ``(fn, calls, warmup)``, ``fn(target)``
+    timed call by call, the targets (e.g. a local and a remote store) called alternately."""
+    runs: dict[str, dict[str, list[float]]] = {name: {} for name in targets}
+    for op, (fn, n, warmup) in ops.items():
+        timed = interleaved_each_call_ns(
+            {name: functools.partial(fn, target) for name, target in targets.items()},
+            calls=n, warmup=warmup, rounds=n)
+        for name, ns in timed.items():
+            runs[name][op] = [t / 1e6 for t in ns]
+    return runs

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 #: Scenario modules in the order ``--list`` and ``all`` use.
-MODULES = ("normalize", "batcher", "engine", "http", "features", "batch", "registry")
+MODULES = ("normalize", "batcher", "engine", "http", "features", "batch", "registry",
+           "features_s3")
 
 
 def load_all() -> None:

@@ -14,10 +14,8 @@ figure is a median over repetitions.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.registry import register
-from bench.timing import interleaved_each_call_ns, median
+from bench.timing import interleaved_each_call_ns, interleaved_ops_ms, median
 
 _LEVELS: dict[str, dict[str, Any]] = {
     "smoke": {"artifact_mb": 1, "reps": 3, "resolve_reps": 20},
@@ -51,45 +49,32 @@ def _bundle(path: Path, size: int, seed: int) -> Path:
 def run(level: str) -> dict[str, Any]:
     from mlserve.registry import Registry
 
-    from bench.s3server import SeaweedFS
+    from bench.s3server import running
 
     cfg = _LEVELS[level]
     size = cfg["artifact_mb"] << 20
     tmp = Path(tempfile.mkdtemp(prefix="mlserve-bench-registry-"))
-    server = SeaweedFS.start(tmp / "seaweedfs")
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
     try:
-        bundles = [_bundle(tmp / f"bundle-{i}", size, i) for i in range(cfg["reps"])]
-        stores = {"local": Registry(tmp / "local"),
-                  "s3": Registry(f"s3://{server.bucket}/bench", cache_dir=tmp / "cache")}
-        its = {reg.location: iter(bundles) for reg in stores.values()}
-        calls: dict[str, tuple[Callable[[Any], object], int, int]] = {  # fn, calls, warmup
-            "register": (lambda reg: reg.register(next(its[reg.location])), cfg["reps"], 0),
-            "set_alias": (lambda reg: reg.set_alias("bench", "champion", 1), cfg["reps"], 0),
-            "resolve alias": (lambda reg: reg.resolve("bench@champion"), cfg["resolve_reps"], 1),
-            "open warm": (lambda reg: reg.open("bench@champion"), cfg["reps"], 1),
-        }
-        runs: dict[str, dict[str, list[float]]] = {kind: {} for kind in stores}
-        for op, (fn, n, warmup) in calls.items():  # local and s3 interleaved, call by call
-            timed = interleaved_each_call_ns(
-                {kind: functools.partial(fn, reg) for kind, reg in stores.items()},
-                calls=n, warmup=warmup, rounds=n)
-            for kind, ns in timed.items():
-                runs[kind][op] = [t / 1e6 for t in ns]
-        caches = iter(tmp / f"cold-{i}" for i in range(cfg["reps"]))
-        runs["s3"]["open cold"] = interleaved_each_call_ns(
-            {"s3": lambda: Registry(f"s3://{server.bucket}/bench", cache_dir=next(caches)).open(
-                "bench@champion")}, calls=cfg["reps"], warmup=0)["s3"]
-        runs["s3"]["open cold"] = [t / 1e6 for t in runs["s3"]["open cold"]]
-        ms = {kind: {op: median(v) for op, v in ops.items()} for kind, ops in runs.items()}
+        with running(tmp / "seaweedfs") as server:
+            bundles = [_bundle(tmp / f"bundle-{i}", size, i) for i in range(cfg["reps"])]
+            stores = {"local": Registry(tmp / "local"),
+                      "s3": Registry(f"s3://{server.bucket}/bench", cache_dir=tmp / "cache")}
+            its = {reg.location: iter(bundles) for reg in stores.values()}
+            calls: dict[str, tuple[Callable[[Any], object], int, int]] = {  # fn, calls, warmup
+                "register": (lambda reg: reg.register(next(its[reg.location])), cfg["reps"], 0),
+                "set_alias": (lambda reg: reg.set_alias("bench", "champion", 1), cfg["reps"], 0),
+                "resolve alias": (lambda reg: reg.resolve("bench@champion"),
+                                  cfg["resolve_reps"], 1),
+                "open warm": (lambda reg: reg.open("bench@champion"), cfg["reps"], 1),
+            }
+            runs = interleaved_ops_ms(stores, calls)  # local and s3 alternately
+            caches = iter(tmp / f"cold-{i}" for i in range(cfg["reps"]))
+            runs["s3"]["open cold"] = interleaved_each_call_ns(
+                {"s3": lambda: Registry(f"s3://{server.bucket}/bench", cache_dir=next(caches)).open(
+                    "bench@champion")}, calls=cfg["reps"], warmup=0)["s3"]
+            runs["s3"]["open cold"] = [t / 1e6 for t in runs["s3"]["open cold"]]
+            ms = {kind: {op: median(v) for op, v in ops.items()} for kind, ops in runs.items()}
     finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shutil.rmtree(tmp, ignore_errors=True)
 
     ops = list(ms["local"])

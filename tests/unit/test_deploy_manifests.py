@@ -30,6 +30,7 @@ K8S = DEPLOY / "kubernetes" / "mlserve.yaml"
 K8S_FILES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 TOKEN_PATCH = DEPLOY / "kubernetes" / "admin-token.patch.yaml"
 S3_PATCH = DEPLOY / "kubernetes" / "registry-s3.patch.yaml"
+FEATURES_PATCH = DEPLOY / "kubernetes" / "features-s3.patch.yaml"
 RUNTIME = DEPLOY / "kserve" / "servingruntime.yaml"
 ISVC = DEPLOY / "kserve" / "inferenceservice.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -66,7 +67,9 @@ def pod_spec(dep: dict[str, Any]) -> dict[str, Any]:
 
 
 def server_container(pod: dict[str, Any]) -> dict[str, Any]:
-    (container,) = pod["containers"]
+    """The container named mlserve (the server; a patch may add sidecars after it)."""
+    (container,) = [c for c in pod["containers"] if c["name"] == "mlserve"]
+    assert container is pod["containers"][0], "the patches address the server as containers/0"
     return container
 
 
@@ -101,6 +104,21 @@ def mlserve_argvs(container: dict[str, Any],
                   appended: list[str] | None = None) -> list[list[str]]:
     """The arguments of each `mlserve` command the container runs."""
     return [cmd[1:] for cmd in shell_commands(container, appended) if cmd[0] == "mlserve"]
+
+
+def parse_features(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """``argv`` (an `mlserve features ...` command) through the real top-level parser; the
+    command is captured instead of run."""
+    from mlserve.features import cli as features_cli
+
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(features_cli, "run", lambda args: seen.append(args) or 0)
+    try:
+        assert mlserve_cli.main(argv) == 0
+    except SystemExit as exc:
+        pytest.fail(f"`mlserve {shlex.join(argv)}` does not parse (exit {exc.code})")
+    assert len(seen) == 1, f"`mlserve {shlex.join(argv)}` is not `mlserve features ...`"
+    return seen[0]
 
 
 def parse(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
@@ -212,7 +230,7 @@ def test_every_yaml_file_parses(path: Path) -> None:
 
 def test_every_manifest_object_is_complete() -> None:
     for path in [*K8S_FILES, RUNTIME, ISVC]:
-        if path in (TOKEN_PATCH, S3_PATCH):
+        if path in (TOKEN_PATCH, S3_PATCH, FEATURES_PATCH):
             continue
         for doc in load_all(path):
             assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{path.name}: {doc}"
@@ -440,7 +458,7 @@ def test_registry_s3_patch_serves_the_bucket_with_a_writable_cache(
     from mlserve._objectstore import normalize_uri
 
     assert normalize_uri(registry) == registry
-    assert "initContainers" not in pod
+    assert pod["initContainers"] == []
     assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     env = {e["name"]: e["value"] for e in container["env"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -452,6 +470,60 @@ def test_registry_s3_patch_serves_the_bucket_with_a_writable_cache(
     extras = [rest.split("=", 1)[1] for ins, rest in runtime_stage()
               if ins == "ARG" and rest.startswith("EXTRAS=")]
     assert "s3" in extras[0].split(","), "the image needs boto3 to read the bucket"
+
+
+@pytest.mark.parametrize("patches", [[FEATURES_PATCH], [FEATURES_PATCH, S3_PATCH],
+                                     [S3_PATCH, FEATURES_PATCH]],
+                         ids=["alone", "then-registry-s3", "after-registry-s3"])
+def test_features_s3_patch_fills_each_pods_online_store_from_the_bucket(
+        patches: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The server reads --feature-store s3://... with its online store in an emptyDir, which an
+    init container fills before it starts and a sidecar keeps current; in either order with
+    the registry patch (whose changes must survive too)."""
+    dep = deployment()
+    for patch in patches:
+        dep = apply_json_patch(dep, load_all(patch)[0])
+    pod = pod_spec(dep)
+    server = server_container(pod)
+    (argv,) = mlserve_argvs(server)
+    args = parse(argv, monkeypatch)
+    settings(args, tmp_path)
+    store = args.feature_store
+    from mlserve._objectstore import normalize_uri
+
+    assert store.startswith("s3://") and normalize_uri(store) == store
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def cache_volume(container: dict[str, Any]) -> str:
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        cache = env["MLSERVE_FEATURE_STORE_CACHE"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cache]
+        assert not mount.get("readOnly", False), "LMDB writes (and locks) there"
+        assert "emptyDir" in volumes[mount["name"]]
+        assert [e["secretRef"]["name"] for e in container["envFrom"]] == ["mlserve-s3"]
+        return str(mount["name"])
+
+    shared = cache_volume(server)
+    runs: dict[str, argparse.Namespace] = {}
+    for kind in ("initContainers", "containers"):
+        for container in pod[kind]:
+            for cmd in mlserve_argvs(container):
+                if cmd[:1] == ["features"]:
+                    got = parse_features(cmd, monkeypatch)
+                    assert got.features_command == "materialize" and got.incremental
+                    assert got.store == store and cache_volume(container) == shared
+                    runs[kind] = got
+    assert runs["initContainers"].every is None, "the first fill must end for the server to start"
+    assert runs["containers"].every and runs["containers"].every > 0
+    if S3_PATCH in patches:
+        assert args.registry.startswith("s3://")
+        assert [c["name"] for c in pod["initContainers"]] == ["materialize-features"]
+        env = {e["name"]: e["value"] for e in server["env"]}
+        assert {"MLSERVE_REGISTRY_CACHE", "MLSERVE_FEATURE_STORE_CACHE"} <= env.keys()
+    else:
+        assert [c["name"] for c in pod["initContainers"]] == ["copy-registry",
+                                                              "materialize-features"]
+    assert "features" in FEATURES_PATCH.read_text().split("EXTRAS=", 1)[1].split()[0]
 
 
 # ---- objects that refer to each other ------------------------------------------------------------

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -59,6 +62,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     mode.add_argument("--start", metavar="TIME", help="ISO 8601 time: full window from here")
     mode.add_argument("--incremental", action="store_true", help="since the last run")
     p.add_argument("--end", metavar="TIME", default="now", help="ISO 8601 time (default: now)")
+    p.add_argument("--every", metavar="SECONDS", type=float, default=None,
+                   help="with --incremental: run again every SECONDS until stopped (SIGTERM or "
+                   "Ctrl-C), one line per view and run; a failed run is reported and retried "
+                   "(e.g. a sidecar beside `mlserve serve --feature-store s3://...`)")
     p = add("get", "print the online features of a service for some entities",
             "KEY is a join key value when the service has one join key, else "
             "NAME=VALUE[,NAME=VALUE...]. Values older than the view's TTL show as expired.")
@@ -87,6 +94,32 @@ def run(args: argparse.Namespace) -> int:
     except MlserveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _materialize_every(store: Any, args: argparse.Namespace, out: Console) -> int:
+    """``materialize --incremental --every SECONDS``: incremental runs up to now, repeated
+    until SIGTERM/SIGINT (exit 0). Views are listed again on every run (new ones are picked
+    up); a run that fails is reported on stderr and the next one retries."""
+    if not args.incremental or args.every <= 0 or args.end != "now":
+        raise InvalidInput("--every SECONDS needs --incremental, SECONDS > 0 and no --end "
+                           "(each run goes up to its own now)")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            views = args.views or [i.name for i in store.registry.list("view")]
+            for view in views:
+                r = store.materialize_incremental(view, "now")
+                out.print(f"{ns_to_iso(r.end_ns)} {r.view}: {r.rows} rows, {r.written} "
+                          f"written, {r.kept_newer} kept (newer)", markup=False)
+        except Exception as exc:  # a sidecar keeps going: the next run retries
+            what = str(exc) if isinstance(exc, MlserveError) else f"{type(exc).__name__}: {exc}"
+            print(f"error: {what} (retrying in {args.every:g} s)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        stop.wait(max(0.0, args.every - (time.monotonic() - started)))
+    return 0
 
 
 def _parse_keys(service_keys: tuple[str, ...], raw: list[str]) -> dict[str, list[Any]]:
@@ -123,6 +156,8 @@ def _run(store: Any, args: argparse.Namespace, out: Console) -> int:
                   + (f" ({result.part.name})" if result.part else ""), markup=False)
         if result.ignored_columns:
             out.print(f"ignored columns: {', '.join(result.ignored_columns)}", markup=False)
+    elif cmd == "materialize" and args.every is not None:
+        return _materialize_every(store, args, out)
     elif cmd == "materialize":
         views = args.views or [i.name for i in store.registry.list("view")]
         table = Table("view", "from", "to", "rows", "written", "kept (newer)")
