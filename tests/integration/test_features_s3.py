@@ -423,3 +423,78 @@ def test_trained_batch_scored_and_served_from_a_shared_store(
         np.testing.assert_array_equal(keyed, sent)
     finally:
         proc.stop()
+
+
+def test_copy_a_local_store_onto_object_storage_and_back(
+        s3_uri: str, s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every definition version and every part moves under its own name: the joins of the
+    copies equal the source's, for an old view version too; a copy that failed before its
+    definitions landed is run again and finishes; refusals come before anything is written."""
+    rng = np.random.default_rng(8)
+    src = FeatureStore(tmp_path / "src")
+    src.apply(DEFINITIONS)
+    src.ingest("stats", stats_rows(rng, 300))
+    src.ingest("risk", risk_rows(rng, 60))
+    grown = FeatureView("stats", USER, [*STATS.columns, Column("y", "float")],
+                        ttl_seconds=STATS.ttl_seconds)
+    src.apply([grown, FeatureService("svc2", ["stats", "risk"])])
+    src.ingest("stats", stats_rows(rng, 100).assign(y=1.5))
+    entities = entity_rows(rng, 300)
+    want = {ref: src.historical_features(entities, ref) for ref in ("svc", "svc2")}
+
+    from mlserve.features.registry import FeatureRegistry
+
+    insert, calls = FeatureRegistry.insert_rows, []
+
+    def fail_once(self: FeatureRegistry, rows: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("connection reset (simulated)")
+        insert(self, rows)
+
+    monkeypatch.setattr(FeatureRegistry, "insert_rows", fail_once)
+    with pytest.raises(OSError, match="simulated"):
+        src.copy_to(s3_uri)
+    assert machine(s3_uri, tmp_path, "early").registry.list("view") == []  # no definitions yet
+    progress: list[tuple[int, int | None]] = []
+    result = src.copy_to(s3_uri, progress=lambda done, total: progress.append((done, total)))
+    assert (result.definitions, result.parts, result.parts_copied) == (7, 3, 0)
+    assert progress[-1] == (result.bytes, result.bytes)
+    on_s3 = machine(s3_uri, tmp_path, "reader")
+    assert on_s3.registry.rows() == src.registry.rows()  # versions, fingerprints and times
+    for ref, frame in want.items():
+        pd.testing.assert_frame_equal(on_s3.historical_features(entities, ref), frame)
+    again = src.copy_to(s3_uri)
+    assert (again.definitions, again.parts_copied) == (0, 0)
+
+    back = on_s3.copy_to(tmp_path / "back")
+    assert back.location == str((tmp_path / "back").resolve())
+    local = FeatureStore(tmp_path / "back")
+    for ref, frame in want.items():
+        pd.testing.assert_frame_equal(local.historical_features(entities, ref), frame)
+    assert sorted(p.name for p in (tmp_path / "back").rglob("part-*")) == sorted(
+        p.name for p in (tmp_path / "src").rglob("part-*"))
+
+    # Refusals, before anything is written there.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(InvalidInput, match="holds other things"):
+        src.copy_to(other)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    with pytest.raises(InvalidInput, match="is the source itself"):
+        src.copy_to(tmp_path / "src")
+    different = machine(f"{s3_uri}-other", tmp_path, "different")
+    different.apply([USER])
+    with pytest.raises(InvalidInput, match="has other definitions"):
+        src.copy_to(f"{s3_uri}-other")
+    with pytest.raises(InvalidInput, match="no definitions: nothing to copy"):
+        FeatureStore(tmp_path / "empty").copy_to(f"{s3_uri}-empty")
+    assert not objects(s3_server, f"{s3_uri}-empty")
+
+    # The command line, with its summary.
+    r = subprocess.run([sys.executable, "-m", "mlserve.cli", "features", "copy", "--to",
+                        str(tmp_path / "cli-copy"), "--no-progress", "--store", s3_uri],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "7 definition versions, 3 of 3 offline parts" in r.stdout

@@ -66,6 +66,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="with --incremental: run again every SECONDS until stopped (SIGTERM or "
                    "Ctrl-C), one line per view and run; a failed run is reported and retried "
                    "(e.g. a sidecar beside `mlserve serve --feature-store s3://...`)")
+    p = add("copy", "copy the whole store (definitions and offline data) into an empty one",
+            "Copies every definition version and every offline part of the store given by "
+            "--store into the empty store at --to: a directory onto s3://BUCKET/PREFIX to share "
+            "it, or back. Parts keep their names; definitions land last, in one transaction. "
+            "Run it again after a failure: what was copied is kept. The online store is not "
+            "copied: run `materialize` where you serve.")
+    p.add_argument("--to", metavar=CLI_METAVAR, required=True,
+                   help="the destination: a new or empty directory, or s3://BUCKET/PREFIX")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = add("get", "print the online features of a service for some entities",
             "KEY is a join key value when the service has one join key, else "
             "NAME=VALUE[,NAME=VALUE...]. Values older than the view's TTL show as expired.")
@@ -169,6 +178,16 @@ def _run(store: Any, args: argparse.Namespace, out: Console) -> int:
             table.add_row(r.view, "-" if r.start_ns is None else ns_to_iso(r.start_ns),
                           ns_to_iso(r.end_ns), str(r.rows), str(r.written), str(r.kept_newer))
         out.print(table)
+    elif cmd == "copy":
+        from mlserve.progress import rows_progress
+
+        with rows_progress(out, "copying offline parts", args.no_progress, unit="bytes") as bar:
+            r = store.copy_to(args.to, progress=bar)
+        out.print(f"copied to {r.location}: {r.definitions} definition versions, "
+                  f"{r.parts_copied} of {r.parts} offline parts ({r.bytes / 1e6:.1f} MB; the "
+                  "others were there already). Online stores are not copied: run `mlserve "
+                  f"features materialize --incremental --store {r.location}` where you serve.",
+                  markup=False)
     elif cmd == "get":
         reader = store.service_reader(args.service)
         keys = _parse_keys(reader.join_keys, args.keys)

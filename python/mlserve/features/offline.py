@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mlserve.bundle import sha256_file
 from mlserve.errors import InvalidInput
 
 from .definitions import FeatureView
@@ -94,6 +96,29 @@ class OfflineStore:
         finally:
             os.close(dir_fd)
         return final
+
+    def import_part(self, view: FeatureView, src: Path) -> bool:
+        """Adds ``src``, a part of another store's same view version, under its own name (its
+        number keeps its place in ingestion order): a copy of a store. False when this store
+        has that part already (same bytes: a copy run again); InvalidInput when another file
+        has its name."""
+        d = self.view_dir(view)
+        d.mkdir(parents=True, exist_ok=True)
+        final = d / src.name
+        if final.exists():
+            if sha256_file(final) == sha256_file(src):
+                return False
+            raise InvalidInput(f"{final} exists with other bytes than {src}: not a copy of "
+                               "the same store")
+        tmp = d / f".tmp-{uuid.uuid4().hex[:12]}.parquet"
+        try:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def load(self, view: FeatureView, columns: Sequence[str] | None = None, *,
              parts: Sequence[Path] | None = None) -> ViewData:

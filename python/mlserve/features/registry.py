@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlserve import _sqlite
 from mlserve.errors import DefinitionNotFound, InvalidInput
@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS definitions (
 """
 
 KINDS = ("entity", "view", "service")
+_COLUMNS = ("kind", "name", "version", "fingerprint", "spec", "created_at", "updated_at")
+T = TypeVar("T")
 
 
 def schema() -> str:
@@ -61,8 +63,7 @@ def schema() -> str:
 def missing_table(conn: sqlite3.Connection) -> str | None:
     """Why the database ``conn`` is on is not a definitions database (None: it is one)."""
     found = {r[1] for r in conn.execute("PRAGMA table_info(definitions)")}
-    needed = ("kind", "name", "version", "fingerprint", "spec", "created_at", "updated_at")
-    missing = [c for c in needed if c not in found]
+    missing = [c for c in _COLUMNS if c not in found]
     return f"it lacks definitions.{', definitions.'.join(missing)}" if missing else None
 
 
@@ -122,6 +123,30 @@ class FeatureRegistry:
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         return _sqlite.write_transaction(self.path)
 
+    def _transact(self, fn: Callable[[], T], what: str) -> T:
+        """Runs ``fn`` (which calls :meth:`_write` once); a shared store runs it again on the
+        new state when another machine's change got there first."""
+        return fn()
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        """Every row of the definitions table, in key order: what a copy moves."""
+        with self._read() as conn:
+            return [tuple(r) for r in conn.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM definitions ORDER BY kind, name, version")]
+
+    def insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Writes ``rows`` (from :meth:`rows` of another store) into this empty registry in one
+        transaction; InvalidInput when it holds definitions already."""
+        def insert() -> None:
+            with self._write() as conn:
+                if conn.execute("SELECT COUNT(*) FROM definitions").fetchone()[0]:
+                    raise InvalidInput(f"the feature store at {self.location} has definitions "
+                                       "already: copy into an empty store")
+                conn.executemany(f"INSERT INTO definitions ({', '.join(_COLUMNS)}) VALUES "
+                                 f"({', '.join('?' * len(_COLUMNS))})", rows)
+
+        self._transact(insert, f"copy into the feature store at {self.location}")
+
     # ------------------------------------------------------------------ apply
 
     def apply(self, definitions: Sequence[Definition], *, dry_run: bool = False
@@ -134,6 +159,11 @@ class FeatureRegistry:
             if d.name in batch[kind]:
                 raise InvalidInput(f"{kind} {d.name!r} is declared more than once")
             batch[kind][d.name] = d
+        return self._transact(lambda: self._apply(batch, dry_run),
+                              f"apply to the feature store at {self.location}")
+
+    def _apply(self, batch: dict[str, dict[str, Definition]], dry_run: bool
+               ) -> list[ApplyChange]:
         changes: list[ApplyChange] = []
         try:
             with self._write() as conn:

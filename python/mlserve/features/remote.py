@@ -38,8 +38,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -49,14 +50,15 @@ from mlserve._tempfiles import temp_path, touch
 from mlserve.bundle import sha256_file
 from mlserve.errors import InvalidInput
 
-from .definitions import Definition, FeatureView
+from .definitions import FeatureView
 from .offline import OfflineStore, is_part, next_part_number, part_name, write_part
-from .registry import ApplyChange, FeatureRegistry, missing_table, schema
+from .registry import FeatureRegistry, missing_table, schema
 
 DB_OBJECT = "definitions.db"
 OFFLINE_PREFIX = "offline"
 #: Ingestions whose part name was taken meanwhile (a token collision) before one gives up.
 _NAME_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 class SharedFeatureStorage:
@@ -105,12 +107,8 @@ class RemoteFeatureRegistry(FeatureRegistry):
     def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self._db.change()
 
-    def apply(self, definitions: Sequence[Definition], *, dry_run: bool = False
-              ) -> list[ApplyChange]:
-        """As :meth:`.registry.FeatureRegistry.apply`, run again on the new definitions when
-        another machine applied first (so versions stay unique)."""
-        return self._db.transact(lambda: super(RemoteFeatureRegistry, self).apply(
-            definitions, dry_run=dry_run), f"apply to the feature store at {self._db.store.uri}")
+    def _transact(self, fn: Callable[[], T], what: str) -> T:
+        return self._db.transact(fn, what)
 
 
 class RemoteOfflineStore(OfflineStore):
@@ -167,6 +165,25 @@ class RemoteOfflineStore(OfflineStore):
             os.replace(tmp, local)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def import_part(self, view: FeatureView, src: Path) -> bool:
+        """As :meth:`.offline.OfflineStore.import_part`: the object is created only if its
+        name is free (a part there already with the same sha256 is kept: False)."""
+        key = self._prefix(view) + src.name
+        sha = sha256_file(src)
+        for _ in range(2):
+            info = self.store.head(key)
+            if info is not None:
+                if info.metadata.get("sha256") == sha and info.size == src.stat().st_size:
+                    return False
+                raise InvalidInput(f"{self.store.url(key)} exists with other bytes than {src}: "
+                                   "not a copy of the same store")
+            try:
+                self.store.put(key, src, metadata={"sha256": sha})
+                return True
+            except PreconditionFailed:
+                continue  # written meanwhile (another copy): compare with it
+        raise InvalidInput(f"{self.store.url(key)} keeps changing; run the copy again")
 
     def append(self, view: FeatureView, table: pa.Table) -> Path:
         """Uploads ``table`` (already validated) as a new part, created only if its name is

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from .registry import ApplyChange, FeatureRegistry
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ._copy import CopyResult
     from .materialize import MaterializeResult
     from .offline import OfflineStore
     from .remote import SharedFeatureStorage
@@ -127,6 +128,16 @@ class FeatureStore:
         from .offline import OfflineStore
 
         return OfflineStore(self.root / "offline")
+
+    def copy_to(self, location: str | os.PathLike[str], *,
+                cache_dir: str | os.PathLike[str] | None = None,
+                progress: Callable[[int, int | None], None] | None = None) -> CopyResult:
+        """Copies this store's definitions and offline data into the empty store at
+        ``location`` (a directory or ``s3://...``); see :mod:`._copy`. Run it again after a
+        failure: what was copied is kept."""
+        from ._copy import copy_store
+
+        return copy_store(self, location, cache_dir=cache_dir, progress=progress)
 
     # ------------------------------------------------------------------ definitions
 
