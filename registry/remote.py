@@ -124,7 +124,7 @@ def _retrying(method: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(method)
     def wrapper(self: RemoteRegistry, *args: Any, **kwargs: Any) -> T:
-        if self._db.in_change:
+        if getattr(self._tls, "stored", None) is not None:
             return method(self, *args, **kwargs)  # nested (set_status -> archive)
         self._tls.stored = set()  # blobs this change stores (register, add_artifact)
         try:

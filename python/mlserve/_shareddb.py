@@ -204,13 +204,19 @@ class SharedDatabase:
 
     @contextmanager
     def change(self, *, before_put: Callable[[Path, Path | None], None] | None = None,
-               after_put: Callable[[], None] | None = None) -> Iterator[sqlite3.Connection]:
+               after_put: Callable[[], None] | None = None,
+               may_create: Callable[[], None] | None = None) -> Iterator[sqlite3.Connection]:
         """One optimistic transaction: the caller changes a copy of the newest database through
         the connection yielded; then ``before_put(copy, base snapshot or None)`` (e.g. upload
         the objects it references) and the conditional PUT, then ``after_put()``. Raises
         :class:`Conflict` when another writer won (run it again: :meth:`transact`). An
-        exception from the caller's block rolls back and puts nothing."""
+        exception from the caller's block rolls back and puts nothing; so does a block that
+        changed nothing (no PUT, no new ETag for every reader to fetch). ``may_create``: called
+        when the store has no database yet, to refuse creating one (e.g. data written under an
+        earlier database that went missing)."""
         base_etag, base = self.pull()
+        if base_etag is None and may_create is not None:
+            may_create()
         work = temp_path(self.tmp, "work.db")
         txid = uuid.uuid4().hex
         try:
@@ -221,9 +227,13 @@ class SharedDatabase:
                 os.chmod(work, 0o644)
                 self.prepare(work)
             self._tls.work = work
+            changed = True
             try:
                 with _sqlite.write_transaction(work) as conn:
                     yield conn
+                    changed = conn.total_changes > 0
+                    if not changed:
+                        return
                     # The commit's id, to tell later whether a PUT whose answer was lost went
                     # through; ids older than a day are dropped.
                     conn.execute(_COMMITS_TABLE)

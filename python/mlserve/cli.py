@@ -73,9 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         return gpu_cli.run(args)
     if args.command == "demo":
         from mlserve.demo import run
+        from mlserve.errors import MlserveError
 
-        run(rows=args.rows, requests=args.requests, epochs=args.epochs, registry=args.registry,
-            http=not args.no_http, feature_store=args.feature_store)
+        try:
+            run(rows=args.rows, requests=args.requests, epochs=args.epochs,
+                registry=args.registry, http=not args.no_http, feature_store=args.feature_store)
+        except MlserveError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from mlserve._objectstore import is_uri
 from mlserve.config import BatcherConfig
 from mlserve.engine import Engine
 from mlserve.errors import InvalidInput
@@ -69,6 +70,11 @@ def run(
     from mlserve.trainer import datasets, encode_rows, train
     from mlserve.trainer.features import feature_table
 
+    if feature_store is not None and is_uri(feature_store):
+        raise InvalidInput(
+            f"--feature-store {feature_store}: the demo rebuilds its feature store on every run "
+            "and so takes a directory; to share one, copy it afterwards: `mlserve features "
+            "copy --store DIR --to s3://...`")
     console = Console()
     console.rule("[bold]mlserve demo: card-transaction fraud, features -> train -> register -> "
                  "serve")

@@ -33,6 +33,8 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         ["features", "materialize", "--help"],
         ["features", "get", "--help"],
         ["features", "list", "--help"],
+        ["features", "copy", "--help"],
+        ["features", "gc", "--help"],
     ],
 )
 def test_every_command_has_help(args: list[str]) -> None:

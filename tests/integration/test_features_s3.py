@@ -498,3 +498,152 @@ def test_copy_a_local_store_onto_object_storage_and_back(
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "7 definition versions, 3 of 3 offline parts" in r.stdout
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+SERVE_WITHOUT_PYARROW = r"""
+import sys
+sys.modules["pyarrow"] = None  # the serving install: no pandas, no pyarrow
+sys.modules["pandas"] = None
+from mlserve.features import FeatureStore
+store = FeatureStore(sys.argv[1], cache_dir=sys.argv[2])
+reader = store.service_reader("svc")  # what the server prepares
+got = reader.read({"user_id": [1, 999], "merchant_id": ["m1", "m1"]}, now_ns=int(sys.argv[3]))
+print(got.status.tolist())
+"""
+
+
+def test_serving_from_a_shared_store_needs_no_pandas_or_pyarrow(
+        s3_uri: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    writer = machine(s3_uri, tmp_path, "writer")
+    writer.apply(DEFINITIONS)
+    writer.ingest("stats", stats_rows(rng, 200).assign(user_id=1))
+    writer.ingest("risk", risk_rows(rng, 50))
+    server = machine(s3_uri, tmp_path, "server")
+    end = BASE + pd.Timedelta(days=10)
+    for view in ("stats", "risk"):
+        server.materialize_incremental(view, end)
+    r = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_PYARROW, s3_uri,
+                        str(tmp_path / "machine-server"), str(end.value)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "[[0, 0], [1, 0]]"  # present; a missing user (1)
+
+
+def test_an_ingest_whose_put_answer_is_lost_stores_one_part(
+        s3_uri: str, s3_server: Any, tmp_path: Path) -> None:
+    """The store applies the part's PUT and its answer is lost: botocore sends it again and
+    gets 412. That part is ours (name, size, sha256): it is not uploaded a second time."""
+    store = machine(s3_uri, tmp_path, "writer")
+    store.apply(DEFINITIONS)
+    client = store.offline.store._client()  # type: ignore[attr-defined]
+    dropped = []
+
+    def lose_first_answer(response: Any = None, attempts: int | None = None,
+                          **_: Any) -> int | None:
+        if not dropped and attempts == 1 and response is not None \
+                and response[0].status_code == 200:
+            dropped.append(1)
+            return 0  # retry now, as after a read timeout
+        return None
+
+    client.meta.events.register_first("needs-retry.s3.PutObject", lose_first_answer)
+    try:
+        result = store.ingest("stats", stats_rows(np.random.default_rng(0), 20))
+    finally:
+        client.meta.events.unregister("needs-retry.s3.PutObject", lose_first_answer)
+    assert dropped and result.rows == 20
+    parts = [k for k in objects(s3_server, s3_uri) if k.startswith("offline/")]
+    assert len(parts) == 1 and parts[0].endswith(result.part.name)  # type: ignore[union-attr]
+    other = machine(s3_uri, tmp_path, "reader")
+    assert other.offline.load(other.view("stats")).n_rows == 20
+
+
+def test_a_lost_definitions_database_is_not_recreated_over_old_data(
+        s3_uri: str, s3_server: Any, tmp_path: Path) -> None:
+    store = machine(s3_uri, tmp_path, "a")
+    store.apply(DEFINITIONS)
+    store.ingest("stats", stats_rows(np.random.default_rng(0), 20))
+    prefix = s3_uri.split("/", 3)[3]
+    s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"{prefix}/definitions.db")
+    with pytest.raises(InvalidInput, match=r"definitions\.db is missing but offline data is there"):
+        machine(s3_uri, tmp_path, "b").apply(DEFINITIONS)
+    assert "definitions.db" not in objects(s3_server, s3_uri)
+
+
+def test_an_apply_that_changes_nothing_writes_nothing(s3_uri: str, s3_server: Any,
+                                                     tmp_path: Path) -> None:
+    """Deploy hooks re-apply the same definitions: no PUT, no new ETag for every reader."""
+    store = machine(s3_uri, tmp_path, "a")
+    store.apply(DEFINITIONS)
+    client, key = s3_server.client(), f"{s3_uri.split('/', 3)[3]}/definitions.db"
+    etag = client.head_object(Bucket=s3_server.bucket, Key=key)["ETag"]
+    changes = machine(s3_uri, tmp_path, "b").apply(DEFINITIONS)
+    assert {c.action for c in changes} == {"unchanged"}
+    assert client.head_object(Bucket=s3_server.bucket, Key=key)["ETag"] == etag
+    assert machine(s3_uri, tmp_path, "c").apply([USER, STATS, FeatureView(
+        "risk", MERCHANT, {"rate": "float"}, ttl_seconds=60)])[2].action == "updated"
+    assert client.head_object(Bucket=s3_server.bucket, Key=key)["ETag"] != etag
+
+
+def test_gc_frees_the_cache_and_leaves_the_online_store(
+        s3_uri: str, s3_server: Any, tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    store = machine(s3_uri, tmp_path, "a")
+    store.apply(DEFINITIONS)
+    kept = store.ingest("stats", stats_rows(rng, 30)).part
+    gone = store.ingest("stats", stats_rows(rng, 30)).part
+    store.ingest("risk", risk_rows(rng, 10))
+    store.apply([FeatureView("risk", MERCHANT, {"rate": "float", "rate2": "float"})])  # risk/2
+    end = BASE + pd.Timedelta(days=11)
+    store.materialize_incremental("stats", end)
+    assert kept is not None and gone is not None
+    prefix = s3_uri.split("/", 3)[3]
+    s3_server.client().delete_object(Bucket=s3_server.bucket,
+                                     Key=f"{prefix}/offline/stats/v1/{gone.name}")
+    dead = store.root / "tmp" / "999999999-abc.part.parquet"  # a killed process's download
+    dead.write_bytes(b"partial")
+    assert store.gc(grace_s=3600) == [str(dead)]  # everything else was used just now
+    old_version = list((store.root / "offline" / "risk" / "v1").iterdir())
+    assert len(old_version) == 1
+    # Unused now: the part deleted from the store and the part of risk/1 (risk/2 is latest).
+    assert sorted(store.gc(grace_s=0)) == sorted([str(gone), str(old_version[0])])
+    assert kept.is_file() and not gone.exists()
+    assert not list((store.root / "offline" / "risk" / "v1").iterdir())
+    online = store.online_features(["stats"], {"user_id": list(range(40))}, now=end)
+    assert (online.status == 0).any()  # the online store is untouched
+    assert store.offline.load(store.view("risk/1")).n_rows == 10  # fetched again when used
+    assert FeatureStore(tmp_path / "local").gc() == []
+
+
+def test_sources_and_files_on_object_storage_are_ingested(
+        s3_uri: str, s3_server: Any, tmp_path: Path) -> None:
+    frame = stats_rows(np.random.default_rng(1), 25)
+    local = tmp_path / "stats.parquet"
+    frame.to_parquet(local)
+    raw = f"{s3_uri}-raw/stats.parquet"
+    s3_server.client().upload_file(str(local), s3_server.bucket,
+                                   raw.split("/", 3)[3])
+    store = machine(s3_uri, tmp_path, "a")
+    sourced = FeatureView("stats", USER, STATS.columns, ttl_seconds=STATS.ttl_seconds,
+                          source=raw)
+    store.apply([USER, sourced])
+    assert store.ingest("stats").rows == 25  # the view's source
+    assert store.ingest("stats", raw).rows == 25  # a FILE argument
+    with pytest.raises(InvalidInput, match="no such object"):
+        store.ingest("stats", f"{s3_uri}-raw/nope.csv")
+
+
+def test_a_part_too_big_for_one_upload_is_refused_before_uploading(
+        s3_uri: str, s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlserve.features import remote_offline
+
+    store = machine(s3_uri, tmp_path, "a")
+    store.apply(DEFINITIONS)
+    monkeypatch.setattr(remote_offline, "MAX_PART_BYTES", 100)
+    with pytest.raises(InvalidInput, match="ingest the data in several smaller files"):
+        store.ingest("stats", stats_rows(np.random.default_rng(0), 20))
+    assert not [k for k in objects(s3_server, s3_uri) if k.startswith("offline/")]

@@ -504,6 +504,8 @@ def test_features_s3_patch_fills_each_pods_online_store_from_the_bucket(
         return str(mount["name"])
 
     shared = cache_volume(server)
+    # LMDB tells readers apart by pid: the server and the sidecar must not both be PID 1.
+    assert pod["shareProcessNamespace"] is True
     runs: dict[str, argparse.Namespace] = {}
     for kind in ("initContainers", "containers"):
         for container in pod[kind]:

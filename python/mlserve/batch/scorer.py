@@ -158,8 +158,8 @@ class PointInTimeJoin:
             gone = [f.name for f in files if not f.is_file()]
             if gone:
                 raise InvalidInput(f"feature view {view.ref}: part file(s) {', '.join(gone)} "
-                                   f"of the offline store ({directory}) are gone since this job "
-                                   "started; start it again with a new output")
+                                   f"of the offline store at {self.store.location} are gone "
+                                   "since this job started; start it again with a new output")
             self._loaded[key] = offline.load(view, cols, parts=files)
         return self._loaded[key]
 

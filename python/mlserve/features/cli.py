@@ -21,6 +21,7 @@ from mlserve.errors import InvalidInput, MlserveError
 
 from ._settings import CLI_HELP, CLI_METAVAR
 from ._time import ns_to_iso, to_ns
+from .online import RowStatus
 
 _LIST_KINDS = {"entities": "entity", "views": "view", "services": "service"}
 
@@ -75,6 +76,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--to", metavar=CLI_METAVAR, required=True,
                    help="the destination: a new or empty directory, or s3://BUCKET/PREFIX")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = add("gc", "free this machine's cache of a store shared through object storage",
+            "Removes temp files of dead processes, old snapshots of the definitions, and "
+            "copies of offline parts unused for --grace seconds that are gone from the store "
+            "or belong to an older view version (downloaded again if used). Never touches the "
+            "online store. Nothing to do for a store in a directory.")
+    p.add_argument("--grace", metavar="SECONDS", type=float, default=3600.0,
+                   help="leave what was used within this many seconds (default 3600)")
     p = add("get", "print the online features of a service for some entities",
             "KEY is a join key value when the service has one join key, else "
             "NAME=VALUE[,NAME=VALUE...]. Values older than the view's TTL show as expired.")
@@ -188,6 +196,11 @@ def _run(store: Any, args: argparse.Namespace, out: Console) -> int:
                   "others were there already). Online stores are not copied: run `mlserve "
                   f"features materialize --incremental --store {r.location}` where you serve.",
                   markup=False)
+    elif cmd == "gc":
+        removed = store.gc(args.grace)
+        for path in removed:
+            out.print(f"removed {path}", markup=False)
+        out.print(f"{len(removed)} cache entries removed", markup=False)
     elif cmd == "get":
         reader = store.service_reader(args.service)
         keys = _parse_keys(reader.join_keys, args.keys)
@@ -205,6 +218,10 @@ def _run(store: Any, args: argparse.Namespace, out: Console) -> int:
             cells = ["-" if math.isnan(x) else f"{x:.6g}" for x in got.values[i].tolist()]
             table.add_row(*(str(keys[k][i]) for k in reader.join_keys), status, *cells)
         out.print(table)
+        if (got.status == RowStatus.MISSING).all():
+            out.print("every entity is missing from this machine's online store: has it been "
+                      "materialized here? `mlserve features materialize --incremental --store "
+                      f"{store.location}` (each machine has its own online store)", markup=False)
     elif cmd == "list":
         plurals = [args.kind] if args.kind else list(_LIST_KINDS)
         for plural in plurals:
@@ -214,7 +231,7 @@ def _run(store: Any, args: argparse.Namespace, out: Console) -> int:
             for info in infos:
                 table.add_row(info.name, str(info.version), _details(info.definition),
                               info.updated_at[:19])
-            out.print(table if infos else f"no {plural} in {store.root}", markup=False)
+            out.print(table if infos else f"no {plural} in {store.location}", markup=False)
     else:  # pragma: no cover - argparse restricts the choices
         raise AssertionError(cmd)
     return 0

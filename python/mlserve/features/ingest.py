@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from mlserve._objectstore import is_uri
 from mlserve.errors import InvalidInput
 
 from .definitions import Column, FeatureView
@@ -45,8 +46,11 @@ class ValidatedRows:
 
 def read_table_file(path: str | os.PathLike[str], view: FeatureView | None = None
                     ) -> pd.DataFrame:
-    """A CSV or Parquet file as a DataFrame. CSV cells are read as text (converted and checked
-    per column by :func:`validate_rows`), so a string key ``"007"`` stays ``"007"``."""
+    """A CSV or Parquet file (a path, or an ``s3://BUCKET/KEY`` object, downloaded first) as a
+    DataFrame. CSV cells are read as text (converted and checked per column by
+    :func:`validate_rows`), so a string key ``"007"`` stays ``"007"``."""
+    if is_uri(path):
+        return _read_object(os.fspath(path), view)
     file = Path(path)
     if not file.exists():
         raise InvalidInput(f"{file}: no such file")
@@ -61,6 +65,23 @@ def read_table_file(path: str | os.PathLike[str], view: FeatureView | None = Non
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise InvalidInput(f"{file}: cannot be read: {exc}") from None
     raise InvalidInput(f"{file}: expected a .csv or .parquet file")
+
+
+def _read_object(uri: str, view: FeatureView | None) -> pd.DataFrame:
+    """An ``s3://BUCKET/KEY`` CSV or Parquet object, through a temp file."""
+    import tempfile
+
+    from mlserve._objectstore import S3Store, normalize_uri
+
+    text = normalize_uri(uri, "source")
+    folder, _, name = text.rpartition("/")
+    if folder == "s3:/" or not name:
+        raise InvalidInput(f"source {uri}: expected s3://BUCKET/KEY (an object, not a bucket)")
+    with tempfile.TemporaryDirectory(prefix="mlserve-source-") as tmp:
+        local = Path(tmp) / name
+        if S3Store(folder, what="reading a source").download(name, local) is None:
+            raise InvalidInput(f"{text}: no such object")
+        return read_table_file(local, view)
 
 
 def _where(view: FeatureView, column: str) -> str:

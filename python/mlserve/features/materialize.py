@@ -9,15 +9,15 @@ committed in the same LMDB transaction as the last batch of values: a writer kil
 leaves the previous state, and the next run redoes the work, which is idempotent since the
 online store never replaces a newer record with an older one.
 
-Both hold the online store's writer lock for the whole run. Values in a batch are committed in
-one transaction; readers see each key either before or after, never torn.
+Both hold the online store's writer lock for the whole run, after listing (and, for a shared
+store, downloading) the view's parts. Values in a batch are committed in one transaction;
+readers see each key either before or after, never torn.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from mlserve.errors import InvalidInput
 from ._time import ns_to_iso
 from .definitions import FeatureView
 from .keys import encode_keys
-from .offline import OfflineStore, ViewData
+from .offline import OfflineStore, ViewData, part_rows
 from .online import OnlineStore
 from .pit import joint_codes, latest_rows
 from .records import RecordLayout
@@ -74,8 +74,9 @@ def materialize(offline: OfflineStore, online: OnlineStore, view: FeatureView, s
     if end_ns < start_ns:
         raise InvalidInput(f"materialize {view.ref}: end {ns_to_iso(end_ns)} is before start "
                            f"{ns_to_iso(start_ns)}")
+    parts = offline.parts(view)  # fetched before the lock (a shared store downloads them)
     with online.writer(lock_timeout_s):
-        data = offline.load(view)
+        data = offline.load(view, parts=parts)
         window = data.take(np.flatnonzero((data.event_ts >= start_ns)
                                           & (data.event_ts <= end_ns)))
         keys, records = _records(view, window)
@@ -89,6 +90,7 @@ def materialize_incremental(offline: OfflineStore, online: OnlineStore, view: Fe
                             end_ns: int, *, batch_keys: int = 65_536,
                             lock_timeout_s: float = 60.0) -> MaterializeResult:
     """Writes what was ingested or became due (``event_ts <= end_ns``) since the last run."""
+    listed = offline.parts(view)  # fetched before the lock (a shared store downloads them)
     with online.writer(lock_timeout_s):
         state = online.state(view) or {}
         prev_end = state.get("end_ns")
@@ -96,11 +98,11 @@ def materialize_incremental(offline: OfflineStore, online: OnlineStore, view: Fe
             raise InvalidInput(f"materialize {view.ref}: end {ns_to_iso(end_ns)} is before the "
                                f"previous incremental end {ns_to_iso(prev_end)}")
         covered = set(state.get("parts", []))
-        parts = offline.parts(view)
+        parts = listed
         new_part = np.zeros(0, dtype=bool)
         chunks: list[np.ndarray] = []
         for p in parts:
-            rows = _part_rows(p)
+            rows = part_rows(p)
             chunks.append(np.full(rows, p.name not in covered, dtype=bool))
         if chunks:
             new_part = np.concatenate(chunks)
@@ -115,9 +117,3 @@ def materialize_incremental(offline: OfflineStore, online: OnlineStore, view: Fe
     logger.info("materialized %s incrementally to %s: %d rows, %d keys written, %d newer kept",
                 view.ref, ns_to_iso(end_ns), window.n_rows, written, kept)
     return MaterializeResult(view.ref, prev_end, end_ns, window.n_rows, written, kept)
-
-
-def _part_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return int(pq.read_metadata(path).num_rows)

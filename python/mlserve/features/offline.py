@@ -166,10 +166,22 @@ def _read_part(path: Path, names: list[str], schema: pa.Schema) -> pa.Table:
     try:
         return pq.read_table(path, columns=names, schema=schema)
     except (pa.ArrowException, OSError) as exc:
-        raise InvalidInput(
-            f"offline part {path} cannot be read with the view's schema ({exc}); it was not "
-            "written by `mlserve features ingest`, or is damaged: remove it and ingest its "
-            "data again") from None
+        raise unreadable_part(path, exc) from None
+
+
+def part_rows(path: Path) -> int:
+    """Rows of a part file (from its footer)."""
+    try:
+        return int(pq.read_metadata(path).num_rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise unreadable_part(path, exc) from None
+
+
+def unreadable_part(path: Path, exc: BaseException) -> InvalidInput:
+    return InvalidInput(
+        f"offline part {path} cannot be read with the view's schema ({exc}); it was not "
+        "written by `mlserve features ingest`, or is damaged: remove it and ingest its data "
+        "again")
 
 
 def is_part(name: str) -> bool:

@@ -263,6 +263,10 @@ class OnlineStore:
         with self._env.env.begin() as txn:
             return [(k, layout.decode(v)[0]) for k, v in txn.items(dbi)]
 
+    def has_data(self, view: FeatureView) -> bool:
+        """Whether anything of ``view`` was ever materialized into this online store."""
+        return self._env.db(db_name(view), create=False) is not None
+
     def state(self, view: FeatureView) -> dict[str, Any] | None:
         """The materialization state of ``view`` (written by the last incremental run)."""
         meta = self._env.db(_META_DB, create=False)

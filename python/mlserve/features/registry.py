@@ -120,7 +120,8 @@ class FeatureRegistry:
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return _sqlite.read_transaction(self.path)
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _write(self, *, copy: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction; ``copy``: the rows of a copy, whose offline parts landed first."""
         return _sqlite.write_transaction(self.path)
 
     def _transact(self, fn: Callable[[], T], what: str) -> T:
@@ -138,7 +139,7 @@ class FeatureRegistry:
         """Writes ``rows`` (from :meth:`rows` of another store) into this empty registry in one
         transaction; InvalidInput when it holds definitions already."""
         def insert() -> None:
-            with self._write() as conn:
+            with self._write(copy=True) as conn:
                 if conn.execute("SELECT COUNT(*) FROM definitions").fetchone()[0]:
                     raise InvalidInput(f"the feature store at {self.location} has definitions "
                                        "already: copy into an empty store")

@@ -14,50 +14,49 @@ it back with a conditional PUT, again on the new state when another writer won
 (:mod:`mlserve._shareddb`, as the shared model registry's ``registry.db``). Version numbers stay
 unique with any number of writers, and reads cost one conditional GET.
 
-Offline data: an ingestion writes its part locally, then creates the object with
-``If-None-Match: *`` (an existing name is never replaced) and the part's sha256 as metadata. Its
-number is the ingest time in ns, past the newest listed part's, so name order is ingestion order
-as on a local store; two machines ingesting at the same moment get distinct names whose order
-is theirs. Readers list the view's parts and download each new one once into
+Offline data (:mod:`.remote_offline`): an ingestion writes its part locally, then creates the
+object with ``If-None-Match: *`` (an existing name is never replaced) and the part's sha256 as
+metadata. Its number is the ingest time in ns, past the newest listed part's, so name order is
+ingestion order as on a local store; two machines ingesting at the same moment get distinct
+names whose order is theirs. Readers list the view's parts and download each new one once into
 ``<cache>/offline/VIEW/vN/`` (sha256 checked), where the local :class:`.offline.OfflineStore`
 reads them: point-in-time joins and materialization run unchanged on exactly the listed parts.
-Incremental materialization records the part names it covered, so a part that appears later
-with an earlier number is still taken.
+Incremental materialization records the part names it covered, so a part that appears later with
+an earlier number is still taken.
 
 The online store stays per machine: an LMDB environment in ``<cache>/online``, filled by
 ``materialize`` on that machine (the serving machines run it, e.g. on a schedule), since LMDB is
 a memory-mapped file and its reads are the serving hot path.
 
 The cache is ``$MLSERVE_FEATURE_STORE_CACHE`` or ``$MLSERVE_HOME/cache/features``; it is safe to
-share between processes (files are written to temp names and renamed). Deleting it loses only
-the online store of that machine, which ``materialize`` rebuilds.
+share between processes (files are written to temp names and renamed). It holds this machine's
+online store too: free space with ``gc`` (``mlserve features gc``), which leaves the online
+store alone; deleting the folder under a running server leaves that server reading the deleted
+online store until it restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import pyarrow as pa
-
-from mlserve._objectstore import ObjectInfo, PreconditionFailed, S3Store, cache_dir_for
+from mlserve._objectstore import S3Store, cache_dir_for
 from mlserve._shareddb import SharedDatabase
-from mlserve._tempfiles import temp_path, touch
-from mlserve.bundle import sha256_file
+from mlserve._tempfiles import temp_owner_alive
 from mlserve.errors import InvalidInput
 
-from .definitions import FeatureView
-from .offline import OfflineStore, is_part, next_part_number, part_name, write_part
 from .registry import FeatureRegistry, missing_table, schema
 
+if TYPE_CHECKING:
+    from .remote_offline import RemoteOfflineStore
+
 DB_OBJECT = "definitions.db"
-OFFLINE_PREFIX = "offline"
-#: Ingestions whose part name was taken meanwhile (a token collision) before one gives up.
-_NAME_ATTEMPTS = 5
+#: What ``gc`` leaves: cache files used within this many seconds.
+GC_GRACE_S = 3600.0
 T = TypeVar("T")
 
 
@@ -81,11 +80,51 @@ class SharedFeatureStorage:
                 "directory") from None
         self.db = SharedDatabase(self.store, DB_OBJECT, snapshots, self.tmp, schema=schema,
                                  check=missing_table, what="feature definitions")
+        self._remove_dead_temps()
+
+    def _remove_dead_temps(self) -> list[str]:
+        """Temp files of processes that died mid-download, mid-ingest or mid-change."""
+        removed = []
+        for entry in self.tmp.iterdir():
+            if not temp_owner_alive(entry):
+                entry.unlink(missing_ok=True)
+                removed.append(str(entry))
+        return removed
+
+    def gc(self, grace_s: float = GC_GRACE_S) -> list[str]:
+        """Frees this machine's cache (never its online store): temp files of dead processes,
+        old snapshots, and copies of parts unused for ``grace_s`` that are gone from the store
+        or belong to a view version that is no longer its view's latest (downloaded again if
+        used). Returns what went."""
+        removed = self._remove_dead_temps()
+        _, snapshot = self.db.pull()
+        self.db.prune(snapshot)
+        latest = {(i.name, i.version) for i in self.registry().list("view")}
+        cutoff = time.time() - grace_s
+        offline = self.root / "offline"
+        for vdir in sorted(offline.glob("*/v*")):
+            name, version = vdir.parent.name, vdir.name[1:]
+            if not version.isdigit():
+                continue
+            cached = [p for p in vdir.iterdir() if p.is_file()]
+            old = [p for p in cached if p.stat().st_mtime < cutoff]
+            if not old:
+                continue
+            if (name, int(version)) in latest:
+                prefix = f"offline/{name}/{vdir.name}/"
+                listed = {o.key[len(prefix):] for o in self.store.list(prefix)}
+                old = [p for p in old if p.name not in listed]
+            for p in old:
+                p.unlink(missing_ok=True)
+                removed.append(str(p))
+        return removed
 
     def registry(self) -> RemoteFeatureRegistry:
         return RemoteFeatureRegistry(self.db)
 
     def offline(self) -> RemoteOfflineStore:
+        from .remote_offline import RemoteOfflineStore  # pyarrow: not needed to serve
+
         return RemoteOfflineStore(self.store, self.root / "offline", self.tmp)
 
 
@@ -104,110 +143,19 @@ class RemoteFeatureRegistry(FeatureRegistry):
     def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self._db.read()
 
-    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return self._db.change()
+    def _write(self, *, copy: bool = False
+               ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.change(may_create=None if copy else self._refuse_orphaned_data)
+
+    def _refuse_orphaned_data(self) -> None:
+        """No definitions.db but offline data: it went missing (deleted by hand, a lifecycle
+        rule). A new one would number views from 1 again over the old parts: refused."""
+        for obj in self._db.store.list("offline/"):
+            raise InvalidInput(
+                f"{self._db.url} is missing but offline data is there ({obj.key} ...): a new "
+                "definitions database would give old parts to new views. Restore "
+                "definitions.db (e.g. from the bucket's versioning), or delete the prefix's "
+                "offline/ data yourself")
 
     def _transact(self, fn: Callable[[], T], what: str) -> T:
         return self._db.transact(fn, what)
-
-
-class RemoteOfflineStore(OfflineStore):
-    """Offline parts as immutable objects, read through local copies under ``root``."""
-
-    def __init__(self, store: S3Store, root: Path, tmp: Path) -> None:
-        super().__init__(root)
-        self.store = store
-        self.tmp = tmp
-
-    def _prefix(self, view: FeatureView) -> str:
-        return f"{OFFLINE_PREFIX}/{self.view_dir(view).relative_to(self.root).as_posix()}/"
-
-    def _listing(self, view: FeatureView) -> list[ObjectInfo]:
-        prefix = self._prefix(view)
-        return sorted((o for o in self.store.list(prefix)
-                       if "/" not in o.key[len(prefix):] and is_part(o.key[len(prefix):])),
-                      key=lambda o: o.key)
-
-    def parts(self, view: FeatureView) -> list[Path]:
-        """The view version's parts in the store, in ingestion order, as local copies (each
-        new one downloaded once, its sha256 checked)."""
-        d = self.view_dir(view)
-        out = []
-        for obj in self._listing(view):
-            local = d / obj.key.rsplit("/", 1)[-1]
-            try:
-                cached = local.stat().st_size == obj.size
-            except OSError:
-                cached = False
-            if cached:
-                touch(local)
-            else:
-                self._download(obj, local)
-            out.append(local)
-        return out
-
-    def _download(self, obj: ObjectInfo, local: Path) -> None:
-        info = self.store.head(obj.key)
-        tmp = temp_path(self.tmp, "part.parquet")
-        url = self.store.url(obj.key)
-        try:
-            # A part written by mlserve carries its sha256; one put there by hand is taken as
-            # it is (its schema is checked when read).
-            sha = info.metadata.get("sha256") if info is not None else None
-            if info is None or self.store.download(
-                    obj.key, tmp, sha256=sha,
-                    repair_hint="delete that object and ingest its data again "
-                    "(`mlserve features ingest`)") is None:
-                raise InvalidInput(f"{url} was listed but is gone: someone deleted it while it "
-                                   "was read; run the command again")
-            os.chmod(tmp, 0o444)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def import_part(self, view: FeatureView, src: Path) -> bool:
-        """As :meth:`.offline.OfflineStore.import_part`: the object is created only if its
-        name is free (a part there already with the same sha256 is kept: False)."""
-        key = self._prefix(view) + src.name
-        sha = sha256_file(src)
-        for _ in range(2):
-            info = self.store.head(key)
-            if info is not None:
-                if info.metadata.get("sha256") == sha and info.size == src.stat().st_size:
-                    return False
-                raise InvalidInput(f"{self.store.url(key)} exists with other bytes than {src}: "
-                                   "not a copy of the same store")
-            try:
-                self.store.put(key, src, metadata={"sha256": sha})
-                return True
-            except PreconditionFailed:
-                continue  # written meanwhile (another copy): compare with it
-        raise InvalidInput(f"{self.store.url(key)} keeps changing; run the copy again")
-
-    def append(self, view: FeatureView, table: pa.Table) -> Path:
-        """Uploads ``table`` (already validated) as a new part, created only if its name is
-        free; returns the local copy."""
-        prefix = self._prefix(view)
-        tmp = temp_path(self.tmp, "part.parquet")
-        try:
-            write_part(view, table, tmp)
-            sha = sha256_file(tmp)
-            for _ in range(_NAME_ATTEMPTS):
-                listed = [o.key[len(prefix):] for o in self._listing(view)]
-                name = part_name(next_part_number(listed), os.urandom(6).hex())
-                try:
-                    self.store.put(prefix + name, tmp, metadata={"sha256": sha})
-                    break
-                except PreconditionFailed:
-                    continue  # the name was taken meanwhile: another number and token
-            else:
-                raise InvalidInput(f"ingest into {self.store.url(prefix)}: no free part name "
-                                   f"after {_NAME_ATTEMPTS} tries; try again")
-            local = self.view_dir(view) / name
-            local.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, local)
-            return local
-        finally:
-            tmp.unlink(missing_ok=True)

@@ -139,6 +139,16 @@ class FeatureStore:
 
         return copy_store(self, location, cache_dir=cache_dir, progress=progress)
 
+    def gc(self, grace_s: float | None = None) -> list[str]:
+        """Frees this machine's cache of a shared store (see
+        :meth:`.remote.SharedFeatureStorage.gc`; ``grace_s`` default one hour); nothing to do
+        for a store in a directory. Returns what went."""
+        if self._shared is None:
+            return []
+        if grace_s is None:
+            return self._shared.gc()
+        return self._shared.gc(grace_s)
+
     # ------------------------------------------------------------------ definitions
 
     def apply(self, definitions: Sequence[Definition] | str | os.PathLike[str], *,

@@ -781,7 +781,7 @@ class ModelManager:
                     raise Unavailable(
                         f"model {model} was trained on feature service {service} but this "
                         "server has no feature store: start it with `mlserve serve "
-                        f"--feature-store PATH` or set ${ROOT_ENV}")
+                        f"--feature-store PATH|s3://BUCKET/PREFIX` or set ${ROOT_ENV}")
                 if not is_uri(root) and not (Path(root) / "definitions.db").is_file():
                     raise Unavailable(
                         f"model {model} needs feature service {service}, but {root} is not a "
@@ -795,6 +795,14 @@ class ModelManager:
                     f"model {model} needs feature service {service}, which the feature store "
                     f"at {self._store.location} does not define: {exc}") from None
             reader.read({k: [0] if d == "int64" else [""] for k, d in reader.key_dtypes.items()})
+            empty = [v.ref for v, _ in self._store.resolve(service)
+                     if not self._store.online.has_data(v)]
+            if empty:
+                logger.warning(
+                    "feature service %s: nothing of view(s) %s was materialized into this "
+                    "machine's online store yet (every entity reads as missing); run `mlserve "
+                    "features materialize --incremental --store %s` here", service,
+                    ", ".join(empty), self._store.location)
             self._readers[service] = reader
             logger.info("feature service %s ready for entity-keyed requests (store %s)",
                         service, self._store.location)
