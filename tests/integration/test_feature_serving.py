@@ -313,7 +313,7 @@ def test_model_needing_a_store_fails_to_load_without_one(
             await manager.close()
 
     with pytest.raises(Unavailable, match=r"no feature store: start it with `mlserve serve "
-                       r"--feature-store PATH` or set \$MLSERVE_FEATURE_STORE"):
+                       r"--feature-store PATH\|s3://BUCKET/PREFIX` or set \$MLSERVE_FEATURE_STORE"):
         asyncio.run(load(None))
     with pytest.raises(Unavailable, match="is not a feature store"):
         asyncio.run(load(str(trained["root"] / "nowhere")))

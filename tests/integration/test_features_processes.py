@@ -262,6 +262,12 @@ def test_materialize_every_keeps_the_online_store_current_until_stopped(tmp_path
         return int(store.online_features("svc", [key]).status[0, 0])
 
     ingest(1)
+    # A view whose only part is unreadable: reported on every run, and the others go on.
+    entity = store.view("v").resolved_entity
+    store.apply([FeatureView("broken", entity, {"z": "float"})])
+    bad = tmp_path / "fs" / "offline" / "broken" / "v1"
+    bad.mkdir(parents=True)
+    (bad / f"part-{1:020d}-bad.parquet").write_bytes(b"not parquet")
     proc = subprocess.Popen([sys.executable, "-m", "mlserve.cli", "features", "materialize",
                              "--incremental", "--every", "0.3", "--store", str(tmp_path / "fs")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -275,12 +281,19 @@ def test_materialize_every_keeps_the_online_store_current_until_stopped(tmp_path
         while online(2) != RowStatus.PRESENT and time.monotonic() < deadline:
             time.sleep(0.1)
         assert online(2) == RowStatus.PRESENT
+        # A new version of v: the service still pins v/1, and both stay materialized.
+        store.apply([FeatureView("v", entity, {"a": "float", "b": "float", "c": "float",
+                                               "d": "float"})])
+        time.sleep(1.0)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    lines = [line for line in out.splitlines() if "v/1:" in line]
+    lines = [line for line in out.splitlines() if " v/1:" in line]
     assert len(lines) >= 2 and "1 rows, 1 written" in lines[0]
+    assert " v/2:" in out, "the latest version of v is materialized too"
+    assert "error: materializing broken/1: offline part" in err
+    assert "retrying in 0.3 s" in err
     done = run_cli("materialize", "--start", "2026-01-01", "--every", "5",
                    "--store", str(tmp_path / "fs"))
     assert done.returncode == 1 and "--every SECONDS needs --incremental" in done.stderr

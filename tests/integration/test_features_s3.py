@@ -647,3 +647,38 @@ def test_a_part_too_big_for_one_upload_is_refused_before_uploading(
     with pytest.raises(InvalidInput, match="ingest the data in several smaller files"):
         store.ingest("stats", stats_rows(np.random.default_rng(0), 20))
     assert not [k for k in objects(s3_server, s3_uri) if k.startswith("offline/")]
+
+
+def test_copy_refuses_a_destination_holding_other_data(
+        s3_uri: str, s3_server: Any, tmp_path: Path) -> None:
+    """A prefix whose definitions.db went missing still holds another store's parts: a copy
+    onto it would join them to the copied views. So would a folder with foreign parts."""
+    rng = np.random.default_rng(5)
+    other = machine(s3_uri, tmp_path, "other")
+    other.apply(DEFINITIONS)
+    other.ingest("stats", stats_rows(rng, 10))
+    prefix = s3_uri.split("/", 3)[3]
+    s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"{prefix}/definitions.db")
+    src = FeatureStore(tmp_path / "src")
+    src.apply(DEFINITIONS)
+    src.ingest("stats", stats_rows(rng, 10))
+    with pytest.raises(InvalidInput, match="holds data that is not this copy's"):
+        src.copy_to(s3_uri)
+    assert len([k for k in objects(s3_server, s3_uri) if k.startswith("offline/")]) == 1
+    assert "definitions.db" not in objects(s3_server, s3_uri)
+    registry_prefix = f"{s3_uri}-registry"
+    s3_server.client().put_object(Bucket=s3_server.bucket,
+                                  Key=f"{registry_prefix.split('/', 3)[3]}/registry.db",
+                                  Body=b"x")
+    with pytest.raises(InvalidInput, match=r"holds data .*registry\.db"):
+        src.copy_to(registry_prefix)
+    local = tmp_path / "local-dst"
+    (local / "offline" / "stats" / "v1").mkdir(parents=True)
+    (local / "offline" / "stats" / "v1" / "part-1-foreign.parquet").write_bytes(b"x")
+    with pytest.raises(InvalidInput, match="holds data that is not this copy's"):
+        src.copy_to(local)
+    with pytest.raises(InvalidInput, match="or inside it"):
+        src.copy_to(tmp_path / "src" / "nested")
+    r = subprocess.run([sys.executable, "-m", "mlserve.cli", "features", "gc", "--grace", "0",
+                        "--store", s3_uri], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "at least 60 seconds" in r.stderr

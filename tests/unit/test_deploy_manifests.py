@@ -175,6 +175,71 @@ def app_status(paths: list[str], tmp_path: Path) -> dict[str, tuple[int, bytes]]
     return asyncio.run(get_all())
 
 
+#: patchMergeKey of the PodSpec lists the patches touch (k8s.io/api core/v1 types.go); other
+#: lists (args, command, envFrom) are replaced whole by a strategic merge patch.
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name",
+              "volumeMounts": "mountPath", "ports": "containerPort"}
+
+
+def stored(doc: Any) -> Any:
+    """``doc`` as the API server stores it: empty lists and maps are omitted (``omitempty``),
+    so a later patch cannot address them."""
+    if isinstance(doc, dict):
+        return {k: stored(v) for k, v in doc.items() if v not in ([], {})}
+    if isinstance(doc, list):
+        return [stored(v) for v in doc]
+    return doc
+
+
+def apply_strategic_merge(doc: Any, patch: Any, field: str = "") -> Any:
+    """A strategic merge patch (kubectl patch --type strategic) on a copy of ``doc``: maps
+    merge key by key (null deletes), lists with a merge key merge item by item (``$patch:
+    delete`` removes one; new items are appended), other lists are replaced; then the result is
+    :func:`stored`."""
+    def merge(base: Any, change: Any, key: str) -> Any:
+        if isinstance(change, dict) and isinstance(base, dict):
+            out = dict(base)
+            for k, v in change.items():
+                if v is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = merge(base.get(k), v, k)
+            return out
+        if isinstance(change, list) and key in MERGE_KEYS:
+            merge_key = MERGE_KEYS[key]
+            out_list = [dict(item) for item in base or []]
+            for item in change:
+                at = [i for i, b in enumerate(out_list) if b[merge_key] == item[merge_key]]
+                if item.get("$patch") == "delete":
+                    assert at, f"$patch: delete of a {key} item that is not there: {item}"
+                    del out_list[at[0]]
+                elif at:
+                    out_list[at[0]] = merge(out_list[at[0]], item, "")
+                else:
+                    out_list.append(copy.deepcopy(item))
+            return out_list
+        return copy.deepcopy(change)
+
+    return stored(merge(copy.deepcopy(doc), patch, field))
+
+
+def patched(*patches: Path) -> dict[str, Any]:
+    """The stored Deployment after ``kubectl patch`` with each file in turn (a JSON patch for
+    admin-token, strategic merge for the others)."""
+    dep: dict[str, Any] = stored(deployment())
+    for path in patches:
+        (doc,) = load_all(path)
+        dep = apply_json_patch(dep, doc) if isinstance(doc, list) \
+            else apply_strategic_merge(dep, doc)
+    return dep
+
+
+def server_registry(container: dict[str, Any], args: argparse.Namespace) -> str:
+    """What the server serves: --registry, else $MLSERVE_REGISTRY of the container."""
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    return str(args.registry or env["MLSERVE_REGISTRY"])
+
+
 def apply_json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
     """RFC 6902 'add', 'remove' and 'replace' (what the shipped patches use) on a copy of
     ``doc``; a path that does not exist fails, as kubectl's would."""
@@ -240,8 +305,7 @@ def test_every_manifest_object_is_complete() -> None:
 def test_every_mlserve_command_line_parses(monkeypatch: pytest.MonkeyPatch,
                                            tmp_path: Path) -> None:
     found = []
-    for dep in [deployment(), apply_json_patch(deployment(), load_all(TOKEN_PATCH)[0]),
-                apply_json_patch(deployment(), load_all(S3_PATCH)[0])]:
+    for dep in [deployment(), patched(TOKEN_PATCH), patched(S3_PATCH)]:
         pod = pod_spec(dep)
         for container in pod.get("initContainers", []) + pod["containers"]:
             found += mlserve_argvs(container)
@@ -370,7 +434,7 @@ def test_kubernetes_registry_copy_feeds_the_servers_registry(monkeypatch: pytest
     pod = pod_spec(deployment())
     container = server_container(pod)
     (argv,) = mlserve_argvs(container)
-    registry = parse(argv, monkeypatch).registry
+    registry = server_registry(container, parse(argv, monkeypatch))
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     # The server writes SQLite's WAL files beside registry.db: a writable emptyDir
@@ -449,16 +513,15 @@ def test_admin_token_patch_mounts_a_secret_and_passes_its_file(
 
 def test_registry_s3_patch_serves_the_bucket_with_a_writable_cache(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    (ops,) = load_all(S3_PATCH)
-    pod = pod_spec(apply_json_patch(deployment(), ops))
+    pod = pod_spec(patched(S3_PATCH))
     container = server_container(pod)
     (argv,) = mlserve_argvs(container)
-    registry = parse(argv, monkeypatch).registry
+    registry = server_registry(container, parse(argv, monkeypatch))
     assert registry.startswith("s3://")
     from mlserve._objectstore import normalize_uri
 
     assert normalize_uri(registry) == registry
-    assert pod["initContainers"] == []
+    assert "initContainers" not in pod  # the copy is gone, and the empty list with it
     assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     env = {e["name"]: e["value"] for e in container["env"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -472,23 +535,24 @@ def test_registry_s3_patch_serves_the_bucket_with_a_writable_cache(
     assert "s3" in extras[0].split(","), "the image needs boto3 to read the bucket"
 
 
-@pytest.mark.parametrize("patches", [[FEATURES_PATCH], [FEATURES_PATCH, S3_PATCH],
-                                     [S3_PATCH, FEATURES_PATCH]],
-                         ids=["alone", "then-registry-s3", "after-registry-s3"])
+@pytest.mark.parametrize("patches", [
+    [FEATURES_PATCH], [FEATURES_PATCH, S3_PATCH], [S3_PATCH, FEATURES_PATCH],
+    [TOKEN_PATCH, FEATURES_PATCH, S3_PATCH], [S3_PATCH, TOKEN_PATCH, FEATURES_PATCH]],
+    ids=["alone", "then-registry-s3", "after-registry-s3", "token-features-s3",
+         "s3-token-features"])
 def test_features_s3_patch_fills_each_pods_online_store_from_the_bucket(
         patches: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The server reads --feature-store s3://... with its online store in an emptyDir, which an
-    init container fills before it starts and a sidecar keeps current; in either order with
-    the registry patch (whose changes must survive too)."""
-    dep = deployment()
-    for patch in patches:
-        dep = apply_json_patch(dep, load_all(patch)[0])
-    pod = pod_spec(dep)
+    """The server reads the feature store in the bucket with its online store in an emptyDir,
+    which an init container fills before it starts and a sidecar keeps current; patched onto
+    the stored Deployment (no empty lists) in any order with the other patches, whose changes
+    survive too."""
+    pod = pod_spec(patched(*patches))
     server = server_container(pod)
     (argv,) = mlserve_argvs(server)
     args = parse(argv, monkeypatch)
     settings(args, tmp_path)
-    store = args.feature_store
+    server_env = {e["name"]: e.get("value") for e in server["env"]}
+    store = str(args.feature_store or server_env["MLSERVE_FEATURE_STORE"])
     from mlserve._objectstore import normalize_uri
 
     assert store.startswith("s3://") and normalize_uri(store) == store
@@ -513,18 +577,22 @@ def test_features_s3_patch_fills_each_pods_online_store_from_the_bucket(
                 if cmd[:1] == ["features"]:
                     got = parse_features(cmd, monkeypatch)
                     assert got.features_command == "materialize" and got.incremental
-                    assert got.store == store and cache_volume(container) == shared
+                    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                    assert getattr(got, "store", None) or env["MLSERVE_FEATURE_STORE"] == store
+                    assert cache_volume(container) == shared
                     runs[kind] = got
     assert runs["initContainers"].every is None, "the first fill must end for the server to start"
     assert runs["containers"].every and runs["containers"].every > 0
     if S3_PATCH in patches:
-        assert args.registry.startswith("s3://")
+        assert server_registry(server, args).startswith("s3://")
         assert [c["name"] for c in pod["initContainers"]] == ["materialize-features"]
-        env = {e["name"]: e["value"] for e in server["env"]}
-        assert {"MLSERVE_REGISTRY_CACHE", "MLSERVE_FEATURE_STORE_CACHE"} <= env.keys()
+        assert "MLSERVE_REGISTRY_CACHE" in server_env
+        assert "registry-source" not in volumes
     else:
         assert [c["name"] for c in pod["initContainers"]] == ["copy-registry",
                                                               "materialize-features"]
+    if TOKEN_PATCH in patches:
+        assert args.admin_token_file and "admin-token" in volumes
     assert "features" in FEATURES_PATCH.read_text().split("EXTRAS=", 1)[1].split()[0]
 
 

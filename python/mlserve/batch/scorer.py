@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
+from mlserve._tempfiles import touch
 from mlserve.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -160,6 +161,8 @@ class PointInTimeJoin:
                 raise InvalidInput(f"feature view {view.ref}: part file(s) {', '.join(gone)} "
                                    f"of the offline store at {self.store.location} are gone "
                                    "since this job started; start it again with a new output")
+            for f in files:  # in use: a cache gc leaves them
+                touch(f)
             self._loaded[key] = offline.load(view, cols, parts=files)
         return self._loaded[key]
 

@@ -58,6 +58,24 @@ def _check_local_destination(location: str | os.PathLike[str]) -> None:
                                f"({', '.join(other[:5])}); name a new or empty directory")
 
 
+def _refuse_other_data(dst: FeatureStore, expected: set[str]) -> None:
+    """Refuses a destination holding data that is not this copy's: parts of another store
+    (whose definitions went missing) would join the copied views."""
+    if dst._shared is not None:
+        found = [o.key for o in dst._shared.store.list("")]
+        allowed = {"definitions.db"}
+    else:
+        offline = dst.root / "offline"
+        found = [p.relative_to(dst.root).as_posix() for p in offline.rglob("*")
+                 if p.is_file() and not p.name.startswith(".tmp-")] if offline.is_dir() else []
+        allowed = set()
+    other = sorted(k for k in found if k not in expected and k not in allowed)
+    if other:
+        raise InvalidInput(f"copy destination {dst.location} holds data that is not this "
+                           f"copy's ({', '.join(other[:3])}{' ...' if len(other) > 3 else ''}); "
+                           "copy into an empty store")
+
+
 def copy_store(src: FeatureStore, location: str | os.PathLike[str], *,
                cache_dir: str | os.PathLike[str] | None = None,
                progress: Callable[[int, int | None], None] | None = None) -> CopyResult:
@@ -72,8 +90,9 @@ def copy_store(src: FeatureStore, location: str | os.PathLike[str], *,
     else:
         _check_local_destination(location)
         target = str(Path(location).expanduser().resolve())
-    if target == src.location:
-        raise InvalidInput(f"copy destination {target} is the source itself")
+    if target == src.location or (not is_uri(target) and src.cache_base is None
+                                  and Path(target).is_relative_to(src.location)):
+        raise InvalidInput(f"copy destination {target} is the source itself, or inside it")
     rows = src.registry.rows()
     if not rows:
         raise InvalidInput(f"the feature store at {src.location} has no definitions: nothing "
@@ -87,6 +106,7 @@ def copy_store(src: FeatureStore, location: str | os.PathLike[str], *,
         views = [d for i in src.registry.list("view", all_versions=True)
                  if isinstance(d := i.definition, FeatureView)]
         parts = [(view, p) for view in views for p in src.offline.parts(view)]
+        _refuse_other_data(dst, {f"offline/{v.name}/v{v.version}/{p.name}" for v, p in parts})
         total = sum(p.stat().st_size for _, p in parts)
         done = copied = 0
         if progress is not None:
@@ -97,7 +117,13 @@ def copy_store(src: FeatureStore, location: str | os.PathLike[str], *,
             if progress is not None:
                 progress(done, total)
         if not there:
-            dst.registry.insert_rows(rows)
+            try:
+                dst.registry.insert_rows(rows)
+            except InvalidInput as exc:  # another machine applied there meanwhile
+                raise InvalidInput(
+                    f"{exc}. The copy's offline parts are there now, mixed into its views: "
+                    f"delete offline/ at {dst.location} (or the whole store) and copy again"
+                    ) from None
         return CopyResult(dst.location, 0 if there else len(rows), len(parts), copied, total)
     finally:
         dst.close()

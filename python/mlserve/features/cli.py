@@ -10,7 +10,6 @@ import argparse
 import math
 import signal
 import sys
-import threading
 import time
 from typing import Any
 
@@ -58,7 +57,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "With --start: per entity, the latest row with START <= event_ts <= END. With "
             "--incremental: what was ingested or became due since the view's last incremental "
             "run. Never replaces a newer online value with an older one.")
-    p.add_argument("views", metavar="VIEW", nargs="*", help="views (default: every view)")
+    p.add_argument("views", metavar="VIEW", nargs="*",
+                   help="NAME or NAME/VERSION (default: the latest version of every view, and "
+                   "the versions feature services pin)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--start", metavar="TIME", help="ISO 8601 time: full window from here")
     mode.add_argument("--incremental", action="store_true", help="since the last run")
@@ -81,8 +82,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "copies of offline parts unused for --grace seconds that are gone from the store "
             "or belong to an older view version (downloaded again if used). Never touches the "
             "online store. Nothing to do for a store in a directory.")
-    p.add_argument("--grace", metavar="SECONDS", type=float, default=3600.0,
-                   help="leave what was used within this many seconds (default 3600)")
+    p.add_argument("--grace", metavar="SECONDS", type=_grace, default=3600.0,
+                   help="leave what was used within this many seconds (default 3600, at least "
+                   "60: a join or materialize may be reading the rest)")
     p = add("get", "print the online features of a service for some entities",
             "KEY is a join key value when the service has one join key, else "
             "NAME=VALUE[,NAME=VALUE...]. Values older than the view's TTL show as expired.")
@@ -113,29 +115,73 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+#: Runs in a row in which every view failed before ``--every`` gives up (exit 1), so that a
+#: sidecar with a lasting problem (credentials, a deleted bucket) is restarted and shows it.
+EVERY_MAX_FAILED_RUNS = 10
+
+
+def _grace(text: str) -> float:
+    value = float(text)
+    if not value >= 60:
+        raise argparse.ArgumentTypeError(f"{text}: at least 60 seconds")
+    return value
+
+
+def _default_views(store: Any) -> list[str]:
+    """What ``materialize`` without VIEW covers: the latest version of every view, and every
+    view version that the latest version of a service pins (a model's service may pin one that
+    is no longer the latest)."""
+    refs = [f"{i.name}/{i.version}" for i in store.registry.list("view")]
+    for info in store.registry.list("service"):
+        refs += [f"{sel.view}/{sel.version}" for sel in info.definition.selections]
+    return list(dict.fromkeys(refs))
+
+
 def _materialize_every(store: Any, args: argparse.Namespace, out: Console) -> int:
     """``materialize --incremental --every SECONDS``: incremental runs up to now, repeated
     until SIGTERM/SIGINT (exit 0). Views are listed again on every run (new ones are picked
-    up); a run that fails is reported on stderr and the next one retries."""
+    up); a view that fails is reported on stderr and retried next run, the others go on; after
+    :data:`EVERY_MAX_FAILED_RUNS` runs in a row with nothing done, exit 1."""
     if not args.incremental or args.every <= 0 or args.end != "now":
         raise InvalidInput("--every SECONDS needs --incremental, SECONDS > 0 and no --end "
                            "(each run goes up to its own now)")
-    stop = threading.Event()
+    stopping: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.is_set():
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+
+    def failed(what: str, exc: Exception) -> None:
+        text = str(exc) if isinstance(exc, MlserveError) else f"{type(exc).__name__}: {exc}"
+        print(f"error: {what}: {text} (retrying in {args.every:g} s)", file=sys.stderr,
+              flush=True)
+
+    failed_runs = 0
+    while not stopping:
         started = time.monotonic()
+        done = errors = 0
         try:
-            views = args.views or [i.name for i in store.registry.list("view")]
-            for view in views:
-                r = store.materialize_incremental(view, "now")
-                out.print(f"{ns_to_iso(r.end_ns)} {r.view}: {r.rows} rows, {r.written} "
-                          f"written, {r.kept_newer} kept (newer)", markup=False)
+            views = args.views or _default_views(store)
         except Exception as exc:  # a sidecar keeps going: the next run retries
-            what = str(exc) if isinstance(exc, MlserveError) else f"{type(exc).__name__}: {exc}"
-            print(f"error: {what} (retrying in {args.every:g} s)", file=sys.stderr, flush=True)
+            failed("listing the views", exc)
+            views, errors = [], 1
+        for view in views:
+            if stopping:
+                break
+            try:
+                r = store.materialize_incremental(view, "now")
+            except Exception as exc:
+                failed(f"materializing {view}", exc)
+                errors += 1
+                continue
+            done += 1
+            out.print(f"{ns_to_iso(r.end_ns)} {r.view}: {r.rows} rows, {r.written} "
+                      f"written, {r.kept_newer} kept (newer)", markup=False)
         sys.stdout.flush()
-        stop.wait(max(0.0, args.every - (time.monotonic() - started)))
+        failed_runs = failed_runs + 1 if errors and not done else 0
+        if failed_runs >= EVERY_MAX_FAILED_RUNS:
+            print(f"error: {failed_runs} runs in a row failed; stopping", file=sys.stderr)
+            return 1
+        while not stopping and time.monotonic() - started < args.every:
+            time.sleep(min(0.2, args.every))
     return 0
 
 
@@ -176,7 +222,7 @@ def _run(store: Any, args: argparse.Namespace, out: Console) -> int:
     elif cmd == "materialize" and args.every is not None:
         return _materialize_every(store, args, out)
     elif cmd == "materialize":
-        views = args.views or [i.name for i in store.registry.list("view")]
+        views = args.views or _default_views(store)
         table = Table("view", "from", "to", "rows", "written", "kept (newer)")
         for view in views:
             if args.incremental:

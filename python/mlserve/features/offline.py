@@ -178,6 +178,10 @@ def part_rows(path: Path) -> int:
 
 
 def unreadable_part(path: Path, exc: BaseException) -> InvalidInput:
+    if isinstance(exc, FileNotFoundError):
+        return InvalidInput(f"offline part {path} is gone (removed while it was read: deleted "
+                            "from the store, or a cache copy freed by `mlserve features gc`); "
+                            "run the command again")
     return InvalidInput(
         f"offline part {path} cannot be read with the view's schema ({exc}); it was not "
         "written by `mlserve features ingest`, or is damaged: remove it and ingest its data "

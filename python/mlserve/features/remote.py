@@ -115,8 +115,12 @@ class SharedFeatureStorage:
                 listed = {o.key[len(prefix):] for o in self.store.list(prefix)}
                 old = [p for p in old if p.name not in listed]
             for p in old:
-                p.unlink(missing_ok=True)
-                removed.append(str(p))
+                try:  # looked at again just before: a reader may have touched it since
+                    if p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        removed.append(str(p))
+                except FileNotFoundError:
+                    pass
         return removed
 
     def registry(self) -> RemoteFeatureRegistry:

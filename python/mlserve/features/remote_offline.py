@@ -84,6 +84,9 @@ class RemoteOfflineStore(OfflineStore):
         """As :meth:`.offline.OfflineStore.import_part`: the object is created only if its
         name is free (a part there already with the same sha256 is kept: False)."""
         key = self._prefix(view) + src.name
+        if src.stat().st_size > MAX_PART_BYTES:
+            raise InvalidInput(f"{src} is more than one upload may carry "
+                               f"({MAX_PART_BYTES / 1e9:.0f} GB); it cannot be copied as it is")
         sha = sha256_file(src)
         for _ in range(2):
             info = self.store.head(key)
