@@ -294,6 +294,15 @@ def test_materialize_every_keeps_the_online_store_current_until_stopped(tmp_path
     assert " v/2:" in out, "the latest version of v is materialized too"
     assert "error: materializing broken/1: offline part" in err
     assert "retrying in 0.3 s" in err
+    # svc/2 pins v/2; models trained on svc/1 still read v/1, which stays covered.
+    assert store.apply([FeatureService("svc", ["v"])])[0].version == 2
+    done = run_cli("materialize", "--incremental", "--store", str(tmp_path / "fs"))
+    assert done.returncode == 1 and "offline/broken/v1" in done.stderr  # still broken
+    done = run_cli("materialize", "--incremental", "--store", str(tmp_path / "fs"), "v/1", "v/2")
+    assert done.returncode == 0 and "v/1" in done.stdout and "v/2" in done.stdout
+    from mlserve.features.cli import _default_views
+
+    assert _default_views(store) == ["broken/1", "v/2", "v/1"]
     done = run_cli("materialize", "--start", "2026-01-01", "--every", "5",
                    "--store", str(tmp_path / "fs"))
     assert done.returncode == 1 and "--every SECONDS needs --incremental" in done.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import itertools
 import json
 import re
 import shlex
@@ -194,8 +195,8 @@ def stored(doc: Any) -> Any:
 def apply_strategic_merge(doc: Any, patch: Any, field: str = "") -> Any:
     """A strategic merge patch (kubectl patch --type strategic) on a copy of ``doc``: maps
     merge key by key (null deletes), lists with a merge key merge item by item (``$patch:
-    delete`` removes one; new items are appended), other lists are replaced; then the result is
-    :func:`stored`."""
+    delete`` removes one) in kubectl's order, other lists are replaced; then the result is
+    :func:`stored`. Checked against the real kubectl where it is installed."""
     def merge(base: Any, change: Any, key: str) -> Any:
         if isinstance(change, dict) and isinstance(base, dict):
             out = dict(base)
@@ -206,18 +207,20 @@ def apply_strategic_merge(doc: Any, patch: Any, field: str = "") -> Any:
                     out[k] = merge(base.get(k), v, k)
             return out
         if isinstance(change, list) and key in MERGE_KEYS:
+            # The patch's items in the patch's order (merged into the item with the same key,
+            # or new), then the object's other items: kubectl's order where one list is new,
+            # and the same set of items always (kubectl interleaves by position otherwise).
             merge_key = MERGE_KEYS[key]
-            out_list = [dict(item) for item in base or []]
+            existing = {b[merge_key]: b for b in base or []}
+            out_list = []
             for item in change:
-                at = [i for i, b in enumerate(out_list) if b[merge_key] == item[merge_key]]
+                old_item = existing.pop(item[merge_key], None)
                 if item.get("$patch") == "delete":
-                    assert at, f"$patch: delete of a {key} item that is not there: {item}"
-                    del out_list[at[0]]
-                elif at:
-                    out_list[at[0]] = merge(out_list[at[0]], item, "")
+                    assert old_item is not None, f"$patch: delete of a missing {key}: {item}"
                 else:
-                    out_list.append(copy.deepcopy(item))
-            return out_list
+                    out_list.append(merge(old_item, item, "") if old_item is not None
+                                    else copy.deepcopy(item))
+            return out_list + list(existing.values())
         return copy.deepcopy(change)
 
     return stored(merge(copy.deepcopy(doc), patch, field))
@@ -535,11 +538,13 @@ def test_registry_s3_patch_serves_the_bucket_with_a_writable_cache(
     assert "s3" in extras[0].split(","), "the image needs boto3 to read the bucket"
 
 
-@pytest.mark.parametrize("patches", [
-    [FEATURES_PATCH], [FEATURES_PATCH, S3_PATCH], [S3_PATCH, FEATURES_PATCH],
-    [TOKEN_PATCH, FEATURES_PATCH, S3_PATCH], [S3_PATCH, TOKEN_PATCH, FEATURES_PATCH]],
-    ids=["alone", "then-registry-s3", "after-registry-s3", "token-features-s3",
-         "s3-token-features"])
+PATCH_ORDERS = [list(order) for n in (1, 2, 3)
+                for order in itertools.permutations([FEATURES_PATCH, S3_PATCH, TOKEN_PATCH], n)
+                if FEATURES_PATCH in order]
+
+
+@pytest.mark.parametrize("patches", PATCH_ORDERS,
+                         ids=lambda ps: "+".join(p.name.split(".")[0] for p in ps))
 def test_features_s3_patch_fills_each_pods_online_store_from_the_bucket(
         patches: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The server reads the feature store in the bucket with its online store in an emptyDir,
@@ -578,7 +583,7 @@ def test_features_s3_patch_fills_each_pods_online_store_from_the_bucket(
                     got = parse_features(cmd, monkeypatch)
                     assert got.features_command == "materialize" and got.incremental
                     env = {e["name"]: e.get("value") for e in container.get("env", [])}
-                    assert getattr(got, "store", None) or env["MLSERVE_FEATURE_STORE"] == store
+                    assert (getattr(got, "store", None) or env["MLSERVE_FEATURE_STORE"]) == store
                     assert cache_volume(container) == shared
                     runs[kind] = got
     assert runs["initContainers"].every is None, "the first fill must end for the server to start"
@@ -589,11 +594,61 @@ def test_features_s3_patch_fills_each_pods_online_store_from_the_bucket(
         assert "MLSERVE_REGISTRY_CACHE" in server_env
         assert "registry-source" not in volumes
     else:
-        assert [c["name"] for c in pod["initContainers"]] == ["copy-registry",
-                                                              "materialize-features"]
+        assert sorted(c["name"] for c in pod["initContainers"]) == ["copy-registry",
+                                                                    "materialize-features"]
     if TOKEN_PATCH in patches:
         assert args.admin_token_file and "admin-token" in volumes
     assert "features" in FEATURES_PATCH.read_text().split("EXTRAS=", 1)[1].split()[0]
+
+
+def canonical(doc: Any, field: str = "") -> Any:
+    """``doc`` with every list that has a merge key sorted by it."""
+    if isinstance(doc, dict):
+        return {k: canonical(v, k) for k, v in doc.items()}
+    if isinstance(doc, list):
+        items = [canonical(v) for v in doc]
+        return sorted(items, key=lambda i: i[MERGE_KEYS[field]]) if field in MERGE_KEYS \
+            else items
+    return doc
+
+
+def kubectl_patched(*patches: Path, tmp_path: Path) -> dict[str, Any]:
+    """What the real `kubectl patch --local` makes of the stored Deployment, patch by patch
+    (each result stored again, as the API server would)."""
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the strategic merge is checked by the model only")
+    dep: dict[str, Any] = stored(deployment())
+    for path in patches:
+        (doc,) = load_all(path)
+        current = tmp_path / "current.yaml"
+        current.write_text(yaml.safe_dump(dep), encoding="utf-8")
+        done = subprocess.run(
+            [kubectl, "patch", "--local", "-f", str(current), "-o", "yaml", "--type",
+             "json" if isinstance(doc, list) else "strategic", "--patch-file", str(path)],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"kubectl patch with {path.name}: {done.stderr}"
+        dep = stored(yaml.safe_load(done.stdout))
+    return dep
+
+
+@pytest.mark.parametrize("patches", [*PATCH_ORDERS, [S3_PATCH], [S3_PATCH, TOKEN_PATCH],
+                                     [TOKEN_PATCH, S3_PATCH]],
+                         ids=lambda ps: "+".join(p.name.split(".")[0] for p in ps))
+def test_the_patches_compose_as_kubectl_composes_them(patches: list[Path],
+                                                      tmp_path: Path) -> None:
+    """The real kubectl applies every order of the shipped patches to the stored Deployment,
+    the server stays containers/0 (the admin token's JSON patch addresses it so), and the
+    model the other tests use gives the same pod."""
+    real = pod_spec(kubectl_patched(*patches, tmp_path=tmp_path))
+    model = pod_spec(patched(*patches))
+    assert real["containers"][0]["name"] == model["containers"][0]["name"] == "mlserve"
+    # kubectl interleaves merged lists by position; their order means nothing to Kubernetes
+    # (bar containers/0, checked above), so they are compared as sets.
+    assert canonical(model) == canonical(real)
 
 
 # ---- objects that refer to each other ------------------------------------------------------------

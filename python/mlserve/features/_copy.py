@@ -105,8 +105,9 @@ def copy_store(src: FeatureStore, location: str | os.PathLike[str], *,
                                "copy into an empty store")
         views = [d for i in src.registry.list("view", all_versions=True)
                  if isinstance(d := i.definition, FeatureView)]
+        _refuse_other_data(dst, {f"offline/{v.name}/v{v.version}/{name}" for v in views
+                                 for name in src.offline.part_names(v)})
         parts = [(view, p) for view in views for p in src.offline.parts(view)]
-        _refuse_other_data(dst, {f"offline/{v.name}/v{v.version}/{p.name}" for v, p in parts})
         total = sum(p.stat().st_size for _, p in parts)
         done = copied = 0
         if progress is not None:

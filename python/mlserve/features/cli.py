@@ -59,7 +59,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "run. Never replaces a newer online value with an older one.")
     p.add_argument("views", metavar="VIEW", nargs="*",
                    help="NAME or NAME/VERSION (default: the latest version of every view, and "
-                   "the versions feature services pin)")
+                   "the versions any feature service version pins)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--start", metavar="TIME", help="ISO 8601 time: full window from here")
     mode.add_argument("--incremental", action="store_true", help="since the last run")
@@ -129,10 +129,10 @@ def _grace(text: str) -> float:
 
 def _default_views(store: Any) -> list[str]:
     """What ``materialize`` without VIEW covers: the latest version of every view, and every
-    view version that the latest version of a service pins (a model's service may pin one that
-    is no longer the latest)."""
+    view version that a version of a service pins (a model trained on an older service version
+    reads the view versions it pinned)."""
     refs = [f"{i.name}/{i.version}" for i in store.registry.list("view")]
-    for info in store.registry.list("service"):
+    for info in store.registry.list("service", all_versions=True):
         refs += [f"{sel.view}/{sel.version}" for sel in info.definition.selections]
     return list(dict.fromkeys(refs))
 

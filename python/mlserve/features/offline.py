@@ -76,6 +76,11 @@ class OfflineStore:
             return []
         return sorted(p for p in d.iterdir() if is_part(p.name))
 
+    def part_names(self, view: FeatureView) -> list[str]:
+        """The names of :meth:`parts`, in the same order (for a shared store: without
+        downloading anything)."""
+        return [p.name for p in self.parts(view)]
+
     def append(self, view: FeatureView, table: pa.Table) -> Path:
         """Writes ``table`` (already validated) as a new part; returns its path."""
         d = self.view_dir(view)

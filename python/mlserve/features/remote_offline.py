@@ -42,6 +42,9 @@ class RemoteOfflineStore(OfflineStore):
                        if "/" not in o.key[len(prefix):] and is_part(o.key[len(prefix):])),
                       key=lambda o: o.key)
 
+    def part_names(self, view: FeatureView) -> list[str]:
+        return [o.key.rsplit("/", 1)[-1] for o in self._listing(view)]
+
     def parts(self, view: FeatureView) -> list[Path]:
         """The view version's parts in the store, in ingestion order, as local copies (each
         new one downloaded once, its sha256 checked)."""
