@@ -22,10 +22,12 @@ def write_bundle_tar(bundle_dir: Path, files: list[str], tar_path: Path) -> Path
     try:
         with tarfile.open(tmp, "w") as tar:
             for file in files:
-                info = tar.gettarinfo(str(bundle_dir / file), arcname=file)
-                info.mode = 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
+                # Every member a regular file with its bytes: artifacts with the same content
+                # are hardlinks of one blob in the registry, which gettarinfo would write as
+                # tar hardlinks (and import refuses links).
+                st = os.stat(bundle_dir / file)
+                info = tarfile.TarInfo(file)
+                info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o644
                 with open(bundle_dir / file, "rb") as f:
                     tar.addfile(info, f)
         os.replace(tmp, tar_path)

@@ -387,6 +387,24 @@ def test_export_import_roundtrip(reg: Registry, bundle: Path, tmp_path: Path) ->
     assert reg.import_bundle(tar_path).ref == "fraud/2"
 
 
+def test_export_of_identical_artifacts_imports_back(reg: Registry, tmp_path: Path) -> None:
+    """Two artifacts with the same bytes are one blob, hardlinked twice in the version's
+    directory: the export still holds two regular files, which import accepts."""
+    src = make_bundle(tmp_path / "twins")
+    data = (src / "model.onnx").read_bytes()
+    (src / "copy.onnx").write_bytes(data)
+    manifest = json.loads((src / "mlserve.json").read_text())
+    manifest["artifacts"]["copy.onnx"] = dict(manifest["artifacts"]["model.onnx"])
+    (src / "mlserve.json").write_text(json.dumps(manifest))
+    mv = reg.register(src)
+    assert os.path.samefile(mv.path / "copy.onnx", mv.path / "model.onnx")
+    tar_path = reg.export(mv.ref, tmp_path / "twins.tar")
+    with tarfile.open(tar_path) as tar:
+        assert all(m.isfile() for m in tar.getmembers())
+    back = Registry(tmp_path / "other").import_bundle(tar_path)
+    assert (back.path / "copy.onnx").read_bytes() == data
+
+
 def _tar_with(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
     path = tmp_path / "evil.tar"
     with tarfile.open(path, "w") as tar:
