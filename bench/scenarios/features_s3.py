@@ -1,16 +1,17 @@
-"""Scenario ``features-s3``: what a feature store shared through object storage costs against
-one in a local directory, operation by operation.
+"""Scenario ``features-s3``: what a feature store shared through object storage costs against one
+in a local directory, operation by operation.
 
 Both stores get the same definitions and the same offline data (a view of four columns over
 ``entities`` users, ingested in ``parts`` parts); the object store is SeaweedFS on loopback
 (bench/s3server.py), so the figures are the protocol's and the implementation's cost without a
-network's latency. Operations: ``apply`` (a definition change: for s3 a conditional GET, the
-SQL on a copy and a conditional PUT), ``view`` (reading a definition: for s3 one conditional GET
-that answers 304), ``ingest`` (validate and append one part: for s3 a listing and a create-only
-PUT), ``historical warm`` (a point-in-time join of ``query_rows`` entity rows once the parts are
-cached: for s3 a listing more) and ``historical cold`` on s3 (a new cache: every part
-downloaded and checked first). The baseline is the local store's figure for the same operation,
-the two called alternately (bench.timing); each figure is a median over repetitions.
+network's latency. Operations: ``apply`` (a definition change: for s3 a conditional GET, the SQL
+on a copy and a conditional PUT), ``view`` (reading a definition: for s3 one conditional GET
+that answers 304), ``ingest`` (validate and append one part: for s3 a conditional GET of the
+definitions, a listing and a create-only PUT), ``historical warm`` (a point-in-time join of
+``query_rows`` entity rows once the parts are cached: for s3 conditional GETs of the service and
+view definitions and a listing per view more) and ``historical cold`` on s3 (a new cache: every
+part downloaded and checked first). The baseline is the local store's figure for the same
+operation, the two called alternately (bench.timing); each figure is a median over repetitions.
 """
 
 from __future__ import annotations

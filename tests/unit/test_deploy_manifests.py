@@ -731,7 +731,9 @@ def test_dockerignore_keeps_what_the_wheel_is_built_from() -> None:
 def test_core_objects_match_the_kubernetes_schemas() -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     version = kubernetes_validate.latest_version()
-    objects = [d for path in K8S_FILES if path != TOKEN_PATCH for d in load_all(path)]
-    objects.append(apply_json_patch(deployment(), load_all(TOKEN_PATCH)[0]))
+    patches = (TOKEN_PATCH, S3_PATCH, FEATURES_PATCH)
+    objects = [d for path in K8S_FILES if path not in patches for d in load_all(path)]
+    objects += [patched(TOKEN_PATCH), patched(S3_PATCH), patched(FEATURES_PATCH),
+                patched(S3_PATCH, FEATURES_PATCH, TOKEN_PATCH)]
     for doc in objects:
         kubernetes_validate.validate(doc, version, strict=True)

@@ -1,4 +1,4 @@
-"""``mlserve features ...``: apply, ingest, materialize, get, list.
+"""``mlserve features ...``: apply, ingest, materialize, copy, gc, get, list.
 
 ``add_parser(subparsers)`` adds the ``features`` command to the main parser; ``run(args)``
 executes it and returns the exit status (errors print one line saying what to do, exit 1).
@@ -115,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-#: Runs in a row in which every view failed before ``--every`` gives up (exit 1), so that a
-#: sidecar with a lasting problem (credentials, a deleted bucket) is restarted and shows it.
+#: Runs in a row in which every view failed (or listing them did) before ``--every`` gives up
+#: (exit 1), so that a sidecar with a lasting problem (credentials, a deleted bucket) is
+#: restarted and shows it.
 EVERY_MAX_FAILED_RUNS = 10
 
 

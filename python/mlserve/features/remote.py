@@ -19,12 +19,13 @@ object with ``If-None-Match: *`` (an existing name is never replaced) and the pa
 metadata. Its number is the ingest time in ns, past the newest listed part's, so name order is
 ingestion order as on a local store; two machines ingesting at the same moment get distinct
 names whose order is theirs. Readers list the view's parts and download each new one once into
-``<cache>/offline/VIEW/vN/`` (sha256 checked), where the local :class:`.offline.OfflineStore`
+``<store cache>/offline/VIEW/vN/`` (sha256 checked; ``<store cache>`` is
+``<cache>/<bucket>/<prefix>-<hash>``), where the local :class:`.offline.OfflineStore`
 reads them: point-in-time joins and materialization run unchanged on exactly the listed parts.
 Incremental materialization records the part names it covered, so a part that appears later with
 an earlier number is still taken.
 
-The online store stays per machine: an LMDB environment in ``<cache>/online``, filled by
+The online store stays per machine: an LMDB environment in ``<store cache>/online``, filled by
 ``materialize`` on that machine (the serving machines run it, e.g. on a schedule), since LMDB is
 a memory-mapped file and its reads are the serving hot path.
 
