@@ -10,6 +10,10 @@ import os
 import time
 from pathlib import Path
 
+from mlserve._home import mlserve_home
+
+__all__ = ["mlserve_home"]  # the demo and tests take it from here too
+
 #: Test hook: seconds to sleep between the steps of ``Registry.register`` so that crash-safety
 #: tests can SIGKILL a registering process mid-way. Never set it in production.
 TEST_STEP_DELAY_ENV = "MLSERVE_REGISTRY_TEST_STEP_DELAY_S"
@@ -29,11 +33,6 @@ CLI_HELP = ("registry: a directory, or s3://BUCKET/PREFIX for one shared through
 def default_location() -> str | Path:
     """``$MLSERVE_REGISTRY`` when set, else :func:`default_root`."""
     return os.environ.get(REGISTRY_ENV) or default_root()
-
-
-def mlserve_home() -> Path:
-    """``$MLSERVE_HOME``, default ``~/.mlserve``."""
-    return Path(os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")).expanduser()
 
 
 def default_root() -> Path:

@@ -55,8 +55,9 @@ def normalize_uri(location: str | os.PathLike[str], what: str = "registry locati
 def cache_dir_for(uri: str, base: Path) -> Path:
     """Where a machine caches what it reads of ``uri`` under the cache folder ``base``:
     ``<base>/<bucket>/<prefix with / as _>-<hash>``, readable and collision-free."""
-    bucket, _, prefix = normalize_uri(uri)[len(SCHEME):].partition("/")
-    tag = hashlib.sha256(uri.encode()).hexdigest()[:10]
+    text = normalize_uri(uri)
+    bucket, _, prefix = text[len(SCHEME):].partition("/")
+    tag = hashlib.sha256(text.encode()).hexdigest()[:10]
     readable = re.sub(r"[^A-Za-z0-9._-]", "_", prefix)[:60] or "_"
     return base / bucket / f"{readable}-{tag}"
 

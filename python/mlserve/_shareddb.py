@@ -220,12 +220,10 @@ class SharedDatabase:
         work = temp_path(self.tmp, "work.db")
         txid = uuid.uuid4().hex
         try:
-            if base_etag is None:
-                self.prepare(work)
-            else:
+            if base_etag is not None:
                 shutil.copyfile(base, work)
                 os.chmod(work, 0o644)
-                self.prepare(work)
+            self.prepare(work)
             self._tls.work = work
             changed = True
             try:

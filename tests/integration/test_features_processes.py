@@ -284,7 +284,8 @@ def test_materialize_every_keeps_the_online_store_current_until_stopped(tmp_path
         # A new version of v: the service still pins v/1, and both stay materialized.
         store.apply([FeatureView("v", entity, {"a": "float", "b": "float", "c": "float",
                                                "d": "float"})])
-        time.sleep(1.0)
+        while store.online.state(store.view("v/2")) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

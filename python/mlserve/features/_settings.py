@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+from mlserve._home import mlserve_home
+
 #: The feature store: a directory (definitions, offline Parquet data, online LMDB environment)
 #: or ``s3://BUCKET/PREFIX`` (definitions and offline data shared through object storage,
 #: :mod:`mlserve.features.remote`).
@@ -32,10 +34,6 @@ TEST_BATCH_DELAY_ENV = "MLSERVE_FEATURES_TEST_BATCH_DELAY_S"
 DEFAULT_MAP_SIZE = 64 << 30
 
 
-def _home() -> Path:
-    return Path(os.environ.get("MLSERVE_HOME") or os.path.join("~", ".mlserve")).expanduser()
-
-
 def _location(text: str) -> str | Path:
     return text if text.startswith("s3:/") else Path(text).expanduser()
 
@@ -44,7 +42,7 @@ def default_root() -> str | Path:
     """``$MLSERVE_FEATURE_STORE`` (a directory or ``s3://...``), else ``$MLSERVE_HOME/features``
     next to the model registry (``MLSERVE_HOME`` defaults to ``~/.mlserve``)."""
     explicit = os.environ.get(ROOT_ENV)
-    return _location(explicit) if explicit else _home() / "features"
+    return _location(explicit) if explicit else mlserve_home() / "features"
 
 
 def configured_root() -> str | Path | None:
@@ -57,7 +55,7 @@ def configured_root() -> str | Path | None:
 def default_cache_root() -> Path:
     """``$MLSERVE_FEATURE_STORE_CACHE``, else ``$MLSERVE_HOME/cache/features``."""
     explicit = os.environ.get(CACHE_ENV)
-    return Path(explicit).expanduser() if explicit else _home() / "cache" / "features"
+    return Path(explicit).expanduser() if explicit else mlserve_home() / "cache" / "features"
 
 
 def map_size_bytes() -> int:

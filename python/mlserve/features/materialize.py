@@ -90,7 +90,7 @@ def materialize_incremental(offline: OfflineStore, online: OnlineStore, view: Fe
                             end_ns: int, *, batch_keys: int = 65_536,
                             lock_timeout_s: float = 60.0) -> MaterializeResult:
     """Writes what was ingested or became due (``event_ts <= end_ns``) since the last run."""
-    listed = offline.parts(view)  # fetched before the lock (a shared store downloads them)
+    parts = offline.parts(view)  # fetched before the lock (a shared store downloads them)
     with online.writer(lock_timeout_s):
         state = online.state(view) or {}
         prev_end = state.get("end_ns")
@@ -98,7 +98,6 @@ def materialize_incremental(offline: OfflineStore, online: OnlineStore, view: Fe
             raise InvalidInput(f"materialize {view.ref}: end {ns_to_iso(end_ns)} is before the "
                                f"previous incremental end {ns_to_iso(prev_end)}")
         covered = set(state.get("parts", []))
-        parts = listed
         new_part = np.zeros(0, dtype=bool)
         chunks: list[np.ndarray] = []
         for p in parts:

@@ -145,9 +145,7 @@ class FeatureStore:
         for a store in a directory. Returns what went."""
         if self._shared is None:
             return []
-        if grace_s is None:
-            return self._shared.gc()
-        return self._shared.gc(grace_s)
+        return self._shared.gc() if grace_s is None else self._shared.gc(grace_s)
 
     # ------------------------------------------------------------------ definitions
 
