@@ -70,11 +70,19 @@ DevicePlan::DevicePlan(const FeaturePlan& plan, int device, NormalizeKernelChoic
   CudaCheck(static_cast<cudaError_t>(mls_cuda_normalize_config(&view_, device, &launch_)),
             "normalize kernel configuration");
   if (kernel == NormalizeKernelChoice::kGeneric) return;
-  try {
+  if (kernel != NormalizeKernelChoice::kAuto) {
     jit_ = std::make_unique<JitNormalizeKernel>(plan, device,
                                                 kernel == NormalizeKernelChoice::kJitTma);
-  } catch (const Error&) {
-    if (kernel != NormalizeKernelChoice::kAuto) throw;  // auto: the generic kernel runs
+    return;
+  }
+  // auto: the bulk-copy variant where the device has them (sm_90+), then the plain JIT kernel,
+  // then the generic one (no NVRTC, a plan too wide for a tile, a tile the device refuses).
+  for (const bool tma : {true, false}) {
+    try {
+      jit_ = std::make_unique<JitNormalizeKernel>(plan, device, tma);
+      return;
+    } catch (const Error&) {
+    }
   }
 }
 

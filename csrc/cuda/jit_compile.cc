@@ -26,7 +26,7 @@ NormalizeKernelChoice ParseNormalizeKernelChoice(const std::string& name) {
   std::string value = name;
   if (value.empty()) {
     const char* env = std::getenv("MLSERVE_CUDA_KERNEL");
-    value = env != nullptr && *env != '\0' ? env : "generic";
+    value = env != nullptr && *env != '\0' ? env : "auto";
   }
   if (value == "generic") return NormalizeKernelChoice::kGeneric;
   if (value == "jit") return NormalizeKernelChoice::kJit;

@@ -13,7 +13,9 @@ namespace mlserve {
 
 namespace {
 
-// An exact float literal: hex for finite values, a bit pattern for infinities and NaN.
+// An exact float literal: hex for finite values, the bit pattern for infinities and NaN. The
+// bit cast is a constant expression (GCC, Clang and NVRTC), so it may initialize a __device__
+// table; NVRTC refuses a function call there ("dynamic initialization").
 std::string Lit(float v) {
   char buf[64];
   if (std::isfinite(v)) {
@@ -21,7 +23,7 @@ std::string Lit(float v) {
   } else {
     uint32_t bits;
     std::memcpy(&bits, &v, sizeof(bits));
-    std::snprintf(buf, sizeof(buf), "mls_bits_float(0x%08xu)", bits);
+    std::snprintf(buf, sizeof(buf), "__builtin_bit_cast(float, 0x%08xu)", bits);
   }
   return buf;
 }

@@ -34,11 +34,12 @@
 namespace mlserve {
 
 // Default minimum blocks per SM for the JIT kernels' launch bounds. Unbounded, ptxas gives the
-// realistic plan's kernel 62 registers a thread: 4 blocks of 256 threads per SM. Bounded to 5
-// blocks it fits 48 registers without spills (sm_90, CUDA 13.0). On the H200 the generic kernel
-// lost 12% going from 8 to 4 blocks per SM (docs/gpu.md), so resident warps matter here; the
-// GPU check sweeps 0, 5, 6 and 8.
-inline constexpr int kJitDefaultMinBlocks = 5;
+// realistic plan's kernel about 60 registers a thread: 4 blocks of 256 threads per SM. Measured
+// on an H100 at 4M rows (bench/gpu_check.sh, docs/gpu.md): jit 67% of a D2D copy unbounded, 73%
+// at 5 blocks (48 registers), 81% at 6 (40 registers, 24 B of spills), 82% at 8; jit-tma 78% at
+// 5 and 80% at 6 (40 registers, no spills). 6 is the default: the best jit-tma figure, and 8's
+// extra percent for jit is within the run-to-run spread.
+inline constexpr int kJitDefaultMinBlocks = 6;
 
 // Tile shape the generated kernel is built for. tile_rows: rows per block tile, a multiple of
 // 32 (each warp task is one feature on 32 rows of the tile).

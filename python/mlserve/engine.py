@@ -77,8 +77,8 @@ class Engine:
             on ``torch-cuda``, the model's launches too: see backends.torch_cuda_fn).
         normalize_kernel: the GPU normalize kernel, ``"generic"``, ``"jit"`` (the plan compiled
             by NVRTC at load; fails when it cannot be), ``"jit-tma"`` (the same with Hopper bulk
-            copies) or ``"auto"`` (jit where it builds); ``""`` reads MLSERVE_CUDA_KERNEL, else
-            generic (docs/gpu.md).
+            copies) or ``"auto"`` (jit-tma where it builds, else jit, else generic); ``""``
+            reads MLSERVE_CUDA_KERNEL, else auto (docs/gpu.md).
     """
 
     def __init__(

@@ -75,12 +75,12 @@ def _devices() -> int:
     from mlserve.plan import nvrtc_status
 
     nvrtc = nvrtc_status()
-    kernel = os.environ.get("MLSERVE_CUDA_KERNEL") or "generic"
+    kernel = os.environ.get("MLSERVE_CUDA_KERNEL") or "auto"
     print(f"normalize kernel: {kernel} (MLSERVE_CUDA_KERNEL: generic, jit, jit-tma or auto)")
     if nvrtc["available"]:
         print(f"  NVRTC {nvrtc['version']} for the jit kernels: {nvrtc['detail']}")
     else:
-        print("  NVRTC not found: the jit kernels cannot be built; "
+        print("  NVRTC not found: the jit kernels cannot be built (auto runs generic); "
               + nvrtc["detail"].splitlines()[0])
     return 0
 

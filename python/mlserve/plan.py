@@ -53,8 +53,9 @@ class FeaturePlan(_core.FeaturePlan):
 
     Methods (from the core): ``transform(x, histograms=False, num_threads=1)`` maps float32
     ``[n, f_in]`` to ``[n, f_out]``; ``histograms(reset=False)`` reads the drift counters;
-    ``transform_cuda(x, device=0, histograms=False, kernel="")`` does the same on a GPU, with
-    the generic kernel or the plan's NVRTC-specialized one (``kernel="jit"``, docs/gpu.md);
+    ``transform_cuda(x, device=0, histograms=False, kernel="")`` does the same on a GPU, by
+    default with the plan's NVRTC-specialized kernel where it builds (``kernel="auto"``; also
+    ``"jit-tma"``, ``"jit"``, ``"generic"``: docs/gpu.md);
     ``cuda_jit_source()`` / ``compile_cuda_jit(arch)`` give that kernel's source and binary.
     Attributes: ``f_in``, ``f_out``, ``input_names``, ``output_names``, ``spec``.
     """

@@ -204,7 +204,7 @@ def test_source_is_deterministic_and_names_the_kernels() -> None:
     assert "mls_jit_row" in host_only and "normalize_jit.cuh" not in host_only
     with pytest.raises(InvalidInput, match="multiple of 32"):
         plan.cuda_jit_source(tile_rows=48)
-    assert "#define MLS_JIT_MIN_BLOCKS 5" in src  # the default launch bounds
+    assert "#define MLS_JIT_MIN_BLOCKS 6" in src  # the default launch bounds
     assert "#define MLS_JIT_MIN_BLOCKS 8" in plan.cuda_jit_source(min_blocks=8)
     with pytest.raises(InvalidInput, match="min_blocks"):
         plan.cuda_jit_source(min_blocks=-1)
@@ -269,6 +269,19 @@ def test_nvrtc_compiles_random_plans(spec: dict[str, Any]) -> None:
         return
     assert out["bytes"] > 0
     assert plan.compile_cuda_jit("sm_90", tma=True)["bytes"] > 0
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ["sm_90", "compute_90"])
+def test_nvrtc_compiles_wide_edge_tables_with_infinite_edges(arch: str) -> None:
+    # More than 30 edges go into a __device__ table, whose initializer must be a constant
+    # expression: an infinite edge written as a function call was "dynamic initialization"
+    # to NVRTC (seen on an H100), while the host compiler took it.
+    plan = FeaturePlan(WIDE_EDGES_SPEC)
+    assert float("-inf") in WIDE_EDGES_SPEC["features"][0]["histogram"]["edges"]
+    assert "mls_jit_edges_0" in plan.cuda_jit_source()
+    for tma in (False, True):
+        assert plan.compile_cuda_jit(arch, tma=tma)["bytes"] > 0
 
 
 def test_plans_too_wide_for_the_jit_tile_say_so() -> None:
