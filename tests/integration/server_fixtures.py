@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -25,11 +26,14 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m mlserve.server.cli ...` as a child process; its output goes to a log file."""
 
-    def __init__(self, registry: Path, models: list[str], log: Path, *extra: str) -> None:
+    def __init__(self, registry: Path, models: list[str], log: Path, *extra: str,
+                 prefix: Sequence[str] = ()) -> None:
+        """``prefix``: a command that runs the server (e.g. in a read-only mount's namespace:
+        tests/read_only_mount.py); it must exec it, so that signals reach the server."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        args = [sys.executable, "-m", "mlserve.server.cli", "--registry", str(registry),
+        args = [*prefix, sys.executable, "-m", "mlserve.server.cli", "--registry", str(registry),
                 "--port", str(self.port), "--log-level", "warning", *extra]
         for ref in models:
             args += ["--model", ref]

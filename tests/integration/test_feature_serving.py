@@ -29,6 +29,7 @@ from mlserve.features import Column, Entity, FeatureService, FeatureStore, Featu
 from mlserve.registry import Registry
 from mlserve.server.models import ModelManager
 from mlserve.trainer import train
+from read_only_mount import SKIP_REASON, can_mount_read_only, read_only_mount_prefix
 from server_fixtures import ServerProcess
 
 NOW = pd.Timestamp.now(tz="UTC").floor("s")
@@ -192,6 +193,32 @@ def test_keyed_request_equals_explicit_features(trained: dict[str, Any], server:
         b = client.infer("scorer", explicit).output
     assert a.shape == (4, 1)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not can_mount_read_only(), reason=SKIP_REASON)
+def test_server_reads_a_feature_store_on_a_read_only_mount(trained: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    # A store on a read-only volume (a ReadOnlyMany claim, or baked into an image run with a
+    # read-only root filesystem): opened read-only, it serves keyed requests as the writable one.
+    mount = tmp_path / "features"
+    proc = ServerProcess(trained["root"] / "registry", ["scorer"], tmp_path / "server.log",
+                         "--feature-store", str(mount),
+                         prefix=read_only_mount_prefix(trained["store"], mount))
+    try:
+        proc.wait_ready()
+        users, merchants = [*PRESENT_USERS, MISSING_USER], [*MERCHANTS[:4], "nowhere"]
+        request = {"amount": np.array([5.0, 80.0, 300.0, 20.0, 7.0], np.float32),
+                   "channel": ["web", "pos", "app", "web", "app"]}
+        keyed = {"user_id": np.array(users, np.int64), "merchant_id": merchants, **request}
+        explicit = _explicit(trained["store"], _inputs(trained["result"]), users, merchants,
+                             request)
+        with Client(proc.url) as client:
+            got = client.infer("scorer", keyed).output
+            want = client.infer("scorer", explicit).output
+        np.testing.assert_array_equal(got, want)
+    finally:
+        assert proc.stop() == 0, proc.log()
+    assert "Traceback" not in proc.log(), proc.log()
 
 
 def test_missing_and_expired_entities_are_imputed_when_nullable(

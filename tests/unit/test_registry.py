@@ -19,6 +19,7 @@ import pytest
 from mlserve.errors import InvalidInput, ModelNotFound
 from mlserve.registry import ModelVersion, Ref, Registry, parse_ref
 from mlserve.registry import cli as registry_cli
+from read_only_mount import SKIP_REASON, can_mount_read_only, read_only_mount_prefix
 
 
 def make_bundle(path: Path, name: str = "fraud", *, seed: bytes = b"w",
@@ -262,29 +263,17 @@ def test_read_only_registry_reads_and_refuses_changes(reg: Registry, bundle: Pat
     assert not (tmp_path / "nothing").exists()
 
 
-def _can_mount_read_only() -> bool:
-    try:
-        return subprocess.run(["unshare", "-rm", "true"], capture_output=True,
-                              timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
 def _on_read_only_mount(source: Path, mount: Path, code: str) -> subprocess.CompletedProcess[str]:
     """Runs ``code`` (with ``Registry`` imported and ``ROOT`` the mount) in a process that sees
     ``source`` bind-mounted read-only at ``mount``."""
-    mount.mkdir()
     script = f"from mlserve.registry import Registry\nROOT = {str(mount)!r}\n{code}"
-    done = subprocess.run(
-        ["unshare", "-rm", "sh", "-c",
-         f"mount --bind -o ro {source} {mount} && exec {sys.executable} -c \"$0\"", script],
-        capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*read_only_mount_prefix(source, mount), sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done
 
 
-@pytest.mark.skipif(not _can_mount_read_only(),
-                    reason="needs unshare -rm (user and mount namespaces) for a read-only mount")
+@pytest.mark.skipif(not can_mount_read_only(), reason=SKIP_REASON)
 def test_registry_on_a_read_only_mount_opens_read_only(reg: Registry, bundle: Path,
                                                         tmp_path: Path) -> None:
     """A registry volume mounted read-only (a serving container's): SQLite may not create the
@@ -299,8 +288,7 @@ def test_registry_on_a_read_only_mount_opens_read_only(reg: Registry, bundle: Pa
     assert done.stdout.split("\n")[:2] == ["True fraud/1 []", "InvalidInput"]
 
 
-@pytest.mark.skipif(not _can_mount_read_only(),
-                    reason="needs unshare -rm (user and mount namespaces) for a read-only mount")
+@pytest.mark.skipif(not can_mount_read_only(), reason=SKIP_REASON)
 def test_read_only_copy_with_commits_in_its_wal_is_refused(reg: Registry, bundle: Path,
                                                            tmp_path: Path) -> None:
     """A copy of registry.db and its WAL without the -shm file, mounted read-only: SQLite can

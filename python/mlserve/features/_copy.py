@@ -99,6 +99,7 @@ def copy_store(src: FeatureStore, location: str | os.PathLike[str], *,
                            "to copy")
     dst = FeatureStore(location, cache_dir=cache_dir)
     try:
+        dst._check_writable("copy into it")
         there = dst.registry.rows()
         if there and there != rows:
             raise InvalidInput(f"the feature store at {dst.location} has other definitions: "

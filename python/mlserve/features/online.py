@@ -108,22 +108,27 @@ class _Env:
     _lock: ClassVar[threading.Lock] = threading.Lock()
     _open: ClassVar[dict[tuple[int, str], _Env]] = {}
 
-    def __init__(self, path: str, map_size: int) -> None:
+    def __init__(self, path: str, map_size: int, read_only: bool) -> None:
         self.env = _core.LmdbEnv(path, map_size, max_dbs=_MAX_DBS, max_readers=_MAX_READERS,
-                                 readahead=False)
+                                 readahead=False, read_only=read_only)
+        self.read_only = read_only
         self.refs = 0
         # name -> handle; handles live as long as the environment (the core caches them too:
         # this dict only saves the native call on the read path).
         self.dbs: dict[str, int] = {}
 
     @classmethod
-    def acquire(cls, path: Path, map_size: int) -> _Env:
-        path.mkdir(parents=True, exist_ok=True)
+    def acquire(cls, path: Path, map_size: int, read_only: bool = False) -> _Env:
+        if not read_only:
+            path.mkdir(parents=True, exist_ok=True)
         key = (os.getpid(), str(path.resolve()))
         with cls._lock:
             env = cls._open.get(key)
             if env is None:
-                env = cls._open[key] = _Env(key[1], map_size)
+                env = cls._open[key] = _Env(key[1], map_size, read_only)
+            elif env.read_only and not read_only:
+                raise InvalidInput(f"the online store at {path} is open read-only in this "
+                                   "process; close its readers before writing")
             env.refs += 1
             return env
 
@@ -151,13 +156,23 @@ class _Env:
 
 
 class OnlineStore:
-    """The LMDB online store at ``path`` (a directory); ``lock_path`` is the writer lock."""
+    """The LMDB online store at ``path`` (a directory); ``lock_path`` is the writer lock.
+
+    ``read_only``: an existing store on a read-only mount: reads only, :meth:`writer` refuses.
+    LMDB keeps no reader table on a read-only file system, so nothing may write the files
+    meanwhile (a snapshot: materialize elsewhere and mount the result)."""
 
     def __init__(self, path: str | os.PathLike[str], *, lock_path: str | os.PathLike[str],
-                 map_size: int | None = None) -> None:
+                 map_size: int | None = None, read_only: bool = False) -> None:
         self.path = Path(path)
         self.lock_path = Path(lock_path)
-        self._env = _Env.acquire(self.path, map_size or map_size_bytes())
+        self.read_only = read_only
+        if read_only and not (self.path / "data.mdb").is_file():
+            raise InvalidInput(f"the feature store is read-only and has no online store at "
+                               f"{self.path}: nothing was materialized before it was made "
+                               "read-only; run `mlserve features materialize` where it is "
+                               "writable")
+        self._env = _Env.acquire(self.path, map_size or map_size_bytes(), read_only)
         self._closed = False
         self._plans: dict[tuple[str, int | None, int], _ReadPlan] = {}
 
@@ -281,6 +296,9 @@ class OnlineStore:
     @contextmanager
     def writer(self, timeout_s: float = 60.0) -> Iterator[None]:
         """Holds the writer lock (``flock``), waiting at most ``timeout_s`` for it."""
+        if self.read_only:
+            raise InvalidInput(f"the online store at {self.path} is read-only: materialize "
+                               "where it is writable")
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

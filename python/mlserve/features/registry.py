@@ -101,8 +101,18 @@ class _DryRun(Exception):
 class FeatureRegistry:
     """Definitions stored in the SQLite file ``path``."""
 
-    def __init__(self, path: str | Path) -> None:
+    read_only = False
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """``read_only``: an existing database on a read-only mount (see
+        :func:`mlserve._sqlite.connect`); every change raises InvalidInput."""
         self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise InvalidInput(f"no feature store definitions at {self.path} to open "
+                                   "read-only")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _sqlite.initialize(self.path, _SCHEMA)
 
@@ -118,10 +128,14 @@ class FeatureRegistry:
     # on a copy of a database kept in object storage.
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
-        return _sqlite.read_transaction(self.path)
+        return _sqlite.read_transaction(self.path, read_only=self.read_only)
 
     def _write(self, *, copy: bool = False) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction; ``copy``: the rows of a copy, whose offline parts landed first."""
+        if self.read_only:
+            raise InvalidInput(f"the feature store definitions at {self.path} are read-only "
+                               "(opened read-only, or not writable): make changes where they "
+                               "are writable")
         return _sqlite.write_transaction(self.path)
 
     def _transact(self, fn: Callable[[], T], what: str) -> T:

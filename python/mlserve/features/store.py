@@ -12,6 +12,11 @@ it, which holds the machine's own online store. The offline side (ingest, histor
 materialization) needs the ``features`` extra (pandas, pyarrow) and imports it on first use;
 definitions and online reads need neither, so the server stays light.
 
+A directory store whose root is not writable (a read-only volume in a serving container, a store
+baked into an image with a read-only root filesystem) opens read-only: definitions, historical
+features and online reads work; apply, ingest and materialize refuse with InvalidInput before
+writing anything.
+
 Thread-safe: every method may be called from several threads; the online environment is
 opened on first use and shared.
 """
@@ -65,14 +70,23 @@ class FeatureStore:
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *,
                  map_size: int | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None) -> None:
+                 cache_dir: str | os.PathLike[str] | None = None,
+                 read_only: bool | None = None) -> None:
         """``root``: a directory or ``s3://BUCKET/PREFIX``. ``cache_dir``: for a store on
         object storage, where this machine keeps its copies and its online store (default
-        ``$MLSERVE_FEATURE_STORE_CACHE`` or ``$MLSERVE_HOME/cache/features``)."""
+        ``$MLSERVE_FEATURE_STORE_CACHE`` or ``$MLSERVE_HOME/cache/features``).
+
+        ``read_only`` (a directory store): open an existing store for reading only; every
+        change raises InvalidInput. None (the default): read-only when the store exists and
+        its root is not writable (a read-only mount), as the model registry does."""
         location = root if root is not None else default_root()
         self._shared: SharedFeatureStorage | None = None
         self.registry: FeatureRegistry
+        self.read_only = False
         if is_uri(location):
+            if read_only:
+                raise InvalidInput("read_only opens a feature store in a directory; a shared "
+                                   "store is read through its credentials")
             from .remote import SharedFeatureStorage
 
             base = Path(cache_dir).expanduser() if cache_dir is not None \
@@ -85,8 +99,17 @@ class FeatureStore:
         else:
             self.cache_base = None
             self.root = Path(location).expanduser()
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.registry = FeatureRegistry(self.root / "definitions.db")
+            db = self.root / "definitions.db"
+            if read_only is None:
+                read_only = db.is_file() and not os.access(self.root, os.W_OK)
+            self.read_only = read_only
+            if not read_only:
+                try:
+                    self.root.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise InvalidInput(f"no feature store at {self.root}, and none can be "
+                                       f"created there: {exc.strerror}") from None
+            self.registry = FeatureRegistry(db, read_only=read_only)
         self._map_size = map_size
         self._online: OnlineStore | None = None
         self._lock = threading.Lock()
@@ -118,7 +141,7 @@ class FeatureStore:
             if self._online is None:
                 self._online = OnlineStore(self.root / "online",
                                            lock_path=self.root / "online.writer.lock",
-                                           map_size=self._map_size)
+                                           map_size=self._map_size, read_only=self.read_only)
             return self._online
 
     @property
@@ -200,6 +223,13 @@ class FeatureStore:
             raise InvalidInput(f"features select view(s) more than once: {names}")
         return out
 
+    def _check_writable(self, what: str) -> None:
+        """Refuses a change of a read-only store before anything is written."""
+        if self.read_only:
+            raise InvalidInput(f"cannot {what}: the feature store at {self.location} is "
+                               "read-only (opened read-only, or its root is not writable); "
+                               "make changes where it is writable")
+
     def _is_service(self, name: str) -> bool:
         """Whether a feature service of this name (any version) is registered."""
         try:
@@ -217,6 +247,7 @@ class FeatureStore:
         from ._time import now_ns as ingest_time
         from .ingest import read_table_file, validate_rows
 
+        self._check_writable("ingest")
         fv = self.registry.view(view)
         if data is None:
             if fv.source is None:
@@ -246,6 +277,7 @@ class FeatureStore:
         """Latest row per entity with ``start <= event_ts <= end`` into the online store."""
         from .materialize import materialize
 
+        self._check_writable("materialize")
         return materialize(self.offline, self.online, self.registry.view(view),
                            to_ns(start, "start"), to_ns(end, "end"), batch_keys=batch_keys)
 
@@ -254,6 +286,7 @@ class FeatureStore:
         """What is new since the view's last incremental run, up to ``end``."""
         from .materialize import materialize_incremental
 
+        self._check_writable("materialize")
         return materialize_incremental(self.offline, self.online, self.registry.view(view),
                                        to_ns(end, "end"), batch_keys=batch_keys)
 
