@@ -6,7 +6,7 @@ import importlib
 
 #: Scenario modules in the order ``--list`` and ``all`` use.
 MODULES = ("normalize", "batcher", "engine", "http", "features", "batch", "registry",
-           "features_s3")
+           "features_s3", "predlog")
 
 
 def load_all() -> None:

@@ -477,6 +477,7 @@ void DynamicBatcher::ProcessBatch(std::vector<std::shared_ptr<Request>>& batch, 
   if (ok) {  // before publishing: a client holding its answer finds its prediction logged
     sampler_.Record(batch, *out);
     prediction_log_.Record(batch, *out);
+    prediction_export_.Record(batch, *out, f_in);
   }
 
   std::unique_lock<std::mutex> order(order_mu_, std::defer_lock);

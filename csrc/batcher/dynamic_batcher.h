@@ -41,6 +41,7 @@
 #include "backends/backend.h"
 #include "common/error.h"
 #include "common/latency_histogram.h"
+#include "monitor/prediction_export.h"
 #include "monitor/prediction_log.h"
 #include "monitor/row_sampler.h"
 #include "plan/feature_plan.h"
@@ -180,6 +181,7 @@ class DynamicBatcher {
   // tagged requests' outputs.
   RowSampler& sampler() { return sampler_; }
   PredictionLog& prediction_log() { return prediction_log_; }
+  PredictionExport& prediction_export() { return prediction_export_; }
 
  private:
   void WorkerLoop(RawBatchExecutor* executor);
@@ -202,6 +204,7 @@ class DynamicBatcher {
   const BatcherConfig config_;
   RowSampler sampler_;
   PredictionLog prediction_log_;
+  PredictionExport prediction_export_;
   // One per instance for backends that normalize themselves (else empty); destroyed after the
   // workers were joined.
   std::vector<std::unique_ptr<RawBatchExecutor>> executors_;

@@ -580,6 +580,42 @@ void BindBatcher(py::module_& m) {
           },
           py::arg("tags"), "For each tag: (unix_seconds, outputs [rows, width]) from the prediction log, or None.")
       .def("prediction_log_size", [](PyBatcher& self) { return self.get()->prediction_log().size(); })
+      .def(
+          "configure_prediction_export",
+          [](PyBatcher& self, int64_t max_rows, double sample) {
+            std::shared_ptr<DynamicBatcher> b = self.get();
+            py::gil_scoped_release release;
+            b->prediction_export().Configure(max_rows, sample);
+          },
+          py::arg("max_rows"), py::arg("sample") = 1.0,
+          "Buffer the raw inputs and outputs of tagged requests (at most max_rows rows; 0 = off; "
+          "sample: the share of requests kept, by a hash of the tag) for "
+          "drain_prediction_export. Clears the buffer.")
+      .def(
+          "drain_prediction_export",
+          [](PyBatcher& self) {
+            std::shared_ptr<DynamicBatcher> b = self.get();
+            ExportedPredictions e;
+            {
+              py::gil_scoped_release release;
+              e = b->prediction_export().Drain();
+            }
+            int64_t n = 0;
+            for (int64_t r : e.rows) n += r;
+            py::list tags(e.tags.size());
+            for (size_t i = 0; i < e.tags.size(); ++i) tags[i] = py::bytes(e.tags[i]);
+            py::dict d;
+            d["tags"] = tags;
+            d["unix_ns"] = py::array_t<int64_t>(static_cast<py::ssize_t>(e.unix_ns.size()), e.unix_ns.data());
+            d["rows"] = py::array_t<int64_t>(static_cast<py::ssize_t>(e.rows.size()), e.rows.data());
+            d["inputs"] = Matrix(e.inputs, n, e.f_in);
+            d["outputs"] = Matrix(e.outputs, n, e.width);
+            d["dropped_requests"] = e.dropped_requests;
+            d["dropped_rows"] = e.dropped_rows;
+            return d;
+          },
+          "{tags (bytes), unix_ns, rows, inputs [n, f_in], outputs [n, width], dropped_requests, "
+          "dropped_rows} of the tagged requests run since the last drain, in order.")
       .def("histograms", [](PyBatcher& self, bool reset) { return HistogramsToDict(self.get()->plan(), reset); },
            py::arg("reset") = false)
       .def_property_readonly("backend_name", [](PyBatcher& self) { return self.get()->backend().Name(); })

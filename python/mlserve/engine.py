@@ -141,6 +141,8 @@ class Engine:
         self._closed = False
         self._close_on_thread = False
         self._final_stats: dict[str, Any] | None = None  # the counters at close
+        #: What the prediction export held at close (drained once more after it).
+        self._final_export: dict[str, Any] | None = None
         #: The bundle this engine serves, when built by from_bundle/from_registry.
         self.bundle: Any = None
         _open_engines.add(self)
@@ -492,6 +494,27 @@ class Engine:
         found: list[tuple[float, np.ndarray] | None] = self._batcher.find_predictions(list(tags))
         return found
 
+    def configure_prediction_export(self, max_rows: int, sample: float = 1.0) -> None:
+        """Buffers the raw inputs and outputs of requests submitted with a ``tag``, at most
+        ``max_rows`` rows until :meth:`drain_prediction_export` takes them (0: off; requests
+        that do not fit are dropped and counted). ``sample`` in (0, 1]: the share of requests
+        kept, chosen by a fixed hash of the tag (FNV-1a + fmix64), so one request id is kept or left
+        out alike everywhere. The server's durable prediction log (:mod:`mlserve.predlog`)
+        drains it."""
+        self._batcher.configure_prediction_export(max_rows, sample)
+
+    def drain_prediction_export(self) -> dict[str, Any]:
+        """What was buffered since the last drain: ``tags`` (bytes, one per request),
+        ``unix_ns`` and ``rows`` (per request), ``inputs`` float32 [n, f_in] and ``outputs``
+        [n, width] (per row, request after request), ``dropped_requests``/``dropped_rows``.
+        After :meth:`close`, what was left at close, once (then nothing)."""
+        with self._lock:
+            if self._final_stats is not None:  # released: what close() drained
+                out, self._final_export = self._final_export, None
+                return out if out is not None else _empty_export()
+            drained: dict[str, Any] = self._batcher.drain_prediction_export()
+            return drained
+
     def hold_batching(self, min_queued: int) -> None:
         """Test hook: form no batch until ``min_queued`` requests are queued (0 releases)."""
         self._batcher.hold_until_queued(min_queued)
@@ -499,6 +522,11 @@ class Engine:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def released(self) -> bool:
+        """Whether :meth:`close` has finished: nothing runs any more, counters are final."""
+        return self._final_stats is not None
 
     def close(self, drain: bool = True) -> None:
         """Stops the engine. drain=True finishes queued requests; False fails them (Unavailable).
@@ -523,6 +551,7 @@ class Engine:
         with self._lock:
             leftover = self._batcher.take_futures()
             self._final_stats = self._batcher.stats()
+            self._final_export = self._batcher.drain_prediction_export()
             self._batcher.release()
         message = f"engine {self.name!r} closed before the request ran"
         running = _running_loop()
@@ -594,3 +623,10 @@ def _close_all() -> None:
     # Worker threads must not call into an interpreter that is finalizing.
     for engine in list(_open_engines):
         engine.close(drain=False)
+
+
+def _empty_export() -> dict[str, Any]:
+    """An empty :meth:`Engine.drain_prediction_export` answer."""
+    return {"tags": [], "unix_ns": np.zeros(0, np.int64), "rows": np.zeros(0, np.int64),
+            "inputs": np.zeros((0, 0), np.float32), "outputs": np.zeros((0, 0), np.float32),
+            "dropped_requests": 0, "dropped_rows": 0}

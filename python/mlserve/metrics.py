@@ -59,7 +59,7 @@ import itertools
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -430,6 +430,39 @@ class MonitoringCollector(Collector):
 _snapshots: WorkerSnapshots | None = None
 
 
+class PredictionLogCollector(Collector):
+    """The counters of this process' prediction log writer (:mod:`mlserve.predlog`), when the
+    server writes one: ``mlserve_prediction_log_{requests,rows,labels,parts,dropped_rows,
+    failed_writes}_total``. With ``--workers N`` they travel in the worker snapshots with the
+    process metrics, labelled by ``pid``."""
+
+    _HELP: ClassVar[dict[str, str]] = {
+        "requests": "requests written to the prediction log",
+        "rows": "rows written to the prediction log",
+        "labels": "feedback label rows written to the prediction log",
+        "parts": "Parquet parts written to the prediction log",
+        "dropped_rows": "rows left out of the prediction log (its buffer was full, or parts "
+                        "that could not be written were given up)",
+        "failed_writes": "prediction log parts that could not be written (kept and tried "
+                         "again, within the buffer bound)"}
+
+    def __init__(self) -> None:
+        self.writer: Any = None
+
+    def collect(self) -> Iterator[Any]:
+        if self.writer is None:
+            return
+        counters = self.writer.counters
+        for name, doc in self._HELP.items():
+            family = CounterMetricFamily(f"mlserve_prediction_log_{name}", doc)
+            family.add_metric([], float(getattr(counters, name)))
+            yield family
+
+
+#: Set to the server's writer (mlserve.server.app) when it logs predictions.
+PREDICTION_LOG = PredictionLogCollector()
+
+
 def _worker_snapshots() -> WorkerSnapshots:
     global _snapshots
     if _snapshots is None or _snapshots.pid != os.getpid():
@@ -441,7 +474,8 @@ def _process_values() -> dict[str, dict[str, Any]]:
     """This process' metrics: family name -> {"type", "help", "value"}."""
     return {
         fam.name: {"type": fam.type, "help": fam.documentation, "value": fam.samples[0].value}
-        for fam in PROCESS_COLLECTOR.collect() if fam.samples
+        for collector in (PROCESS_COLLECTOR, PREDICTION_LOG)
+        for fam in collector.collect() if fam.samples
     }
 
 
@@ -508,6 +542,7 @@ def render(engines: EngineSource | None = None,
             registry.register(FEATURE_FETCH)
             registry.register(FEATURE_KEYS)
         registry.register(PROCESS_COLLECTOR)
+        registry.register(PREDICTION_LOG)
         if engines is not None:
             registry.register(EngineCollector(engines))
     return generate_latest(registry), CONTENT_TYPE_LATEST

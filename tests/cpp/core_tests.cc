@@ -38,6 +38,7 @@
 #include "features/lmdb_env.h"
 #include "features/online_records.h"
 #include "mdb_batch.h"
+#include "monitor/prediction_export.h"
 #include "monitor/prediction_log.h"
 #include "monitor/row_sampler.h"
 #include "plan/feature_plan.h"
@@ -53,6 +54,7 @@ using mlserve::FeatureSpec;
 using mlserve::HistogramSnapshot;
 using mlserve::kLatencyBoundsNs;
 using mlserve::LatencyHistogram;
+using mlserve::PredictionExport;
 using mlserve::PredictionLog;
 using mlserve::OpSpec;
 using mlserve::PlanSpec;
@@ -1279,6 +1281,40 @@ TEST(PredictionLogFindsTaggedRequestsWithinRetention) {
   CHECK_EQ(log.size(), 0);
   CHECK(!log.Find({"req-1"})[0].has_value());
   CHECK_THROWS_CODE(log.Configure(-1, 0), ErrorCode::kInvalidInput, {"max_entries"});
+}
+
+TEST(PredictionExportBuffersTaggedRowsBoundedAndDrains) {
+  PredictionExport ex;
+  FakeBatch batch = MakeFakeBatch(0, 5, "req-");
+  ex.Record(batch.requests, batch.out, 1);  // off: nothing buffered
+  CHECK(ex.Drain().tags.empty());
+  ex.Configure(3);
+  ex.Record(batch.requests, batch.out, 1);
+  FakeBatch untagged = MakeFakeBatch(7, 2);
+  ex.Record(untagged.requests, untagged.out, 1);
+  mlserve::ExportedPredictions got = ex.Drain();
+  CHECK((got.tags == std::vector<std::string>{"req-0", "req-1", "req-2"}));
+  CHECK((got.inputs == std::vector<float>{0.0f, 1.0f, 2.0f}));
+  CHECK((got.outputs == std::vector<float>{0.0f, 10.0f, 20.0f}));
+  CHECK((got.rows == std::vector<int64_t>{1, 1, 1}));
+  CHECK_EQ(got.dropped_requests, 2);  // req-3 and req-4 did not fit; untagged ones never count
+  CHECK_EQ(got.width, 1);
+  CHECK(ex.Drain().tags.empty());  // drained: empty again, the drop counts reset
+  ex.Record(batch.requests, batch.out, 1);
+  CHECK_EQ(static_cast<int64_t>(ex.Drain().tags.size()), 3);  // room again after the drain
+  // Sampling keeps a fixed subset of tags: the same on a second export (another replica).
+  PredictionExport a, b;
+  a.Configure(100000, 0.25);
+  b.Configure(100000, 0.25);
+  FakeBatch many = MakeFakeBatch(0, 4000, "id-");
+  a.Record(many.requests, many.out, 1);
+  b.Record(many.requests, many.out, 1);
+  const std::vector<std::string> kept = a.Drain().tags;
+  CHECK(kept == b.Drain().tags);
+  CHECK(kept.size() > 800 && kept.size() < 1200);  // 1000 expected, sd ~27
+  CHECK_THROWS_CODE(ex.Configure(-1), ErrorCode::kInvalidInput, {"max_rows"});
+  CHECK_THROWS_CODE(ex.Configure(10, 0.0), ErrorCode::kInvalidInput, {"sample"});
+  CHECK_THROWS_CODE(ex.Configure(10, 1.5), ErrorCode::kInvalidInput, {"sample"});
 }
 
 // Against a reference model (the newest max_entries requests, a tag logged again answering

@@ -36,7 +36,7 @@ from bench.__main__ import main  # noqa: E402
 from bench.openloop import compile_openloop, compiler, run_openloop  # noqa: E402
 
 SCENARIOS = ("normalize", "batcher", "engine", "http", "features", "batch", "registry",
-             "features-s3")
+             "features-s3", "predlog")
 
 
 def test_registry_lists_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:

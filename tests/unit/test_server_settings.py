@@ -37,3 +37,16 @@ def test_model_specs_of_bundle_paths(tmp_path: Path) -> None:
     ServerSettings(models=("/models/a,b",))
     with pytest.raises(InvalidInput, match="cannot contain ','"):
         ServerSettings(models=("/models/a,b",), workers=2)
+
+
+def test_prediction_log_settings_survive_the_round_trip_and_are_checked() -> None:
+    settings = ServerSettings(prediction_log="s3://bucket/log", prediction_log_flush_s=2.5,
+                              prediction_log_sample=0.25)
+    back = ServerSettings.from_env(settings.to_env())
+    assert (back.prediction_log, back.prediction_log_flush_s, back.prediction_log_sample) == (
+        "s3://bucket/log", 2.5, 0.25)
+    assert ServerSettings.from_env({}).prediction_log is None
+    with pytest.raises(InvalidInput, match="prediction_log_sample"):
+        ServerSettings(prediction_log_sample=0.0)
+    with pytest.raises(InvalidInput, match="prediction_log_flush_s"):
+        ServerSettings(prediction_log_flush_s=0.0)

@@ -72,9 +72,6 @@ def table_report(bundle: Any, data: str | os.PathLike[str] | Any, *,
                  progress: Callable[[int, int], None] | None = None) -> TableReport:
     """Compares the table ``data`` (a CSV/Parquet path or a DataFrame) with ``bundle``'s
     reference. ``progress(done_rows, total_rows)`` is called as scoring advances."""
-    from mlserve.config import BatcherConfig
-    from mlserve.engine import Engine
-    from mlserve.trainer.evaluate import evaluate
     from mlserve.trainer.load import read_table
     from mlserve.trainer.preprocess import encode_rows
 
@@ -84,6 +81,54 @@ def table_report(bundle: Any, data: str | os.PathLike[str] | Any, *,
     profile = ReferenceProfile.from_bundle(bundle)
     inputs = list(bundle.signature.get("inputs") or [])
     x = encode_rows(frame, inputs, unknown="oov")
+    label = bundle.manifest.get("label")
+    codes = None
+    if label and label in frame.columns:
+        y = frame[label].to_numpy()
+        keep = ~frame[label].isna().to_numpy()
+        codes = np.full(len(frame), np.nan)
+        if keep.any():
+            classes = [str(c) for c in bundle.manifest.get("classes") or []]
+            codes[keep] = (y[keep].astype(np.float64) if profile.task == "regression" else
+                           np.array([classes.index(str(v)) if str(v) in classes else int(v)
+                                     for v in y[keep]]))
+    return _report(bundle, profile, x, source, codes, config, sample_rows, progress)
+
+
+def log_report(bundle: Any, location: str | os.PathLike[str], *, since_ns: int | None = None,
+               config: DriftConfig | None = None, sample_rows: int = 5000,
+               progress: Callable[[int, int], None] | None = None) -> TableReport:
+    """The report of what ``bundle``'s model version served, from the prediction log at
+    ``location`` (:mod:`mlserve.predlog`): its logged input rows since ``since_ns`` (all when
+    None) against the reference, and its metrics on the rows whose labels came back (the last
+    label of each row) from any replica."""
+    from mlserve.predlog import joined, read_labels, read_predictions
+
+    profile = ReferenceProfile.from_bundle(bundle)
+    version = None if bundle.version is None else str(bundle.version)
+    frame = joined(read_predictions(location, bundle.name, version, since_ns=since_ns),
+                   read_labels(location, bundle.name, since_ns=since_ns))
+    names = list(bundle.plan().input_names)
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise InvalidInput(f"the prediction log's rows of {bundle.name} lack the model's "
+                           f"inputs {', '.join(missing)}: logged by another model?")
+    x = np.ascontiguousarray(frame[names].to_numpy(np.float32))
+    labelled = int(frame["label"].notna().sum())
+    source = f"{location} ({len(frame):,} logged rows, {labelled:,} labelled)"
+    return _report(bundle, profile, x, source, frame["label"].to_numpy(np.float64), config,
+                   sample_rows, progress)
+
+
+def _report(bundle: Any, profile: ReferenceProfile, x: np.ndarray, source: str,
+            codes: np.ndarray | None, config: DriftConfig | None, sample_rows: int,
+            progress: Callable[[int, int], None] | None) -> TableReport:
+    """Scores ``x`` (raw rows) as the server would, compares the window with the reference,
+    and evaluates the predictions of the rows whose label code (``codes``) is not NaN."""
+    from mlserve.config import BatcherConfig
+    from mlserve.engine import Engine
+    from mlserve.trainer.evaluate import evaluate
+
     engine = Engine(bundle.plan(), bundle.model_for("onnxruntime"), backend="onnxruntime",
                     config=BatcherConfig(max_batch_size=CHUNK_ROWS, max_queue_delay_us=0),
                     name=bundle.name, version=str(bundle.version or 0))
@@ -104,18 +149,12 @@ def table_report(bundle: Any, data: str | os.PathLike[str] | Any, *,
         engine.close()
     window = monitor.windows.merge([chunk])
     drift = analyze(profile, window, settings.drift)
-    label = bundle.manifest.get("label")
     current = None
-    if label and label in frame.columns:
-        y = frame[label].to_numpy()
-        keep = ~frame[label].isna().to_numpy()
-        predictions = np.concatenate(outputs)
+    if codes is not None:
+        keep = ~np.isnan(codes)
         if keep.any():
-            classes = [str(c) for c in bundle.manifest.get("classes") or []]
-            codes = (y[keep].astype(np.float64) if profile.task == "regression" else
-                     np.array([classes.index(str(v)) if str(v) in classes else int(v)
-                               for v in y[keep]]))
-            current = evaluate(profile.task, codes, predictions[keep])
+            predictions = np.concatenate(outputs)
+            current = evaluate(profile.task, codes[keep], predictions[keep])
     return TableReport(model=bundle.name, version=str(bundle.version or ""), source=source,
                        drift=drift, profile=profile, reference_metrics=bundle.metrics,
                        current_metrics=current)

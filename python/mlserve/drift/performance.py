@@ -32,6 +32,28 @@ EXPORTED = {"binary": ("accuracy", "roc_auc", "log_loss"),
             "regression": ("rmse", "mae")}
 
 
+def label_codes(task: str, classes: Sequence[Any] | None, labels: Sequence[Any]) -> np.ndarray:
+    """Feedback labels as the metrics want them: class indices (binary, multiclass; ``classes``
+    default [0, 1]) or floats (regression). InvalidInput names a label that does not fit."""
+    if task == "regression":
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v) for v in labels):
+            raise InvalidInput("feedback labels must be finite numbers for a regression "
+                               "model")
+        return np.asarray(labels, dtype=np.float64)
+    index = {str(c): i for i, c in enumerate(classes or [0, 1])}
+    codes = []
+    for label in labels:
+        whole = isinstance(label, (bool, int)) or (isinstance(label, float)
+                                                   and label.is_integer())
+        key = str(int(label)) if whole else str(label)
+        if key not in index:
+            raise InvalidInput(f"feedback label {label!r} is not a class of this model "
+                               f"(classes: {', '.join(index)})")
+        codes.append(index[key])
+    return np.asarray(codes, dtype=np.float64)
+
+
 class OnlinePerformance:
     """Joined labels of one model version and their metrics over a window."""
 
@@ -51,23 +73,7 @@ class OnlinePerformance:
 
     def label_codes(self, labels: Sequence[Any]) -> np.ndarray:
         """Labels as the metrics want them: class indices (binary, multiclass) or floats."""
-        if self.task == "regression":
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and math.isfinite(v) for v in labels):
-                raise InvalidInput("feedback labels must be finite numbers for a regression "
-                                   "model")
-            return np.asarray(labels, dtype=np.float64)
-        index = {str(c): i for i, c in enumerate(self.classes or [0, 1])}
-        codes = []
-        for label in labels:
-            whole = isinstance(label, (bool, int)) or (isinstance(label, float)
-                                                       and label.is_integer())
-            key = str(int(label)) if whole else str(label)
-            if key not in index:
-                raise InvalidInput(f"feedback label {label!r} is not a class of this model "
-                                   f"(classes: {', '.join(index)})")
-            codes.append(index[key])
-        return np.asarray(codes, dtype=np.float64)
+        return label_codes(self.task, self.classes, labels)
 
     def add(self, predicted_at: float, outputs: np.ndarray, labels: np.ndarray,
             request_id: str | None = None) -> None:

@@ -29,7 +29,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -42,9 +42,14 @@ from mlserve import __version__, metrics
 from mlserve.errors import InvalidInput, MlserveError, QueueFull, Unavailable
 from mlserve.server import codecs
 from mlserve.server.accesslog import AccessLog
-from mlserve.server.models import ModelManager
+from mlserve.server.models import ModelManager, ServedVersion
 from mlserve.server.monitoring import ServerMonitoring
 from mlserve.server.settings import ServerSettings, check_backend, split_model_spec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mlserve.predlog import PredictionLogWriter
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +109,9 @@ class MlserveApp:
         )
         self._startup: asyncio.Task[None] | None = None
         self.monitoring = _monitoring(manager, settings)
-        #: The request id travels to the engine only when its prediction log can use it.
-        self._tag_requests = self.monitoring is not None
+        self.prediction_log = _prediction_log(settings)
+        #: The request id travels to the engine only when a prediction log can use it.
+        self._tag_requests = self.monitoring is not None or self.prediction_log is not None
         routes = [
             Route("/v2", self._server_metadata, methods=["GET"]),
             Route("/v2/health/live", self._live, methods=["GET"]),
@@ -272,6 +278,8 @@ class MlserveApp:
                      if metrics.MULTIPROCESS else None)
         monitor = (asyncio.create_task(self.monitoring.run())
                    if self.monitoring is not None else None)
+        log_task = (asyncio.create_task(self._run_prediction_log())
+                    if self.prediction_log is not None else None)
         _watch_exit_signals()
         try:
             yield
@@ -279,6 +287,8 @@ class MlserveApp:
             self.manager.draining = True
             if publisher is not None:
                 publisher.cancel()
+            if log_task is not None:
+                log_task.cancel()
             if monitor is not None and self.monitoring is not None:
                 monitor.cancel()
                 await self.monitoring.close(min(2.0, self.settings.shutdown_timeout_s))
@@ -290,6 +300,9 @@ class MlserveApp:
                        for name, model in self.manager.models.items()
                        for version, served in model.versions.items()]
             await self.manager.close(self.settings.shutdown_timeout_s)
+            if self.prediction_log is not None:  # the closed engines' last rows, the labels
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.prediction_log.close, self.settings.shutdown_timeout_s)
             if self.access_log is not None:  # the buffered lines of the last requests
                 self.access_log.close()
             if publisher is not None:  # the final counts (closed engines keep them) stay summed
@@ -308,6 +321,7 @@ class MlserveApp:
                 served = await self.manager.load(ref)
                 if self.monitoring is not None:  # log predictions from the first request on
                     self.monitoring.attach(served)
+                self._log_predictions(served)
             except Exception:
                 logger.exception("could not load model %s; the server stays not ready", ref)
         _freeze_heap()
@@ -342,12 +356,53 @@ class MlserveApp:
         return await _guard(self._feedback_body, request)
 
     async def _feedback_body(self, request: Request) -> Response:
-        monitoring = self._require_monitoring()
+        if self.prediction_log is None:
+            self._require_monitoring()
         body = await _json_body(request)
         if not isinstance(body, dict):
             raise InvalidInput("feedback body must be a JSON object with 'ids' and 'labels'")
-        return _json(monitoring.feedback(request.path_params["model"], body.get("ids"),
-                                         body.get("labels")))
+        model, ids, labels = request.path_params["model"], body.get("ids"), body.get("labels")
+        logged = None
+        if self.prediction_log is not None:  # validated first: a bad label adds nothing
+            logged = _label_rows(self.manager.get(model, None), ids, labels)
+        answer: dict[str, Any] = ({} if self.monitoring is None
+                                  else self.monitoring.feedback(model, ids, labels))
+        if self.prediction_log is not None and logged is not None:
+            answer["logged"] = self.prediction_log.add_labels(model, *logged)
+        return _json(answer)
+
+    # ---- the prediction log -------------------------------------------------------------------
+
+    def _log_predictions(self, served: ServedVersion) -> None:
+        """Starts logging ``served``'s requests (a no-op without a prediction log)."""
+        if self.prediction_log is None:
+            return
+        engine = served.engine
+        width = sum(_output_width(o) for o in served.outputs)
+        names = [o["name"] for o in served.outputs]
+        if len(names) == 1 and width > 1:
+            names = [f"{names[0]}_{j}" for j in range(width)]
+        elif len(names) != width:
+            names = [f"output_{j}" for j in range(width)]
+        self.prediction_log.watch(served.name, served.version, engine,
+                                  list(engine.plan.input_names), names)
+
+    async def _run_prediction_log(self) -> None:
+        """Every flush interval: watch new versions (hot swaps, loads), write the log."""
+        assert self.prediction_log is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.prediction_log.flush_s)
+            try:
+                for model in list(self.manager.models.values()):
+                    for served in list(model.versions.values()):
+                        if not served.engine.closed:
+                            self._log_predictions(served)
+                await loop.run_in_executor(None, self.prediction_log.flush)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("prediction log flush failed; trying again next interval")
 
     def _require_monitoring(self) -> ServerMonitoring:
         if self.monitoring is None:
@@ -426,6 +481,7 @@ class MlserveApp:
         served = await self.manager.load(ref)
         if self.monitoring is not None:
             self.monitoring.attach(served)
+        self._log_predictions(served)
         _freeze_heap()
         return _json({"name": served.name, "version": served.version, "ref": ref})
 
@@ -445,6 +501,42 @@ class MlserveApp:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
                                                                   self._token):
             raise Unauthorized("admin routes need 'Authorization: Bearer <token>'")
+
+
+def _prediction_log(settings: ServerSettings) -> PredictionLogWriter | None:
+    if settings.prediction_log is None:
+        return None
+    from mlserve.predlog import PredictionLogWriter
+
+    writer = PredictionLogWriter(settings.prediction_log, flush_s=settings.prediction_log_flush_s,
+                                 sample=settings.prediction_log_sample)
+    metrics.PREDICTION_LOG.writer = writer
+    logger.info("prediction log: every %g s to %s", writer.flush_s, writer.location)
+    return writer
+
+
+def _output_width(output: dict[str, Any]) -> int:
+    shape = output.get("shape") or [-1, 1]
+    return int(shape[-1]) if len(shape) > 1 and int(shape[-1]) > 0 else 1
+
+
+def _label_rows(served: ServedVersion, ids: Any, labels: Any
+                ) -> tuple[list[str], list[np.ndarray]]:
+    """The feedback's labels as codes of ``served``'s task, one array per id (the last labels
+    of an id given twice): what the prediction log stores. InvalidInput for any that do not
+    fit, before anything is stored."""
+    from mlserve.drift.performance import label_codes
+
+    if not isinstance(ids, list) or not isinstance(labels, list) or len(ids) != len(labels):
+        raise InvalidInput("feedback needs 'ids' and 'labels': lists of the same length")
+    if len(ids) > 100_000:
+        raise InvalidInput("feedback takes at most 100000 ids per request")
+    manifest = served.engine.bundle.manifest if served.engine.bundle is not None else {}
+    task = str(manifest.get("task", "binary"))
+    classes = manifest.get("classes")
+    last = {str(ident): i for i, ident in enumerate(ids)}
+    return (list(last), [label_codes(task, classes, labels[i] if isinstance(labels[i], list)
+                                     else [labels[i]]) for i in last.values()])
 
 
 def _monitoring(manager: ModelManager, settings: ServerSettings) -> ServerMonitoring | None:
