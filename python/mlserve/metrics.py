@@ -443,6 +443,8 @@ class PredictionLogCollector(Collector):
         "parts": "Parquet parts written to the prediction log",
         "dropped_rows": "rows left out of the prediction log (its buffer was full, or parts "
                         "that could not be written were given up)",
+        "dropped_labels": "feedback label rows left out of the prediction log (parts that "
+                          "could not be written were given up)",
         "failed_writes": "prediction log parts that could not be written (kept and tried "
                          "again, within the buffer bound)"}
 

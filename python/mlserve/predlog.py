@@ -8,8 +8,8 @@ replicas) writes Parquet parts::
         ts (timestamp[ns, UTC]: when its batch ran), one float32 column per model input (the raw
         row the model was given, categorical codes included), one float32 column per output
     LOCATION/labels/MODEL/date=YYYY-MM-DD/part-<ns>-<writer>.parquet
-        request_id, row, ts (when the label came), label (float64: the class index, or the
-        regression target)
+        request_id, row, ts (when the label came), label (string: the class or number sent,
+        :func:`label_text`; coded with the classes of the version reported on)
 
 Parts are immutable and uniquely named (writer = host, pid and a random tag), so any number of
 processes and replicas write beside each other without coordination, and labels can reach any
@@ -22,7 +22,8 @@ for the log; a background thread drains the engines every ``flush_s`` seconds an
 part per model version. Bounded: at most ``max_buffered_rows`` rows per engine wait for a
 flush; beyond that requests are dropped from the log and counted
 (``mlserve_prediction_log_dropped_rows_total``). A part that cannot be written (storage down)
-is kept and tried again at the next flush, up to the same bound.
+is kept and tried again at the next flush (four buffers' rows at most), without holding back
+the others.
 
 Writing and reading need pyarrow (``pip install 'mlserve[features]'``); reading also pandas.
 """
@@ -70,7 +71,7 @@ def _import_pyarrow() -> Any:
 
 
 def _day(ns: int) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ns / 1e9))
+    return time.strftime("%Y-%m-%d", time.gmtime(ns // 10**9))
 
 
 class _Storage:
@@ -100,10 +101,17 @@ class _Storage:
             return
         import tempfile
 
+        from mlserve._objectstore import PreconditionFailed
+
         with tempfile.TemporaryDirectory(prefix="mlserve-predlog-") as tmp_dir:
             local = Path(tmp_dir) / "part.parquet"
             pq.write_table(table, local)
-            self.s3.put(name, local)
+            try:
+                self.s3.put(name, local)  # create-only
+            except PreconditionFailed:
+                # The name is this writer's own: an earlier attempt whose answer was lost
+                # (botocore retried it, or a flush gave it up) has stored it already.
+                pass
 
     def parts(self, under: str) -> list[str]:
         """Names of the parts under ``under`` (a folder name ending in '/'), sorted."""
@@ -133,11 +141,16 @@ class _Storage:
 
 def check_location(location: str | os.PathLike[str]) -> str:
     """Checks, before a server starts, that a log can be written at ``location``: pyarrow is
-    installed, and a directory can be created and written there (boto3 for ``s3://``).
-    Returns the location, normalized; InvalidInput says what is wrong."""
+    installed, and a directory can be created and written there; for ``s3://``, boto3, the
+    bucket and the credentials (a HEAD request; a missing write permission shows at the first
+    flush, as ``mlserve_prediction_log_failed_writes_total`` and a log line). Returns the
+    location, normalized; InvalidInput says what is wrong."""
     _import_pyarrow()
     storage = _Storage(location)
-    if storage.s3 is None:
+    if storage.s3 is not None:
+        # One listing page: raises for a missing bucket or bad credentials.
+        next(iter(storage.s3.list(f"{PREDICTIONS}/")), None)
+    else:
         try:
             storage.root.mkdir(parents=True, exist_ok=True)
             probe = storage.root / f".probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -159,21 +172,68 @@ class _Watched:
 
 
 @dataclass
+class _Part:
+    """A part to write: its name, table, and what it counts for once written."""
+
+    name: str
+    table: Any
+    kind: str  # PREDICTIONS or LABELS
+    requests: int
+
+
+@dataclass
 class LogCounters:
-    """What the writer did since it started (exported as metrics)."""
+    """What the writer did since it started (exported as metrics); counted when written."""
 
     requests: int = 0
     rows: int = 0
     labels: int = 0
     parts: int = 0
     dropped_rows: int = 0
+    dropped_labels: int = 0
     failed_writes: int = 0
-    pending: list[tuple[str, Any]] = field(default_factory=list)
+    pending: list[_Part] = field(default_factory=list)
+
+
+#: Metadata columns of the log's parts; a model input or output of the same name is stored as
+#: ``in__NAME`` / ``out__NAME`` (:func:`input_column`).
+RESERVED = frozenset({"request_id", "row", "ts", "version", "label"})
+
+
+def input_column(name: str) -> str:
+    """The column of model input ``name`` in a predictions part."""
+    return f"in__{name}" if name in RESERVED else name
+
+
+#: Longest request id the server keeps (``x-request-id`` beyond it is cut), in bytes.
+MAX_ID_BYTES = 128
+
+
+def request_id_text(ident: bytes | str) -> str:
+    """A request id as the log stores it: at most MAX_ID_BYTES bytes of UTF-8, a character cut
+    in half (or bytes that are not UTF-8) replaced by U+FFFD, the same way for a logged request
+    (whose id the server cut) and for feedback naming it."""
+    raw = ident.encode() if isinstance(ident, str) else bytes(ident)
+    return raw[:MAX_ID_BYTES].decode("utf-8", "replace")
+
+
+def label_text(value: Any) -> str:
+    """A feedback label as the log stores it: the class (an integral number as its integer,
+    ``1.0`` as ``"1"``) or the regression target as text; coded into class indices or floats
+    when read, with the classes of the bundle being reported."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
 class PredictionLogWriter:
     """Drains the watched engines' prediction export into parts every ``flush_s`` seconds (a
-    daemon thread from :meth:`start`; :meth:`close` flushes once more). Thread-safe."""
+    daemon thread from :meth:`start`, or the caller's :meth:`flush`; :meth:`close` flushes once
+    more). Thread-safe."""
 
     def __init__(self, location: str | os.PathLike[str], *, flush_s: float = 10.0,
                  max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS,
@@ -200,7 +260,7 @@ class PredictionLogWriter:
                           f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.counters = LogCounters()
         self._watched: dict[int, _Watched] = {}  # by id(engine)
-        self._labels: list[tuple[str, list[bytes], list[int], np.ndarray, int]] = []
+        self._labels: list[tuple[str, list[str], list[list[str]], int]] = []
         self._lock = threading.Lock()  # _watched, _labels
         self._flush_lock = threading.Lock()  # one flush at a time
         self._stop = threading.Event()
@@ -227,16 +287,19 @@ class PredictionLogWriter:
             self._watched[id(engine)] = _Watched(model, version, engine, list(inputs),
                                                  list(outputs))
 
-    def add_labels(self, model: str, ids: Sequence[str], labels: Sequence[np.ndarray]) -> int:
-        """Queues ground truth: for each request id, its rows' label codes (see
-        :func:`mlserve.drift.performance.label_codes`). Returns the rows queued."""
-        tags = [str(i).encode() for i in ids]
-        rows = [len(v) for v in labels]
-        codes = np.concatenate([np.asarray(v, np.float64) for v in labels]) if labels \
-            else np.zeros(0)
-        with self._lock:
-            self._labels.append((model, tags, rows, codes, time.time_ns()))
-        return int(codes.size)
+    def add_labels(self, model: str, ids: Sequence[str | bytes],
+                   labels: Sequence[Sequence[Any]]) -> int:
+        """Queues ground truth: for each request id, one label per row of its request (a class
+        or a number, stored as :func:`label_text`). Returns the rows queued."""
+        if len(ids) != len(labels):
+            raise InvalidInput("feedback needs one label list per id")
+        texts = [[label_text(v) for v in rows] for rows in labels]
+        n = sum(len(t) for t in texts)
+        if n:
+            with self._lock:
+                self._labels.append((model, [request_id_text(i) for i in ids], texts,
+                                     time.time_ns()))
+        return n
 
     # ---- flushing ---------------------------------------------------------------------------
 
@@ -252,125 +315,185 @@ class PredictionLogWriter:
             except Exception:
                 logger.exception("prediction log flush failed; trying again next interval")
 
+    def wait_for_engines(self, timeout_s: float) -> bool:
+        """Waits (at most ``timeout_s``) until every watched engine has closed, e.g. a retired
+        version still finishing its requests at shutdown; whether they all did."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                done = all(w.engine.released for w in self._watched.values())
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.02)
+
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stops the thread and flushes what is left (engines closed meanwhile included)."""
+        """Stops the thread and flushes what is left (engines closed meanwhile included); a
+        write still failing ``timeout_s`` after the start is given up, logged and counted.
+        Close the engines first (or :meth:`wait_for_engines`) to log their last requests."""
+        deadline = time.monotonic() + timeout_s
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         try:
-            self.flush()
+            self.flush(deadline=deadline)
         except Exception:
             logger.exception("the prediction log's last flush failed")
-        if self.counters.pending:
+        lost = self.counters.pending
+        if lost:
+            self.counters.pending = []
+            self._count_dropped(lost)
             logger.error("prediction log: %d parts could not be written to %s and are lost",
-                         len(self.counters.pending), self.location)
+                         len(lost), self.location)
 
-    def flush(self) -> int:
+    def flush(self, deadline: float | None = None) -> int:
         """Drains every watched engine and writes its rows and the queued labels; returns the
-        parts written. Engines closed since are drained a last time and forgotten."""
+        parts written. Engines closed since are drained a last time and forgotten. A part that
+        cannot be built (nothing does, short of a bug) is logged and dropped; one that cannot
+        be written is kept for the next flush, within a bound. Past ``deadline`` (monotonic
+        seconds) nothing more is written: the rest stays pending."""
         with self._flush_lock:
             with self._lock:
                 watched = list(self._watched.items())
                 labels, self._labels = self._labels, []
-            tables: list[tuple[str, Any]] = list(self.counters.pending)
+            parts: list[_Part] = list(self.counters.pending)
             self.counters.pending = []
             for key, w in watched:
                 closed = w.engine.released  # before the drain: then nothing can follow it
                 drained = w.engine.drain_prediction_export()
                 self.counters.dropped_rows += int(drained["dropped_rows"])
                 if drained["tags"]:
-                    tables.append(self._prediction_part(w, drained))
+                    self._build(parts, lambda w=w, d=drained: self._prediction_part(w, d),
+                                int(drained["rows"].sum()), "predictions")
                 if closed:
                     with self._lock:
                         if self._watched.get(key) is w:
                             del self._watched[key]
-            by_model: dict[str, list[tuple[list[bytes], list[int], np.ndarray, int]]] = {}
-            for model, tags, rows, codes, ts in labels:
-                by_model.setdefault(model, []).append((tags, rows, codes, ts))
+            by_model: dict[str, list[tuple[list[str], list[list[str]], int]]] = {}
+            for model, ids, texts, ts in labels:
+                by_model.setdefault(model, []).append((ids, texts, ts))
             for model, items in by_model.items():
-                tables.append(self._label_part(model, items))
+                self._build(parts, lambda m=model, i=items: self._label_part(m, i),
+                            sum(len(t) for _, texts, _ in items for t in texts), "labels")
             written = 0
-            for i, (name, table) in enumerate(tables):
+            failed: list[_Part] = []
+            for part in parts:
+                if deadline is not None and time.monotonic() > deadline:
+                    failed.append(part)
+                    continue
                 try:
-                    self.storage.write(name, table)
-                    written += 1
+                    self.storage.write(part.name, part.table)
                 except Exception as exc:
                     self.counters.failed_writes += 1
-                    budget = self.max_buffered_rows * 4
-                    kept: list[tuple[str, Any]] = []
-                    total = 0
-                    for item in reversed(tables[i:]):  # the newest first, within the bound
-                        total += item[1].num_rows
-                        if total > budget:
-                            self.counters.dropped_rows += item[1].num_rows
-                            continue
-                        kept.append(item)
-                    self.counters.pending = list(reversed(kept))
-                    logger.warning("prediction log: could not write %s (%s); %d parts kept for "
-                                   "the next flush", name, exc, len(kept))
-                    break
-            self.counters.parts += written
+                    failed.append(part)
+                    logger.warning("prediction log: could not write %s (%s); kept for the next "
+                                   "flush", part.name, exc)
+                    continue
+                written += 1
+                self.counters.parts += 1
+                if part.kind == PREDICTIONS:
+                    self.counters.requests += part.requests
+                    self.counters.rows += part.table.num_rows
+                else:
+                    self.counters.labels += part.table.num_rows
+            self.counters.pending = self._bounded(failed)
             return written
+
+    def _build(self, parts: list[_Part], build: Any, rows: int, what: str) -> None:
+        try:
+            parts.append(build())
+        except Exception:
+            logger.exception("prediction log: could not build a part of %d %s rows; dropped",
+                             rows, what)
+            if what == "labels":
+                self.counters.dropped_labels += rows
+            else:
+                self.counters.dropped_rows += rows
+
+    def _bounded(self, failed: list[_Part]) -> list[_Part]:
+        """The failed parts to keep, the newest first within four buffers' rows; the others
+        are counted as dropped."""
+        kept: list[_Part] = []
+        total = 0
+        for part in reversed(failed):
+            total += part.table.num_rows
+            if total > self.max_buffered_rows * 4:
+                self._count_dropped([part])
+                continue
+            kept.append(part)
+        return list(reversed(kept))
+
+    def _count_dropped(self, parts: list[_Part]) -> None:
+        for part in parts:
+            if part.kind == PREDICTIONS:
+                self.counters.dropped_rows += part.table.num_rows
+            else:
+                self.counters.dropped_labels += part.table.num_rows
 
     def _name(self, folder: str, ts_ns: int) -> str:
         self._seq += 1
         return (f"{folder}/date={_day(ts_ns)}/part-{ts_ns:020d}-{self.writer_id}-"
                 f"{self._seq}.parquet")
 
-    def _prediction_part(self, w: _Watched, d: dict[str, Any]) -> tuple[str, Any]:
+    def _prediction_part(self, w: _Watched, d: dict[str, Any]) -> _Part:
         pa = self.pa
         rows = d["rows"].astype(np.int64)
         n = int(rows.sum())
-        # Built by pyarrow in C++ (a Python loop over the tags was 2 µs per request).
-        tags = pa.array(d["tags"], pa.binary()).cast(pa.string())
+        # Built by pyarrow in C++ (a Python loop over the tags costs ~0.2 µs per request);
+        # an id that is not UTF-8 (cut mid-character, raw header bytes) takes the slow path.
+        try:
+            tags = pa.array(d["tags"], pa.binary()).cast(pa.string())
+        except pa.ArrowInvalid:
+            tags = pa.array([request_id_text(t) for t in d["tags"]], pa.string())
         request_id = tags if n == len(tags) else tags.take(
             pa.array(np.repeat(np.arange(len(tags)), rows)))
         inputs, outputs = d["inputs"], d["outputs"]
-        if inputs.shape[1] != len(w.inputs) or outputs.shape[1] != len(w.outputs):
+        if outputs.shape[1] != len(w.outputs):
             names_out = [f"output_{j}" for j in range(outputs.shape[1])]
         else:
             names_out = w.outputs
+        unix_ns = np.repeat(d["unix_ns"], rows)
         columns: dict[str, Any] = {
             "request_id": request_id,
             "row": pa.array(_row_index(rows), pa.int32()),
-            "ts": pa.array(np.repeat(d["unix_ns"], rows), pa.timestamp("ns", tz="UTC")),
+            "ts": pa.array(unix_ns, pa.timestamp("ns", tz="UTC")),
         }
         by_column = np.ascontiguousarray(inputs.T)  # one pass, then contiguous columns
-        for j, name in enumerate(w.inputs[:inputs.shape[1]]):
-            columns[name] = pa.array(by_column[j], pa.float32())
+        input_names = (w.inputs if len(w.inputs) == inputs.shape[1]
+                       else [f"input_{j}" for j in range(inputs.shape[1])])
+        for j, name in enumerate(input_names):
+            columns[input_column(name)] = pa.array(by_column[j], pa.float32())
         out_columns = np.ascontiguousarray(outputs.T)
         for j, name in enumerate(names_out):
-            columns[f"out__{name}" if name in columns else name] = pa.array(out_columns[j],
-                                                                            pa.float32())
-        self.counters.requests += len(tags)
-        self.counters.rows += n
-        ts0 = int(d["unix_ns"][0])
-        return self._name(f"{PREDICTIONS}/{w.model}/{w.version}", ts0), pa.table(columns)
+            column = f"out__{name}" if name in columns or name in RESERVED else name
+            columns[column] = pa.array(out_columns[j], pa.float32())
+        first = int(unix_ns.min())  # instances finish batches out of order
+        return _Part(self._name(f"{PREDICTIONS}/{w.model}/{w.version}", first),
+                     pa.table(columns), PREDICTIONS, len(tags))
 
-    def _label_part(self, model: str,
-                    items: list[tuple[list[bytes], list[int], np.ndarray, int]]
-                    ) -> tuple[str, Any]:
+    def _label_part(self, model: str, items: list[tuple[list[str], list[list[str]], int]]
+                    ) -> _Part:
         pa = self.pa
         ids: list[str] = []
-        counts: list[int] = []
+        rows: list[int] = []
         stamps: list[int] = []
-        codes = []
-        for tags, rows, c, ts in items:
-            ids.extend(t.decode() for t in tags)
-            counts.extend(rows)
-            stamps.extend([ts] * len(tags))
-            codes.append(c)
-        rows_arr = np.asarray(counts, np.int64)
+        values: list[str] = []
+        for item_ids, texts, ts in items:
+            ids.extend(item_ids)
+            rows.extend(len(t) for t in texts)
+            stamps.extend([ts] * len(item_ids))
+            for t in texts:
+                values.extend(t)
+        counts = np.asarray(rows, np.int64)
         table = pa.table({
-            "request_id": pa.array(np.repeat(np.asarray(ids, dtype=object), rows_arr),
-                                   pa.string()),
-            "row": pa.array(_row_index(rows_arr), pa.int32()),
-            "ts": pa.array(np.repeat(np.asarray(stamps, np.int64), rows_arr),
+            "request_id": pa.array(ids, pa.string()).take(
+                pa.array(np.repeat(np.arange(len(ids)), counts))),
+            "row": pa.array(_row_index(counts), pa.int32()),
+            "ts": pa.array(np.repeat(np.asarray(stamps, np.int64), counts),
                            pa.timestamp("ns", tz="UTC")),
-            "label": pa.array(np.concatenate(codes) if codes else np.zeros(0), pa.float64()),
+            "label": pa.array(values, pa.string()),
         })
-        self.counters.labels += table.num_rows
-        return self._name(f"{LABELS}/{model}", items[0][3]), table
+        first = min(ts for _, _, ts in items)
+        return _Part(self._name(f"{LABELS}/{model}", first), table, LABELS, len(ids))
 
 
 def _row_index(rows: np.ndarray) -> np.ndarray:
@@ -386,22 +509,22 @@ def _row_index(rows: np.ndarray) -> np.ndarray:
 # ---- reading --------------------------------------------------------------------------------
 
 def _parts_since(storage: _Storage, folder: str, since_ns: int | None) -> list[str]:
+    """The parts under ``folder`` that may hold rows at or after ``since_ns``: a part is filed
+    under the UTC day of its first row and spans at most a flush interval (under an hour), so
+    the day before ``since``'s is read too, and rows are filtered afterwards."""
     names = storage.parts(folder + "/")
     if since_ns is None:
         return names
-    day = _day(since_ns)
-    keep = []
-    for name in names:
-        part_day = name.rsplit("/date=", 1)[-1].split("/", 1)[0]
-        if part_day >= day:
-            keep.append(name)
-    return keep
+    day = _day(since_ns - 86_400 * 10**9)
+    return [name for name in names
+            if name.rsplit("/date=", 1)[-1].split("/", 1)[0] >= day]
 
 
 def read_predictions(location: str | os.PathLike[str], model: str, version: str | None = None,
                      *, since_ns: int | None = None) -> pd.DataFrame:
-    """The logged predictions of ``model`` (one ``version``, or all with a ``version`` column),
-    rows with ``ts >= since_ns`` (all when None), ordered by time."""
+    """The logged predictions of ``model`` (one ``version``, or all; a ``version`` column
+    says which), rows with ``ts >= since_ns`` (all when None), ordered by time. Inputs named
+    like a metadata column are in ``in__NAME`` (:func:`input_column`)."""
     import pandas as pd
 
     _import_pyarrow()
@@ -413,19 +536,21 @@ def read_predictions(location: str | os.PathLike[str], model: str, version: str 
         frame = storage.read(name).to_pandas()
         frame.insert(0, "version", name[len(base) + 1:].split("/", 1)[0])
         frames.append(frame)
-    if not frames:
+    out = pd.concat(frames, ignore_index=True) if frames else None
+    if out is not None and since_ns is not None:
+        out = out[out["ts"] >= pd.Timestamp(since_ns, unit="ns", tz="UTC")]
+    if out is None or out.empty:
         raise InvalidInput(f"the prediction log at {storage.location} has no predictions of "
                            f"{model}{'' if version is None else '/' + version}"
                            f"{'' if since_ns is None else ' in that time'}")
-    out = pd.concat(frames, ignore_index=True)
-    if since_ns is not None:
-        out = out[out["ts"] >= pd.Timestamp(since_ns, unit="ns", tz="UTC")]
     return out.sort_values(["ts", "request_id", "row"], kind="stable").reset_index(drop=True)
 
 
 def read_labels(location: str | os.PathLike[str], model: str, *,
                 since_ns: int | None = None) -> pd.DataFrame:
-    """The labels logged for ``model`` (request_id, row, ts, label); empty when none."""
+    """The labels logged for ``model`` (request_id, row, ts, label as text: see
+    :func:`label_text`); labels older than ``since_ns`` are kept (they may still belong to
+    predictions in range: the join decides). Empty when none."""
     import pandas as pd
 
     _import_pyarrow()
@@ -436,13 +561,13 @@ def read_labels(location: str | os.PathLike[str], model: str, *,
         return pd.DataFrame({"request_id": pd.Series([], dtype=object),
                              "row": pd.Series([], dtype="int32"),
                              "ts": pd.Series([], dtype="datetime64[ns, UTC]"),
-                             "label": pd.Series([], dtype="float64")})
+                             "label": pd.Series([], dtype=object)})
     return pd.concat(frames, ignore_index=True)
 
 
 def joined(predictions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     """``predictions`` with a ``label`` column: the last label sent for each (request, row)
-    (NaN where none came). A request id logged twice (a retried request) takes its latest
+    (missing where none came). A request id logged twice (a retried request) takes its latest
     prediction."""
     last_label = (labels.sort_values("ts", kind="stable")
                   .drop_duplicates(["request_id", "row"], keep="last")

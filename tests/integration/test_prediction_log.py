@@ -104,6 +104,9 @@ def test_every_worker_logs_and_feedback_anywhere_joins(trained: dict[str, Any],
         bad = httpx.post(proc.url + "/v2/models/fraud/feedback",
                          json={"ids": ["req-1", "bad-x"], "labels": [[0], [7]]})
         assert bad.status_code == 400 and "not a class" in bad.text
+        empty = httpx.post(proc.url + "/v2/models/fraud/feedback",
+                           json={"ids": [], "labels": []})
+        assert empty.status_code == 200 and empty.json() == {"logged": 0}
         unknown = httpx.post(proc.url + "/v2/models/nope/feedback",
                              json={"ids": ["a"], "labels": [1]})
         assert unknown.status_code == 404
@@ -177,7 +180,7 @@ def test_one_worker_with_monitoring_answers_both(trained: dict[str, Any],
     np.testing.assert_array_equal(got[[c for c in got.columns if c not in {
         "version", "request_id", "row", "ts", *[s["name"] for s in trained["inputs"]]}]]
         .to_numpy()[:, 0], result.output[:, 0])
-    assert list(read_labels(log, "fraud")["label"]) == [0.0, 1.0, 0.0]
+    assert list(read_labels(log, "fraud")["label"]) == ["0", "1", "0"]
 
 
 def test_prediction_log_settings_are_checked(trained: dict[str, Any], tmp_path: Path) -> None:

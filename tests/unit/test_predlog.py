@@ -102,16 +102,19 @@ def test_labels_join_to_their_rows_last_label_wins(tmp_path: Path) -> None:
     requests = _requests(3, 10, "r")
     _send(engine, requests)
     sizes = {tag: len(x) for tag, x in requests}
-    writer.add_labels("m", ["r-0", "r-1"], [np.zeros(sizes["r-0"]), np.ones(sizes["r-1"])])
+    writer.add_labels("m", ["r-0", "r-1"], [[0] * sizes["r-0"], [1.0] * sizes["r-1"]])
     writer.flush()
-    writer.add_labels("m", ["r-0"], [np.ones(sizes["r-0"])])  # corrected later
+    writer.add_labels("m", ["r-0"], [[True] * sizes["r-0"]])  # corrected later
+    assert writer.add_labels("m", [], []) == 0  # nothing queued, no empty part
     writer.close()
     engine.close()
     table = joined(_logged(tmp_path), read_labels(tmp_path, "m"))
     by_id = table.groupby("request_id")["label"]
-    assert (by_id.get_group("r-0") == 1.0).all() and (by_id.get_group("r-1") == 1.0).all()
+    assert (by_id.get_group("r-0") == "1").all() and (by_id.get_group("r-1") == "1").all()
     assert table[~table["request_id"].isin(["r-0", "r-1"])]["label"].isna().all()
     assert len(table) == sum(sizes.values())
+    assert len(list(tmp_path.rglob("labels/**/*.parquet"))) == 2
+    assert writer.counters.labels == sizes["r-0"] * 2 + sizes["r-1"]
 
 
 def test_a_hot_swapped_or_closed_engine_loses_nothing(tmp_path: Path) -> None:
@@ -155,11 +158,13 @@ def test_a_failed_write_is_kept_and_written_next_time(tmp_path: Path) -> None:
     writer.watch("m", "1", engine, ["amount", "code"], ["p_0", "p_1"])
     requests = _requests(7, 8, "x")
     outputs = _send(engine, requests)
-    writer.add_labels("m", ["x-0"], [np.zeros(len(requests[0][1]))])
-    assert writer.flush() == 0 and writer.counters.failed_writes == 1
+    writer.add_labels("m", ["x-0"], [[0] * len(requests[0][1])])
+    assert writer.flush() == 0 and writer.counters.failed_writes == 2
     assert len(writer.counters.pending) == 2  # the predictions and the labels, kept
+    assert writer.counters.rows == writer.counters.labels == 0  # counted once written
     blocker.unlink()
     assert writer.flush() == 2 and not writer.counters.pending
+    assert writer.counters.rows == sum(len(x) for _, x in requests)
     writer.close()
     engine.close()
     _check(blocker, requests, outputs)
@@ -205,13 +210,13 @@ def test_parts_in_object_storage(s3_uri: str, s3_server: Any) -> None:
         requests = _requests(10 + i, 15, f"replica{i}")
         outputs += _send(e, requests)
         sent += requests
-    writers[1].add_labels("m", ["replica0-3"], [np.ones(len(sent[3][1]))])  # the other one
+    writers[1].add_labels("m", ["replica0-3"], [[1] * len(sent[3][1])])  # the other one
     for w, e in zip(writers, engines, strict=True):
         w.close()
         e.close()
     _check(s3_uri, sent, outputs)
     table = joined(_logged(s3_uri), read_labels(s3_uri, "m"))
-    assert table.loc[table["request_id"] == "replica0-3", "label"].eq(1.0).all()
+    assert table.loc[table["request_id"] == "replica0-3", "label"].eq("1").all()
     assert table["label"].notna().sum() == len(sent[3][1])
     assert os.environ.get("AWS_ENDPOINT_URL")  # the fixture's store, not a real bucket
 
@@ -246,3 +251,81 @@ def test_sampling_keeps_the_same_request_ids_everywhere(tmp_path: Path) -> None:
     assert 0.25 < len(want) / len(requests) < 0.35
     with pytest.raises(InvalidInput, match="sample"):
         PredictionLogWriter(tmp_path, sample=0.0)
+
+
+def test_one_unwritable_model_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / "a").write_text("a file where model a's folder should be")
+    writer = PredictionLogWriter(tmp_path, flush_s=60)
+    a, b = _engine(), _engine()
+    writer.watch("a", "1", a, ["amount", "code"], ["p_0", "p_1"])
+    writer.watch("b", "1", b, ["amount", "code"], ["p_0", "p_1"])
+    for _ in range(3):  # a's part fails every time; b's are written every time
+        _send(a, _requests(20, 3, "a"))
+        _send(b, _requests(21, 3, "b"))
+        writer.flush()
+    assert len(list((tmp_path / "predictions" / "b").rglob("*.parquet"))) == 3
+    assert [p.name.split("/")[0] for p in writer.counters.pending] == ["predictions"] * 3
+    (tmp_path / "predictions" / "a").unlink()
+    assert writer.flush() == 3
+    writer.close()
+    a.close()
+    b.close()
+    for model, seed in (("a", 20), ("b", 21)):  # every flush's rows, once
+        rows = sum(len(x) for _, x in _requests(seed, 3, model))
+        assert len(read_predictions(tmp_path, model)) == 3 * rows
+
+
+def test_ids_that_are_not_utf8_or_cut_mid_character_still_log_and_join(tmp_path: Path) -> None:
+    writer = PredictionLogWriter(tmp_path, flush_s=60)
+    engine = _engine()
+    writer.watch("m", "1", engine, ["amount", "code"], ["p_0", "p_1"])
+    long_id = "é" * 100  # 200 bytes: the server keeps 128, cutting no character here...
+    odd_id = "x" * 127 + "é"  # ...and here half of one
+    x = np.ones((1, 2), np.float32)
+
+    async def run() -> None:
+        await engine.apredict(x, tag=b"\xff\xfe-raw")
+        await engine.apredict(x, tag=long_id.encode()[:128])
+        await engine.apredict(x, tag=odd_id.encode()[:128])
+        await engine.apredict(x, tag=b"plain")
+    asyncio.run(run())
+    writer.add_labels("m", [long_id, odd_id, "plain"], [[1], [0], [1]])
+    writer.close()
+    engine.close()
+    table = joined(_logged(tmp_path), read_labels(tmp_path, "m"))
+    assert len(table) == 4 and table["label"].notna().sum() == 3
+    assert "\ufffd\ufffd-raw" in set(table["request_id"])
+
+
+def test_a_part_spanning_midnight_is_found_by_since(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    midnight = pd.Timestamp("2026-09-22T00:00:00Z").value
+    folder = tmp_path / "predictions" / "m" / "1" / "date=2026-09-21"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({
+        "request_id": ["before", "after"], "row": pa.array([0, 0], pa.int32()),
+        "ts": pa.array([midnight - 10**9, midnight + 5 * 10**9], pa.timestamp("ns", tz="UTC")),
+        "amount": pa.array([1.0, 2.0], pa.float32())}),
+        folder / f"part-{midnight - 10**9:020d}-w-1.parquet")
+    got = read_predictions(tmp_path, "m", since_ns=midnight)
+    assert list(got["request_id"]) == ["after"]
+
+
+def test_inputs_named_like_log_columns_are_kept_apart(tmp_path: Path) -> None:
+    spec = {"features": [{"name": name, "kind": "numeric", "ops": []}
+                         for name in ("ts", "label", "version", "amount")]}
+    engine = Engine(FeaturePlan(spec), lambda x: x[:, :1].copy(), backend="python")
+    writer = PredictionLogWriter(tmp_path, flush_s=60)
+    writer.watch("m", "1", engine, ["ts", "label", "version", "amount"], ["ts"])
+    _send(engine, [("r", np.array([[1, 2, 3, 4]], np.float32))])
+    writer.add_labels("m", ["r"], [[1]])
+    writer.close()
+    engine.close()
+    table = joined(_logged(tmp_path), read_labels(tmp_path, "m"))
+    row = table.iloc[0]
+    assert (row["in__ts"], row["in__label"], row["in__version"], row["amount"]) == (1, 2, 3, 4)
+    assert row["out__ts"] == 1 and row["label"] == "1" and row["version"] == "1"
+    assert isinstance(row["ts"], pd.Timestamp)

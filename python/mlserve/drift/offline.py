@@ -100,31 +100,61 @@ def log_report(bundle: Any, location: str | os.PathLike[str], *, since_ns: int |
                progress: Callable[[int, int], None] | None = None) -> TableReport:
     """The report of what ``bundle``'s model version served, from the prediction log at
     ``location`` (:mod:`mlserve.predlog`): its logged input rows since ``since_ns`` (all when
-    None) against the reference, and its metrics on the rows whose labels came back (the last
-    label of each row) from any replica."""
-    from mlserve.predlog import joined, read_labels, read_predictions
+    None) against the reference, and its metrics, computed from the logged outputs (what was
+    served, on whichever backend), on the rows whose labels came back (the last label of each
+    row) from any replica. Labels that are no class of this version are left out and
+    counted in the source line."""
+    from mlserve.predlog import RESERVED, input_column, joined, read_labels, read_predictions
+
+    from .performance import label_codes
 
     profile = ReferenceProfile.from_bundle(bundle)
-    version = None if bundle.version is None else str(bundle.version)
-    frame = joined(read_predictions(location, bundle.name, version, since_ns=since_ns),
+    if bundle.version is None:
+        raise InvalidInput("the prediction log is kept per model version: give a registry "
+                           "ref (NAME/VERSION, NAME@ALIAS), not a bundle directory")
+    frame = joined(read_predictions(location, bundle.name, str(bundle.version),
+                                    since_ns=since_ns),
                    read_labels(location, bundle.name, since_ns=since_ns))
-    names = list(bundle.plan().input_names)
+    names = [input_column(n) for n in bundle.plan().input_names]
     missing = [n for n in names if n not in frame.columns]
     if missing:
         raise InvalidInput(f"the prediction log's rows of {bundle.name} lack the model's "
                            f"inputs {', '.join(missing)}: logged by another model?")
     x = np.ascontiguousarray(frame[names].to_numpy(np.float32))
-    labelled = int(frame["label"].notna().sum())
-    source = f"{location} ({len(frame):,} logged rows, {labelled:,} labelled)"
-    return _report(bundle, profile, x, source, frame["label"].to_numpy(np.float64), config,
-                   sample_rows, progress)
+    outputs = [c for c in frame.columns if c not in RESERVED and c not in names]
+    served = np.ascontiguousarray(frame[outputs].to_numpy(np.float32))
+    codes = np.full(len(frame), np.nan)
+    unfit = 0
+    classes = bundle.manifest.get("classes")
+    texts = frame["label"]
+    for text in texts.dropna().unique():
+        value: Any = text
+        if profile.task == "regression":
+            try:
+                value = float(text)
+            except ValueError:
+                value = text
+        try:
+            code = label_codes(profile.task, classes, [value])[0]
+        except InvalidInput:
+            unfit += int((texts == text).sum())
+            continue
+        codes[(texts == text).to_numpy()] = code
+    labelled = int(np.isfinite(codes).sum())
+    source = (f"{location} ({len(frame):,} logged rows, {labelled:,} labelled"
+              + (f", {unfit:,} labels that are no class of this version left out" if unfit
+                 else "") + ")")
+    return _report(bundle, profile, x, source, codes, config, sample_rows, progress,
+                   served=served)
 
 
 def _report(bundle: Any, profile: ReferenceProfile, x: np.ndarray, source: str,
             codes: np.ndarray | None, config: DriftConfig | None, sample_rows: int,
-            progress: Callable[[int, int], None] | None) -> TableReport:
+            progress: Callable[[int, int], None] | None,
+            served: np.ndarray | None = None) -> TableReport:
     """Scores ``x`` (raw rows) as the server would, compares the window with the reference,
-    and evaluates the predictions of the rows whose label code (``codes``) is not NaN."""
+    and evaluates the predictions (``served`` when given: the outputs logged as served) of
+    the rows whose label code (``codes``) is not NaN."""
     from mlserve.config import BatcherConfig
     from mlserve.engine import Engine
     from mlserve.trainer.evaluate import evaluate
@@ -153,7 +183,7 @@ def _report(bundle: Any, profile: ReferenceProfile, x: np.ndarray, source: str,
     if codes is not None:
         keep = ~np.isnan(codes)
         if keep.any():
-            predictions = np.concatenate(outputs)
+            predictions = served if served is not None else np.concatenate(outputs)
             current = evaluate(profile.task, codes[keep], predictions[keep])
     return TableReport(model=bundle.name, version=str(bundle.version or ""), source=source,
                        drift=drift, profile=profile, reference_metrics=bundle.metrics,

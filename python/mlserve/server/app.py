@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -47,8 +47,6 @@ from mlserve.server.monitoring import ServerMonitoring
 from mlserve.server.settings import ServerSettings, check_backend, split_model_spec
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from mlserve.predlog import PredictionLogWriter
 
 logger = logging.getLogger(__name__)
@@ -301,8 +299,14 @@ class MlserveApp:
                        for version, served in model.versions.items()]
             await self.manager.close(self.settings.shutdown_timeout_s)
             if self.prediction_log is not None:  # the closed engines' last rows, the labels
-                await asyncio.get_running_loop().run_in_executor(
-                    None, self.prediction_log.close, self.settings.shutdown_timeout_s)
+                log, bound = self.prediction_log, self.settings.shutdown_timeout_s
+                loop = asyncio.get_running_loop()
+                # A retired version may still be finishing requests (its engine closes on the
+                # loop when they are done): wait for it, then write everything.
+                if not await loop.run_in_executor(None, log.wait_for_engines, bound):
+                    logger.warning("prediction log: an engine was still open after %g s; its "
+                                   "last requests may be missing from the log", bound)
+                await loop.run_in_executor(None, log.close, bound)
             if self.access_log is not None:  # the buffered lines of the last requests
                 self.access_log.close()
             if publisher is not None:  # the final counts (closed engines keep them) stay summed
@@ -364,7 +368,7 @@ class MlserveApp:
         model, ids, labels = request.path_params["model"], body.get("ids"), body.get("labels")
         logged = None
         if self.prediction_log is not None:  # validated first: a bad label adds nothing
-            logged = _label_rows(self.manager.get(model, None), ids, labels)
+            logged = _label_rows(self.manager.model(model).versions.values(), ids, labels)
         answer: dict[str, Any] = ({} if self.monitoring is None
                                   else self.monitoring.feedback(model, ids, labels))
         if self.prediction_log is not None and logged is not None:
@@ -520,23 +524,40 @@ def _output_width(output: dict[str, Any]) -> int:
     return int(shape[-1]) if len(shape) > 1 and int(shape[-1]) > 0 else 1
 
 
-def _label_rows(served: ServedVersion, ids: Any, labels: Any
-                ) -> tuple[list[str], list[np.ndarray]]:
-    """The feedback's labels as codes of ``served``'s task, one array per id (the last labels
-    of an id given twice): what the prediction log stores. InvalidInput for any that do not
-    fit, before anything is stored."""
+def _label_rows(versions: Iterable[ServedVersion], ids: Any, labels: Any
+                ) -> tuple[list[str], list[list[Any]]]:
+    """The feedback's labels, one list per id (the last labels of an id given twice): what
+    the prediction log stores, as given (a class, or a number), coded when read with the
+    classes of the version reported on. A label must fit at least one loaded version of the
+    model (a class of its bundle, or a finite number for regression): InvalidInput otherwise,
+    before anything is stored. The rows per request are not known here (the log joins them)."""
     from mlserve.drift.performance import label_codes
 
     if not isinstance(ids, list) or not isinstance(labels, list) or len(ids) != len(labels):
         raise InvalidInput("feedback needs 'ids' and 'labels': lists of the same length")
     if len(ids) > 100_000:
         raise InvalidInput("feedback takes at most 100000 ids per request")
-    manifest = served.engine.bundle.manifest if served.engine.bundle is not None else {}
-    task = str(manifest.get("task", "binary"))
-    classes = manifest.get("classes")
+    kinds = set()
+    for served in versions:
+        manifest = served.engine.bundle.manifest if served.engine.bundle is not None else {}
+        classes = manifest.get("classes")
+        kinds.add((str(manifest.get("task", "binary")),
+                   tuple(classes) if classes is not None else None))
     last = {str(ident): i for i, ident in enumerate(ids)}
-    return (list(last), [label_codes(task, classes, labels[i] if isinstance(labels[i], list)
-                                     else [labels[i]]) for i in last.values()])
+    rows = [labels[i] if isinstance(labels[i], list) else [labels[i]] for i in last.values()]
+    values = {(type(v).__name__, str(v)): v for r in rows for v in r}
+    for value in values.values():
+        errors = []
+        for task, classes in sorted(kinds, key=str):
+            try:
+                label_codes(task, classes, [value])
+                break
+            except InvalidInput as exc:
+                errors.append(str(exc))
+        else:
+            raise InvalidInput(errors[0] if errors else f"feedback label {value!r} fits no "
+                               "loaded version of this model")
+    return list(last), rows
 
 
 def _monitoring(manager: ModelManager, settings: ServerSettings) -> ServerMonitoring | None:
