@@ -312,6 +312,23 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, f"listing {self.url(under)}") from None
 
+    def check_listable(self, under: str) -> bool:
+        """Whether this store can be listed under ``under`` (one key asked for): raises the
+        typed error for a missing bucket, unusable credentials or an unreachable store; False
+        when the credentials may not list (write-only roles), True otherwise."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client().list_objects_v2(Bucket=self.bucket, Prefix=self.key(under),
+                                           MaxKeys=1)
+        except ClientError as exc:
+            if self._code(exc) == "AccessDenied":
+                return False
+            raise self._error(exc, f"listing {self.url(under)}") from None
+        except BotoCoreError as exc:
+            raise self._error(exc, f"listing {self.url(under)}") from None
+        return True
+
     def delete(self, name: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 

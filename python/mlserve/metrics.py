@@ -433,7 +433,8 @@ _snapshots: WorkerSnapshots | None = None
 class PredictionLogCollector(Collector):
     """The counters of this process' prediction log writer (:mod:`mlserve.predlog`), when the
     server writes one: ``mlserve_prediction_log_{requests,rows,labels,parts,dropped_rows,
-    failed_writes}_total``. With ``--workers N`` they travel in the worker snapshots with the
+    dropped_labels,failed_writes}_total`` (failed_writes counts attempts: a part failing three
+    times counts three). With ``--workers N`` they travel in the worker snapshots with the
     process metrics, labelled by ``pid``."""
 
     _HELP: ClassVar[dict[str, str]] = {

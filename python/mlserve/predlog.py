@@ -88,15 +88,13 @@ class _Storage:
             self.root = Path(location).expanduser().resolve()
             self.location = str(self.root)
 
-    def write(self, name: str, table: pa.Table) -> None:
-        """Writes ``table`` as the new part ``name`` (never replacing one)."""
-        import pyarrow.parquet as pq
-
+    def write(self, name: str, data: bytes) -> None:
+        """Stores the Parquet bytes ``data`` as the new part ``name`` (never replacing one)."""
         if self.s3 is None:
             dest = self.root / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.parent / f".{dest.name}.{os.getpid()}.tmp"
-            pq.write_table(table, tmp)
+            tmp.write_bytes(data)
             os.replace(tmp, dest)  # readers list *.parquet only: never a partial part
             return
         import tempfile
@@ -105,13 +103,16 @@ class _Storage:
 
         with tempfile.TemporaryDirectory(prefix="mlserve-predlog-") as tmp_dir:
             local = Path(tmp_dir) / "part.parquet"
-            pq.write_table(table, local)
+            local.write_bytes(data)
             try:
                 self.s3.put(name, local)  # create-only
             except PreconditionFailed:
                 # The name is this writer's own: an earlier attempt whose answer was lost
-                # (botocore retried it, or a flush gave it up) has stored it already.
-                pass
+                # (botocore retried it, or a flush gave it up) stored it, or (409) is still
+                # storing it. Written only if it is there now; else kept and tried again.
+                info = self.s3.head(name)
+                if info is None or info.size != len(data):
+                    raise
 
     def parts(self, under: str) -> list[str]:
         """Names of the parts under ``under`` (a folder name ending in '/'), sorted."""
@@ -142,14 +143,14 @@ class _Storage:
 def check_location(location: str | os.PathLike[str]) -> str:
     """Checks, before a server starts, that a log can be written at ``location``: pyarrow is
     installed, and a directory can be created and written there; for ``s3://``, boto3, the
-    bucket and the credentials (a HEAD request; a missing write permission shows at the first
-    flush, as ``mlserve_prediction_log_failed_writes_total`` and a log line). Returns the
-    location, normalized; InvalidInput says what is wrong."""
+    bucket and the credentials (a one-key listing; credentials allowed to write but not to
+    list pass; a missing write permission shows at the first flush, as
+    ``mlserve_prediction_log_failed_writes_total`` and a log line). Returns the location,
+    normalized; InvalidInput says what is wrong."""
     _import_pyarrow()
     storage = _Storage(location)
     if storage.s3 is not None:
-        # One listing page: raises for a missing bucket or bad credentials.
-        next(iter(storage.s3.list(f"{PREDICTIONS}/")), None)
+        storage.s3.check_listable(f"{PREDICTIONS}/")
     else:
         try:
             storage.root.mkdir(parents=True, exist_ok=True)
@@ -176,7 +177,8 @@ class _Part:
     """A part to write: its name, table, and what it counts for once written."""
 
     name: str
-    table: Any
+    data: bytes  # the Parquet file, serialized once (a retry only uploads it again)
+    rows: int
     kind: str  # PREDICTIONS or LABELS
     requests: int
 
@@ -210,11 +212,21 @@ MAX_ID_BYTES = 128
 
 
 def request_id_text(ident: bytes | str) -> str:
-    """A request id as the log stores it: at most MAX_ID_BYTES bytes of UTF-8, a character cut
-    in half (or bytes that are not UTF-8) replaced by U+FFFD, the same way for a logged request
-    (whose id the server cut) and for feedback naming it."""
-    raw = ident.encode() if isinstance(ident, str) else bytes(ident)
-    return raw[:MAX_ID_BYTES].decode("utf-8", "replace")
+    """A request id as the log stores it, the same for a logged request (whose header the
+    server cut at MAX_ID_BYTES bytes) and for feedback naming it (a JSON string, cut the same
+    way): UTF-8 as is, a character the cut split dropped; other bytes (clients that send
+    header text as latin-1, as Python's http.client and requests do) read as latin-1, which is
+    what such a client reads back from the ``x-request-id`` answer."""
+    raw = (ident.encode("utf-8") if isinstance(ident, str) else bytes(ident))[:MAX_ID_BYTES]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data" and exc.end == len(raw):
+            try:
+                return raw[:exc.start].decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return raw.decode("latin-1")
 
 
 def label_text(value: Any) -> str:
@@ -351,52 +363,67 @@ class PredictionLogWriter:
         cannot be built (nothing does, short of a bug) is logged and dropped; one that cannot
         be written is kept for the next flush, within a bound. Past ``deadline`` (monotonic
         seconds) nothing more is written: the rest stays pending."""
-        with self._flush_lock:
-            with self._lock:
-                watched = list(self._watched.items())
-                labels, self._labels = self._labels, []
-            parts: list[_Part] = list(self.counters.pending)
-            self.counters.pending = []
-            for key, w in watched:
-                closed = w.engine.released  # before the drain: then nothing can follow it
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._flush_lock.acquire(timeout=timeout):
+            logger.error("prediction log: a flush still running at the deadline; its parts "
+                         "are kept by it")
+            return 0
+        try:
+            return self._flush_locked(deadline)
+        finally:
+            self._flush_lock.release()
+
+    def _flush_locked(self, deadline: float | None) -> int:
+        with self._lock:
+            watched = list(self._watched.items())
+            labels, self._labels = self._labels, []
+        parts: list[_Part] = list(self.counters.pending)
+        self.counters.pending = []
+        for key, w in watched:
+            closed = w.engine.released  # before the drain: then nothing can follow it
+            try:
                 drained = w.engine.drain_prediction_export()
-                self.counters.dropped_rows += int(drained["dropped_rows"])
-                if drained["tags"]:
-                    self._build(parts, lambda w=w, d=drained: self._prediction_part(w, d),
-                                int(drained["rows"].sum()), "predictions")
-                if closed:
-                    with self._lock:
-                        if self._watched.get(key) is w:
-                            del self._watched[key]
-            by_model: dict[str, list[tuple[list[str], list[list[str]], int]]] = {}
-            for model, ids, texts, ts in labels:
-                by_model.setdefault(model, []).append((ids, texts, ts))
-            for model, items in by_model.items():
-                self._build(parts, lambda m=model, i=items: self._label_part(m, i),
-                            sum(len(t) for _, texts, _ in items for t in texts), "labels")
-            written = 0
-            failed: list[_Part] = []
-            for part in parts:
-                if deadline is not None and time.monotonic() > deadline:
-                    failed.append(part)
-                    continue
-                try:
-                    self.storage.write(part.name, part.table)
-                except Exception as exc:
-                    self.counters.failed_writes += 1
-                    failed.append(part)
-                    logger.warning("prediction log: could not write %s (%s); kept for the next "
-                                   "flush", part.name, exc)
-                    continue
-                written += 1
-                self.counters.parts += 1
-                if part.kind == PREDICTIONS:
-                    self.counters.requests += part.requests
-                    self.counters.rows += part.table.num_rows
-                else:
-                    self.counters.labels += part.table.num_rows
-            self.counters.pending = self._bounded(failed)
-            return written
+            except Exception:
+                logger.exception("prediction log: could not drain %s/%s", w.model, w.version)
+                continue
+            self.counters.dropped_rows += int(drained["dropped_rows"])
+            if drained["tags"]:
+                self._build(parts, lambda w=w, d=drained: self._prediction_part(w, d),
+                            int(drained["rows"].sum()), "predictions")
+            if closed:
+                with self._lock:
+                    if self._watched.get(key) is w:
+                        del self._watched[key]
+        by_model: dict[str, list[tuple[list[str], list[list[str]], int]]] = {}
+        for model, ids, texts, ts in labels:
+            by_model.setdefault(model, []).append((ids, texts, ts))
+        for model, items in by_model.items():
+            self._build(parts, lambda m=model, i=items: self._label_part(m, i),
+                        sum(len(t) for _, texts, _ in items for t in texts), "labels")
+        written = 0
+        failed: list[_Part] = []
+        for part in parts:
+            late = deadline is not None and time.monotonic() > deadline
+            if late or (deadline is None and self._stop.is_set()):
+                failed.append(part)  # an interval flush overtaken by close(): it writes
+                continue
+            try:
+                self.storage.write(part.name, part.data)
+            except Exception as exc:
+                self.counters.failed_writes += 1
+                failed.append(part)
+                logger.warning("prediction log: could not write %s (%s); kept for the next "
+                               "flush", part.name, exc)
+                continue
+            written += 1
+            self.counters.parts += 1
+            if part.kind == PREDICTIONS:
+                self.counters.requests += part.requests
+                self.counters.rows += part.rows
+            else:
+                self.counters.labels += part.rows
+        self.counters.pending = self._bounded(failed)
+        return written
 
     def _build(self, parts: list[_Part], build: Any, rows: int, what: str) -> None:
         try:
@@ -415,7 +442,7 @@ class PredictionLogWriter:
         kept: list[_Part] = []
         total = 0
         for part in reversed(failed):
-            total += part.table.num_rows
+            total += part.rows
             if total > self.max_buffered_rows * 4:
                 self._count_dropped([part])
                 continue
@@ -425,9 +452,9 @@ class PredictionLogWriter:
     def _count_dropped(self, parts: list[_Part]) -> None:
         for part in parts:
             if part.kind == PREDICTIONS:
-                self.counters.dropped_rows += part.table.num_rows
+                self.counters.dropped_rows += part.rows
             else:
-                self.counters.dropped_labels += part.table.num_rows
+                self.counters.dropped_labels += part.rows
 
     def _name(self, folder: str, ts_ns: int) -> str:
         self._seq += 1
@@ -438,10 +465,15 @@ class PredictionLogWriter:
         pa = self.pa
         rows = d["rows"].astype(np.int64)
         n = int(rows.sum())
-        # Built by pyarrow in C++ (a Python loop over the tags costs ~0.2 µs per request);
-        # an id that is not UTF-8 (cut mid-character, raw header bytes) takes the slow path.
+        # Built by pyarrow in C++ (a Python loop over the tags costs ~0.2 µs per request); an
+        # id that is not UTF-8 or too long (see request_id_text) takes the slow path.
+        import pyarrow.compute as pc
+
+        raw = pa.array(d["tags"], pa.binary())
         try:
-            tags = pa.array(d["tags"], pa.binary()).cast(pa.string())
+            if pc.max(pc.binary_length(raw)).as_py() > MAX_ID_BYTES:
+                raise pa.ArrowInvalid("too long")
+            tags = raw.cast(pa.string())
         except pa.ArrowInvalid:
             tags = pa.array([request_id_text(t) for t in d["tags"]], pa.string())
         request_id = tags if n == len(tags) else tags.take(
@@ -468,7 +500,7 @@ class PredictionLogWriter:
             columns[column] = pa.array(out_columns[j], pa.float32())
         first = int(unix_ns.min())  # instances finish batches out of order
         return _Part(self._name(f"{PREDICTIONS}/{w.model}/{w.version}", first),
-                     pa.table(columns), PREDICTIONS, len(tags))
+                     _parquet(pa.table(columns)), n, PREDICTIONS, len(tags))
 
     def _label_part(self, model: str, items: list[tuple[list[str], list[list[str]], int]]
                     ) -> _Part:
@@ -493,7 +525,17 @@ class PredictionLogWriter:
             "label": pa.array(values, pa.string()),
         })
         first = min(ts for _, _, ts in items)
-        return _Part(self._name(f"{LABELS}/{model}", first), table, LABELS, len(ids))
+        return _Part(self._name(f"{LABELS}/{model}", first), _parquet(table), table.num_rows,
+                     LABELS, len(ids))
+
+
+def _parquet(table: pa.Table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _row_index(rows: np.ndarray) -> np.ndarray:
@@ -549,8 +591,9 @@ def read_predictions(location: str | os.PathLike[str], model: str, version: str 
 def read_labels(location: str | os.PathLike[str], model: str, *,
                 since_ns: int | None = None) -> pd.DataFrame:
     """The labels logged for ``model`` (request_id, row, ts, label as text: see
-    :func:`label_text`); labels older than ``since_ns`` are kept (they may still belong to
-    predictions in range: the join decides). Empty when none."""
+    :func:`label_text`). With ``since_ns``, the parts filed from the day before it on (labels
+    older than ``since_ns`` among them are kept: they may belong to predictions in range; the
+    join decides). Empty when none."""
     import pandas as pd
 
     _import_pyarrow()

@@ -107,6 +107,9 @@ def test_every_worker_logs_and_feedback_anywhere_joins(trained: dict[str, Any],
         empty = httpx.post(proc.url + "/v2/models/fraud/feedback",
                            json={"ids": [], "labels": []})
         assert empty.status_code == 200 and empty.json() == {"logged": 0}
+        odd = httpx.post(proc.url + "/v2/models/fraud/feedback",
+                         json={"ids": [None, True], "labels": [1, 0]})
+        assert odd.status_code == 400 and "ids must be strings" in odd.text
         unknown = httpx.post(proc.url + "/v2/models/nope/feedback",
                              json={"ids": ["a"], "labels": [1]})
         assert unknown.status_code == 404
@@ -191,3 +194,40 @@ def test_prediction_log_settings_are_checked(trained: dict[str, Any], tmp_path: 
          "--model", "fraud", "--prediction-log", str(blocker / "log")],
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "prediction log" in done.stderr, done.stderr
+
+
+def test_replicas_share_a_log_in_object_storage(trained: dict[str, Any], s3_uri: str,
+                                                tmp_path: Path) -> None:
+    """Two servers (two replicas) writing to one s3:// prefix; each label reaches the replica
+    that did not serve its request; the log joins them all."""
+    procs = [ServerProcess(trained["registry"], ["fraud"], tmp_path / f"r{i}.log",
+                           "--no-monitoring", "--prediction-log", s3_uri,
+                           "--prediction-log-flush", "0.3") for i in range(2)]
+    x, y = trained["x"][:60], trained["y"][:60]
+    try:
+        for p in procs:
+            p.wait_ready()
+        answers = {}
+        for i in range(30):
+            with Client(procs[i % 2].url) as client:
+                answers[f"s3-{i}"] = client.infer("fraud", x[2 * i:2 * i + 2],
+                                                  request_id=f"s3-{i}").output
+        for i in range(30):  # each label to the other replica
+            with Client(procs[(i + 1) % 2].url) as client:
+                assert client.feedback("fraud", [f"s3-{i}"],
+                                       [[int(v) for v in y[2 * i:2 * i + 2]]])["logged"] == 2
+    finally:
+        for p in procs:
+            assert p.stop() == 0, p.log()
+    from mlserve.predlog import joined
+
+    table = joined(read_predictions(s3_uri, "fraud"), read_labels(s3_uri, "fraud"))
+    table = table.sort_values(["request_id", "row"])
+    assert len(table) == 60 and table["label"].notna().all()
+    for rid, got in table.groupby("request_id"):
+        i = int(str(rid).split("-")[1])
+        assert list(got["label"]) == [str(int(v)) for v in y[2 * i:2 * i + 2]]
+        outputs = [c for c in got.columns if c not in {
+            "version", "request_id", "row", "ts", "label",
+            *[s["name"] for s in trained["inputs"]]}]
+        np.testing.assert_array_equal(got[outputs[0]].to_numpy(), answers[str(rid)][:, 0])

@@ -290,12 +290,25 @@ def test_ids_that_are_not_utf8_or_cut_mid_character_still_log_and_join(tmp_path:
         await engine.apredict(x, tag=odd_id.encode()[:128])
         await engine.apredict(x, tag=b"plain")
     asyncio.run(run())
-    writer.add_labels("m", [long_id, odd_id, "plain"], [[1], [0], [1]])
+    # feedback names each as its client knows it: a latin-1 client reads b"\xff\xfe-raw" back
+    # from the x-request-id answer as "ÿþ-raw"; the others as the strings they sent
+    writer.add_labels("m", [long_id, odd_id, "plain", "ÿþ-raw"], [[1], [0], [1], [0]])
     writer.close()
     engine.close()
     table = joined(_logged(tmp_path), read_labels(tmp_path, "m"))
-    assert len(table) == 4 and table["label"].notna().sum() == 3
-    assert "\ufffd\ufffd-raw" in set(table["request_id"])
+    assert len(table) == 4 and table["label"].notna().all()
+    assert "ÿþ-raw" in set(table["request_id"])
+
+
+def test_request_id_text_matches_what_each_side_holds() -> None:
+    from mlserve.predlog import request_id_text
+
+    assert request_id_text("é" * 64) == "é" * 64  # exactly 128 bytes: kept whole
+    assert request_id_text(("a" + "é" * 64).encode()[:128]) == "a" + "é" * 63  # cut: dropped
+    assert request_id_text("a" + "é" * 64) == "a" + "é" * 63  # feedback, cut the same way
+    header = "d-été".encode("latin-1")  # http.client / requests send str headers so
+    assert request_id_text(header) == header.decode("latin-1") == request_id_text("d-été")
+    assert request_id_text(b"x\xff") != request_id_text(b"x\xfe")  # no collision
 
 
 def test_a_part_spanning_midnight_is_found_by_since(tmp_path: Path) -> None:

@@ -104,15 +104,15 @@ def log_report(bundle: Any, location: str | os.PathLike[str], *, since_ns: int |
     served, on whichever backend), on the rows whose labels came back (the last label of each
     row) from any replica. Labels that are no class of this version are left out and
     counted in the source line."""
+    import pandas as pd
+
     from mlserve.predlog import RESERVED, input_column, joined, read_labels, read_predictions
 
     from .performance import label_codes
 
     profile = ReferenceProfile.from_bundle(bundle)
-    if bundle.version is None:
-        raise InvalidInput("the prediction log is kept per model version: give a registry "
-                           "ref (NAME/VERSION, NAME@ALIAS), not a bundle directory")
-    frame = joined(read_predictions(location, bundle.name, str(bundle.version),
+    # The server logs a bundle directory without a registry version as version 1.
+    frame = joined(read_predictions(location, bundle.name, str(bundle.version or 1),
                                     since_ns=since_ns),
                    read_labels(location, bundle.name, since_ns=since_ns))
     names = [input_column(n) for n in bundle.plan().input_names]
@@ -123,24 +123,22 @@ def log_report(bundle: Any, location: str | os.PathLike[str], *, since_ns: int |
     x = np.ascontiguousarray(frame[names].to_numpy(np.float32))
     outputs = [c for c in frame.columns if c not in RESERVED and c not in names]
     served = np.ascontiguousarray(frame[outputs].to_numpy(np.float32))
-    codes = np.full(len(frame), np.nan)
-    unfit = 0
-    classes = bundle.manifest.get("classes")
     texts = frame["label"]
-    for text in texts.dropna().unique():
-        value: Any = text
-        if profile.task == "regression":
+    given = texts.notna().to_numpy()
+    if profile.task == "regression":
+        codes = pd.to_numeric(texts, errors="coerce").to_numpy(np.float64)
+        codes[~np.isfinite(codes)] = np.nan
+    else:  # one check per distinct label, then a vectorized map
+        classes = bundle.manifest.get("classes")
+        table: dict[str, float] = {}
+        for text in texts.dropna().unique():
             try:
-                value = float(text)
-            except ValueError:
-                value = text
-        try:
-            code = label_codes(profile.task, classes, [value])[0]
-        except InvalidInput:
-            unfit += int((texts == text).sum())
-            continue
-        codes[(texts == text).to_numpy()] = code
+                table[text] = float(label_codes(profile.task, classes, [text])[0])
+            except InvalidInput:
+                continue
+        codes = texts.map(table).to_numpy(np.float64)
     labelled = int(np.isfinite(codes).sum())
+    unfit = int(given.sum()) - labelled
     source = (f"{location} ({len(frame):,} logged rows, {labelled:,} labelled"
               + (f", {unfit:,} labels that are no class of this version left out" if unfit
                  else "") + ")")

@@ -301,12 +301,13 @@ class MlserveApp:
             if self.prediction_log is not None:  # the closed engines' last rows, the labels
                 log, bound = self.prediction_log, self.settings.shutdown_timeout_s
                 loop = asyncio.get_running_loop()
+                end = time.monotonic() + bound  # one bound for waiting and writing
                 # A retired version may still be finishing requests (its engine closes on the
                 # loop when they are done): wait for it, then write everything.
-                if not await loop.run_in_executor(None, log.wait_for_engines, bound):
+                if not await loop.run_in_executor(None, log.wait_for_engines, bound / 2):
                     logger.warning("prediction log: an engine was still open after %g s; its "
-                                   "last requests may be missing from the log", bound)
-                await loop.run_in_executor(None, log.close, bound)
+                                   "last requests may be missing from the log", bound / 2)
+                await loop.run_in_executor(None, log.close, max(0.1, end - time.monotonic()))
             if self.access_log is not None:  # the buffered lines of the last requests
                 self.access_log.close()
             if publisher is not None:  # the final counts (closed engines keep them) stay summed
@@ -543,6 +544,8 @@ def _label_rows(versions: Iterable[ServedVersion], ids: Any, labels: Any
         classes = manifest.get("classes")
         kinds.add((str(manifest.get("task", "binary")),
                    tuple(classes) if classes is not None else None))
+    if any(isinstance(i, bool) or not isinstance(i, (str, int)) for i in ids):
+        raise InvalidInput("feedback ids must be strings (the x-request-id of each request)")
     last = {str(ident): i for i, ident in enumerate(ids)}
     rows = [labels[i] if isinstance(labels[i], list) else [labels[i]] for i in last.values()]
     values = {(type(v).__name__, str(v)): v for r in rows for v in r}
