@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-http", action="store_true",
                       help="skip the part that starts `mlserve serve` and uses the client")
 
-    from mlserve import gpu_cli
+    from mlserve import gpu_cli, predlog_cli
     from mlserve.batch import cli as batch_cli
     from mlserve.drift import cli as drift_cli
     from mlserve.features import cli as features_cli
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_cli.add_parser(sub)
     features_cli.add_parser(sub)
     drift_cli.add_parser(sub)
+    predlog_cli.add_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(features_cli.run(args))
     if args.command == "drift":
         return int(drift_cli.run(args))
+    if args.command == "predlog":
+        return int(predlog_cli.run(args))
     if args.command in ("train", "tune"):
         return int(trainer_cli.run(args))
     if args.command in ("devices", "build-engine"):

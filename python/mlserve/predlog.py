@@ -116,14 +116,25 @@ class _Storage:
 
     def parts(self, under: str) -> list[str]:
         """Names of the parts under ``under`` (a folder name ending in '/'), sorted."""
+        return [name for name, _ in self.sized_parts(under)]
+
+    def sized_parts(self, under: str) -> list[tuple[str, int]]:
+        """(name, bytes) of the parts under ``under``, sorted by name."""
         if self.s3 is None:
             base = self.root / under
             if not base.is_dir():
                 return []
-            return sorted(str(p.relative_to(self.root)) for p in base.rglob("part-*.parquet"))
-        return sorted(o.key for o in self.s3.list(under)  # keys relative to the prefix
+            return sorted((str(p.relative_to(self.root)), p.stat().st_size)
+                          for p in base.rglob("part-*.parquet"))
+        return sorted((o.key, o.size) for o in self.s3.list(under)  # keys relative to prefix
                       if o.key.rsplit("/", 1)[-1].startswith("part-")
                       and o.key.endswith(".parquet"))
+
+    def delete(self, name: str) -> None:
+        if self.s3 is None:
+            (self.root / name).unlink(missing_ok=True)
+        else:
+            self.s3.delete(name)
 
     def read(self, name: str) -> pa.Table:
         import pyarrow.parquet as pq
@@ -606,6 +617,71 @@ def read_labels(location: str | os.PathLike[str], model: str, *,
                              "ts": pd.Series([], dtype="datetime64[ns, UTC]"),
                              "label": pd.Series([], dtype=object)})
     return pd.concat(frames, ignore_index=True)
+
+
+# ---- listing and retention -------------------------------------------------------------------
+
+@dataclass
+class LogGroup:
+    """The parts of one model version's predictions, or of one model's labels."""
+
+    kind: str  # PREDICTIONS or LABELS
+    model: str
+    version: str | None
+    parts: int
+    bytes: int
+    first_day: str
+    last_day: str
+
+
+def _groups(storage: _Storage) -> dict[tuple[str, str, str | None], list[tuple[str, int]]]:
+    out: dict[tuple[str, str, str | None], list[tuple[str, int]]] = {}
+    for kind in (PREDICTIONS, LABELS):
+        for name, size in storage.sized_parts(kind + "/"):
+            pieces = name.split("/")
+            key: tuple[str, str, str | None]
+            if kind == PREDICTIONS and len(pieces) == 5:
+                key = (kind, pieces[1], pieces[2])
+            elif kind == LABELS and len(pieces) == 4:
+                key = (kind, pieces[1], None)
+            else:
+                continue  # not a part this module wrote
+            out.setdefault(key, []).append((name, size))
+    return out
+
+
+def _part_day(name: str) -> str:
+    return name.rsplit("/date=", 1)[-1].split("/", 1)[0]
+
+
+def summarize(location: str | os.PathLike[str]) -> list[LogGroup]:
+    """What the log at ``location`` holds, per model version (predictions) and per model
+    (labels): parts, bytes and the first and last day, from a listing (no part is read)."""
+    storage = _Storage(location)
+    out = []
+    for (kind, model, version), items in sorted(_groups(storage).items(), key=str):
+        days = sorted(_part_day(n) for n, _ in items)
+        out.append(LogGroup(kind, model, version, len(items), sum(s for _, s in items),
+                            days[0], days[-1]))
+    return out
+
+
+def remove_older(location: str | os.PathLike[str], keep_s: float, *,
+                 now_ns: int | None = None, dry_run: bool = False) -> list[str]:
+    """Retention: removes the parts filed on a UTC day before the day of ``now - keep_s``
+    (a part holds rows from its day, and at most a flush interval into the next), predictions
+    and labels alike; returns their names (``dry_run``: only says which)."""
+    if not keep_s > 0:
+        raise InvalidInput("keep the log for a positive time (like 30d)")
+    storage = _Storage(location)
+    now = time.time_ns() if now_ns is None else now_ns
+    cutoff = _day(now - int(keep_s * 1e9))
+    doomed = [name for items in _groups(storage).values() for name, _ in items
+              if _part_day(name) < cutoff]
+    if not dry_run:
+        for name in doomed:
+            storage.delete(name)
+    return doomed
 
 
 def joined(predictions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:

@@ -35,6 +35,10 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         ["features", "list", "--help"],
         ["features", "copy", "--help"],
         ["features", "gc", "--help"],
+        ["drift", "report", "--help"],
+        ["predlog", "--help"],
+        ["predlog", "show", "--help"],
+        ["predlog", "gc", "--help"],
     ],
 )
 def test_every_command_has_help(args: list[str]) -> None:

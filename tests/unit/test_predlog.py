@@ -342,3 +342,64 @@ def test_inputs_named_like_log_columns_are_kept_apart(tmp_path: Path) -> None:
     assert (row["in__ts"], row["in__label"], row["in__version"], row["amount"]) == (1, 2, 3, 4)
     assert row["out__ts"] == 1 and row["label"] == "1" and row["version"] == "1"
     assert isinstance(row["ts"], pd.Timestamp)
+
+
+def _old_part(root: Path, kind_path: str, day: str, tag: str) -> Path:
+    """A part filed on ``day`` (written as the writer would file it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ts = pd.Timestamp(f"{day}T12:00:00Z").value
+    folder = root / kind_path / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"part-{ts:020d}-{tag}-1.parquet"
+    pq.write_table(pa.table({"request_id": [tag], "row": pa.array([0], pa.int32()),
+                             "ts": pa.array([ts], pa.timestamp("ns", tz="UTC"))}), path)
+    return path
+
+
+def test_show_and_retention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlserve.cli import main
+    from mlserve.predlog import remove_older, summarize
+
+    old = [_old_part(tmp_path, "predictions/m/1", "2026-01-01", "a"),
+           _old_part(tmp_path, "labels/m", "2026-01-02", "b")]
+    kept = [_old_part(tmp_path, "predictions/m/1", "2026-01-10", "c"),
+            _old_part(tmp_path, "predictions/m/2", "2026-01-09", "d")]
+    (tmp_path / "predictions" / "notes.txt").write_text("not a part: left alone")
+    groups = {(g.kind, g.model, g.version): (g.parts, g.first_day, g.last_day)
+              for g in summarize(tmp_path)}
+    assert groups == {("predictions", "m", "1"): (2, "2026-01-01", "2026-01-10"),
+                      ("predictions", "m", "2"): (1, "2026-01-09", "2026-01-09"),
+                      ("labels", "m", None): (1, "2026-01-02", "2026-01-02")}
+    now = pd.Timestamp("2026-01-11T08:00:00Z").value
+    would = remove_older(tmp_path, 2 * 86400, now_ns=now, dry_run=True)  # cutoff 2026-01-09
+    assert sorted(would) == sorted(str(p.relative_to(tmp_path)) for p in old)
+    assert all(p.exists() for p in old)
+    assert sorted(remove_older(tmp_path, 2 * 86400, now_ns=now)) == sorted(would)
+    assert not any(p.exists() for p in old) and all(p.exists() for p in kept)
+    assert (tmp_path / "predictions" / "notes.txt").exists()
+    with pytest.raises(InvalidInput, match="positive"):
+        remove_older(tmp_path, 0)
+    assert main(["predlog", "show", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert "2026-01-10" in shown and "predictions" in shown
+    assert main(["predlog", "gc", str(tmp_path), "--keep", "1d", "--dry-run"]) == 0
+    assert "would remove 2 parts" in capsys.readouterr().out  # today's cutoff: both remain old
+    assert main(["predlog", "gc", str(tmp_path), "--keep", "soon"]) == 2
+
+
+def test_retention_in_object_storage(s3_uri: str, s3_server: Any) -> None:
+    from mlserve.predlog import remove_older, summarize
+
+    writer = PredictionLogWriter(s3_uri, flush_s=60)
+    engine = _engine()
+    writer.watch("m", "1", engine, ["amount", "code"], ["p_0", "p_1"])
+    _send(engine, _requests(30, 4, "s"))
+    writer.close()
+    engine.close()
+    assert [g.parts for g in summarize(s3_uri)] == [1]
+    assert remove_older(s3_uri, 86400) == []  # today's part is kept
+    tomorrow = pd.Timestamp.now(tz="UTC").value + 3 * 86400 * 10**9
+    assert len(remove_older(s3_uri, 86400, now_ns=tomorrow)) == 1
+    assert summarize(s3_uri) == []
