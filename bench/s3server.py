@@ -113,8 +113,12 @@ class SeaweedFS:
                 return
             except Exception as exc:  # not up yet: connection refused, 503
                 if time.monotonic() > deadline:
+                    # A full disk shows only as InternalError on PUT (seen: /tmp filled by
+                    # clean-clone CI runs): say how much room its folder has.
+                    free_gb = shutil.disk_usage(self.log.parent).free / 1e9
                     raise RuntimeError(
-                        f"weed server not ready after {START_TIMEOUT_S} s: {exc}\n"
+                        f"weed server not ready after {START_TIMEOUT_S} s: {exc} ({free_gb:.1f} "
+                        f"GB free where its data is: it needs a few GB)\n"
                         f"{self.log.read_text(errors='replace')[-3000:]}") from exc
                 time.sleep(0.25)
 
