@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,7 +180,7 @@ class _Watched:
     version: str
     engine: Any
     inputs: list[str]
-    outputs: list[str]
+    outputs: Callable[[int], list[str]]  # names of the columns of an output this wide
 
 
 @dataclass
@@ -295,9 +295,12 @@ class PredictionLogWriter:
         return self.storage.location
 
     def watch(self, model: str, version: str, engine: Any, inputs: Sequence[str],
-              outputs: Sequence[str]) -> None:
+              outputs: Sequence[str] | Callable[[int], list[str]]) -> None:
         """Logs ``engine``'s tagged requests as ``model``/``version`` from now on (idempotent;
-        an engine is drained a last time after it closed, so a hot swap loses nothing)."""
+        an engine is drained a last time after it closed, so a hot swap loses nothing).
+        ``outputs``: the output columns' names, or a function of the output width giving them
+        (the server's :meth:`~mlserve.server.models.ServedVersion.output_columns`); ``output_j``
+        where they do not match the width."""
         for name in (model, version):
             if not _NAME.match(name):
                 raise InvalidInput(f"prediction log: {name!r} is not a name it can store "
@@ -307,8 +310,8 @@ class PredictionLogWriter:
             if w is not None and w.engine is engine:
                 return
             engine.configure_prediction_export(self.max_buffered_rows, self.sample)
-            self._watched[id(engine)] = _Watched(model, version, engine, list(inputs),
-                                                 list(outputs))
+            names = outputs if callable(outputs) else (lambda _, given=list(outputs): given)
+            self._watched[id(engine)] = _Watched(model, version, engine, list(inputs), names)
 
     def add_labels(self, model: str, ids: Sequence[str | bytes],
                    labels: Sequence[Sequence[Any]]) -> int:
@@ -364,7 +367,8 @@ class PredictionLogWriter:
         lost = self.counters.pending
         if lost:
             self.counters.pending = []
-            self._count_dropped(lost)
+            for part in lost:
+                self._drop(part.kind, part.rows)
             logger.error("prediction log: %d parts could not be written to %s and are lost",
                          len(lost), self.location)
 
@@ -400,7 +404,7 @@ class PredictionLogWriter:
             self.counters.dropped_rows += int(drained["dropped_rows"])
             if drained["tags"]:
                 self._build(parts, lambda w=w, d=drained: self._prediction_part(w, d),
-                            int(drained["rows"].sum()), "predictions")
+                            int(drained["rows"].sum()), PREDICTIONS)
             if closed:
                 with self._lock:
                     if self._watched.get(key) is w:
@@ -410,7 +414,7 @@ class PredictionLogWriter:
             by_model.setdefault(model, []).append((ids, texts, ts))
         for model, items in by_model.items():
             self._build(parts, lambda m=model, i=items: self._label_part(m, i),
-                        sum(len(t) for _, texts, _ in items for t in texts), "labels")
+                        sum(len(t) for _, texts, _ in items for t in texts), LABELS)
         written = 0
         failed: list[_Part] = []
         for part in parts:
@@ -436,16 +440,13 @@ class PredictionLogWriter:
         self.counters.pending = self._bounded(failed)
         return written
 
-    def _build(self, parts: list[_Part], build: Any, rows: int, what: str) -> None:
+    def _build(self, parts: list[_Part], build: Any, rows: int, kind: str) -> None:
         try:
             parts.append(build())
         except Exception:
             logger.exception("prediction log: could not build a part of %d %s rows; dropped",
-                             rows, what)
-            if what == "labels":
-                self.counters.dropped_labels += rows
-            else:
-                self.counters.dropped_rows += rows
+                             rows, kind)
+            self._drop(kind, rows)
 
     def _bounded(self, failed: list[_Part]) -> list[_Part]:
         """The failed parts to keep, the newest first within four buffers' rows; the others
@@ -455,17 +456,16 @@ class PredictionLogWriter:
         for part in reversed(failed):
             total += part.rows
             if total > self.max_buffered_rows * 4:
-                self._count_dropped([part])
+                self._drop(part.kind, part.rows)
                 continue
             kept.append(part)
         return list(reversed(kept))
 
-    def _count_dropped(self, parts: list[_Part]) -> None:
-        for part in parts:
-            if part.kind == PREDICTIONS:
-                self.counters.dropped_rows += part.rows
-            else:
-                self.counters.dropped_labels += part.rows
+    def _drop(self, kind: str, rows: int) -> None:
+        if kind == PREDICTIONS:
+            self.counters.dropped_rows += rows
+        else:
+            self.counters.dropped_labels += rows
 
     def _name(self, folder: str, ts_ns: int) -> str:
         self._seq += 1
@@ -490,10 +490,9 @@ class PredictionLogWriter:
         request_id = tags if n == len(tags) else tags.take(
             pa.array(np.repeat(np.arange(len(tags)), rows)))
         inputs, outputs = d["inputs"], d["outputs"]
-        if outputs.shape[1] != len(w.outputs):
+        names_out = w.outputs(outputs.shape[1])
+        if len(names_out) != outputs.shape[1]:
             names_out = [f"output_{j}" for j in range(outputs.shape[1])]
-        else:
-            names_out = w.outputs
         unix_ns = np.repeat(d["unix_ns"], rows)
         columns: dict[str, Any] = {
             "request_id": request_id,
@@ -546,7 +545,8 @@ def _parquet(table: pa.Table) -> bytes:
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    return bytes(sink.getvalue().to_pybytes())
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 def _row_index(rows: np.ndarray) -> np.ndarray:

@@ -383,14 +383,8 @@ class MlserveApp:
         if self.prediction_log is None:
             return
         engine = served.engine
-        width = sum(_output_width(o) for o in served.outputs)
-        names = [o["name"] for o in served.outputs]
-        if len(names) == 1 and width > 1:
-            names = [f"{names[0]}_{j}" for j in range(width)]
-        elif len(names) != width:
-            names = [f"output_{j}" for j in range(width)]
         self.prediction_log.watch(served.name, served.version, engine,
-                                  list(engine.plan.input_names), names)
+                                  list(engine.plan.input_names), served.output_columns)
 
     async def _run_prediction_log(self) -> None:
         """Every flush interval: watch new versions (hot swaps, loads), write the log."""
@@ -518,11 +512,6 @@ def _prediction_log(settings: ServerSettings) -> PredictionLogWriter | None:
     metrics.PREDICTION_LOG.writer = writer
     logger.info("prediction log: every %g s to %s", writer.flush_s, writer.location)
     return writer
-
-
-def _output_width(output: dict[str, Any]) -> int:
-    shape = output.get("shape") or [-1, 1]
-    return int(shape[-1]) if len(shape) > 1 and int(shape[-1]) > 0 else 1
 
 
 def _label_rows(versions: Iterable[ServedVersion], ids: Any, labels: Any

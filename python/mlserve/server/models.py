@@ -287,17 +287,33 @@ class ServedVersion:
 
     # ---- outputs -----------------------------------------------------------------------------
 
+    def _output_widths(self, total: int) -> list[int]:
+        """The columns of each signature output in an engine result ``total`` wide."""
+        if len(self.outputs) == 1:
+            return [total]
+        widths = []
+        for spec in self.outputs:
+            shape = spec.get("shape") or [-1, -1]
+            widths.append(int(shape[1]) if len(shape) > 1 and int(shape[1]) > 0 else total)
+        return widths
+
+    def output_columns(self, total: int) -> list[str]:
+        """A name per column of an engine result ``total`` wide: an output's name, or
+        ``NAME_j`` for the columns of a wider one (``output_j`` where the signature does not
+        add up); the prediction log's output columns."""
+        names: list[str] = []
+        for spec, width in zip(self.outputs, self._output_widths(total), strict=True):
+            name = str(spec["name"])
+            names += [name] if width == 1 else [f"{name}_{j}" for j in range(width)]
+        return names if len(names) == total else [f"output_{j}" for j in range(total)]
+
     def response(self, y: np.ndarray, request: InferRequest) -> InferResponse:
         """The engine's output as the signature's output tensor(s)."""
         n = y.shape[0]
         y2 = y.reshape(n, -1)
         outputs: list[Tensor] = []
         offset = 0
-        for spec in self.outputs:
-            shape = spec.get("shape") or [-1, -1]
-            width = int(shape[1]) if len(shape) > 1 and int(shape[1]) > 0 else y2.shape[1]
-            if len(self.outputs) == 1:
-                width = y2.shape[1]
+        for spec, width in zip(self.outputs, self._output_widths(y2.shape[1]), strict=True):
             part = np.ascontiguousarray(y2[:, offset : offset + width], dtype=np.float32)
             offset += width
             outputs.append(Tensor(str(spec["name"]), "FP32", [n, width], part))
