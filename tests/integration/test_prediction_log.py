@@ -85,6 +85,13 @@ def test_every_worker_logs_and_feedback_anywhere_joins(trained: dict[str, Any],
     x, y = trained["x"], trained["y"]
     try:
         proc.wait_ready()
+        # Ready answers once one worker is ready; each warms its engine up with one (untagged)
+        # request before it serves, which the summed /metrics show: wait for both.
+        deadline = time.monotonic() + 60
+        while _metric_sum(httpx.get(proc.url + "/metrics").text,
+                          "mlserve_engine_requests_total") < 2:
+            assert time.monotonic() < deadline, "the second worker never loaded its model"
+            time.sleep(0.2)
         sent, answers = _send(proc.url, x, connections=6)
         labels = {rid: [int(v) for v in y[s:s + n]] for rid, s, n in sent}
         ids = list(labels)
